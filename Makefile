@@ -1,0 +1,45 @@
+# cumi-pipeline developer entry points. Everything installs into .venv and ~/.cache/cumi-pipeline.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+CACHE ?= $(HOME)/.cache/cumi-pipeline
+export CUMI_CACHE_DIR := $(CACHE)
+export PATH := $(CURDIR)/$(BIN):$(CACHE)/bin:$(PATH)
+
+.PHONY: install tools lint typecheck test test-unit test-integration demo bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,dev]'
+	touch $@
+
+install: $(BIN)/.installed  ## virtualenv with the package and its test/dev tools
+
+tools: install  ## helm, promtool and the Kafka jars (cached outside the checkout)
+	bash .ci/install-tools
+	$(BIN)/ingest broker fetch
+
+lint: install
+	$(BIN)/ruff check ingest tests bench
+	$(BIN)/ruff format --check ingest tests bench
+	$(BIN)/mypy
+
+test: tools lint  ## the whole suite; starts its own Kafka broker
+	$(BIN)/pytest -p no:cacheprovider tests
+
+test-unit: install
+	$(BIN)/pytest -p no:cacheprovider tests/unit
+
+test-integration: tools
+	$(BIN)/pytest -p no:cacheprovider -m integration tests
+
+demo: tools  ## the whole pipeline end to end on the embedded defaults
+	$(BIN)/ingest demo
+
+bench: tools  ## benchmarks; results go to bench/results and docs/benchmarks.md
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

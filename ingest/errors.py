@@ -1,0 +1,55 @@
+"""The project's error hierarchy.
+
+`retriable` tells a caller whether trying again can help: invalid input never becomes valid (it goes to
+the dead-letter topic), while transport and broker errors are retried with backoff.
+"""
+
+from __future__ import annotations
+
+
+class IngestError(Exception):
+    """Root of every error this package raises on purpose."""
+
+    retriable: bool = False
+
+
+class ConfigError(IngestError):
+    """A setting is missing or has a bad value; the message names the setting and says what is valid."""
+
+
+class InvalidEvent(IngestError):
+    """A raw Comet payload cannot become a MailboxEvent. Routed to the dead-letter topic, never retried.
+
+    `reason` is a stable machine-readable code (see `RejectReason`), `field` the offending field if any.
+    """
+
+    def __init__(self, reason: str, detail: str, field: str | None = None) -> None:
+        self.reason = reason
+        self.detail = detail
+        self.field = field
+        where = f" (field {field})" if field else ""
+        super().__init__(f"{reason}{where}: {detail}")
+
+
+class DecodeError(IngestError):
+    """Bytes read from Kafka are not a record this package can decode (unknown fingerprint, bad body)."""
+
+
+class TransportError(IngestError):
+    """The CUMI server could not be reached or answered with a transient failure."""
+
+    retriable = True
+
+
+class AuthError(IngestError):
+    """The CUMI server refused the credentials for one mailbox (HTTP 401/403). Not retried blindly."""
+
+
+class BrokerError(IngestError):
+    """Kafka is unavailable or refused a request."""
+
+    retriable = True
+
+
+class LocalBrokerError(IngestError):
+    """The local development broker could not be fetched, formatted or started."""

@@ -1,0 +1,109 @@
+"""Domain records of the event log: what a CUMI notification *means* once normalized.
+
+These are the in-memory forms of the Avro records in `schemas/` (field for field); `ingest.codec`
+converts between the two. A `MailboxEvent` is a *state assertion* about one or more messages of one
+mailbox (DESIGN.md §2): it can repeat, and after Notifier downtime it carries only the latest status.
+A `MailboxSnapshot` is the server's folder listing taken by gap repair; it replaces the projected state.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from dataclasses import dataclass
+
+
+class EventType(enum.StrEnum):
+    """CUMI EventType, symbol for symbol the Avro enum `EventType` in schemas/mailbox_event.avsc."""
+
+    NEW_MESSAGE = "NEW_MESSAGE"
+    SAVED_MESSAGE = "SAVED_MESSAGE"
+    UNREAD_MESSAGE = "UNREAD_MESSAGE"
+    DELETED_MESSAGE = "DELETED_MESSAGE"
+    DELETED_MESSAGE_CREATE = "DELETED_MESSAGE_CREATE"
+    DELETED_MESSAGE_READ = "DELETED_MESSAGE_READ"
+    DELETED_MESSAGE_UNREAD = "DELETED_MESSAGE_UNREAD"
+    DELETED_MESSAGE_DELETE = "DELETED_MESSAGE_DELETE"
+    DELETED_MESSAGE_UNDELETE = "DELETED_MESSAGE_UNDELETE"
+
+
+class RecordKind(enum.StrEnum):
+    """What a record on the events topic is; also sent as the `cumi.kind` Kafka header."""
+
+    EVENT = "event"
+    SNAPSHOT = "snapshot"
+
+
+@dataclass(frozen=True, slots=True)
+class MessageInfo:
+    """One entry of a Comet event's MessageInfo array, normalized."""
+
+    message_id: str
+    """CUMI message id (a GUID in Comet events; folder listings prefix it with `0:`, stripped)."""
+    caller_ani: str | None = None
+    """Calling number; the server's string "null" becomes None."""
+    sender: str | None = None
+    """Sender; "null" becomes None."""
+    msg_type: str | None = None
+    """e.g. Voice, Fax, Email, Receipt."""
+    priority: str | None = None
+    """e.g. Normal-Priority, Urgent-Priority."""
+    receive_time: dt.datetime | None = None
+    """ReceiveTime parsed in the configured server zone, as an aware UTC datetime."""
+    receive_time_raw: str | None = None
+    """ReceiveTime exactly as the server sent it (no zone in the wire format)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxEvent:
+    """One Comet notification, validated and normalized."""
+
+    mailbox_id: str
+    """MailboxId (the user's alias); the Kafka key."""
+    usn: int
+    """Mailbox update sequence number; events sharing a USN are one change."""
+    event_type: EventType
+    event_time: dt.datetime
+    """EventTime parsed in the configured zone (default UTC), aware, UTC."""
+    event_time_raw: str
+    """EventTime exactly as sent."""
+    subscription_id: str
+    messages: tuple[MessageInfo, ...]
+    """At least one message."""
+    ingested_at: dt.datetime
+    """When the worker received the notification (worker clock, UTC)."""
+    display_name: str | None = None
+    source: str | None = None
+    """Which CUMI server the event came from (its configured name)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotMessage:
+    """One message of a folder listing taken during gap repair."""
+
+    message_id: str
+    read: bool
+    arrival_time: dt.datetime | None = None
+    sender: str | None = None
+    caller_id: str | None = None
+    priority: str | None = None
+    msg_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxSnapshot:
+    """The server's truth for one mailbox at mailbox USN `usn`, from the folder listings."""
+
+    mailbox_id: str
+    usn: int
+    """The mailbox-level USN the listings were taken at (folder resource `USN`)."""
+    taken_at: dt.datetime
+    reason: str
+    """Why the snapshot was taken: startup, session-lost, server-restart, resubscribe …"""
+    inbox: tuple[SnapshotMessage, ...]
+    deleted: tuple[SnapshotMessage, ...]
+    source: str | None = None
+
+
+LogRecord = MailboxEvent | MailboxSnapshot
+"""Anything that goes on the events topic."""
