@@ -107,3 +107,33 @@ class MailboxSnapshot:
 
 LogRecord = MailboxEvent | MailboxSnapshot
 """Anything that goes on the events topic."""
+
+
+class RejectReason(enum.StrEnum):
+    """Why a payload was dead-lettered; the `reason` of a DeadLetter and a metric label (bounded)."""
+
+    NOT_JSON = "not_json"
+    NOT_AN_OBJECT = "not_an_object"
+    TOO_LARGE = "too_large"
+    TOO_DEEP = "too_deep"
+    MISSING_FIELD = "missing_field"
+    BAD_TYPE = "bad_type"
+    BAD_VALUE = "bad_value"
+    BAD_TIME = "bad_time"
+    UNKNOWN_EVENT_TYPE = "unknown_event_type"
+    EMPTY_MESSAGE_INFO = "empty_message_info"
+    ENCODE_FAILED = "encode_failed"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Input that could not become a MailboxEvent (schemas/dead_letter.avsc)."""
+
+    raw: bytes
+    reason: str
+    """A `RejectReason` value."""
+    detail: str
+    received_at: dt.datetime
+    field: str | None = None
+    source: str | None = None
+    mailbox_id: str | None = None
