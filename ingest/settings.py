@@ -1,0 +1,548 @@
+"""Configuration: one frozen settings tree read from environment variables and/or a config file.
+
+Every setting has exactly one name, the environment variable name (`CUMI_…` for the CUMI side
+and the worker, `KAFKA_…` for the broker); the Helm chart renders these names and
+docs/configuration.md lists them all. A config file (JSON or TOML, given by `--config` or
+`CUMI_CONFIG`) holds the same names as top-level keys; environment variables override it. Values
+are validated when loaded, and a bad value raises `ConfigError` naming the setting and what would
+be valid — never echoing a secret.
+
+Secrets never travel in plain environment variables: settings ending in `_FILE` name a file whose
+content is read into a `Secret`, whose repr is `***`.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import os
+import ssl
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, is_dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from aiokafka import codec
+
+from ingest.errors import ConfigError
+
+E = TypeVar("E", bound=enum.StrEnum)
+
+CONFIG_FILE_VAR = "CUMI_CONFIG"
+
+
+class Secret:
+    """A secret string that never shows itself in a repr, str, log line or traceback."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself; call only where it is handed to a client library."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "***"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+class CometTransport(enum.StrEnum):
+    LONG_POLLING = "long-polling"
+    WEBSOCKET = "websocket"
+
+
+class CredentialsProviderKind(enum.StrEnum):
+    FILE = "file"
+    DIRECTORY = "directory"
+    DELEGATE = "delegate"
+
+
+class SecurityProtocol(enum.StrEnum):
+    PLAINTEXT = "PLAINTEXT"
+    SSL = "SSL"
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"
+    SASL_SSL = "SASL_SSL"
+
+
+class SaslMechanism(enum.StrEnum):
+    PLAIN = "PLAIN"
+    SCRAM_SHA_256 = "SCRAM-SHA-256"
+    SCRAM_SHA_512 = "SCRAM-SHA-512"
+
+
+class Compression(enum.StrEnum):
+    NONE = "none"
+    GZIP = "gzip"
+    SNAPPY = "snappy"
+    LZ4 = "lz4"
+    ZSTD = "zstd"
+
+
+class SettingsSource:
+    """Raw values by setting name (file merged under environment) with typed, validating getters.
+
+    Other processes (the projector) read their own settings through the same class so every name
+    follows one scheme and fails the same readable way.
+    """
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self._values = {k.upper(): v for k, v in values.items()}
+
+    @classmethod
+    def load(
+        cls, env: Mapping[str, str] | None = None, config_file: str | Path | None = None
+    ) -> SettingsSource:
+        env = os.environ if env is None else env
+        path = config_file or env.get(CONFIG_FILE_VAR) or None
+        merged: dict[str, Any] = dict(read_config_file(Path(path))) if path else {}
+        merged.update({k: v for k, v in env.items() if k.startswith(("CUMI_", "KAFKA_"))})
+        return cls(merged)
+
+    def raw(self, name: str) -> Any:
+        value = self._values.get(name)
+        return None if value is None or (isinstance(value, str) and value.strip() == "") else value
+
+    def text(self, name: str, default: str | None = None) -> str | None:
+        value = self.raw(name)
+        return default if value is None else str(value).strip()
+
+    def required(self, name: str, what: str) -> str:
+        value = self.text(name)
+        if value is None:
+            raise ConfigError(f"{name} is required: {what}")
+        return value
+
+    def integer(self, name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            number = int(value) if not isinstance(value, bool) else None
+        except (TypeError, ValueError):
+            number = None
+        if number is None or number < minimum or (maximum is not None and number > maximum):
+            upper = f" and at most {maximum}" if maximum is not None else ""
+            raise ConfigError(f"{name} must be an integer at least {minimum}{upper}, got {value!r}")
+        return number
+
+    def number(self, name: str, default: float, minimum: float = 0.0) -> float:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            number = float(value) if not isinstance(value, bool) else None
+        except (TypeError, ValueError):
+            number = None
+        if number is None or not math.isfinite(number) or number <= minimum:
+            raise ConfigError(f"{name} must be a number greater than {minimum:g}, got {value!r}")
+        return number
+
+    def flag(self, name: str, default: bool) -> bool:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+    def choice(self, name: str, enum_type: type[E], default: E) -> E:
+        value = self.text(name)
+        if value is None:
+            return default
+        for member in enum_type:
+            if member.value.lower() == value.lower():
+                return member
+        allowed = "|".join(m.value for m in enum_type)
+        raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")
+
+    def zone(self, name: str, default: str = "UTC") -> ZoneInfo:
+        value = self.text(name, default) or default
+        try:
+            return ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as e:
+            raise ConfigError(
+                f"{name} must be an IANA time zone like UTC or America/Los_Angeles, got {value!r}"
+            ) from e
+
+    def url(self, name: str, schemes: tuple[str, ...], default: str | None = None) -> str | None:
+        value = self.text(name, default)
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in schemes or not parts.hostname:
+            raise ConfigError(
+                f"{name} must be a {'/'.join(schemes)} URL with a host, got {value!r}"
+            )
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as e:
+            raise ConfigError(f"{name} has an invalid port: {value!r}") from e
+        return value.rstrip("/")
+
+    def path(self, name: str, *, must_exist: bool = True, directory: bool = False) -> Path | None:
+        value = self.text(name)
+        if value is None:
+            return None
+        path = Path(value).expanduser()
+        if must_exist:
+            ok = path.is_dir() if directory else path.is_file()
+            if not ok:
+                kind = "directory" if directory else "file"
+                raise ConfigError(f"{name} must name an existing {kind}, got {value!r}")
+        return path
+
+    def secret_file(self, name: str) -> Secret | None:
+        path = self.path(name)
+        if path is None:
+            return None
+        try:
+            content = path.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise ConfigError(f"{name}: cannot read {str(path)!r}: {e.strerror}") from e
+        if not content:
+            raise ConfigError(f"{name}: file {str(path)!r} is empty")
+        return Secret(content)
+
+
+def read_config_file(path: Path) -> Mapping[str, Any]:
+    """Top-level keys of a JSON or TOML file (by extension; TOML unless it ends in .json)."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(
+            f"{CONFIG_FILE_VAR}: cannot read config file {str(path)!r}: {e.strerror}"
+        ) from e
+    try:
+        parsed: Any = (
+            json.loads(data) if path.suffix.lower() == ".json" else tomllib.loads(data.decode())
+        )
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{CONFIG_FILE_VAR}: {str(path)!r} is not valid JSON/TOML: {e}") from e
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"{CONFIG_FILE_VAR}: {str(path)!r} must hold a table/object of settings")
+    nested = [k for k, v in parsed.items() if isinstance(v, dict | list)]
+    if nested:
+        raise ConfigError(
+            f"{CONFIG_FILE_VAR}: {str(path)!r}: settings are flat NAME = value pairs, "
+            f"but {nested[0]!r} is nested"
+        )
+    return parsed
+
+
+def derive_cometd_url(server_url: str) -> str:
+    """Same host as the REST base; Jetty's port 7080 for http, 7443 for https; /vmevents/cometd."""
+    parts = urlsplit(server_url)
+    port = 7443 if parts.scheme == "https" else 7080
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    return urlunsplit((parts.scheme, f"{host}:{port}", "/vmevents/cometd", "", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class CumiSettings:
+    """The CUMI server, its REST throttle and the Comet session."""
+
+    server_url: str
+    """CUMI_SERVER_URL: REST base, e.g. https://cuc.example.com."""
+    cometd_url: str
+    """CUMI_COMETD_URL: Bayeux endpoint (default: same host, 7080/7443, /vmevents/cometd)."""
+    server_name: str
+    """CUMI_SERVER_NAME: the `source` label on records (default: the server host)."""
+    tls_verify: bool
+    tls_ca_file: Path | None
+    comet_transport: CometTransport
+    rest_concurrency: int
+    rest_timeout_seconds: float
+    rest_max_attempts: int
+    rest_backoff_base_seconds: float
+    rest_backoff_max_seconds: float
+    auth_retry_seconds: float
+    """How long a mailbox whose credentials were refused waits before it is tried again."""
+    stall_timeout_seconds: float
+    subscribe_batch_size: int
+    reconcile_page_size: int
+    reconcile_concurrency: int
+    event_time_zone: ZoneInfo
+    server_time_zone: ZoneInfo
+    mailboxes_file: Path
+
+    def ssl_context(self) -> ssl.SSLContext | bool:
+        """What aiohttp's `ssl=` takes: a verifying context (custom CA if set) or False."""
+        if not self.tls_verify:
+            return False
+        return ssl.create_default_context(
+            cafile=str(self.tls_ca_file) if self.tls_ca_file else None
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialSettings:
+    provider: CredentialsProviderKind
+    file: Path | None
+    directory: Path | None
+    delegate_user: str | None
+    delegate_password: Secret | None
+    delegate_token: Secret | None
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSettings:
+    bootstrap_servers: str
+    security_protocol: SecurityProtocol
+    ssl_ca_file: Path | None
+    ssl_cert_file: Path | None
+    ssl_key_file: Path | None
+    sasl_mechanism: SaslMechanism
+    sasl_username: str | None
+    sasl_password: Secret | None
+    topic_prefix: str
+    events_topic: str
+    dlq_topic: str
+    state_topic: str
+    registry_topic: str
+    linger_ms: int
+    max_batch_bytes: int
+    compression: Compression
+    request_timeout_ms: int
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Connection keyword arguments for any aiokafka client (producer, consumer, admin)."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol.value,
+        }
+        if self.security_protocol in (SecurityProtocol.SSL, SecurityProtocol.SASL_SSL):
+            context = ssl.create_default_context(
+                cafile=str(self.ssl_ca_file) if self.ssl_ca_file else None
+            )
+            if self.ssl_cert_file:
+                context.load_cert_chain(
+                    str(self.ssl_cert_file), str(self.ssl_key_file) if self.ssl_key_file else None
+                )
+            kwargs["ssl_context"] = context
+        if self.security_protocol in (SecurityProtocol.SASL_PLAINTEXT, SecurityProtocol.SASL_SSL):
+            kwargs["sasl_mechanism"] = self.sasl_mechanism.value
+            kwargs["sasl_plain_username"] = self.sasl_username
+            kwargs["sasl_plain_password"] = (
+                self.sasl_password.reveal() if self.sasl_password else None
+            )
+        return kwargs
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    queue_size: int
+    """CUMI_QUEUE_SIZE: events received but not yet acknowledged by Kafka, at most."""
+    metrics_port: int
+    metrics_host: str
+    log_level: str
+    shutdown_timeout_seconds: float
+    reconcile_on_start: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    cumi: CumiSettings
+    credentials: CredentialSettings
+    kafka: KafkaSettings
+    worker: WorkerSettings
+
+    @classmethod
+    def load(
+        cls, env: Mapping[str, str] | None = None, config_file: str | Path | None = None
+    ) -> Settings:
+        source = SettingsSource.load(env, config_file)
+        return cls(
+            cumi=load_cumi(source),
+            credentials=load_credentials(source),
+            kafka=load_kafka(source),
+            worker=load_worker(source),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """Every setting as plain JSON-able values for the start-up log line; secrets as '***'."""
+        return {f.name: _describe(getattr(self, f.name)) for f in fields(self)}
+
+
+def _describe(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _describe(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Secret):
+        return "***"
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Path | ZoneInfo):
+        return str(value)
+    return value
+
+
+def load_cumi(s: SettingsSource) -> CumiSettings:
+    server_url = s.url("CUMI_SERVER_URL", ("http", "https"))
+    if server_url is None:
+        raise ConfigError(
+            "CUMI_SERVER_URL is required: the REST base URL, e.g. https://cuc.example.com"
+        )
+    cometd_url = s.url("CUMI_COMETD_URL", ("http", "https", "ws", "wss"))
+    mailboxes = s.path("CUMI_MAILBOXES_FILE")
+    if mailboxes is None:
+        raise ConfigError("CUMI_MAILBOXES_FILE is required: a file listing the mailbox aliases")
+    return CumiSettings(
+        server_url=server_url,
+        cometd_url=cometd_url or derive_cometd_url(server_url),
+        server_name=s.text("CUMI_SERVER_NAME") or urlsplit(server_url).hostname or server_url,
+        tls_verify=s.flag("CUMI_TLS_VERIFY", True),
+        tls_ca_file=s.path("CUMI_TLS_CA_FILE"),
+        comet_transport=s.choice(
+            "CUMI_COMET_TRANSPORT", CometTransport, CometTransport.LONG_POLLING
+        ),
+        rest_concurrency=s.integer("CUMI_REST_CONCURRENCY", 4, minimum=1, maximum=64),
+        rest_timeout_seconds=s.number("CUMI_REST_TIMEOUT_SECONDS", 30.0, minimum=0.0),
+        rest_max_attempts=s.integer("CUMI_REST_MAX_ATTEMPTS", 8, minimum=1),
+        rest_backoff_base_seconds=s.number("CUMI_REST_BACKOFF_BASE_SECONDS", 0.2, minimum=0.0),
+        rest_backoff_max_seconds=s.number("CUMI_REST_BACKOFF_MAX_SECONDS", 30.0, minimum=0.0),
+        auth_retry_seconds=s.number("CUMI_AUTH_RETRY_SECONDS", 900.0, minimum=0.0),
+        stall_timeout_seconds=s.number("CUMI_STALL_TIMEOUT_SECONDS", 90.0, minimum=0.0),
+        subscribe_batch_size=s.integer("CUMI_SUBSCRIBE_BATCH_SIZE", 100, minimum=1, maximum=1000),
+        reconcile_page_size=s.integer("CUMI_RECONCILE_PAGE_SIZE", 100, minimum=1, maximum=1000),
+        reconcile_concurrency=s.integer("CUMI_RECONCILE_CONCURRENCY", 2, minimum=1, maximum=64),
+        event_time_zone=s.zone("CUMI_EVENT_TIME_ZONE"),
+        server_time_zone=s.zone("CUMI_SERVER_TIME_ZONE"),
+        mailboxes_file=mailboxes,
+    )
+
+
+def load_credentials(s: SettingsSource) -> CredentialSettings:
+    kind = s.choice(
+        "CUMI_CREDENTIALS_PROVIDER", CredentialsProviderKind, CredentialsProviderKind.FILE
+    )
+    settings = CredentialSettings(
+        provider=kind,
+        file=s.path("CUMI_CREDENTIALS_FILE"),
+        directory=s.path("CUMI_CREDENTIALS_DIR", directory=True),
+        delegate_user=s.text("CUMI_DELEGATE_USER"),
+        delegate_password=s.secret_file("CUMI_DELEGATE_PASSWORD_FILE"),
+        delegate_token=s.secret_file("CUMI_DELEGATE_TOKEN_FILE"),
+    )
+    if kind is CredentialsProviderKind.FILE and settings.file is None:
+        raise ConfigError("CUMI_CREDENTIALS_FILE is required when CUMI_CREDENTIALS_PROVIDER=file")
+    if kind is CredentialsProviderKind.DIRECTORY and settings.directory is None:
+        raise ConfigError(
+            "CUMI_CREDENTIALS_DIR is required when CUMI_CREDENTIALS_PROVIDER=directory"
+        )
+    no_delegate_secret = settings.delegate_token is None and (
+        settings.delegate_user is None or settings.delegate_password is None
+    )
+    if kind is CredentialsProviderKind.DELEGATE and no_delegate_secret:
+        raise ConfigError(
+            "CUMI_DELEGATE_USER and CUMI_DELEGATE_PASSWORD_FILE (or CUMI_DELEGATE_TOKEN_FILE) "
+            "are required when CUMI_CREDENTIALS_PROVIDER=delegate"
+        )
+    return settings
+
+
+def load_kafka(s: SettingsSource) -> KafkaSettings:
+    bootstrap = s.required(
+        "KAFKA_BOOTSTRAP_SERVERS", "comma-separated host:port list of Kafka brokers"
+    )
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(
+                f"KAFKA_BOOTSTRAP_SERVERS must be host:port[,host:port…], got {bootstrap!r}"
+            )
+    protocol = s.choice("KAFKA_SECURITY_PROTOCOL", SecurityProtocol, SecurityProtocol.PLAINTEXT)
+    username = s.text("KAFKA_SASL_USERNAME")
+    password = s.secret_file("KAFKA_SASL_PASSWORD_FILE")
+    if protocol in (SecurityProtocol.SASL_PLAINTEXT, SecurityProtocol.SASL_SSL) and (
+        username is None or password is None
+    ):
+        raise ConfigError(
+            f"KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD_FILE are required when "
+            f"KAFKA_SECURITY_PROTOCOL={protocol.value}"
+        )
+    cert, key = s.path("KAFKA_SSL_CERT_FILE"), s.path("KAFKA_SSL_KEY_FILE")
+    if key is not None and cert is None:
+        raise ConfigError("KAFKA_SSL_KEY_FILE needs KAFKA_SSL_CERT_FILE (the client certificate)")
+    prefix = s.text("KAFKA_TOPIC_PREFIX", "") or ""
+    compression = s.choice("KAFKA_COMPRESSION_TYPE", Compression, Compression.NONE)
+    _check_compression(compression)
+    return KafkaSettings(
+        bootstrap_servers=bootstrap,
+        security_protocol=protocol,
+        ssl_ca_file=s.path("KAFKA_SSL_CA_FILE"),
+        ssl_cert_file=cert,
+        ssl_key_file=key,
+        sasl_mechanism=s.choice("KAFKA_SASL_MECHANISM", SaslMechanism, SaslMechanism.PLAIN),
+        sasl_username=username,
+        sasl_password=password,
+        topic_prefix=prefix,
+        events_topic=prefix + _topic(s, "KAFKA_EVENTS_TOPIC", "mailbox-events"),
+        dlq_topic=prefix + _topic(s, "KAFKA_DLQ_TOPIC", "mailbox-events-dlq"),
+        state_topic=prefix + _topic(s, "KAFKA_STATE_TOPIC", "mailbox-state"),
+        registry_topic=prefix + _topic(s, "KAFKA_REGISTRY_TOPIC", "mailbox-registry"),
+        linger_ms=s.integer("KAFKA_LINGER_MS", 5, maximum=10_000),
+        max_batch_bytes=s.integer("KAFKA_BATCH_BYTES", 262_144, minimum=1024),
+        compression=compression,
+        request_timeout_ms=s.integer("KAFKA_REQUEST_TIMEOUT_MS", 40_000, minimum=1000),
+    )
+
+
+def _topic(s: SettingsSource, name: str, default: str) -> str:
+    value = s.text(name, default) or default
+    if len(value) > 200 or not all(c.isalnum() or c in "._-" for c in value):
+        raise ConfigError(
+            f"{name} must be a Kafka topic name ([a-zA-Z0-9._-], ≤ 200), got {value!r}"
+        )
+    return value
+
+
+def _check_compression(compression: Compression) -> None:
+    if compression is Compression.NONE:
+        return
+    # aiokafka knows which optional codec libraries are importable
+    available = {
+        Compression.GZIP: codec.has_gzip,
+        Compression.SNAPPY: codec.has_snappy,
+        Compression.LZ4: codec.has_lz4,
+        Compression.ZSTD: codec.has_zstd,
+    }[compression]()
+    if not available:
+        raise ConfigError(
+            f"KAFKA_COMPRESSION_TYPE={compression.value} needs a codec library that is not "
+            "installed (gzip always works)"
+        )
+
+
+def load_worker(s: SettingsSource) -> WorkerSettings:
+    level = (s.text("CUMI_LOG_LEVEL", "INFO") or "INFO").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(
+            f"CUMI_LOG_LEVEL must be DEBUG|INFO|WARNING|ERROR|CRITICAL, got {level!r}"
+        )
+    return WorkerSettings(
+        queue_size=s.integer("CUMI_QUEUE_SIZE", 10_000, minimum=1),
+        metrics_port=s.integer("CUMI_METRICS_PORT", 9102, maximum=65535),
+        metrics_host=s.text("CUMI_METRICS_HOST", "0.0.0.0") or "0.0.0.0",
+        log_level=level,
+        shutdown_timeout_seconds=s.number("CUMI_SHUTDOWN_TIMEOUT_SECONDS", 20.0, minimum=0.0),
+        reconcile_on_start=s.flag("CUMI_RECONCILE_ON_START", True),
+    )
