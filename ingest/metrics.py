@@ -1,0 +1,176 @@
+"""Prometheus metric definitions of every process, in one registry served at `/metrics`.
+
+Conventions: names `cumi_<process>_*`, base units (seconds, bytes), counters end in `_total`,
+latency histograms in `_seconds`. Labels are closed sets (event type, reason, state, endpoint,
+status) — never a mailbox or message id, which would make the series count grow with the data.
+Each metric is documented in docs/metrics.md.
+
+A dedicated registry (not the global default) keeps the test process free of duplicate-registration
+errors and lets `/metrics` show exactly this package's series plus the process collector.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+
+# Broker acks take ~1-50 ms; EventTime has one-second resolution, so its lag buckets start coarser.
+_ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_LAG_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)
+_REST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+# ---------------------------------------------------------------------------------------------
+# WORKER — ingest.worker and its parts (comet, subscriptions, cumi_rest, reconcile, sink)
+# ---------------------------------------------------------------------------------------------
+
+WORKER_EVENTS_RECEIVED = Counter(
+    "cumi_worker_events_received_total",
+    "Comet event messages received from the CometD session (before validation).",
+    registry=REGISTRY,
+)
+WORKER_EVENTS_PUBLISHED = Counter(
+    "cumi_worker_events_published_total",
+    "Mailbox events acknowledged by Kafka on the events topic, by EventType.",
+    ["event_type"],
+    registry=REGISTRY,
+)
+WORKER_EVENTS_DEAD_LETTERED = Counter(
+    "cumi_worker_events_dead_lettered_total",
+    "Payloads that could not become a MailboxEvent, acknowledged on the dead-letter topic.",
+    ["reason"],
+    registry=REGISTRY,
+)
+WORKER_SNAPSHOTS_PUBLISHED = Counter(
+    "cumi_worker_snapshots_published_total",
+    "Mailbox snapshot records acknowledged by Kafka, by why gap repair ran.",
+    ["reason"],
+    registry=REGISTRY,
+)
+WORKER_ACK_LATENCY = Histogram(
+    "cumi_worker_ack_latency_seconds",
+    "Time from receiving an event from CometD to Kafka acknowledging it.",
+    buckets=_ACK_BUCKETS,
+    registry=REGISTRY,
+)
+WORKER_EVENT_LAG = Histogram(
+    "cumi_worker_event_lag_seconds",
+    "Time from the event's EventTime (server clock, 1 s resolution) to Kafka acknowledging it.",
+    buckets=_LAG_BUCKETS,
+    registry=REGISTRY,
+)
+WORKER_LAST_EVENT = Gauge(
+    "cumi_worker_last_event_timestamp_seconds",
+    "Unix time of the last event acknowledged by Kafka.",
+    registry=REGISTRY,
+)
+WORKER_QUEUE_EVENTS = Gauge(
+    "cumi_worker_queue_events",
+    "Events received but not yet acknowledged by Kafka (the in-flight bound is CUMI_QUEUE_SIZE).",
+    registry=REGISTRY,
+)
+WORKER_QUEUE_CAPACITY = Gauge(
+    "cumi_worker_queue_capacity",
+    "The in-flight bound CUMI_QUEUE_SIZE; at this fill the worker stops pulling from CometD.",
+    registry=REGISTRY,
+)
+WORKER_BACKPRESSURE_SECONDS = Counter(
+    "cumi_worker_backpressure_seconds_total",
+    "Time the CometD receive path spent blocked because the in-flight queue was full.",
+    registry=REGISTRY,
+)
+WORKER_PRODUCER_ERRORS = Counter(
+    "cumi_worker_producer_errors_total",
+    "Kafka send failures, by kind (retried: re-sent; fatal: gave up, worker unhealthy).",
+    ["kind"],
+    registry=REGISTRY,
+)
+WORKER_SUBSCRIPTIONS = Gauge(
+    "cumi_worker_subscriptions",
+    "Mailboxes by subscription state (pending, requesting, subscribing, active, failed, backoff).",
+    ["state"],
+    registry=REGISTRY,
+)
+WORKER_AUTH_FAILURES = Counter(
+    "cumi_worker_auth_failures_total",
+    "Mailboxes whose credentials were missing or refused (HTTP 401/403); retried much later.",
+    registry=REGISTRY,
+)
+WORKER_HANDSHAKES = Counter(
+    "cumi_worker_handshakes_total",
+    "CometD handshakes, by outcome (success, failure).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+WORKER_SESSION_RESTARTS = Counter(
+    "cumi_worker_session_restarts_total",
+    "CometD sessions torn down and rebuilt, by reason (unknown-client, handshake-advice, "
+    "subscribe-failed, stall, transport).",
+    ["reason"],
+    registry=REGISTRY,
+)
+WORKER_STALLS = Counter(
+    "cumi_worker_stalls_total",
+    "Times the watchdog found no successful /meta/connect for CUMI_STALL_TIMEOUT_SECONDS.",
+    registry=REGISTRY,
+)
+WORKER_CONNECT_FAILURES = Counter(
+    "cumi_worker_connect_failures_total",
+    "Failed /meta/connect exchanges (network error or unsuccessful reply).",
+    registry=REGISTRY,
+)
+WORKER_LAST_CONNECT = Gauge(
+    "cumi_worker_last_connect_timestamp_seconds",
+    "Unix time of the last successful /meta/connect reply.",
+    registry=REGISTRY,
+)
+WORKER_SUBSCRIBE_SECONDS = Histogram(
+    "cumi_worker_subscribe_all_seconds",
+    "Time to bring every pending mailbox of a session to active (requestnotification + subscribe).",
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900),
+    registry=REGISTRY,
+)
+WORKER_REST_REQUESTS = Counter(
+    "cumi_worker_rest_requests_total",
+    "CUMI REST requests, by endpoint and HTTP status (or 'error' for network failures/timeouts).",
+    ["endpoint", "status"],
+    registry=REGISTRY,
+)
+WORKER_REST_DURATION = Histogram(
+    "cumi_worker_rest_request_duration_seconds",
+    "CUMI REST request duration (one attempt, excluding the wait for a concurrency slot).",
+    ["endpoint"],
+    buckets=_REST_BUCKETS,
+    registry=REGISTRY,
+)
+WORKER_REST_RETRIES = Counter(
+    "cumi_worker_rest_retries_total",
+    "CUMI REST attempts retried after a transient failure, by endpoint.",
+    ["endpoint"],
+    registry=REGISTRY,
+)
+WORKER_RECONCILE_RUNS = Counter(
+    "cumi_worker_reconcile_runs_total",
+    "Gap-repair runs for one mailbox, by reason and outcome (success, failure).",
+    ["reason", "outcome"],
+    registry=REGISTRY,
+)
+WORKER_RECONCILE_PENDING = Gauge(
+    "cumi_worker_reconcile_pending",
+    "Mailboxes waiting for gap repair.",
+    registry=REGISTRY,
+)
+WORKER_READY = Gauge(
+    "cumi_worker_ready",
+    "1 when the worker is ready: CometD session up, mailboxes subscribed, Kafka producer up.",
+    registry=REGISTRY,
+)
