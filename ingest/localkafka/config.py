@@ -1,0 +1,146 @@
+"""Configuration of the local broker: free ports, server.properties, the JVM command line."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import re
+import socket
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ingest.errors import LocalBrokerError
+from ingest.localkafka.runtime import KafkaRuntime, resource_text
+
+HOST = "127.0.0.1"
+HEAP_OPTIONS = ("-Xms512m", "-Xmx1g")
+# Kafka's own launcher defaults (kafka-run-class.sh), minus what only matters for big heaps.
+JVM_OPTIONS = (
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:MaxInlineLevel=15",
+    "-Djava.awt.headless=true",
+)
+JVM_OPTIONS_ENV = "CUMI_KAFKA_JVM_OPTS"
+"""Extra JVM options, appended last (e.g. `-XX:TieredStopAtLevel=1`: starts faster, runs slower)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerPorts:
+    """The two loopback ports of the single node."""
+
+    port: int
+    """PLAINTEXT listener: the bootstrap address clients use."""
+    controller_port: int
+    """CONTROLLER listener (KRaft quorum)."""
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{HOST}:{self.port}"
+
+
+def free_ports(count: int, host: str = HOST) -> list[int]:
+    """`count` distinct ports the kernel considers free right now on `host`.
+
+    All sockets stay bound until every port is chosen, so the ports differ from each other. Another
+    process can still take one before the broker binds it; the broker retries with new ports then.
+    """
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((host, 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
+
+
+def port_is_free(port: int, host: str = HOST) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # the same option the JVM sets, so a port in TIME_WAIT after our own broker counts as free
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def choose_ports(port: int | None = None, controller_port: int | None = None) -> BrokerPorts:
+    """Given ports where set, free ones otherwise."""
+    fresh = iter(free_ports(2))
+    chosen = port if port is not None else next(fresh)
+    controller = controller_port if controller_port is not None else next(fresh)
+    if controller == chosen:
+        controller = next(fresh)
+    if chosen == controller:
+        raise LocalBrokerError(f"the broker and controller ports must differ (both {chosen})")
+    return BrokerPorts(port=chosen, controller_port=controller)
+
+
+def render_server_properties(ports: BrokerPorts, log_dirs: Path) -> str:
+    """server.properties for a single KRaft broker+controller node on 127.0.0.1."""
+    return string.Template(resource_text("server.properties")).substitute(
+        port=ports.port, controller_port=ports.controller_port, log_dirs=log_dirs
+    )
+
+
+_LISTENERS = re.compile(r"^listeners=PLAINTEXT://[^:]+:(\d+),CONTROLLER://[^:]+:(\d+)\s*$", re.M)
+
+
+def read_ports(server_properties: Path) -> BrokerPorts | None:
+    """The ports a previously rendered server.properties used, if it is ours and readable."""
+    try:
+        match = _LISTENERS.search(server_properties.read_text(encoding="utf-8"))
+    except OSError:
+        return None
+    if match is None:
+        return None
+    return BrokerPorts(port=int(match.group(1)), controller_port=int(match.group(2)))
+
+
+def random_cluster_id() -> str:
+    """What `kafka-storage.sh random-uuid` prints: 16 random bytes, URL-safe base64, no padding.
+
+    Generated here rather than by `StorageTool random-uuid` to save one JVM start (~1.3 s). Like
+    Kafka's `Uuid.randomUuid()`, ids starting with "-" (unusable on a command line) are redrawn.
+    """
+    while True:
+        text = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
+
+
+def extra_jvm_options() -> list[str]:
+    return os.environ.get(JVM_OPTIONS_ENV, "").split()
+
+
+def java_command(
+    runtime: KafkaRuntime,
+    main_class: str,
+    args: Sequence[str],
+    *,
+    logs_dir: Path,
+    log4j_config: Path,
+    class_archive: Path | None = None,
+    archive_at_exit: Path | None = None,
+) -> list[str]:
+    """The full `java … <main class> <args>` command line."""
+    argv = [str(runtime.java.path), *HEAP_OPTIONS, *JVM_OPTIONS]
+    if archive_at_exit is not None:
+        argv.append(f"-XX:ArchiveClassesAtExit={archive_at_exit}")
+    elif class_archive is not None:
+        # -Xshare:auto (the default) falls back to no sharing if the archive does not fit this JVM
+        argv.append(f"-XX:SharedArchiveFile={class_archive}")
+    argv += [
+        f"-Dkafka.logs.dir={logs_dir}",
+        f"-Dlog4j2.configurationFile={log4j_config}",
+        *extra_jvm_options(),
+        "-cp",
+        runtime.classpath,
+        main_class,
+        *args,
+    ]
+    return argv

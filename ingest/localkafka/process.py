@@ -1,0 +1,147 @@
+"""The broker's JVM as an operating-system process: spawn, watch, stop.
+
+Processes are handled by pid, not by `subprocess.Popen` or asyncio subprocess transports, because
+a broker outlives the code that started it: `ingest broker start` exits and leaves it running, a
+pytest session starts it from one event loop and tests stop and start it from others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+_POLL_S = 0.05
+
+
+def spawn(argv: Sequence[str], output: Path, *, detach: bool) -> int:
+    """Start `argv`, stdin from /dev/null, stdout+stderr appended to `output`; return its pid.
+
+    `detach` puts it in a session of its own so it survives the terminal that started it; otherwise
+    it stays in our process group and a Ctrl-C (or a CI runner killing the group) reaches it too.
+    """
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        return os.posix_spawn(
+            argv[0],
+            list(argv),
+            dict(os.environ),
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, fd, 1),
+                (os.POSIX_SPAWN_DUP2, fd, 2),
+            ],
+            setsid=detach,
+        )
+    finally:
+        os.close(fd)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    # the state letter follows the parenthesized command name, which may itself contain spaces
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
+
+
+def exited(pid: int) -> bool:
+    """True once `pid` is gone. Reaps it if it is our child; a zombie counts as gone."""
+    try:
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass  # not our child (a broker started by an earlier `ingest broker start`)
+    else:
+        if reaped == pid:
+            return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # exists, owned by someone else
+    return _is_zombie(pid)
+
+
+def command_line(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def runs(pid: int, *needles: str) -> bool:
+    """Whether `pid` is alive and its command line holds every needle (guards against pid reuse)."""
+    if exited(pid):
+        return False
+    argv = command_line(pid)
+    return all(any(needle in arg for arg in argv) for needle in needles)
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+async def wait_exit(pid: int, within_s: float) -> bool:
+    """True if `pid` exited within `within_s` seconds."""
+    deadline = time.monotonic() + within_s
+    while not exited(pid):
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(_POLL_S)
+    return True
+
+
+async def terminate(pid: int, grace_s: float) -> bool:
+    """SIGTERM (Kafka's clean shutdown), SIGKILL after `grace_s` s. True if it stopped cleanly."""
+    if exited(pid):
+        return True
+    _signal(pid, signal.SIGTERM)
+    if await wait_exit(pid, grace_s):
+        return True
+    _signal(pid, signal.SIGKILL)
+    await wait_exit(pid, 10.0)
+    return False
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    """The last lines of a log file, for error messages."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 64 * 1024))
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return f"(no {path.name})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class LogWatcher:
+    """Reads what a log file gained since the watcher was created (appended across runs)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        try:
+            self._offset = path.stat().st_size
+        except FileNotFoundError:
+            self._offset = 0
+
+    def poll(self) -> str:
+        """The text appended since the last poll (whole lines only)."""
+        try:
+            with self._path.open("rb") as handle:
+                handle.seek(self._offset)
+                chunk = handle.read()
+        except FileNotFoundError:
+            return ""
+        # only whole lines, so a needle split across two polls is still found
+        end = chunk.rfind(b"\n") + 1
+        self._offset += end
+        return chunk[:end].decode(errors="replace")

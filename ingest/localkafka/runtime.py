@@ -1,0 +1,261 @@
+"""The local broker's runtime: Java and Maven on the machine, and the Kafka jars in a cache.
+
+Apache Kafka is not on PyPI. `fetch()` lets Maven copy the runtime classpath of `kafka_2.13` (plus
+`kafka-tools` and a Log4j 2 binding, see pom.xml) from Maven Central into
+`<cache>/kafka-<version>/lib`, once: a marker file written last makes a second run a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.resources
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from ingest.errors import LocalBrokerError
+
+log = logging.getLogger(__name__)
+
+MIN_JAVA = 17
+INSTALL_HINT = "apt-get install openjdk-17-jre-headless maven"
+MAVEN_TIMEOUT_S = 900.0
+_PROGRESS_EVERY_S = 5.0
+_POM_NS = {"m": "http://maven.apache.org/POM/4.0.0"}
+# jars whose absence means Maven "succeeded" without giving us a runnable broker
+_REQUIRED_JAR_PREFIXES = ("kafka_2.13-", "kafka-tools-", "kafka-clients-", "log4j-slf4j2-impl-")
+
+
+def resource_text(name: str) -> str:
+    """A file shipped in this package (pom.xml, log4j2.properties, server.properties)."""
+    return importlib.resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
+@cache
+def kafka_version() -> str:
+    """The Kafka version pinned in pom.xml, the single place it is written."""
+    root = ET.fromstring(resource_text("pom.xml"))
+    version = root.findtext("m:properties/m:kafka.version", namespaces=_POM_NS)
+    if not version:
+        raise LocalBrokerError("ingest/localkafka/pom.xml has no <kafka.version> property")
+    return version.strip()
+
+
+def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """`cache_dir`, else `$CUMI_CACHE_DIR`, else `~/.cache/cumi-pipeline` (outside the checkout)."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("CUMI_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "cumi-pipeline"
+
+
+@dataclass(frozen=True, slots=True)
+class Java:
+    """The `java` launcher the broker runs with."""
+
+    path: Path
+    major: int
+    version: str
+    """The quoted version string of `java -version`, e.g. 17.0.15."""
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaRuntime:
+    """A complete, fetched Kafka classpath."""
+
+    home: Path
+    """`<cache>/kafka-<version>`."""
+    version: str
+    java: Java
+
+    @property
+    def lib(self) -> Path:
+        return self.home / "lib"
+
+    @property
+    def classpath(self) -> str:
+        # the launcher expands the wildcard; it keeps the command line short
+        return str(self.lib / "*")
+
+    @property
+    def class_archive(self) -> Path:
+        """AppCDS archive for this exact JVM (an archive from another JVM build is refused)."""
+        return self.home / f"classes-java-{self.java.version}.jsa"
+
+
+def _java_candidate() -> Path | None:
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and (Path(java_home) / "bin" / "java").is_file():
+        return Path(java_home) / "bin" / "java"
+    found = shutil.which("java")
+    return Path(found) if found else None
+
+
+def parse_java_version(output: str) -> tuple[int, str] | None:
+    """(major, version) from `java -version` output; `1.8.0_392` is Java 8."""
+    match = re.search(r'version "([^"]+)"', output)
+    if not match:
+        return None
+    version = match.group(1)
+    parts = re.findall(r"\d+", version)
+    if not parts:
+        return None
+    major = int(parts[1]) if parts[0] == "1" and len(parts) > 1 else int(parts[0])
+    return major, version
+
+
+def _probe_java(path: Path) -> Java | str:
+    try:
+        done = subprocess.run(
+            [str(path), "-version"], capture_output=True, text=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"{path} -version failed: {e}"
+    parsed = parse_java_version(done.stderr + done.stdout)
+    if parsed is None:
+        return f"cannot read the Java version from `{path} -version`"
+    major, version = parsed
+    if major < MIN_JAVA:
+        return f"{path} is Java {version}; Kafka 4 needs Java {MIN_JAVA} or newer"
+    return Java(path=path, major=major, version=version)
+
+
+def check_tools(*, need_maven: bool) -> Java:
+    """The Java to run Kafka with; one LocalBrokerError naming everything missing otherwise."""
+    problems: list[str] = []
+    java_path = _java_candidate()
+    java: Java | None = None
+    if java_path is None:
+        problems.append("java not found (neither $JAVA_HOME/bin/java nor on PATH)")
+    else:
+        probed = _probe_java(java_path)
+        if isinstance(probed, str):
+            problems.append(probed)
+        else:
+            java = probed
+    if need_maven and shutil.which("mvn") is None:
+        problems.append("mvn (Apache Maven) not found on PATH")
+    if problems or java is None:
+        raise LocalBrokerError(
+            f"the local Kafka broker needs Java >= {MIN_JAVA} and Maven: "
+            + "; ".join(problems)
+            + f". Install them, e.g. `{INSTALL_HINT}`."
+        )
+    return java
+
+
+def _marker_content() -> dict[str, str]:
+    pom = resource_text("pom.xml").encode()
+    return {"kafka_version": kafka_version(), "pom_sha256": hashlib.sha256(pom).hexdigest()}
+
+
+def _is_complete(home: Path) -> bool:
+    try:
+        marker = json.loads((home / ".complete").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return bool(marker == _marker_content() and (home / "lib").is_dir())
+
+
+@contextlib.contextmanager
+def locked(home: Path) -> Iterator[None]:
+    """Serialize fetches: two test sessions starting at once must not both run Maven here."""
+    home.parent.mkdir(parents=True, exist_ok=True)
+    with home.with_name(home.name + ".lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def fetch_jars(cache_dir: str | os.PathLike[str] | None = None) -> KafkaRuntime:
+    """Make sure the Kafka jars are in the cache (idempotent) and return the runtime.
+
+    Needs Maven only when the jars are not cached yet; always needs Java >= 17.
+    """
+    version = kafka_version()
+    home = cache_root(cache_dir) / f"kafka-{version}"
+    if _is_complete(home):
+        return KafkaRuntime(home=home, version=version, java=check_tools(need_maven=False))
+    java = check_tools(need_maven=True)
+    with locked(home):
+        if not _is_complete(home):
+            _download(home)
+        else:
+            log.info("another process fetched the Kafka runtime meanwhile")
+    return KafkaRuntime(home=home, version=version, java=java)
+
+
+def _download(home: Path) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    pom = home / "pom.xml"
+    pom.write_text(resource_text("pom.xml"), encoding="utf-8")
+    partial = home / "lib.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    log.info(
+        "fetching the Apache Kafka %s runtime from Maven Central into %s "
+        "(first run only, typically under a minute)",
+        kafka_version(),
+        home,
+    )
+    started = time.monotonic()
+    _run_maven(
+        [
+            "mvn",
+            "-B",
+            "-f",
+            str(pom),
+            "dependency:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={partial}",
+        ]
+    )
+    jars = sorted(p.name for p in partial.glob("*.jar"))
+    missing = [p for p in _REQUIRED_JAR_PREFIXES if not any(j.startswith(p) for j in jars)]
+    if missing:
+        raise LocalBrokerError(f"Maven finished but {partial} lacks {', '.join(missing)}*.jar")
+    shutil.rmtree(home / "lib", ignore_errors=True)
+    partial.rename(home / "lib")
+    # written last: its presence means the folder is complete
+    (home / ".complete").write_text(json.dumps(_marker_content()), encoding="utf-8")
+    log.info("Kafka runtime ready: %d jars in %.1f s", len(jars), time.monotonic() - started)
+
+
+def _run_maven(argv: list[str]) -> None:
+    """Run Maven, logging a heartbeat while it downloads; its output's tail goes into the error."""
+    tail: list[str] = []
+    downloads = 0
+    last_report = time.monotonic()
+    deadline = last_report + MAVEN_TIMEOUT_S
+    with subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True
+    ) as proc:
+        for line in proc.stdout or ():
+            tail = [*tail[-39:], line.rstrip()]
+            log.debug("mvn: %s", line.rstrip())
+            if "Downloaded from" in line:
+                downloads += 1
+            now = time.monotonic()
+            if now - last_report >= _PROGRESS_EVERY_S:
+                log.info("still fetching: %d files downloaded so far", downloads)
+                last_report = now
+            if now > deadline:
+                proc.kill()
+                raise LocalBrokerError(f"Maven did not finish within {MAVEN_TIMEOUT_S:.0f} s")
+        returncode = proc.wait()
+    if returncode != 0:
+        raise LocalBrokerError(
+            f"Maven failed (exit {returncode}) fetching the Kafka runtime:\n" + "\n".join(tail)
+        )
