@@ -1,0 +1,216 @@
+"""The pipeline's Kafka topics: names, partitioning and policies, and idempotent creation.
+
+| topic                | key       | partitions | policy                                          |
+|----------------------|-----------|------------|-------------------------------------------------|
+| `mailbox-events`     | MailboxId | 12         | delete, `retention.ms=-1`: the log is kept      |
+| `mailbox-events-dlq` | none      | 1          | delete, 30 days: rejected raw payloads          |
+| `mailbox-state`      | MailboxId | as events  | compact: latest folder state per mailbox        |
+| `mailbox-registry`   | MailboxId | 1          | compact: which mailboxes to watch               |
+
+The events topic keeps everything because replay (state as of a past time, USN or offset) folds the
+log from its beginning; operators who accept a bounded replay window set `events_retention_ms`.
+The state topic has as many partitions as the events topic so that the projector instance owning
+events partition N restores its state from state partition N (same key, same default partitioner).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, for_code
+
+from ingest.errors import BrokerError, ConfigError
+
+log = logging.getLogger(__name__)
+
+EVENTS_PARTITIONS = 12
+DLQ_RETENTION_MS = 30 * 24 * 3600 * 1000
+READY_TIMEOUT_S = 30.0
+_TOPIC_ALREADY_EXISTS = 36
+_UNKNOWN_TOPIC = 3
+# broker answers that no retry can fix: a bad topic definition
+_INVALID_DEFINITION = {37, 38, 40, 41}  # partitions, replication factor, config, invalid request
+
+
+@dataclass(frozen=True, slots=True)
+class TopicNames:
+    """The four topic names; `TopicNames.with_prefix("t-1234-")` for isolated tests or tenants."""
+
+    events: str = "mailbox-events"
+    dlq: str = "mailbox-events-dlq"
+    state: str = "mailbox-state"
+    registry: str = "mailbox-registry"
+
+    @classmethod
+    def with_prefix(cls, prefix: str) -> TopicNames:
+        default = cls()
+        return cls(
+            events=prefix + default.events,
+            dlq=prefix + default.dlq,
+            state=prefix + default.state,
+            registry=prefix + default.registry,
+        )
+
+    def all(self) -> tuple[str, str, str, str]:
+        return (self.events, self.dlq, self.state, self.registry)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """How one topic must look."""
+
+    name: str
+    partitions: int
+    replication: int = 1
+    config: Mapping[str, str] = field(default_factory=dict)
+    """Topic-level configs (`cleanup.policy`, `retention.ms`, …), as the broker takes them."""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ConfigError("a topic name must not be empty")
+        if self.partitions < 1 or self.replication < 1:
+            raise ConfigError(
+                f"topic {self.name}: partitions and replication must be >= 1, "
+                f"got {self.partitions} and {self.replication}"
+            )
+
+
+def default_specs(
+    names: TopicNames | None = None,
+    *,
+    events_partitions: int = EVENTS_PARTITIONS,
+    replication: int = 1,
+    events_retention_ms: int = -1,
+) -> list[TopicSpec]:
+    """The pipeline's topics (see the module docstring). `replication` 3 for a real cluster."""
+    names = names or TopicNames()
+    compact = {"cleanup.policy": "compact"}
+    return [
+        TopicSpec(
+            names.events,
+            events_partitions,
+            replication,
+            {"cleanup.policy": "delete", "retention.ms": str(events_retention_ms)},
+        ),
+        TopicSpec(
+            names.dlq,
+            1,
+            replication,
+            {"cleanup.policy": "delete", "retention.ms": str(DLQ_RETENTION_MS)},
+        ),
+        TopicSpec(names.state, events_partitions, replication, compact),
+        TopicSpec(names.registry, 1, replication, compact),
+    ]
+
+
+async def ensure_topics(
+    bootstrap: str,
+    specs: Iterable[TopicSpec],
+    *,
+    request_timeout_ms: int = 30_000,
+    **client_kwargs: Any,
+) -> list[str]:
+    """Create whichever of `specs` do not exist yet, wait until all have leaders, and return the
+    names created. Idempotent: an existing topic is left alone (a different partition count is
+    logged as a warning, never "fixed"). `client_kwargs` go to the aiokafka admin client as they
+    are (security_protocol, ssl_context, sasl_mechanism, sasl_plain_username, …).
+    """
+    wanted = {spec.name: spec for spec in specs}
+    if not wanted:
+        return []
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=request_timeout_ms, **client_kwargs
+    )
+    try:
+        await admin.start()
+        existing = await _partition_counts(admin, list(wanted))
+        _warn_on_mismatch(wanted, existing)
+        missing = [spec for name, spec in wanted.items() if name not in existing]
+        created = await _create(admin, missing, request_timeout_ms)
+        await _wait_for_leaders(admin, list(wanted), READY_TIMEOUT_S)
+    except KafkaError as e:
+        raise BrokerError(f"ensuring topics {sorted(wanted)} on {bootstrap}: {e}") from e
+    finally:
+        await admin.close()
+    if created:
+        log.info("created topics %s", ", ".join(created))
+    return created
+
+
+async def _partition_counts(admin: AIOKafkaAdminClient, names: Sequence[str]) -> dict[str, int]:
+    """Partition count of each of `names` that exists."""
+    counts: dict[str, int] = {}
+    for topic in await admin.describe_topics(list(names)):
+        if topic["error_code"] == 0:
+            counts[topic["topic"]] = len(topic["partitions"])
+        elif topic["error_code"] != _UNKNOWN_TOPIC:
+            raise for_code(topic["error_code"])(f"describing topic {topic['topic']}")
+    return counts
+
+
+def _warn_on_mismatch(wanted: Mapping[str, TopicSpec], existing: Mapping[str, int]) -> None:
+    for name, count in existing.items():
+        if count != wanted[name].partitions:
+            # repartitioning would move keys between partitions and break per-mailbox order
+            log.warning(
+                "topic %s exists with %d partitions, not the %d configured; left as it is",
+                name,
+                count,
+                wanted[name].partitions,
+            )
+
+
+async def _create(
+    admin: AIOKafkaAdminClient, specs: Sequence[TopicSpec], timeout_ms: int
+) -> list[str]:
+    if not specs:
+        return []
+    response = await admin.create_topics(
+        [
+            NewTopic(s.name, s.partitions, s.replication, topic_configs=dict(s.config))
+            for s in specs
+        ],
+        timeout_ms=timeout_ms,
+    )
+    created = []
+    for result in response.to_object()["topic_errors"]:
+        code, name = result["error_code"], result["topic"]
+        if code == 0:
+            created.append(name)
+        elif code == _TOPIC_ALREADY_EXISTS:
+            log.debug("topic %s was created concurrently", name)
+        else:
+            message = result.get("error_message") or for_code(code).__name__
+            if code in _INVALID_DEFINITION:
+                raise ConfigError(f"topic {name} cannot be created as specified: {message}")
+            raise for_code(code)(f"creating topic {name}: {message}")
+    return created
+
+
+async def _wait_for_leaders(
+    admin: AIOKafkaAdminClient, names: Sequence[str], within_s: float
+) -> None:
+    """Creation is acknowledged by the controller; wait until every partition has a leader too,
+    so that a producer started right after does not begin with unknown-topic retries."""
+    deadline = time.monotonic() + within_s
+    while True:
+        topics = await admin.describe_topics(list(names))
+        pending = [t["topic"] for t in topics if not _has_leaders(t)]
+        if not pending:
+            return
+        if time.monotonic() >= deadline:
+            raise BrokerError(f"topics {pending} have no leader after {within_s:.0f} s")
+        await asyncio.sleep(0.05)
+
+
+def _has_leaders(topic: Mapping[str, Any]) -> bool:
+    partitions = topic.get("partitions") or []
+    return bool(
+        topic["error_code"] == 0 and partitions and all(p["leader"] >= 0 for p in partitions)
+    )
