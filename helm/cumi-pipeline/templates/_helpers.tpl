@@ -1,0 +1,293 @@
+{{/*
+Chart name, shortened to the 63 characters Kubernetes allows in a DNS label.
+*/}}
+{{- define "cumi-pipeline.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name: <release>-<chart>, or just the release name when it already contains the chart name.
+Components append "-worker" / "-projector", so keep room for the suffix.
+*/}}
+{{- define "cumi-pipeline.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Chart name and version, for the helm.sh/chart label (never used in a selector).
+*/}}
+{{- define "cumi-pipeline.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels of every resource. Call with (dict "ctx" $ "component" "worker"); component may be empty.
+*/}}
+{{- define "cumi-pipeline.labels" -}}
+helm.sh/chart: {{ include "cumi-pipeline.chart" .ctx }}
+{{ include "cumi-pipeline.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: cumi-pipeline
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Selector labels: name, instance and component only. They are immutable on a Deployment, so nothing
+that changes between upgrades (version, chart) may appear here.
+*/}}
+{{- define "cumi-pipeline.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "cumi-pipeline.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+{{- with .component }}
+app.kubernetes.io/component: {{ . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Component resource name: <fullname>-<component>.
+*/}}
+{{- define "cumi-pipeline.componentName" -}}
+{{- printf "%s-%s" (include "cumi-pipeline.fullname" .ctx) .component | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "cumi-pipeline.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "cumi-pipeline.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Image reference: repository@digest when a digest is set, else repository:tag (tag defaults to appVersion).
+*/}}
+{{- define "cumi-pipeline.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag }}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{/*
+Names of the Secrets and ConfigMaps the pods read.
+*/}}
+{{- define "cumi-pipeline.credentialsSecretName" -}}
+{{- default (printf "%s-cumi-credentials" (include "cumi-pipeline.fullname" .)) .Values.cumi.credentials.existingSecret }}
+{{- end }}
+
+{{- define "cumi-pipeline.mailboxesConfigMapName" -}}
+{{- default (printf "%s-mailboxes" (include "cumi-pipeline.fullname" .)) .Values.cumi.mailboxes.existingConfigMap }}
+{{- end }}
+
+{{/*
+True ("true") when the Kafka protocol uses TLS / SASL.
+*/}}
+{{- define "cumi-pipeline.kafkaTls" -}}
+{{- if has .Values.kafka.securityProtocol (list "SSL" "SASL_SSL") }}true{{ end }}
+{{- end }}
+
+{{- define "cumi-pipeline.kafkaSasl" -}}
+{{- if has .Values.kafka.securityProtocol (list "SASL_PLAINTEXT" "SASL_SSL") }}true{{ end }}
+{{- end }}
+
+{{/*
+Fail early, with a readable message, on combinations the schema cannot express.
+*/}}
+{{- define "cumi-pipeline.validate" -}}
+{{- if and .Values.cumi.tls.ca.secretName .Values.cumi.tls.ca.configMapName }}
+{{- fail "cumi.tls.ca: set secretName or configMapName, not both" }}
+{{- end }}
+{{- $cred := .Values.cumi.credentials }}
+{{- if and (eq $cred.provider "delegate") (not $cred.delegateTokenKey) (not $cred.delegateUser) }}
+{{- fail "cumi.credentials.delegateUser (or delegateTokenKey) is required with provider delegate" }}
+{{- end }}
+{{- $shutdown := .Values.worker.shutdownTimeoutSeconds }}
+{{- if and (not (kindIs "invalid" $shutdown)) (ge (float64 $shutdown) (float64 .Values.worker.terminationGracePeriodSeconds)) }}
+{{- fail "worker.shutdownTimeoutSeconds must be less than worker.terminationGracePeriodSeconds, or the drain is killed" }}
+{{- end }}
+{{- if and (include "cumi-pipeline.kafkaTls" .) .Values.kafka.tls.caKey (not .Values.kafka.tls.existingSecret) }}
+{{- fail "kafka.tls.existingSecret is required with SSL / SASL_SSL when kafka.tls.caKey is set (set caKey to \"\" to use the system trust store)" }}
+{{- end }}
+{{- if and (or .Values.kafka.tls.certKey .Values.kafka.tls.keyKey) (not (and .Values.kafka.tls.certKey .Values.kafka.tls.keyKey)) }}
+{{- fail "kafka.tls.certKey and kafka.tls.keyKey go together (mutual TLS)" }}
+{{- end }}
+{{- if and (include "cumi-pipeline.kafkaSasl" .) (not (and .Values.kafka.sasl.username .Values.kafka.sasl.existingSecret)) }}
+{{- fail "kafka.sasl.username and kafka.sasl.existingSecret are required with SASL_PLAINTEXT / SASL_SSL" }}
+{{- end }}
+{{- end }}
+
+{{/*
+Environment shared by both processes: Kafka, topics, HTTP port, logging.
+Only names the code reads (ingest/settings.py); null values are left to the code's defaults.
+*/}}
+{{- define "cumi-pipeline.commonEnv" -}}
+- name: KAFKA_BOOTSTRAP_SERVERS
+  value: {{ .Values.kafka.bootstrapServers | quote }}
+- name: KAFKA_SECURITY_PROTOCOL
+  value: {{ .Values.kafka.securityProtocol | quote }}
+{{- if include "cumi-pipeline.kafkaTls" . }}
+{{- if .Values.kafka.tls.caKey }}
+- name: KAFKA_SSL_CA_FILE
+  value: /etc/cumi-pipeline/kafka-tls/{{ .Values.kafka.tls.caKey }}
+{{- end }}
+{{- if .Values.kafka.tls.certKey }}
+- name: KAFKA_SSL_CERT_FILE
+  value: /etc/cumi-pipeline/kafka-tls/{{ .Values.kafka.tls.certKey }}
+- name: KAFKA_SSL_KEY_FILE
+  value: /etc/cumi-pipeline/kafka-tls/{{ .Values.kafka.tls.keyKey }}
+{{- end }}
+{{- end }}
+{{- if include "cumi-pipeline.kafkaSasl" . }}
+- name: KAFKA_SASL_MECHANISM
+  value: {{ .Values.kafka.sasl.mechanism | quote }}
+- name: KAFKA_SASL_USERNAME
+  value: {{ .Values.kafka.sasl.username | quote }}
+- name: KAFKA_SASL_PASSWORD_FILE
+  value: /etc/cumi-pipeline/kafka-sasl/{{ .Values.kafka.sasl.passwordKey }}
+{{- end }}
+{{- include "cumi-pipeline.optionalEnv" (list "KAFKA_TOPIC_PREFIX" .Values.kafka.topics.prefix) }}
+{{- include "cumi-pipeline.optionalEnv" (list "KAFKA_EVENTS_TOPIC" .Values.kafka.topics.events) }}
+{{- include "cumi-pipeline.optionalEnv" (list "KAFKA_DLQ_TOPIC" .Values.kafka.topics.deadLetter) }}
+{{- include "cumi-pipeline.optionalEnv" (list "KAFKA_STATE_TOPIC" .Values.kafka.topics.state) }}
+{{- include "cumi-pipeline.optionalEnv" (list "KAFKA_REGISTRY_TOPIC" .Values.kafka.topics.registry) }}
+- name: CUMI_METRICS_PORT
+  value: {{ .Values.httpPort | quote }}
+- name: CUMI_LOG_LEVEL
+  value: {{ .Values.logLevel | quote }}
+{{- end }}
+
+{{/*
+The component's free-form `settings` map (names restricted by the schema). Call with the map.
+*/}}
+{{- define "cumi-pipeline.extraEnv" -}}
+{{- range $name, $value := . }}
+{{- include "cumi-pipeline.optionalEnv" (list $name $value) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Environment of the ingest worker only: the Connection server, credentials and mailboxes.
+*/}}
+{{- define "cumi-pipeline.workerEnv" -}}
+- name: CUMI_SERVER_URL
+  value: {{ .Values.cumi.serverUrl | quote }}
+{{- include "cumi-pipeline.optionalEnv" (list "CUMI_COMETD_URL" .Values.cumi.cometdUrl) }}
+{{- include "cumi-pipeline.optionalEnv" (list "CUMI_SERVER_NAME" .Values.cumi.serverName) }}
+- name: CUMI_TLS_VERIFY
+  value: {{ .Values.cumi.tls.verify | quote }}
+{{- if or .Values.cumi.tls.ca.secretName .Values.cumi.tls.ca.configMapName }}
+- name: CUMI_TLS_CA_FILE
+  value: /etc/cumi-pipeline/cumi-ca/{{ .Values.cumi.tls.ca.key }}
+{{- end }}
+- name: CUMI_CREDENTIALS_PROVIDER
+  value: {{ .Values.cumi.credentials.provider | quote }}
+{{- if eq .Values.cumi.credentials.provider "file" }}
+- name: CUMI_CREDENTIALS_FILE
+  value: /etc/cumi-pipeline/credentials/{{ .Values.cumi.credentials.fileKey }}
+{{- else if eq .Values.cumi.credentials.provider "directory" }}
+- name: CUMI_CREDENTIALS_DIR
+  value: /etc/cumi-pipeline/credentials
+{{- else if .Values.cumi.credentials.delegateTokenKey }}
+- name: CUMI_DELEGATE_TOKEN_FILE
+  value: /etc/cumi-pipeline/credentials/{{ .Values.cumi.credentials.delegateTokenKey }}
+{{- else }}
+- name: CUMI_DELEGATE_USER
+  value: {{ .Values.cumi.credentials.delegateUser | quote }}
+- name: CUMI_DELEGATE_PASSWORD_FILE
+  value: /etc/cumi-pipeline/credentials/{{ .Values.cumi.credentials.delegatePasswordKey }}
+{{- end }}
+- name: CUMI_MAILBOXES_FILE
+  value: /etc/cumi-pipeline/mailboxes/{{ .Values.cumi.mailboxes.key }}
+{{- include "cumi-pipeline.optionalEnv" (list "CUMI_EVENT_TIME_ZONE" .Values.cumi.eventTimeZone) }}
+{{- include "cumi-pipeline.optionalEnv" (list "CUMI_SERVER_TIME_ZONE" .Values.cumi.serverTimeZone) }}
+{{- include "cumi-pipeline.optionalEnv" (list "CUMI_REST_CONCURRENCY" .Values.cumi.restConcurrency) }}
+{{- include "cumi-pipeline.optionalEnv" (list "CUMI_REST_TIMEOUT_SECONDS" .Values.cumi.restTimeoutSeconds) }}
+{{- include "cumi-pipeline.optionalEnv" (list "CUMI_STALL_TIMEOUT_SECONDS" .Values.cumi.stallTimeoutSeconds) }}
+{{- include "cumi-pipeline.optionalEnv" (list "CUMI_QUEUE_SIZE" .Values.cumi.queueSize) }}
+{{- include "cumi-pipeline.optionalEnv" (list "CUMI_COMET_TRANSPORT" .Values.cumi.cometTransport) }}
+{{- include "cumi-pipeline.optionalEnv" (list "CUMI_SHUTDOWN_TIMEOUT_SECONDS" .Values.worker.shutdownTimeoutSeconds) }}
+{{- end }}
+
+{{/*
+One env entry, only when the value is set (not null). Call with (list "NAME" value).
+*/}}
+{{- define "cumi-pipeline.optionalEnv" -}}
+{{- $value := index . 1 }}
+{{- if not (kindIs "invalid" $value) }}
+{{- /* YAML integers arrive as float64: print 1000000, not 1e+06 */}}
+{{- if and (kindIs "float64" $value) (eq $value (floor $value)) }}
+{{- $value = int64 $value }}
+{{- end }}
+- name: {{ index . 0 }}
+  value: {{ $value | toString | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+Kafka Secret volumes and mounts, shared by both Deployments.
+*/}}
+{{- define "cumi-pipeline.kafkaVolumes" -}}
+{{- if and (include "cumi-pipeline.kafkaTls" .) .Values.kafka.tls.existingSecret }}
+- name: kafka-tls
+  secret:
+    secretName: {{ .Values.kafka.tls.existingSecret }}
+    defaultMode: 0440
+{{- end }}
+{{- if include "cumi-pipeline.kafkaSasl" . }}
+- name: kafka-sasl
+  secret:
+    secretName: {{ .Values.kafka.sasl.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ .Values.kafka.sasl.passwordKey }}
+        path: {{ .Values.kafka.sasl.passwordKey }}
+{{- end }}
+{{- end }}
+
+{{- define "cumi-pipeline.kafkaVolumeMounts" -}}
+{{- if and (include "cumi-pipeline.kafkaTls" .) .Values.kafka.tls.existingSecret }}
+- name: kafka-tls
+  mountPath: /etc/cumi-pipeline/kafka-tls
+  readOnly: true
+{{- end }}
+{{- if include "cumi-pipeline.kafkaSasl" . }}
+- name: kafka-sasl
+  mountPath: /etc/cumi-pipeline/kafka-sasl
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/*
+HTTP probes on the health endpoints. Call with (dict "probes" .Values.worker.probes).
+*/}}
+{{- define "cumi-pipeline.probes" -}}
+startupProbe:
+  httpGet:
+    path: /healthz/live
+    port: http
+  {{- toYaml .probes.startup | nindent 2 }}
+livenessProbe:
+  httpGet:
+    path: /healthz/live
+    port: http
+  {{- toYaml .probes.liveness | nindent 2 }}
+readinessProbe:
+  httpGet:
+    path: /healthz/ready
+    port: http
+  {{- toYaml .probes.readiness | nindent 2 }}
+{{- end }}

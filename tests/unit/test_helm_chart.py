@@ -1,0 +1,718 @@
+"""The Helm chart, rendered by the real Helm CLI, checked against Kubernetes schemas and the code.
+
+Every scenario (default values and each `ci/*-values.yaml`) is linted with `helm lint --strict`,
+rendered once per session with `helm template`, validated offline with `kubernetes-validate`, and
+its environment is loaded by the real settings code. Helm and promtool come from `make tools`
+($CUMI_CACHE_DIR/bin); a missing binary fails the suite instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from ingest import settings as settings_module
+from ingest.settings import SettingsSource
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "helm" / "cumi-pipeline"
+KUBE_VERSION = "1.31.0"
+RELEASE = "rel"
+SCENARIOS = ["default", *sorted(p.name.removesuffix("-values.yaml") for p in CHART.glob("ci/*"))]
+SELECTOR_KEYS = {
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+}
+MOUNT_ROOT = "/etc/cumi-pipeline/"
+# Settings deliberately not reachable from values, with the reason.
+NOT_IN_CHART = {
+    "CUMI_METRICS_HOST": "the probes and Services need the HTTP server on every interface",
+}
+
+Manifest = dict[str, Any]
+
+
+def tool(name: str) -> str:
+    """A CLI from `make tools`: $CUMI_CACHE_DIR/bin first, then PATH, then the default cache."""
+    cache = Path(os.environ.get("CUMI_CACHE_DIR", Path.home() / ".cache" / "cumi-pipeline"))
+    for candidate in (cache / "bin" / name, shutil.which(name)):
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    pytest.fail(f"{name} not found in {cache / 'bin'} or on PATH: run `make tools`")
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+
+
+def values_args(scenario: str) -> list[str]:
+    return [] if scenario == "default" else ["-f", str(CHART / "ci" / f"{scenario}-values.yaml")]
+
+
+def template(
+    helm: str, *args: str, chart: Path = CHART, kube: str = KUBE_VERSION
+) -> list[Manifest]:
+    result = run(helm, "template", RELEASE, str(chart), "--kube-version", kube, *args)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def template_error(helm: str, *args: str) -> str:
+    """The error of a render that must fail."""
+    result = run(helm, "template", RELEASE, str(CHART), "--kube-version", KUBE_VERSION, *args)
+    assert result.returncode != 0, "the render should have been refused"
+    return result.stderr
+
+
+@dataclass(frozen=True, slots=True)
+class Container:
+    owner: str
+    """kind/name of the manifest the container belongs to."""
+    pod: Manifest
+    """The pod spec."""
+    spec: Manifest
+
+    @property
+    def env(self) -> dict[str, str]:
+        entries = self.spec.get("env", [])
+        names = [e["name"] for e in entries]
+        assert len(names) == len(set(names)), f"{self.owner}: duplicate env {names}"
+        return {e["name"]: e["value"] for e in entries}
+
+
+def pod_spec(doc: Manifest) -> Manifest | None:
+    if doc["kind"] == "Pod":
+        return doc["spec"]  # type: ignore[no-any-return]
+    if doc["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+        return doc["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+    return None
+
+
+def containers(docs: list[Manifest]) -> Iterator[Container]:
+    for doc in docs:
+        pod = pod_spec(doc)
+        if pod is None:
+            continue
+        for spec in pod.get("initContainers", []) + pod["containers"]:
+            yield Container(f"{doc['kind']}/{doc['metadata']['name']}", pod, spec)
+
+
+def one(docs: list[Manifest], kind: str, component: str | None = None) -> Manifest:
+    found = [
+        d
+        for d in docs
+        if d["kind"] == kind
+        and (component is None or labels(d).get("app.kubernetes.io/component") == component)
+    ]
+    assert len(found) == 1, f"expected one {kind} {component or ''}, got {len(found)}"
+    return found[0]
+
+
+def labels(doc: Manifest) -> dict[str, str]:
+    return doc["metadata"].get("labels", {})  # type: ignore[no-any-return]
+
+
+def workload(docs: list[Manifest], component: str) -> Container:
+    deployment = one(docs, "Deployment", component)
+    (container,) = containers([deployment])
+    return container
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    return tool("helm")
+
+
+@pytest.fixture(scope="module")
+def rendered(helm: str) -> dict[str, list[Manifest]]:
+    """Every scenario rendered once for the whole module."""
+    return {scenario: template(helm, *values_args(scenario)) for scenario in SCENARIOS}
+
+
+@pytest.fixture(scope="module")
+def code_settings(tmp_path_factory: pytest.TempPathFactory) -> frozenset[str]:
+    """Every setting name the code reads, recorded while loading a complete configuration.
+
+    All typed getters of SettingsSource go through `raw()`, so noting its argument lists exactly
+    the names the loaders look up — no list kept by hand that could drift from the code.
+    """
+    seen: set[str] = set()
+
+    class Recording(SettingsSource):
+        def raw(self, name: str) -> Any:
+            seen.add(name)
+            return super().raw(name)
+
+    a_file = tmp_path_factory.mktemp("settings") / "file"
+    a_file.write_text("x\n")
+    source = Recording(
+        {
+            "CUMI_SERVER_URL": "https://cuc.example.com",
+            "CUMI_MAILBOXES_FILE": str(a_file),
+            "CUMI_CREDENTIALS_FILE": str(a_file),
+            "KAFKA_BOOTSTRAP_SERVERS": "kafka:9092",
+        }
+    )
+    for load in (
+        settings_module.load_cumi,
+        settings_module.load_credentials,
+        settings_module.load_kafka,
+        settings_module.load_worker,
+    ):
+        load(source)
+    assert len(seen) > 20, "the recording source saw too few settings: has SettingsSource changed?"
+    return frozenset(seen)
+
+
+def materialise(env: dict[str, str], root: Path) -> dict[str, str]:
+    """The container's env with mounted paths moved under `root`, the files created.
+
+    Stands in for the Secret and ConfigMap volumes so the real settings code can check them.
+    """
+    local = dict(env)
+    for name, value in env.items():
+        if not value.startswith(MOUNT_ROOT):
+            continue
+        path = root / value.removeprefix(MOUNT_ROOT)
+        if name.endswith("_DIR"):
+            path.mkdir(parents=True, exist_ok=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("{}\n" if path.suffix == ".json" else "alice\n")
+        local[name] = str(path)
+    return local
+
+
+class TestHelmCli:
+    """`helm lint --strict` and `helm template` accept every scenario."""
+
+    @pytest.mark.parametrize("scenario", SCENARIOS)
+    def test_lint_strict(self, helm: str, scenario: str) -> None:
+        result = run(
+            helm, "lint", "--strict", str(CHART), "--kube-version", KUBE_VERSION,
+            *values_args(scenario),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "[WARNING]" not in result.stdout
+
+    def test_every_ci_scenario_renders(self, rendered: dict[str, list[Manifest]]) -> None:
+        assert len(SCENARIOS) >= 5, SCENARIOS
+        for scenario, docs in rendered.items():
+            assert {"Deployment", "Service", "Pod"} <= {d["kind"] for d in docs}, scenario
+
+
+class TestKubernetesSchemas:
+    """Rendered manifests validate offline against the Kubernetes OpenAPI schemas (strict)."""
+
+    @pytest.mark.parametrize("scenario", SCENARIOS)
+    def test_core_resources_validate(
+        self, rendered: dict[str, list[Manifest]], scenario: str
+    ) -> None:
+        for doc in rendered[scenario]:
+            if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+                continue  # CRDs: see TestMonitoring
+            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+
+    @pytest.mark.parametrize("kube", ["1.25.0", kubernetes_validate.latest_version()])
+    def test_oldest_and_newest_kubernetes(self, helm: str, kube: str) -> None:
+        """kubeVersion in Chart.yaml is >=1.25; the newest bundled schema must hold too."""
+        args = values_args("all-features-on")
+        for doc in template(helm, *args, kube=kube):
+            if not doc["apiVersion"].startswith("monitoring.coreos.com/"):
+                kubernetes_validate.validate(doc, kube, strict=True)
+
+    def test_validator_rejects_an_unknown_field(self, rendered: dict[str, list[Manifest]]) -> None:
+        """Guards the check above: strict validation must notice a misspelt field."""
+        deployment = json.loads(json.dumps(one(rendered["default"], "Deployment", "worker")))
+        deployment["spec"]["template"]["spec"]["containers"][0]["readinessprobe"] = {}
+        with pytest.raises(kubernetes_validate.ValidationError):
+            kubernetes_validate.validate(deployment, KUBE_VERSION, strict=True)
+
+
+class TestSettingsContract:
+    """The chart sets exactly settings the code reads, and enough of them for the code to start."""
+
+    @pytest.mark.parametrize("scenario", SCENARIOS)
+    def test_every_env_var_is_a_setting_the_code_reads(
+        self, rendered: dict[str, list[Manifest]], code_settings: frozenset[str], scenario: str
+    ) -> None:
+        for container in containers(rendered[scenario]):
+            unknown = set(container.env) - code_settings
+            assert not unknown, f"{container.owner} sets {sorted(unknown)}, unknown to the code"
+
+    @pytest.mark.parametrize("scenario", SCENARIOS)
+    def test_worker_env_loads_with_the_real_settings(
+        self, rendered: dict[str, list[Manifest]], scenario: str, tmp_path: Path
+    ) -> None:
+        """Settings.load succeeds: every required setting is set and every value is valid."""
+        env = workload(rendered[scenario], "worker").env
+        loaded = settings_module.Settings.load(env=materialise(env, tmp_path))
+        assert loaded.kafka.bootstrap_servers == env["KAFKA_BOOTSTRAP_SERVERS"]
+        assert loaded.worker.metrics_port == int(env["CUMI_METRICS_PORT"])
+        assert loaded.credentials.provider.value == env["CUMI_CREDENTIALS_PROVIDER"]
+
+    @pytest.mark.parametrize("scenario", SCENARIOS)
+    def test_projector_env_loads_with_the_real_settings(
+        self, rendered: dict[str, list[Manifest]], scenario: str, tmp_path: Path
+    ) -> None:
+        env = materialise(workload(rendered[scenario], "projector").env, tmp_path)
+        source = SettingsSource.load(env=env)
+        kafka = settings_module.load_kafka(source)
+        assert kafka.bootstrap_servers == env["KAFKA_BOOTSTRAP_SERVERS"]
+        assert settings_module.load_worker(source).metrics_port == int(env["CUMI_METRICS_PORT"])
+
+    def test_projector_gets_no_connection_settings(
+        self, rendered: dict[str, list[Manifest]]
+    ) -> None:
+        """The projector never sees CUMI credentials or the Connection server."""
+        env = workload(rendered["all-features-on"], "projector").env
+        assert not {n for n in env if n.startswith(("CUMI_SERVER", "CUMI_CREDENTIALS"))}
+        assert not {n for n in env if "DELEGATE" in n}
+
+    def test_every_setting_is_reachable_from_values(
+        self, helm: str, rendered: dict[str, list[Manifest]], code_settings: frozenset[str]
+    ) -> None:
+        """A setting the code gains must get a values key, a `settings` entry or a reason."""
+        schema = json.loads((CHART / "values.schema.json").read_text())
+        free_form = set(schema["$defs"]["settings"]["propertyNames"]["enum"])
+        assert free_form <= code_settings, sorted(free_form - code_settings)
+        rendered_names = {
+            name for docs in rendered.values() for c in containers(docs) for name in c.env
+        }
+        delegate_token = template(
+            helm,
+            "--set", "cumi.credentials.provider=delegate",
+            "--set", "cumi.credentials.delegateTokenKey=token",
+        )  # fmt: skip
+        rendered_names |= set(workload(delegate_token, "worker").env)
+        missing = code_settings - free_form - rendered_names - NOT_IN_CHART.keys()
+        assert not missing, f"settings the chart cannot set: {sorted(missing)}"
+        # a name with a dedicated values key must not be settable a second way
+        used_free_form = {
+            name
+            for path in CHART.glob("ci/*-values.yaml")
+            for component in ("worker", "projector")
+            for name in (yaml.safe_load(path.read_text()).get(component) or {}).get("settings", {})
+        }
+        dedicated = rendered_names - used_free_form
+        assert not dedicated & free_form, sorted(dedicated & free_form)
+
+    @pytest.mark.parametrize("scenario", SCENARIOS)
+    def test_file_settings_point_into_mounted_volumes(
+        self, rendered: dict[str, list[Manifest]], scenario: str
+    ) -> None:
+        """Each *_FILE / *_DIR path is inside a mount, and the projected key is that file."""
+        for container in containers(rendered[scenario]):
+            volumes = {v["name"]: v for v in container.pod.get("volumes", [])}
+            for name, value in container.env.items():
+                if not name.endswith(("_FILE", "_DIR")):
+                    continue
+                mounts = [
+                    m
+                    for m in container.spec.get("volumeMounts", [])
+                    if value == m["mountPath"] or value.startswith(m["mountPath"] + "/")
+                ]
+                assert len(mounts) == 1, f"{container.owner}: {name}={value} is not mounted"
+                source = volumes[mounts[0]["name"]]
+                projected = (source.get("secret") or source.get("configMap") or {}).get("items")
+                if projected and not name.endswith("_DIR"):
+                    relative = value.removeprefix(mounts[0]["mountPath"] + "/")
+                    assert relative in {i["path"] for i in projected}, (container.owner, name)
+
+
+class TestSelectors:
+    """Selectors use name/instance/component only and survive chart and app upgrades."""
+
+    @staticmethod
+    def selectors(docs: list[Manifest]) -> dict[str, dict[str, str]]:
+        found: dict[str, dict[str, str]] = {}
+        for doc in docs:
+            key = f"{doc['kind']}/{doc['metadata']['name']}"
+            spec = doc.get("spec", {})
+            if doc["kind"] in ("Deployment", "PodDisruptionBudget", "ServiceMonitor"):
+                found[key] = spec["selector"]["matchLabels"]
+            elif doc["kind"] == "Service":
+                found[key] = spec["selector"]
+            elif doc["kind"] == "NetworkPolicy":
+                found[key] = spec["podSelector"]["matchLabels"]
+        return found
+
+    @pytest.mark.parametrize("scenario", SCENARIOS)
+    def test_selector_labels(self, rendered: dict[str, list[Manifest]], scenario: str) -> None:
+        selectors = self.selectors(rendered[scenario])
+        assert selectors
+        for key, selector in selectors.items():
+            assert set(selector) <= SELECTOR_KEYS, (key, selector)
+            assert selector["app.kubernetes.io/instance"] == RELEASE
+
+    @pytest.mark.parametrize("scenario", SCENARIOS)
+    def test_selectors_match_their_pods(
+        self, rendered: dict[str, list[Manifest]], scenario: str
+    ) -> None:
+        docs = rendered[scenario]
+        for component in ("worker", "projector"):
+            deployment = one(docs, "Deployment", component)
+            selector = deployment["spec"]["selector"]["matchLabels"]
+            pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+            assert selector.items() <= pod_labels.items()
+            assert one(docs, "Service", component)["spec"]["selector"] == selector
+            pdb = one(docs, "PodDisruptionBudget", component)
+            assert pdb["spec"]["selector"]["matchLabels"] == selector
+        worker_selector = one(docs, "Deployment", "worker")["spec"]["selector"]["matchLabels"]
+        projector_pods = one(docs, "Deployment", "projector")["spec"]["template"]["metadata"]
+        assert not worker_selector.items() <= projector_pods["labels"].items()
+
+    def test_selectors_stable_across_upgrades(
+        self, helm: str, rendered: dict[str, list[Manifest]], tmp_path: Path
+    ) -> None:
+        """A new chart version and appVersion must not touch an (immutable) selector."""
+        upgraded = tmp_path / "cumi-pipeline"
+        shutil.copytree(CHART, upgraded)
+        chart_yaml = upgraded / "Chart.yaml"
+        text = chart_yaml.read_text()
+        text = re.sub(r"(?m)^version: .*$", "version: 9.8.7", text)
+        text = re.sub(r"(?m)^appVersion: .*$", 'appVersion: "9.9.9"', text)
+        chart_yaml.write_text(text)
+        args = values_args("all-features-on")
+        after = template(helm, *args, chart=upgraded)
+        deployment = one(after, "Deployment", "worker")
+        assert deployment["metadata"]["labels"]["app.kubernetes.io/version"] == "9.9.9"
+        assert self.selectors(after) == self.selectors(rendered["all-features-on"])
+
+
+class TestSecurityContext:
+    """Non-root, read-only root, no capabilities, RuntimeDefault seccomp — on every container."""
+
+    @pytest.mark.parametrize("scenario", SCENARIOS)
+    def test_every_container(self, rendered: dict[str, list[Manifest]], scenario: str) -> None:
+        all_containers = list(containers(rendered[scenario]))
+        owners = {c.owner.split("/")[0] for c in all_containers}
+        assert owners == {"Deployment", "Pod"}, owners  # the helm test pod is included
+        for c in all_containers:
+            pod_sc, sc = c.pod.get("securityContext", {}), c.spec.get("securityContext", {})
+
+            def effective(key: str, pod_sc: Manifest = pod_sc, sc: Manifest = sc) -> Any:
+                return sc.get(key, pod_sc.get(key))
+
+            assert effective("runAsNonRoot") is True, c.owner
+            assert effective("runAsUser") not in (None, 0), c.owner
+            assert sc.get("readOnlyRootFilesystem") is True, c.owner
+            assert sc.get("allowPrivilegeEscalation") is False, c.owner
+            assert sc.get("privileged", False) is False, c.owner
+            assert "ALL" in sc.get("capabilities", {}).get("drop", []), c.owner
+            assert not sc.get("capabilities", {}).get("add"), c.owner
+            assert effective("seccompProfile") == {"type": "RuntimeDefault"}, c.owner
+            assert c.pod.get("automountServiceAccountToken") is False, c.owner
+            tmp = [m for m in c.spec["volumeMounts"] if m["mountPath"] == "/tmp"]
+            volumes = {v["name"]: v for v in c.pod["volumes"]}
+            assert len(tmp) == 1 and "emptyDir" in volumes[tmp[0]["name"]], c.owner
+
+    def test_schema_refuses_weakening(self, helm: str) -> None:
+        for flag in (
+            "securityContext.readOnlyRootFilesystem=false",
+            "securityContext.allowPrivilegeEscalation=true",
+            "podSecurityContext.runAsNonRoot=false",
+            "securityContext.runAsUser=0",
+        ):
+            assert "schema" in template_error(helm, "--set", flag), flag
+
+    @pytest.mark.parametrize("scenario", SCENARIOS)
+    def test_no_secret_material_in_manifests(
+        self, rendered: dict[str, list[Manifest]], scenario: str
+    ) -> None:
+        """Credentials come from existing Secrets, mounted as files; the chart renders none."""
+        docs = rendered[scenario]
+        assert "Secret" not in {d["kind"] for d in docs}
+        for c in containers(docs):
+            leaks = [n for n in c.env if re.search(r"PASSWORD|TOKEN|SECRET", n)]
+            assert all(n.endswith("_FILE") for n in leaks), (c.owner, leaks)
+            assert not any("valueFrom" in e for e in c.spec.get("env", [])), c.owner
+
+
+class TestWorkloads:
+    """Probes on the health endpoints, resources, PDBs, the config checksum."""
+
+    @pytest.mark.parametrize("scenario", SCENARIOS)
+    def test_probes_and_port(self, rendered: dict[str, list[Manifest]], scenario: str) -> None:
+        for component in ("worker", "projector"):
+            c = workload(rendered[scenario], component)
+            (port,) = c.spec["ports"]
+            assert port["name"] == "http"
+            assert port["containerPort"] == int(c.env["CUMI_METRICS_PORT"])
+            for probe, path in (
+                ("startupProbe", "/healthz/live"),
+                ("livenessProbe", "/healthz/live"),
+                ("readinessProbe", "/healthz/ready"),
+            ):
+                expected = {"path": path, "port": "http"}
+                assert c.spec[probe]["httpGet"] == expected, (component, probe)
+            assert c.spec["resources"]["requests"] and c.spec["resources"]["limits"]
+            assert c.spec["args"] == [component]
+
+    def test_replicas(self, rendered: dict[str, list[Manifest]]) -> None:
+        docs = rendered["several-workers"]
+        assert one(docs, "Deployment", "worker")["spec"]["replicas"] == 4
+        assert one(docs, "Deployment", "projector")["spec"]["replicas"] == 2
+        pdb = one(docs, "PodDisruptionBudget", "worker")
+        assert pdb["spec"]["maxUnavailable"] == "25%"
+
+    def test_config_checksum_follows_the_mailbox_list(self, helm: str) -> None:
+        def checksum(*args: str) -> str:
+            pod = one(template(helm, *args), "Deployment", "worker")["spec"]["template"]
+            return pod["metadata"]["annotations"]["checksum/config"]  # type: ignore[no-any-return]
+
+        first = checksum("--set", "cumi.mailboxes.list={alice,bob}")
+        assert re.fullmatch(r"[0-9a-f]{64}", first)
+        assert checksum("--set", "cumi.mailboxes.list={alice,bob}") == first
+        assert checksum("--set", "cumi.mailboxes.list={alice,carol}") != first
+
+    def test_mailbox_list_file(self, rendered: dict[str, list[Manifest]]) -> None:
+        configmap = one(rendered["several-workers"], "ConfigMap", "worker")
+        content = configmap["data"]["mailboxes.txt"]
+        assert content.split() == ["alice", "bob", "carol", "dave", "erin", "frank"]
+        # with an existing ConfigMap the chart renders none of its own
+        existing = rendered["existing-secret"]
+        assert not [d for d in existing if d["kind"] == "ConfigMap"]
+        volumes = workload(existing, "worker").pod["volumes"]
+        (mailboxes,) = [v for v in volumes if v["name"] == "mailboxes"]
+        assert mailboxes["configMap"]["name"] == "voicemail-mailboxes"
+
+    def test_helm_test_pod_hits_every_health_endpoint(
+        self, rendered: dict[str, list[Manifest]]
+    ) -> None:
+        docs = rendered["default"]
+        pod = one(docs, "Pod")
+        assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+        urls = set(pod["spec"]["containers"][0]["args"][1:])
+        expected = {
+            f"http://{one(docs, 'Service', component)['metadata']['name']}:"
+            f"{one(docs, 'Service', component)['spec']['ports'][0]['port']}{path}"
+            for component in ("worker", "projector")
+            for path in ("/healthz/live", "/healthz/ready", "/metrics")
+        }
+        assert urls == expected
+        compile(pod["spec"]["containers"][0]["args"][0], "helm-test", "exec")
+
+    def test_components_can_be_disabled(self, helm: str) -> None:
+        docs = template(helm, "--set", "projector.enabled=false")
+        assert {labels(d).get("app.kubernetes.io/component") for d in docs} >= {"worker"}
+        assert not [d for d in docs if labels(d).get("app.kubernetes.io/component") == "projector"]
+        urls = one(docs, "Pod")["spec"]["containers"][0]["args"][1:]
+        assert urls and not [u for u in urls if "projector" in u]
+
+
+class TestValuesSchema:
+    """values.schema.json is strict: unknown keys, bad enums and unknown settings are refused."""
+
+    @pytest.mark.parametrize(
+        "flag",
+        [
+            "bogus=1",
+            "worker.bogus=1",
+            "cumi.credentials.password=hunter2",
+            "kafka.sasl.password=hunter2",
+            "metrics.serviceMonitor.bogus=true",
+        ],
+    )
+    def test_unknown_keys(self, helm: str, flag: str) -> None:
+        assert "additional properties" in template_error(helm, "--set", flag)
+
+    @pytest.mark.parametrize(
+        "flag",
+        [
+            "cumi.credentials.provider=ldap",
+            "kafka.securityProtocol=TLS",
+            "cumi.cometTransport=carrier-pigeon",
+            "logLevel=LOUD",
+        ],
+    )
+    def test_enums(self, helm: str, flag: str) -> None:
+        assert "must be one of" in template_error(helm, "--set", flag)
+
+    def test_unknown_setting_name(self, helm: str) -> None:
+        assert "CUMI_NO_SUCH_SETTING" in template_error(
+            helm, "--set", "worker.settings.CUMI_NO_SUCH_SETTING=1"
+        )
+
+    def test_schema_enums_match_the_code(self) -> None:
+        schema = json.loads((CHART / "values.schema.json").read_text())
+        cumi = schema["properties"]["cumi"]["properties"]
+        kafka = schema["properties"]["kafka"]["properties"]
+        provider = cumi["credentials"]["properties"]["provider"]
+        pairs = [
+            (provider, settings_module.CredentialsProviderKind),
+            (kafka["securityProtocol"], settings_module.SecurityProtocol),
+            (kafka["sasl"]["properties"]["mechanism"], settings_module.SaslMechanism),
+        ]
+        for node, enum_type in pairs:
+            assert set(node["enum"]) == {m.value for m in enum_type}, enum_type
+        transports = {v for v in cumi["cometTransport"]["enum"] if v is not None}
+        assert transports == {m.value for m in settings_module.CometTransport}
+
+    @pytest.mark.parametrize(
+        ("flags", "message"),
+        [
+            (["kafka.securityProtocol=SASL_PLAINTEXT"], "kafka.sasl.username"),
+            (["kafka.securityProtocol=SSL"], "kafka.tls.existingSecret"),
+            (["cumi.credentials.provider=delegate"], "delegateUser"),
+            (["worker.shutdownTimeoutSeconds=90"], "terminationGracePeriodSeconds"),
+            (["cumi.tls.ca.secretName=a", "cumi.tls.ca.configMapName=b"], "not both"),
+        ],
+    )
+    def test_readable_failures(self, helm: str, flags: list[str], message: str) -> None:
+        args = [arg for flag in flags for arg in ("--set", flag)]
+        assert message in template_error(helm, *args)
+
+    def test_values_file_is_documented(self) -> None:
+        """The schema modeline opens values.yaml; every chart-defined key has a comment above it.
+
+        Keys inside pass-through Kubernetes objects (resources, securityContext, …) are covered
+        by their parent's comment; the schema tells which objects are the chart's own.
+        """
+        schema = json.loads((CHART / "values.schema.json").read_text())
+        lines = (CHART / "values.yaml").read_text().splitlines()
+        assert lines[0] == "# yaml-language-server: $schema=values.schema.json"
+        stack: list[tuple[int, str]] = []
+        checked = 0
+        for number, line in enumerate(lines):
+            match = re.match(r"^( *)([A-Za-z_][\w.-]*):", line)
+            if not match:
+                continue
+            indent, key = len(match[1]), match[2]
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            parent = schema_node(schema, [k for _, k in stack])
+            stack.append((indent, key))
+            if parent is None or parent.get("additionalProperties") is not False:
+                continue  # inside a pass-through object
+            checked += 1
+            assert lines[number - 1].lstrip().startswith("#"), f"values.yaml:{number + 1} {key}"
+        assert checked > 100, checked
+
+
+def schema_node(schema: Manifest, path: list[str]) -> Manifest | None:
+    """The chart's own schema object for the values at `path`.
+
+    None inside a Kubernetes-shaped value ($defs: resources, probes, strategy, labels, …),
+    whose keys are the Kubernetes API's and documented by the parent's comment.
+    """
+    node: Manifest = schema
+    for key in path:
+        if key not in node.get("properties", {}):
+            return None
+        node = node["properties"][key]
+        if "$ref" in node:
+            return None
+    return node
+
+
+class TestMonitoring:
+    """ServiceMonitor, PrometheusRule and dashboard: off by default, correct when on."""
+
+    def test_optional_features_off_by_default(self, rendered: dict[str, list[Manifest]]) -> None:
+        kinds = {d["kind"] for d in rendered["default"]}
+        assert not kinds & {"NetworkPolicy", "ServiceMonitor", "PrometheusRule"}
+        names = {d["metadata"]["name"] for d in rendered["default"]}
+        assert not [n for n in names if n.endswith("-dashboard")]
+
+    def test_service_monitor_scrapes_both_services(
+        self, rendered: dict[str, list[Manifest]]
+    ) -> None:
+        docs = rendered["all-features-on"]
+        monitor = one(docs, "ServiceMonitor")
+        assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+        spec = monitor["spec"]
+        assert set(spec) <= {"jobLabel", "selector", "namespaceSelector", "endpoints"}
+        selector = spec["selector"]["matchLabels"]
+        services = [d for d in docs if d["kind"] == "Service"]
+        scraped = [s for s in services if selector.items() <= labels(s).items()]
+        assert len(scraped) == 2
+        (endpoint,) = spec["endpoints"]
+        assert endpoint["path"] == "/metrics"
+        assert set(endpoint) <= {
+            "port", "path", "interval", "scrapeTimeout", "relabelings", "metricRelabelings",
+        }  # fmt: skip
+        for service in scraped:
+            assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+            assert labels(service)[spec["jobLabel"]] == "cumi-pipeline"
+
+    def test_prometheus_rule_passes_promtool(
+        self, rendered: dict[str, list[Manifest]], tmp_path: Path
+    ) -> None:
+        rule = one(rendered["all-features-on"], "PrometheusRule")
+        assert set(rule["spec"]) == {"groups"} and rule["spec"]["groups"]
+        rules_file = tmp_path / "rules.yaml"
+        rules_file.write_text(yaml.safe_dump(rule["spec"]))
+        result = run(tool("promtool"), "check", "rules", str(rules_file))
+        assert result.returncode == 0, result.stdout + result.stderr
+        source = yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
+        assert rule["spec"]["groups"] == source["groups"]  # verbatim, no templating
+
+    def test_dashboard_configmap(self, rendered: dict[str, list[Manifest]]) -> None:
+        docs = rendered["all-features-on"]
+        (configmap,) = [d for d in docs if d["metadata"]["name"].endswith("-dashboard")]
+        assert configmap["metadata"]["namespace"] == "monitoring"
+        assert labels(configmap)["grafana_dashboard"] == "1"
+        dashboard = json.loads(configmap["data"]["cumi-pipeline.json"])
+        assert dashboard == json.loads((CHART / "files" / "dashboard.json").read_text())
+        assert dashboard["panels"] and dashboard["title"]
+
+    def test_network_policies(self, rendered: dict[str, list[Manifest]]) -> None:
+        docs = rendered["all-features-on"]
+        worker = one(docs, "NetworkPolicy", "worker")
+        projector = one(docs, "NetworkPolicy", "projector")
+        for policy in (worker, projector):
+            assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+            peers = policy["spec"]["ingress"][0]["from"]
+            test_pod = labels(one(docs, "Pod"))
+            assert any(
+                p.get("podSelector", {}).get("matchLabels", {}).items() <= test_pod.items()
+                for p in peers
+            ), "the helm test pod must reach the health endpoints"
+
+        def egress_ports(policy: Manifest) -> set[int]:
+            return {p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])}
+
+        assert 7443 in egress_ports(worker)
+        assert 7443 not in egress_ports(projector)  # the projector never talks to Connection
+
+
+class TestImage:
+    """The Dockerfile builds what the chart expects: a non-root UID, the `ingest` entry point."""
+
+    def test_dockerfile(self) -> None:
+        text = (REPO / "Dockerfile").read_text()
+        stages = re.findall(r"(?im)^FROM\s+\S+(?:\s+AS\s+(\S+))?", text)
+        assert len(stages) >= 2, "multi-stage build"
+        user = re.findall(r"(?m)^USER\s+(\S+)", text)[-1]
+        uid = int(user.split(":")[0])
+        values = yaml.safe_load((CHART / "values.yaml").read_text())
+        assert uid == values["podSecurityContext"]["runAsUser"] == values["securityContext"][
+            "runAsUser"]  # fmt: skip
+        assert uid != 0
+        assert re.search(r'(?m)^ENTRYPOINT \["ingest"\]', text)
+        assert not re.search(r"(?im)^(ARG|ENV)\s+\S*(PASSWORD|TOKEN|SECRET)", text)
+        assert re.search(r"(?m)^RUN pip wheel ", text), "the build stage makes a wheel"
+        assert re.search(r"pip install --no-index", text), "the runtime installs only those wheels"
+
+    def test_dockerignore_keeps_the_build_context_small_and_clean(self) -> None:
+        ignored = {
+            line.strip()
+            for line in (REPO / ".dockerignore").read_text().splitlines()
+            if line.strip() and not line.startswith("#")
+        }
+        assert {".git", ".venv"} <= ignored
+        for needed in ("ingest", "schemas", "pyproject.toml", "README.md"):
+            assert needed not in ignored and f"{needed}/" not in ignored
