@@ -1,9 +1,10 @@
 """Domain records of the event log: what a CUMI notification *means* once normalized.
 
 These are the in-memory forms of the Avro records in `schemas/` (field for field); `ingest.codec`
-converts between the two. A `MailboxEvent` is a *state assertion* about one or more messages of one
-mailbox (DESIGN.md §2): it can repeat, and after Notifier downtime it carries only the latest status.
-A `MailboxSnapshot` is the server's folder listing taken by gap repair; it replaces the projected state.
+converts between the two. A `MailboxEvent` is a *state assertion* about one or more messages of
+one mailbox (DESIGN.md §2): it can repeat, and after Notifier downtime it carries only the latest
+status. A `MailboxSnapshot` is the server's folder listing taken by gap repair; it replaces the
+projected state.
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ class EventType(enum.StrEnum):
 
 
 class RecordKind(enum.StrEnum):
-    """What a record on the events topic is; also sent as the `cumi.kind` Kafka header."""
+    """What a record is; sent as the `cumi.kind` Kafka header. The events topic carries EVENT and
+    SNAPSHOT, the dead-letter topic DEAD_LETTER, the state topic STATE."""
 
     EVENT = "event"
     SNAPSHOT = "snapshot"
+    DEAD_LETTER = "dead_letter"
+    STATE = "state"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +114,7 @@ LogRecord = MailboxEvent | MailboxSnapshot
 
 
 class RejectReason(enum.StrEnum):
-    """Why a payload was dead-lettered; the `reason` of a DeadLetter and a metric label (bounded)."""
+    """Why a payload was dead-lettered; the `reason` of a DeadLetter, a metric label (bounded)."""
 
     NOT_JSON = "not_json"
     NOT_AN_OBJECT = "not_an_object"
@@ -137,3 +141,56 @@ class DeadLetter:
     field: str | None = None
     source: str | None = None
     mailbox_id: str | None = None
+
+
+class Folder(enum.StrEnum):
+    """Where a projected message is; the Avro enum `Folder` of schemas/mailbox_state.avsc."""
+
+    INBOX = "INBOX"
+    DELETED = "DELETED"
+    GONE = "GONE"
+    """In neither folder (hard-deleted, or left a folder): a tombstone that keeps its USN so a late
+    stale event cannot bring the message back."""
+
+
+@dataclass(frozen=True, slots=True)
+class MessageStateRecord:
+    """One message of a projected mailbox (schemas/mailbox_state.avsc `MessageState`)."""
+
+    message_id: str
+    folder: Folder
+    read: bool
+    usn: int
+    """USN of the last change applied to this message."""
+    applied: tuple[EventType, ...]
+    """EventTypes already applied at `usn` (sorted): a repeat of one of them is a duplicate."""
+    base_folder: Folder
+    """Folder before the change at `usn`: events sharing a USN are resolved together from it."""
+    base_read: bool
+    """Read flag before the change at `usn`."""
+    caller_ani: str | None = None
+    sender: str | None = None
+    msg_type: str | None = None
+    priority: str | None = None
+    receive_time: dt.datetime | None = None
+    receive_time_raw: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxStateRecord:
+    """Projected state of one mailbox: the value on the compacted state topic (key MailboxId)."""
+
+    mailbox_id: str
+    usn: int
+    """Highest USN applied (events or snapshot)."""
+    messages: tuple[MessageStateRecord, ...]
+    """Every known message, tombstones included, sorted by message_id."""
+    snapshot_usn: int = -1
+    """USN of the newest applied snapshot; events at or below it are stale. -1: none yet."""
+    updated_at: dt.datetime | None = None
+    """Latest EventTime (or snapshot taken_at) among applied records; not the projector's clock,
+    so folding the same log always gives the same record."""
+    events_applied: int = 0
+    duplicates: int = 0
+    stale: int = 0
+    snapshots_applied: int = 0
