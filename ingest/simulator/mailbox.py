@@ -1,0 +1,150 @@
+"""Server-side mailbox state: the simulator's ground truth.
+
+A mailbox holds messages in two folders, Inbox and Deleted, each read or unread, and a mailbox
+USN that grows with every change. These objects are the server's own mutable state (not records), so
+they are plain slotted classes; everything handed out of the simulator is a copy (`truth()`,
+listings).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import random
+import uuid
+from collections.abc import Sequence
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from ingest.simulator.comet import NULL, format_time
+from ingest.simulator.users import User
+
+
+class Folder(enum.StrEnum):
+    """The two folders CUMI notifies about; also the REST path segment."""
+
+    INBOX = "inbox"
+    DELETED = "deleted"
+
+
+class Message:
+    """One voicemail; `read` and `usn` change, the rest is fixed when it arrives."""
+
+    __slots__ = (
+        "arrival_ms",
+        "caller_ani",
+        "info",
+        "message_id",
+        "msg_type",
+        "priority",
+        "read",
+        "sender",
+        "sender_name",
+        "usn",
+    )
+
+    def __init__(
+        self,
+        message_id: str,
+        arrival_ms: int,
+        *,
+        caller_ani: str | None,
+        sender: str | None,
+        sender_name: str,
+        priority: str,
+        msg_type: str,
+        zone: ZoneInfo,
+    ) -> None:
+        self.message_id = message_id
+        self.arrival_ms = arrival_ms
+        self.caller_ani = caller_ani
+        self.sender = sender
+        self.sender_name = sender_name
+        self.priority = priority
+        self.msg_type = msg_type
+        self.read = False
+        self.usn = 0
+        """USN of the message's latest change (also of its removal, once gone)."""
+        receive = dt.datetime.fromtimestamp(arrival_ms / 1000, zone)
+        # the Comet MessageInfo never changes, so it is built once per message
+        self.info: dict[str, str] = {
+            "CallerAni": caller_ani or NULL,
+            "Sender": sender or NULL,
+            "MessageId": message_id,
+            "ReceiveTime": format_time(receive),
+            "Priority": priority,
+            "MsgType": msg_type,
+        }
+
+
+class Mailbox:
+    """One user's folders and USN."""
+
+    __slots__ = ("deleted", "inbox", "user", "usn")
+
+    def __init__(self, user: User, usn: int) -> None:
+        self.user = user
+        self.usn = usn
+        self.inbox: dict[str, Message] = {}
+        self.deleted: dict[str, Message] = {}
+
+    @property
+    def alias(self) -> str:
+        return self.user.alias
+
+    def folder(self, folder: Folder) -> dict[str, Message]:
+        return self.inbox if folder is Folder.INBOX else self.deleted
+
+    def where(self, message_id: str) -> Folder | None:
+        if message_id in self.inbox:
+            return Folder.INBOX
+        if message_id in self.deleted:
+            return Folder.DELETED
+        return None
+
+    def next_usn(self) -> int:
+        self.usn += 1
+        return self.usn
+
+    def truth(self) -> dict[str, Any]:
+        """This mailbox in the `ingest fold` JSON format (MessageId without the `0:` prefix)."""
+        return {
+            "inbox": {m.message_id: {"read": m.read} for m in self.inbox.values()},
+            "deleted": {m.message_id: {"read": m.read} for m in self.deleted.values()},
+            "usn": self.usn,
+        }
+
+
+_MSG_TYPES = (("Voice", 90), ("Fax", 3), ("Email", 4), ("Receipt", 3))
+_PRIORITIES = (("Normal-Priority", 85), ("Urgent-Priority", 12), ("Low-Priority", 3))
+
+
+def _weighted(rng: random.Random, table: Sequence[tuple[str, int]]) -> str:
+    return rng.choices([v for v, _ in table], [w for _, w in table])[0]
+
+
+def random_message(
+    rng: random.Random, arrival_ms: int, zone: ZoneInfo, colleagues: Sequence[User]
+) -> Message:
+    """A new message: mostly outside callers (ANI, no Sender), some colleagues, a few anonymous."""
+    roll = rng.random()
+    ani: str | None
+    sender: str | None
+    if roll < 0.6:
+        number = f"{rng.choice(('408', '415', '650', '919'))}555{rng.randrange(10_000):04d}"
+        ani, sender, name = number, None, number
+    elif roll < 0.9 and colleagues:
+        colleague = rng.choice(colleagues)
+        ani, sender, name = f"1{rng.randrange(1000):03d}", colleague.alias, colleague.display_name
+    else:
+        ani, sender, name = None, None, "Unknown caller"
+    return Message(
+        str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        arrival_ms,
+        caller_ani=ani,
+        sender=sender,
+        sender_name=name,
+        priority=_weighted(rng, _PRIORITIES),
+        msg_type=_weighted(rng, _MSG_TYPES),
+        zone=zone,
+    )

@@ -1,0 +1,207 @@
+"""The Notifier: turns truth changes into Comet events on the subscribed channels.
+
+Every event of a mailbox goes to every live subscription of that mailbox (one channel each, the
+event naming that subscription's id) and from there to every session subscribed to the channel; an
+event nobody is subscribed to is lost, as on the real server.
+
+Notifier downtime follows the vendor note: while down, changes reach the truth but nothing is sent;
+on recovery the server sends *the latest status* of each changed message — one event per message,
+at the message's latest USN (messages sharing USN and status share one event):
+
+| latest status | EventType |
+|---|---|
+| Inbox, read | SAVED_MESSAGE |
+| Inbox, unread | UNREAD_MESSAGE (NEW_MESSAGE if it arrived during the downtime) |
+| Deleted, read / unread | DELETED_MESSAGE_READ / DELETED_MESSAGE_UNREAD |
+| gone, was in Inbox before the downtime | DELETED_MESSAGE |
+| gone, was in Deleted before the downtime | DELETED_MESSAGE_DELETE |
+| gone, arrived during the downtime | nothing (no one ever heard of it) |
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+from ingest.simulator.comet import (
+    CHANNEL_PREFIX,
+    EventClock,
+    EventType,
+    bayeux_message,
+    channel_of,
+    event_data,
+)
+from ingest.simulator.faults import Faults, MalformedKind, malformed
+from ingest.simulator.mailbox import Folder, Mailbox, Message
+from ingest.simulator.scenario import Change
+from ingest.simulator.stats import Counters
+
+Deliver = Callable[[str, bytes], int]
+"""Queue an encoded message on a channel; returns the number of sessions reached."""
+
+
+class Subscriptions:
+    """Notification subscriptions (requestnotification results): subscriptionId ↔ mailbox."""
+
+    def __init__(self) -> None:
+        self._mailbox_of: dict[str, str] = {}
+        self._of_mailbox: dict[str, list[str]] = defaultdict(list)
+
+    def create(self, alias: str) -> str:
+        subscription_id = str(uuid.uuid4())
+        self._mailbox_of[subscription_id] = alias
+        self._of_mailbox[alias].append(subscription_id)
+        return subscription_id
+
+    def mailbox_of(self, subscription_id: str) -> str | None:
+        return self._mailbox_of.get(subscription_id)
+
+    def of_mailbox(self, alias: str) -> Sequence[str]:
+        return self._of_mailbox.get(alias, ())
+
+    def allows(self, channel: str) -> bool:
+        """Whether a session may subscribe to `channel`: only a live subscription's channel."""
+        return channel.startswith(CHANNEL_PREFIX) and (
+            channel[len(CHANNEL_PREFIX) :] in self._mailbox_of
+        )
+
+    def clear(self) -> None:
+        self._mailbox_of.clear()
+        self._of_mailbox.clear()
+
+    def __len__(self) -> int:
+        return len(self._mailbox_of)
+
+
+class Notifier:
+    """Publishes scenario changes, withholds and coalesces them during downtime, injects faults."""
+
+    def __init__(
+        self,
+        subscriptions: Subscriptions,
+        deliver: Deliver,
+        counters: Counters,
+        faults: Faults,
+        *,
+        seed: int,
+    ) -> None:
+        self._subscriptions = subscriptions
+        self._deliver = deliver
+        self._counters = counters
+        self._faults = faults
+        self._rng = random.Random(f"faults-{seed}")
+        self._clock = EventClock()
+        self.is_up = True
+        # per mailbox: message id → (message, folder before the downtime)
+        self._pending: dict[str, tuple[Mailbox, dict[str, tuple[Message, Folder | None]]]] = {}
+
+    def publish(self, change: Change) -> None:
+        mailbox = change.mailbox
+        if not self.is_up:
+            _, touched = self._pending.setdefault(mailbox.alias, (mailbox, {}))
+            for message, before in change.before:
+                touched.setdefault(message.message_id, (message, before))
+            self._counters.withheld += len(change.notices)
+            return
+        for notice in change.notices:
+            self.send(mailbox, notice.event_type, notice.usn, notice.messages)
+
+    def down(self) -> None:
+        self.is_up = False
+
+    def up(self) -> int:
+        """Back in service: send the latest status of every message changed meanwhile."""
+        self.is_up = True
+        pending, self._pending = self._pending, {}
+        sent = 0
+        for mailbox, touched in pending.values():
+            groups: dict[tuple[int, EventType], list[Message]] = defaultdict(list)
+            for message, before in touched.values():
+                event_type = _latest_status(mailbox, message, before)
+                if event_type is not None:
+                    groups[message.usn, event_type].append(message)
+            for (usn, event_type), messages in sorted(groups.items()):
+                self.send(mailbox, event_type, usn, messages)
+                sent += 1
+        self._counters.coalesced += sent
+        return sent
+
+    def send(
+        self, mailbox: Mailbox, event_type: EventType, usn: int, messages: Sequence[Message]
+    ) -> int:
+        """Publish one event to every subscription of the mailbox; returns sessions reached."""
+        self._counters.emitted[event_type] += 1
+        infos = [m.info for m in messages]
+        event_time = self._clock.now()
+        duplicate = self._rng.random() < self._faults.duplicate_ratio
+        reached = 0
+        for subscription_id in self._subscriptions.of_mailbox(mailbox.alias):
+            channel = channel_of(subscription_id)
+            data = event_data(
+                infos=infos,
+                usn=usn,
+                event_time=event_time,
+                subscription_id=subscription_id,
+                mailbox_id=mailbox.alias,
+                event_type=event_type,
+                display_name=mailbox.user.display_name,
+            )
+            payload = bayeux_message(channel, data)
+            reached += self._deliver(channel, payload)
+            if duplicate:
+                self._deliver(channel, payload)
+        if not reached:
+            self._counters.lost += 1
+        elif duplicate:
+            self._counters.duplicates += 1
+        if reached and self._rng.random() < self._faults.malformed_ratio:
+            self.inject_malformed(mailbox, event_type, usn, messages)
+        return reached
+
+    def inject_malformed(
+        self,
+        mailbox: Mailbox,
+        event_type: EventType,
+        usn: int,
+        messages: Sequence[Message],
+        kind: MalformedKind | None = None,
+    ) -> int:
+        """Publish one broken payload modelled on a valid event; returns sessions reached."""
+        kind = kind or self._rng.choice(list(MalformedKind))
+        reached = 0
+        for subscription_id in self._subscriptions.of_mailbox(mailbox.alias):
+            channel = channel_of(subscription_id)
+            valid = event_data(
+                infos=[m.info for m in messages],
+                usn=usn,
+                event_time=self._clock.now(),
+                subscription_id=subscription_id,
+                mailbox_id=mailbox.alias,
+                event_type=event_type,
+                display_name=mailbox.user.display_name,
+            )
+            reached += self._deliver(
+                channel, bayeux_message(channel, malformed(kind, valid, self._rng))
+            )
+        if reached:
+            self._counters.malformed += 1
+        return reached
+
+
+def _latest_status(mailbox: Mailbox, message: Message, before: Folder | None) -> EventType | None:
+    match mailbox.where(message.message_id):
+        case Folder.INBOX if message.read:
+            return EventType.SAVED_MESSAGE
+        case Folder.INBOX:
+            return EventType.NEW_MESSAGE if before is None else EventType.UNREAD_MESSAGE
+        case Folder.DELETED:
+            return (
+                EventType.DELETED_MESSAGE_READ if message.read else EventType.DELETED_MESSAGE_UNREAD
+            )
+        case None if before is Folder.INBOX:
+            return EventType.DELETED_MESSAGE
+        case None if before is Folder.DELETED:
+            return EventType.DELETED_MESSAGE_DELETE
+    return None
