@@ -279,6 +279,8 @@ class CumiSettings:
     """How long a mailbox whose credentials were refused waits before it is tried again."""
     stall_timeout_seconds: float
     subscribe_batch_size: int
+    reuse_subscriptions: bool
+    """After a lost session, try each mailbox's old subscriptionId before asking for a new one."""
     reconcile_page_size: int
     reconcile_concurrency: int
     event_time_zone: ZoneInfo
@@ -354,7 +356,8 @@ class WorkerSettings:
     """CUMI_QUEUE_SIZE: events received but not yet acknowledged by Kafka, at most."""
     metrics_port: int
     metrics_host: str
-    log_level: str
+    log_level: str | None
+    """CUMI_LOG_LEVEL; None leaves the command line's --log-level in force."""
     shutdown_timeout_seconds: float
     reconcile_on_start: bool
 
@@ -422,6 +425,7 @@ def load_cumi(s: SettingsSource) -> CumiSettings:
         auth_retry_seconds=s.number("CUMI_AUTH_RETRY_SECONDS", 900.0, minimum=0.0),
         stall_timeout_seconds=s.number("CUMI_STALL_TIMEOUT_SECONDS", 90.0, minimum=0.0),
         subscribe_batch_size=s.integer("CUMI_SUBSCRIBE_BATCH_SIZE", 100, minimum=1, maximum=1000),
+        reuse_subscriptions=s.flag("CUMI_REUSE_SUBSCRIPTIONS", True),
         reconcile_page_size=s.integer("CUMI_RECONCILE_PAGE_SIZE", 100, minimum=1, maximum=1000),
         reconcile_concurrency=s.integer("CUMI_RECONCILE_CONCURRENCY", 2, minimum=1, maximum=64),
         event_time_zone=s.zone("CUMI_EVENT_TIME_ZONE"),
@@ -533,8 +537,8 @@ def _check_compression(compression: Compression) -> None:
 
 
 def load_worker(s: SettingsSource) -> WorkerSettings:
-    level = (s.text("CUMI_LOG_LEVEL", "INFO") or "INFO").upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+    level = (s.text("CUMI_LOG_LEVEL") or "").upper() or None
+    if level is not None and level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError(
             f"CUMI_LOG_LEVEL must be DEBUG|INFO|WARNING|ERROR|CRITICAL, got {level!r}"
         )

@@ -1,0 +1,230 @@
+"""Gap repair: after a gap in notifications, read a mailbox's folders and publish a MailboxSnapshot.
+
+Gaps happen at start-up (nothing was listening), when a CometD session is lost (the server forgot
+the client, or it stalled) and when the server restarts (every subscription is gone). For each
+affected mailbox, once its new subscription is active, the reconciler lists Inbox and Deleted (all
+pages) and publishes the listing as a snapshot record on the events topic, keyed like the events.
+
+Which USN does the snapshot carry? The listing is not atomic — events keep arriving while it is
+taken, and each folder is a separate request (several, with pagination). The rule the projection
+applies is: a snapshot at USN S replaces the state of every message whose last applied USN is ≤ S,
+and keeps what events with a USN > S said (whether they came before or after the snapshot record).
+So S must be a USN the listing is *at least as new as*: every change ≤ S must be in the listing.
+Therefore the mailbox USN is read **before** listing, after the subscription is active:
+
+- a change with USN ≤ S happened before the listing began, so the listing shows it; its event, if it
+  arrives after the snapshot, is stale and rightly ignored;
+- a change with USN > S may or may not show in the listing, but its event is delivered (the
+  subscription was already active) and, being newer than S, wins over the listing either way;
+- a change made during the gap, before the subscription, has a USN ≤ S: the listing covers it.
+
+Reading the USN *after* listing would be wrong: a change between a folder read and that USN read
+would be neither in the listing nor applied (its event ≤ S would count as stale).
+
+One hazard remains: pagination. A message arriving or leaving between two page reads shifts the
+pages, so an unrelated message may be missed (it would then vanish from the projection). A folder
+read in one page is consistent; when either folder needs several pages, the mailbox USN is read
+again afterwards and the listing is repeated (a few times) until no change happened meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+from ingest.credentials import CredentialsProvider
+from ingest.cumi_rest import CumiRestClient, Folder
+from ingest.errors import AuthError, IngestError
+from ingest.events import MailboxSnapshot
+from ingest.metrics import WORKER_RECONCILE_PENDING, WORKER_RECONCILE_RUNS
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[MailboxSnapshot], Awaitable[None]]
+
+
+class Reconciler:
+    """A queue of mailboxes to repair, worked off by a few tasks through the shared REST client."""
+
+    def __init__(
+        self,
+        rest: CumiRestClient,
+        credentials: CredentialsProvider,
+        publish: Publish,
+        *,
+        source: str | None = None,
+        concurrency: int = 2,
+        page_size: int = 100,
+        stable_attempts: int = 3,
+        max_attempts: int = 5,
+        retry_base: float = 1.0,
+    ) -> None:
+        self._rest = rest
+        self._credentials = credentials
+        self._publish = publish
+        self._source = source
+        self._concurrency = concurrency
+        self._page_size = page_size
+        self._stable_attempts = stable_attempts
+        self._max_attempts = max_attempts
+        self._retry_base = retry_base
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._wanted: dict[str, str] = {}  # alias → reason, queued or waiting for a retry
+        self._running: dict[str, str] = {}  # alias → reason of a listing in progress
+        self._again: dict[str, str] = {}  # requested again while running: list once more after
+        self._attempts: dict[str, int] = {}
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._rng = random.Random()
+        self.published = 0
+
+    async def start(self) -> None:
+        if not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self._work(), name=f"reconcile-{i}")
+                for i in range(self._concurrency)
+            ]
+
+    async def stop(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def __aenter__(self) -> Reconciler:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def pending(self) -> int:
+        return len(self._wanted) + len(self._running)
+
+    def request(self, alias: str, reason: str) -> None:
+        """Repair `alias` soon. Asked again while listing, it is listed once more afterwards."""
+        if alias in self._running:
+            self._again[alias] = reason
+            return
+        if alias not in self._wanted:
+            self._wanted[alias] = reason
+            self._queue.put_nowait(alias)
+        self._changed()
+
+    def cancel(self, alias: str) -> None:
+        """Forget a queued repair (its subscription is gone again; it will be asked anew)."""
+        self._wanted.pop(alias, None)
+        self._again.pop(alias, None)
+        self._changed()
+
+    async def wait_idle(self) -> None:
+        """Returns when nothing is queued, running or waiting for a retry."""
+        await self._idle.wait()
+
+    def _changed(self) -> None:
+        WORKER_RECONCILE_PENDING.set(self.pending)
+        if self.pending:
+            self._idle.clear()
+        else:
+            self._idle.set()
+
+    async def _work(self) -> None:
+        while True:
+            alias = await self._queue.get()
+            reason = self._wanted.pop(alias, None)
+            if reason is None:
+                continue  # cancelled, or a duplicate queue entry
+            self._running[alias] = reason
+            try:
+                await self._repair(alias, reason)
+            finally:
+                del self._running[alias]
+                again = self._again.pop(alias, None)
+                if again is not None:
+                    self.request(alias, again)
+                self._changed()
+
+    async def _repair(self, alias: str, reason: str) -> None:
+        try:
+            snapshot = await self.snapshot(alias, reason)
+            await self._publish(snapshot)
+        except AuthError as e:
+            # the subscription manager owns credential failures; the next subscribe asks again
+            WORKER_RECONCILE_RUNS.labels(reason, "failure").inc()
+            log.warning("gap repair of mailbox %s refused: %s", alias, e)
+            self._attempts.pop(alias, None)
+            return
+        except IngestError as e:
+            WORKER_RECONCILE_RUNS.labels(reason, "failure").inc()
+            attempt = self._attempts.get(alias, 0) + 1
+            if attempt >= self._max_attempts:
+                self._attempts.pop(alias, None)
+                log.error(
+                    "gap repair of mailbox %s gave up after %d attempts: %s", alias, attempt, e
+                )
+                return
+            self._attempts[alias] = attempt
+            delay = self._rng.uniform(0.5, 1.0) * self._retry_base * 2**attempt
+            log.warning("gap repair of mailbox %s failed (%s); retry in %.1f s", alias, e, delay)
+            self._wanted[alias] = reason
+            self._retry_later(alias, delay)
+            return
+        self._attempts.pop(alias, None)
+        self.published += 1
+        WORKER_RECONCILE_RUNS.labels(reason, "success").inc()
+
+    def _retry_later(self, alias: str, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._timers.discard(handle)
+            if alias in self._wanted:
+                self._queue.put_nowait(alias)
+
+        handle = loop.call_later(delay, fire)
+        self._timers.add(handle)
+
+    async def snapshot(self, alias: str, reason: str) -> MailboxSnapshot:
+        """Read one mailbox's folders (see the module docstring for the USN rule)."""
+        credential = await self._credentials.credential_for(alias)
+        rest, size = self._rest, self._page_size
+        for _ in range(self._stable_attempts):
+            before = await rest.folder_info(Folder.INBOX, credential)
+            inbox, inbox_pages = await rest.list_messages(Folder.INBOX, credential, page_size=size)
+            deleted, deleted_pages = await rest.list_messages(
+                Folder.DELETED, credential, page_size=size
+            )
+            if inbox_pages == 1 and deleted_pages == 1:
+                break
+            after = await rest.folder_info(Folder.INBOX, credential)
+            if after.usn == before.usn:
+                break
+            log.debug(
+                "mailbox %s changed while listing (USN %d → %d)", alias, before.usn, after.usn
+            )
+        return MailboxSnapshot(
+            mailbox_id=alias,
+            usn=before.usn,
+            taken_at=_now_ms(),
+            reason=reason,
+            inbox=tuple(inbox),
+            deleted=tuple(deleted),
+            source=self._source,
+        )
+
+
+def _now_ms() -> dt.datetime:
+    now = dt.datetime.now(dt.UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)

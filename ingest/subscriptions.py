@@ -1,0 +1,420 @@
+"""The subscription manager: every mailbox subscribed on one CometD session, kept that way.
+
+Per mailbox: `requestnotification` (REST, through the bounded, retrying client) gives a
+subscriptionId, whose channel `/vmrest/mailbox/<id>` is then subscribed on the session — in batches,
+many subscribe messages per Bayeux request, while further `requestnotification`s are in flight.
+Once a mailbox is active, gap repair is asked for it (ingest.reconcile).
+
+Failures stay local: credentials that are missing or refused (401/403) mark that mailbox FAILED with
+one log line and a metric, and it is tried again after CUMI_AUTH_RETRY_SECONDS; a transient failure
+puts it in BACKOFF (exponential, jittered). Neither blocks the other mailboxes.
+
+When the session is lost (402 unknown client, handshake advice, a stall…) the manager throws it
+away and, after a jittered backoff that grows while sessions keep failing, builds a new one. Every
+mailbox first tries its old subscriptionId again (CUMI_REUSE_SUBSCRIPTIONS; the REST-side
+subscription survives a lost Comet session); a refused subscribe means the subscription is gone (a
+server restart) and the mailbox gets a fresh `requestnotification`. Either way its gap is repaired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from ingest.comet import CometSession, channel_for
+from ingest.credentials import CredentialsProvider
+from ingest.cumi_rest import CumiRestClient
+from ingest.errors import AuthError, IngestError, TransportError
+from ingest.metrics import (
+    WORKER_AUTH_FAILURES,
+    WORKER_SESSION_RESTARTS,
+    WORKER_SUBSCRIBE_SECONDS,
+    WORKER_SUBSCRIPTIONS,
+)
+from ingest.reconcile import Reconciler
+
+log = logging.getLogger(__name__)
+
+
+class SubState(enum.StrEnum):
+    PENDING = "pending"
+    REQUESTING = "requesting"
+    SUBSCRIBING = "subscribing"
+    ACTIVE = "active"
+    BACKOFF = "backoff"
+    FAILED = "failed"
+
+
+class RepairReason(enum.StrEnum):
+    """Why a mailbox's snapshot was taken (the `reason` of MailboxSnapshot)."""
+
+    STARTUP = "startup"
+    SESSION_LOST = "session-lost"
+    SERVER_RESTART = "server-restart"
+    RESUBSCRIBE = "resubscribe"
+
+
+@dataclass(slots=True)
+class Mailbox:
+    alias: str
+    state: SubState = SubState.PENDING
+    subscription_id: str | None = None
+    failures: int = 0
+    retry_at: float = 0.0
+    repair: RepairReason | None = RepairReason.STARTUP
+    """The gap to repair once active (None: nothing missed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionPolicy:
+    batch_size: int = 100
+    request_workers: int = 8
+    reuse_subscriptions: bool = True
+    reconcile_on_start: bool = True
+    auth_retry_seconds: float = 900.0
+    retry_base: float = 1.0
+    retry_cap: float = 300.0
+    session_backoff_base: float = 1.0
+    session_backoff_cap: float = 60.0
+    progress: bool = True
+
+
+class _Pass:
+    """One sweep over the pending mailboxes of a session."""
+
+    def __init__(self, total: int, progress: Progress | None) -> None:
+        self.total = total
+        self.finished = 0
+        self.done = asyncio.Event()
+        self.progress = progress
+        if total == 0:
+            self.done.set()
+
+    def finish(self) -> None:
+        self.finished += 1
+        if self.progress is not None:
+            self.progress.update(self.finished)
+        if self.finished >= self.total:
+            self.done.set()
+
+
+class SubscriptionManager:
+    """Runs sessions (from `session_factory`) until cancelled; see the module docstring."""
+
+    def __init__(
+        self,
+        aliases: Iterable[str],
+        rest: CumiRestClient,
+        credentials: CredentialsProvider,
+        session_factory: Callable[[], CometSession],
+        *,
+        reconciler: Reconciler | None,
+        policy: SubscriptionPolicy | None = None,
+    ) -> None:
+        self._policy = policy or SubscriptionPolicy()
+        repair = RepairReason.STARTUP if self._policy.reconcile_on_start else None
+        self.mailboxes = {a: Mailbox(a, repair=repair) for a in dict.fromkeys(aliases)}
+        self._counts: Counter[SubState] = Counter({SubState.PENDING: len(self.mailboxes)})
+        self._rest = rest
+        self._credentials = credentials
+        self._factory = session_factory
+        self._reconciler = reconciler
+        self._rng = random.Random()
+        self._session: CometSession | None = None
+        self.ready = asyncio.Event()
+        """Set while a session is up and every mailbox has had its subscription attempt."""
+        self.sessions_started = 0
+        self._publish_counts()
+
+    # -- bookkeeping -----------------------------------------------------------------------------
+
+    def _set(self, mailbox: Mailbox, state: SubState) -> None:
+        self._counts[mailbox.state] -= 1
+        self._counts[state] += 1
+        mailbox.state = state
+        WORKER_SUBSCRIPTIONS.labels(state.value).set(self._counts[state])
+
+    def _publish_counts(self) -> None:
+        for state in SubState:
+            WORKER_SUBSCRIPTIONS.labels(state.value).set(self._counts[state])
+
+    def counts(self) -> dict[str, int]:
+        return {state.value: self._counts[state] for state in SubState}
+
+    @property
+    def session(self) -> CometSession | None:
+        return self._session
+
+    # -- the supervisor --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Keep a session with every mailbox subscribed until cancelled."""
+        losses = 0
+        while True:
+            session = self._factory()
+            try:
+                await session.start()
+            except TransportError as e:
+                losses += 1
+                delay = self._session_backoff(losses)
+                log.warning("CometD session could not start (%s); retry in %.1f s", e, delay)
+                await asyncio.sleep(delay)
+                continue
+            self.sessions_started += 1
+            self._session = session
+            started = time.monotonic()
+            try:
+                reason = await self._serve(session)
+            finally:
+                self.ready.clear()
+                self._session = None
+                await session.stop()
+                self._after_loss()
+            WORKER_SESSION_RESTARTS.labels(reason.value).inc()
+            losses = 1 if time.monotonic() - started > 60 else losses + 1
+            delay = self._session_backoff(losses)
+            log.warning("CometD session lost (%s); new session in %.1f s", reason.value, delay)
+            await asyncio.sleep(delay)
+
+    def _session_backoff(self, losses: int) -> float:
+        p = self._policy
+        ceiling = min(p.session_backoff_cap, p.session_backoff_base * 2 ** min(losses - 1, 16))
+        return self._rng.uniform(0.0, ceiling)
+
+    def _after_loss(self) -> None:
+        """Every mailbox that was (being) subscribed must be subscribed again, and repaired."""
+        for mailbox in self.mailboxes.values():
+            if mailbox.state in (SubState.BACKOFF, SubState.FAILED):
+                continue
+            if mailbox.state is SubState.ACTIVE and self._reconciler is not None:
+                self._reconciler.cancel(mailbox.alias)
+            if mailbox.state is SubState.ACTIVE or mailbox.repair is None:
+                mailbox.repair = RepairReason.SESSION_LOST
+            self._set(mailbox, SubState.PENDING)
+
+    async def _serve(self, session: CometSession) -> enum.StrEnum:
+        lost = asyncio.ensure_future(session.wait_lost())
+        keeper = asyncio.create_task(self._keep_subscribed(session), name="subscriptions")
+        try:
+            done, _ = await asyncio.wait({lost, keeper}, return_when=asyncio.FIRST_COMPLETED)
+            if keeper in done:
+                keeper.result()  # raises: a bug, not a lost session
+            return lost.result()
+        finally:
+            for task in (lost, keeper):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _keep_subscribed(self, session: CometSession) -> None:
+        """Subscribe what is pending; then wake for mailboxes whose backoff has run out."""
+        while True:
+            await self._subscribe_pending(session)
+            self.ready.set()
+            now = time.monotonic()
+            waiting = [
+                m for m in self.mailboxes.values() if m.state in (SubState.BACKOFF, SubState.FAILED)
+            ]
+            due = [m for m in waiting if m.retry_at <= now]
+            if due:
+                for mailbox in due:
+                    if mailbox.repair is None:
+                        mailbox.repair = RepairReason.RESUBSCRIBE
+                    self._set(mailbox, SubState.PENDING)
+                continue
+            next_due = min((m.retry_at for m in waiting), default=now + 60.0)
+            await asyncio.sleep(max(0.05, min(60.0, next_due - now)))
+
+    # -- one pass --------------------------------------------------------------------------------
+
+    async def _subscribe_pending(self, session: CometSession) -> None:
+        pending = [m for m in self.mailboxes.values() if m.state is SubState.PENDING]
+        if not pending:
+            return
+        started = time.monotonic()
+        sweep = _Pass(len(pending), self._progress(len(pending)))
+        requests: asyncio.Queue[Mailbox | None] = asyncio.Queue()
+        subscribes: asyncio.Queue[Mailbox | None] = asyncio.Queue()
+        for mailbox in pending:
+            if self._policy.reuse_subscriptions and mailbox.subscription_id:
+                self._set(mailbox, SubState.SUBSCRIBING)
+                subscribes.put_nowait(mailbox)
+            else:
+                self._set(mailbox, SubState.REQUESTING)
+                requests.put_nowait(mailbox)
+        workers = [
+            asyncio.create_task(self._request_worker(requests, subscribes, sweep))
+            for _ in range(self._policy.request_workers)
+        ]
+        batcher = asyncio.create_task(self._subscribe_worker(session, subscribes, requests, sweep))
+        try:
+            await sweep.done.wait()
+        finally:
+            for _ in workers:
+                requests.put_nowait(None)
+            subscribes.put_nowait(None)
+            tasks = [*workers, batcher]
+            if session.is_lost:
+                for task in tasks:
+                    task.cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            if sweep.progress is not None:
+                sweep.progress.close()
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        elapsed = time.monotonic() - started
+        WORKER_SUBSCRIBE_SECONDS.observe(elapsed)
+        log.info(
+            "subscription pass: %d mailboxes in %.1f s → %s",
+            len(pending),
+            elapsed,
+            ", ".join(f"{k} {v}" for k, v in self.counts().items() if v),
+        )
+
+    async def _request_worker(
+        self,
+        requests: asyncio.Queue[Mailbox | None],
+        subscribes: asyncio.Queue[Mailbox | None],
+        sweep: _Pass,
+    ) -> None:
+        while (mailbox := await requests.get()) is not None:
+            try:
+                credential = await self._credentials.credential_for(mailbox.alias)
+                subscription_id = await self._rest.request_notification(credential)
+            except AuthError as e:
+                self._auth_failed(mailbox, e)
+                sweep.finish()
+            except IngestError as e:
+                self._back_off(mailbox, f"requestnotification failed: {e}")
+                sweep.finish()
+            else:
+                mailbox.subscription_id = subscription_id
+                self._set(mailbox, SubState.SUBSCRIBING)
+                subscribes.put_nowait(mailbox)
+
+    async def _subscribe_worker(
+        self,
+        session: CometSession,
+        subscribes: asyncio.Queue[Mailbox | None],
+        requests: asyncio.Queue[Mailbox | None],
+        sweep: _Pass,
+    ) -> None:
+        size = self._policy.batch_size
+        while (first := await subscribes.get()) is not None:
+            batch = [first]
+            if subscribes.qsize() < size - 1 and requests.qsize():
+                await asyncio.sleep(0.01)  # let a few more subscriptionIds come in
+            while len(batch) < size and not subscribes.empty():
+                item = subscribes.get_nowait()
+                if item is None:
+                    subscribes.put_nowait(None)
+                    break
+                batch.append(item)
+            channels = {channel_for(m.subscription_id or ""): m for m in batch}
+            results = await session.subscribe_many(channels)
+            for channel, mailbox in channels.items():
+                self._subscribed(
+                    session, mailbox, results.get(channel, "no reply"), requests, sweep
+                )
+
+    def _subscribed(
+        self,
+        session: CometSession,
+        mailbox: Mailbox,
+        error: str | None,
+        requests: asyncio.Queue[Mailbox | None],
+        sweep: _Pass,
+    ) -> None:
+        if error is None:
+            self._set(mailbox, SubState.ACTIVE)
+            mailbox.failures = 0
+            if mailbox.repair is not None and self._reconciler is not None:
+                self._reconciler.request(mailbox.alias, mailbox.repair.value)
+            mailbox.repair = None
+            sweep.finish()
+        elif session.is_lost:
+            self._set(mailbox, SubState.PENDING)
+            sweep.finish()
+        elif error.startswith("403") and mailbox.failures == 0 and mailbox.subscription_id:
+            # the server no longer knows this subscriptionId (it restarted): ask for a new one
+            mailbox.subscription_id = None
+            mailbox.failures = 1
+            if mailbox.repair is RepairReason.SESSION_LOST:
+                mailbox.repair = RepairReason.SERVER_RESTART
+            self._set(mailbox, SubState.REQUESTING)
+            requests.put_nowait(mailbox)
+        else:
+            mailbox.subscription_id = None
+            self._back_off(mailbox, f"subscribe refused: {error}")
+            sweep.finish()
+
+    def _auth_failed(self, mailbox: Mailbox, error: AuthError) -> None:
+        delay = self._policy.auth_retry_seconds * self._rng.uniform(0.9, 1.1)
+        mailbox.retry_at = time.monotonic() + delay
+        mailbox.failures += 1
+        self._set(mailbox, SubState.FAILED)
+        self._credentials.forget(mailbox.alias)
+        WORKER_AUTH_FAILURES.inc()
+        log.warning(
+            "mailbox %s: credentials refused or missing (%s); not subscribed, retry in %.0f s",
+            mailbox.alias,
+            error,
+            delay,
+        )
+
+    def _back_off(self, mailbox: Mailbox, why: str) -> None:
+        mailbox.failures += 1
+        p = self._policy
+        ceiling = min(p.retry_cap, p.retry_base * 2 ** min(mailbox.failures, 16))
+        delay = self._rng.uniform(ceiling / 2, ceiling)
+        mailbox.retry_at = time.monotonic() + delay
+        self._set(mailbox, SubState.BACKOFF)
+        log.info("mailbox %s: %s; retry in %.1f s", mailbox.alias, why, delay)
+
+    def _progress(self, total: int) -> Progress | None:
+        if not self._policy.progress or total < 100:
+            return None
+        return Progress(total, tty=sys.stderr.isatty())
+
+
+class Progress:
+    """Subscription progress: a rich progress bar on a terminal, else a log line every 10 %."""
+
+    def __init__(self, total: int, *, tty: bool) -> None:
+        self._total = total
+        self._started = time.monotonic()
+        self._next_log = 0.1
+        self._bar: object | None = None
+        if tty:
+            from rich.progress import Progress as RichProgress  # noqa: PLC0415 - only on a TTY
+
+            bar = RichProgress(transient=True)
+            self._task = bar.add_task("subscribing mailboxes", total=total)
+            bar.start()
+            self._bar = bar
+
+    def update(self, finished: int) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=finished)  # type: ignore[attr-defined]
+            return
+        fraction = finished / self._total
+        if fraction >= self._next_log:
+            rate = finished / max(1e-6, time.monotonic() - self._started)
+            log.info("subscribed %d/%d mailboxes (%.0f%%, %.0f/s)", finished, self._total,
+                     fraction * 100, rate)  # fmt: skip
+            while self._next_log <= fraction:
+                self._next_log += 0.1
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()  # type: ignore[attr-defined]
+            self._bar = None

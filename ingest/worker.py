@@ -1,0 +1,238 @@
+"""`ingest worker`: CUMI Comet notifications of many mailboxes → the Kafka event log.
+
+Wiring (DESIGN.md §1): the ops HTTP server (/metrics, health) → the Kafka sink (waits for the
+cluster) → the CUMI REST client and the credentials provider → gap repair → the subscription
+manager, which runs CometD sessions whose event payloads flow into the sink.
+
+Shutdown (SIGTERM/SIGINT): stop receiving (the CometD session is closed), stop gap repair, wait —
+bounded by CUMI_SHUTDOWN_TIMEOUT_SECONDS — until Kafka has acknowledged everything in flight, flush
+and close the producer, exit 0. A producer failure that no retry can cure exits 1 instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from ingest.comet import CometSession
+from ingest.credentials import build_provider
+from ingest.cumi_rest import Backoff, CumiRestClient
+from ingest.errors import ConfigError
+from ingest.metrics import WORKER_READY
+from ingest.normalizer import TimeZones
+from ingest.ops_http import OpsServer
+from ingest.reconcile import Reconciler
+from ingest.settings import Settings
+from ingest.sink import Sink
+from ingest.subscriptions import SubscriptionManager, SubscriptionPolicy
+
+log = logging.getLogger(__name__)
+
+
+def load_mailboxes(path: Path) -> list[str]:
+    """A JSON array of aliases (`.json`), or one alias per line with `#` comments."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"CUMI_MAILBOXES_FILE: cannot read {str(path)!r}: {e.strerror}") from e
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise ConfigError(f"CUMI_MAILBOXES_FILE: {str(path)!r} is not JSON: {e}") from e
+        if isinstance(data, dict):  # a users file keyed by alias works too
+            data = list(data)
+        if not isinstance(data, list) or not all(isinstance(a, str) and a for a in data):
+            raise ConfigError(f"CUMI_MAILBOXES_FILE: {str(path)!r} must be a JSON array of aliases")
+        aliases = [a.strip() for a in data]
+    else:
+        lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
+        aliases = [line for line in lines if line]
+    if not aliases:
+        raise ConfigError(f"CUMI_MAILBOXES_FILE: {str(path)!r} lists no mailboxes")
+    return list(dict.fromkeys(aliases))
+
+
+class Worker:
+    """The ingest worker service; `run()` until `stop()` (or a signal), returning the exit code."""
+
+    def __init__(self, settings: Settings, aliases: Sequence[str] | None = None) -> None:
+        self.settings = settings
+        self.aliases = list(aliases) if aliases is not None else None
+        self._stop = asyncio.Event()
+        self.sink: Sink | None = None
+        self.manager: SubscriptionManager | None = None
+        self.reconciler: Reconciler | None = None
+        self.ops: OpsServer | None = None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def is_ready(self) -> bool:
+        return (
+            self.sink is not None
+            and self.sink.ready
+            and self.manager is not None
+            and self.manager.ready.is_set()
+        )
+
+    async def run(self, *, handle_signals: bool = False) -> int:
+        s = self.settings
+        aliases = (
+            self.aliases if self.aliases is not None else load_mailboxes(s.cumi.mailboxes_file)
+        )
+        log.info("ingest worker starting for %d mailboxes; settings %s", len(aliases), s.describe())
+        loop = asyncio.get_running_loop()
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+        try:
+            return await self._run(aliases)
+        finally:
+            WORKER_READY.set(0)
+            if handle_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+
+    async def _run(self, aliases: list[str]) -> int:
+        s = self.settings
+        c = s.cumi
+        sink = Sink(
+            s.kafka,
+            capacity=s.worker.queue_size,
+            source=c.server_name,
+            zones=TimeZones(event_time=c.event_time_zone, receive_time=c.server_time_zone),
+            drain_timeout=s.worker.shutdown_timeout_seconds * 0.75,
+        )
+        self.sink = sink
+        ops = OpsServer(
+            s.worker.metrics_host,
+            s.worker.metrics_port,
+            live={"producer": lambda: sink.fatal is None},
+            ready={"worker": self.is_ready},
+        )
+        self.ops = ops
+        ssl_context = c.ssl_context()
+        rest = CumiRestClient(
+            c.server_url,
+            ssl_context=ssl_context,
+            concurrency=c.rest_concurrency,
+            timeout_seconds=c.rest_timeout_seconds,
+            max_attempts=c.rest_max_attempts,
+            backoff=Backoff(c.rest_backoff_base_seconds, c.rest_backoff_max_seconds),
+        )
+        credentials = build_provider(s.credentials, rest.lookup_object_id)
+        reconciler = Reconciler(
+            rest,
+            credentials,
+            sink.publish_snapshot,
+            source=c.server_name,
+            concurrency=c.reconcile_concurrency,
+            page_size=c.reconcile_page_size,
+        )
+        self.reconciler = reconciler
+
+        def new_session() -> CometSession:
+            return CometSession(
+                c.cometd_url,
+                sink.submit,
+                transport=c.comet_transport,
+                ssl_context=ssl_context,
+                stall_timeout=c.stall_timeout_seconds,
+                request_timeout=c.rest_timeout_seconds,
+            )
+
+        manager = SubscriptionManager(
+            aliases,
+            rest,
+            credentials,
+            new_session,
+            reconciler=reconciler,
+            policy=SubscriptionPolicy(
+                batch_size=c.subscribe_batch_size,
+                request_workers=c.rest_concurrency * 2,
+                reuse_subscriptions=c.reuse_subscriptions,
+                reconcile_on_start=s.worker.reconcile_on_start,
+                auth_retry_seconds=c.auth_retry_seconds,
+            ),
+        )
+        self.manager = manager
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(ops)
+            if await self._wait_or_stop(sink.start()):
+                return 0
+            stack.push_async_callback(sink.stop)  # drains and flushes: after the rest has stopped
+            await stack.enter_async_context(rest)
+            await stack.enter_async_context(reconciler)
+            return await self._serve(manager, sink)
+        return 0  # pragma: no cover - mypy: the stack does not swallow exceptions
+
+    async def _wait_or_stop(self, step: Coroutine[Any, Any, None]) -> bool:
+        """Run a start-up step unless stop is asked first; True when stopped."""
+        task = asyncio.ensure_future(step)
+        stopper = asyncio.ensure_future(self._stop.wait())
+        done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        for pending in (task, stopper):
+            if pending not in done:
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pending
+        if task in done:
+            task.result()
+            return False
+        return True
+
+    async def _serve(self, manager: SubscriptionManager, sink: Sink) -> int:
+        ready_reporter = asyncio.create_task(self._report_ready())
+        try:
+            async with asyncio.TaskGroup() as group:
+                runner = group.create_task(manager.run(), name="subscription-manager")
+                stop = group.create_task(self._stop.wait())
+                failed = group.create_task(sink.failed.wait())
+                await asyncio.wait({runner, stop, failed}, return_when=asyncio.FIRST_COMPLETED)
+                log.info("ingest worker stopping: no longer receiving; draining in-flight events")
+                for task in (runner, stop, failed):
+                    task.cancel()
+        finally:
+            ready_reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ready_reporter
+        return 1 if sink.fatal is not None else 0
+
+    async def _report_ready(self) -> None:
+        while True:
+            WORKER_READY.set(1 if self.is_ready() else 0)
+            await asyncio.sleep(1.0)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="JSON or TOML file of settings (same names as the environment variables, which win)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = Settings.load(config_file=args.config)
+    except ConfigError as e:
+        log.error("configuration error: %s", e)
+        return 2
+    if settings.worker.log_level is not None:
+        logging.getLogger().setLevel(settings.worker.log_level)
+    # the library logs every client open/close at INFO and each failed request at WARNING
+    logging.getLogger("aiocometd_ng").setLevel(logging.ERROR)
+    try:
+        return asyncio.run(Worker(settings).run(handle_signals=True))
+    except ConfigError as e:
+        log.error("configuration error: %s", e)
+        return 2
