@@ -23,7 +23,9 @@ import pytest
 import yaml
 
 from ingest import settings as settings_module
+from ingest.ops_http import OpsServer
 from ingest.settings import SettingsSource
+from ingest.worker import load_mailboxes
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "cumi-pipeline"
@@ -444,6 +446,26 @@ class TestSecurityContext:
 class TestWorkloads:
     """Probes on the health endpoints, resources, PDBs, the config checksum."""
 
+    def test_probed_paths_are_routes_of_the_ops_server(
+        self, rendered: dict[str, list[Manifest]]
+    ) -> None:
+        """Probes, the helm test pod and the ServiceMonitor only ask for paths the code serves."""
+        docs = rendered["all-features-on"]
+        paths = {
+            c.spec[probe]["httpGet"]["path"]
+            for c in containers(docs)
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe")
+            if probe in c.spec
+        }
+        paths |= {
+            "/" + url.split("/", 3)[3]
+            for url in one(docs, "Pod")["spec"]["containers"][0]["args"][1:]
+        }
+        paths |= {e["path"] for e in one(docs, "ServiceMonitor")["spec"]["endpoints"]}
+        routes = {route.resource.canonical for route in OpsServer().app.router.routes()}
+        assert paths == {"/healthz/live", "/healthz/ready", "/metrics"}
+        assert paths <= routes
+
     @pytest.mark.parametrize("scenario", SCENARIOS)
     def test_probes_and_port(self, rendered: dict[str, list[Manifest]], scenario: str) -> None:
         for component in ("worker", "projector"):
@@ -478,10 +500,26 @@ class TestWorkloads:
         assert checksum("--set", "cumi.mailboxes.list={alice,bob}") == first
         assert checksum("--set", "cumi.mailboxes.list={alice,carol}") != first
 
-    def test_mailbox_list_file(self, rendered: dict[str, list[Manifest]]) -> None:
-        configmap = one(rendered["several-workers"], "ConfigMap", "worker")
-        content = configmap["data"]["mailboxes.txt"]
-        assert content.split() == ["alice", "bob", "carol", "dave", "erin", "frank"]
+    @pytest.mark.parametrize("key", ["mailboxes.txt", "mailboxes.json"])
+    def test_mailbox_list_file_reads_with_the_worker(
+        self, helm: str, key: str, tmp_path: Path
+    ) -> None:
+        aliases = ["alice", "bob.smith", "carol_1"]
+        docs = template(
+            helm,
+            "--set", f"cumi.mailboxes.list={{{','.join(aliases)}}}",
+            "--set", f"cumi.mailboxes.key={key}",
+        )  # fmt: skip
+        configmap = one(docs, "ConfigMap", "worker")
+        path = tmp_path / key
+        path.write_text(configmap["data"][key])
+        assert load_mailboxes(path) == aliases
+        env = workload(docs, "worker").env
+        assert env["CUMI_MAILBOXES_FILE"].endswith("/" + key)  # same suffix, same format
+
+    def test_mailbox_list_from_an_existing_configmap(
+        self, rendered: dict[str, list[Manifest]]
+    ) -> None:
         # with an existing ConfigMap the chart renders none of its own
         existing = rendered["existing-secret"]
         assert not [d for d in existing if d["kind"] == "ConfigMap"]
