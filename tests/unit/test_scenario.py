@@ -11,6 +11,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from fixtures.simulator import fold
 
 from ingest.events import EventType as DomainEventType
 from ingest.simulator.comet import EventType, format_time
@@ -27,33 +28,6 @@ TIME = re.compile(r"^(0[1-9]|1[0-2]):[0-5]\d:[0-5]\d (AM|PM) (0[1-9]|1[0-2])/[0-
 def scenario(seed: int = 7, mailboxes: int = 4, **kwargs: Any) -> Scenario:
     users = UserTable.generate(mailboxes, seed)
     return Scenario(list(users.values()), seed=seed, zone=LA, **kwargs)
-
-
-def fold(events: list[dict[str, Any]]) -> dict[str, Any]:
-    """An independent reference fold of raw Comet events (DESIGN.md §3), to check the truth."""
-    state: dict[str, Any] = {}
-    known_read: dict[str, bool] = {}
-    for e in sorted(events, key=lambda e: e["USN"]):
-        box = state.setdefault(e["MailboxId"], {"inbox": {}, "deleted": {}, "usn": 0})
-        box["usn"] = max(box["usn"], e["USN"])
-        inbox, deleted = box["inbox"], box["deleted"]
-        for info in e["MessageInfo"]:
-            mid, kind = info["MessageId"], e["EventType"]
-            if kind in ("NEW_MESSAGE", "SAVED_MESSAGE", "UNREAD_MESSAGE"):
-                known_read[mid] = kind == "SAVED_MESSAGE"
-                inbox[mid] = {"read": known_read[mid]}
-                deleted.pop(mid, None)
-            elif kind == "DELETED_MESSAGE":
-                inbox.pop(mid, None)
-            elif kind == "DELETED_MESSAGE_CREATE":
-                deleted[mid] = {"read": known_read.get(mid, False)}
-            elif kind in ("DELETED_MESSAGE_READ", "DELETED_MESSAGE_UNREAD"):
-                known_read[mid] = kind == "DELETED_MESSAGE_READ"
-                deleted[mid] = {"read": known_read[mid]}
-                inbox.pop(mid, None)
-            elif kind == "DELETED_MESSAGE_DELETE":
-                deleted.pop(mid, None)
-    return state
 
 
 class Collector:
