@@ -111,6 +111,7 @@ class Simulator:
             self.subscriptions, self.bayeux.deliver, self.counters, self.faults, seed=config.seed
         )
         self._runners: list[web.AppRunner] = []
+        self._cometd_runner: web.AppRunner | None = None
         self._ports: tuple[int, int] | None = None
         self._scenario_task: asyncio.Task[int] | None = None
         self._ghosts = random.Random(f"ghosts-{config.seed}")
@@ -139,6 +140,7 @@ class Simulator:
         try:
             rest_port = await self._serve(rest_app, self.config.rest_port)
             cometd_port = await self._serve(cometd_app, self.config.cometd_port)
+            self._cometd_runner = self._runners[-1]
             await self.bayeux.start()
         except BaseException:
             await self.stop()
@@ -159,8 +161,10 @@ class Simulator:
         """Stop the scenario, release held connects, close every socket. Idempotent."""
         await self.stop_scenario()
         await self.bayeux.stop()
-        self._close_connections()
+        for runner in self._runners:
+            _close_connections(runner)
         runners, self._runners = self._runners, []
+        self._cometd_runner = None
         for runner in runners:
             await runner.cleanup()
         self._ports = None
@@ -287,16 +291,18 @@ class Simulator:
     # -- faults ---------------------------------------------------------------------------------
 
     def drop_connections(self) -> None:
-        """Close every open connection (long-polls, WebSockets, keep-alives); sessions survive."""
+        """Close every CometD connection (long-polls, WebSockets, keep-alives); sessions survive.
+        REST connections stay: CUMI REST is served by Tomcat, not the Connection Jetty."""
         self.bayeux.drop_connections()
-        self._close_connections()
+        self._close_cometd_connections()
 
     def restart(self) -> None:
         """Like a Connection Jetty restart: every session and notification subscription is lost
-        (clients get `402::Unknown client`) and every connection closes. The truth survives."""
+        (clients get `402::Unknown client`) and every CometD connection closes. The truth and the
+        REST API (Tomcat) are unaffected."""
         self.bayeux.reset()
         self.subscriptions.clear()
-        self._close_connections()
+        self._close_cometd_connections()
         self.counters.restarts += 1
 
     def notifier_down(self) -> None:
@@ -337,8 +343,12 @@ class Simulator:
     def clear_faults(self) -> None:
         self.faults.clear()
 
-    def _close_connections(self) -> None:
-        for runner in self._runners:
-            if runner.server is not None:
-                for connection in runner.server.connections:
-                    connection.force_close()
+    def _close_cometd_connections(self) -> None:
+        if self._cometd_runner is not None:
+            _close_connections(self._cometd_runner)
+
+
+def _close_connections(runner: web.AppRunner) -> None:
+    if runner.server is not None:
+        for connection in runner.server.connections:
+            connection.force_close()
