@@ -15,10 +15,12 @@ the library queues it:
   Bayeux request (the library subscribes one channel per request).
 
 A lost session is not repaired here: the subscription manager throws it away and builds a new one
-(a fresh handshake, fresh `requestnotification`s, gap repair). Failed connects are retried by the
-library after a delay that this module sets to a jittered exponential backoff (the library's own is
-a fixed one second). Closing works around the library's close bug (a CancelledError traceback from
-`TransportBase._connect_done` when a long-poll is pending): the callback is detached first.
+(a fresh handshake, subscriptions again, gap repair). Failed connects are retried by the library
+after a delay that this module sets to a jittered exponential backoff (the library's own is a fixed
+one second). Two library defects are fixed by subclassing its transports (installed in its global
+registry, `_install_transport_fixes`): closing while a long-poll is pending no longer logs a
+CancelledError traceback from `TransportBase._connect_done`, and the WebSocket transport no longer
+passes aiohttp the deprecated float `receive_timeout`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import random
 import ssl
@@ -33,11 +36,15 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, cast
 
+import aiohttp
 from aiocometd_ng.client import Client
 from aiocometd_ng.constants import ConnectionType
 from aiocometd_ng.exceptions import AiocometdException
 from aiocometd_ng.extensions import Extension
 from aiocometd_ng.transports.base import TransportBase
+from aiocometd_ng.transports.long_polling import LongPollingTransport
+from aiocometd_ng.transports.registry import register_transport
+from aiocometd_ng.transports.websocket import WebSocket, WebSocketTransport
 
 from ingest.errors import TransportError
 from ingest.metrics import (
@@ -54,6 +61,42 @@ CHANNEL_PREFIX = "/vmrest/mailbox/"
 EventBatch = list[dict[str, Any]]
 OnEvents = Callable[[EventBatch, float], Awaitable[None]]
 """(event messages of one server payload, monotonic receive time) → returns when admitted."""
+
+
+class _QuietClose(TransportBase):
+    """The library's close bug: cancelling a pending connect (or WebSocket receive) on close makes
+    its done-callback re-raise CancelledError into the event loop, which logs a traceback."""
+
+    def _connect_done(self, future: asyncio.Future[Any]) -> None:
+        if not future.cancelled():
+            super()._connect_done(future)
+
+
+class _LongPolling(_QuietClose, LongPollingTransport):
+    pass
+
+
+class _WebSocket(_QuietClose, WebSocketTransport):
+    async def _get_socket(self, headers: dict[str, str]) -> WebSocket:
+        # the library passes a float `receive_timeout`, deprecated by aiohttp 3.10+
+        timeout = aiohttp.ClientWSTimeout(ws_receive=self.request_timeout)
+        return await self._socket_factory(
+            self.endpoint, ssl=self.ssl, headers=headers, timeout=timeout, autoping=True
+        )
+
+    def _receive_done(self, future: asyncio.Task[None]) -> None:
+        if future.cancelled():
+            self._receive_task = None
+        else:
+            super()._receive_done(future)
+
+
+@functools.cache
+def _install_transport_fixes() -> None:
+    """Make the library create the fixed transports above (its registry is global; the fixed
+    classes behave the same for any other user of the library in this process)."""
+    register_transport(ConnectionType.LONG_POLLING)(_LongPolling)
+    register_transport(ConnectionType.WEBSOCKET)(_WebSocket)
 
 
 def _transport_of(client: Client | None) -> TransportBase | None:
@@ -139,6 +182,7 @@ class CometSession:
 
     async def start(self) -> None:
         """Handshake and the first connect; raises TransportError if the server can't be had."""
+        _install_transport_fixes()
         loop = asyncio.get_running_loop()
         self._lost = loop.create_future()
         client = Client(
@@ -179,12 +223,13 @@ class CometSession:
         if client is None:
             return
         transport = _transport_of(client)
-        task = transport._connect_task if transport is not None else None
-        if transport is not None and task is not None and not task.done():
-            # the library's close bug: its done-callback re-raises CancelledError into the loop
-            task.remove_done_callback(transport._connect_done)
         try:
-            await asyncio.wait_for(client.close(), 5.0)
+            async with asyncio.timeout(5.0):
+                if not client.closed:
+                    await client.close()
+                elif transport is not None:  # open() failed half-way: its connect loop may run
+                    await transport.disconnect()
+                    await transport.close()
         except (AiocometdException, TimeoutError, OSError) as e:
             log.debug("CometD close: %r", e)
         finally:
