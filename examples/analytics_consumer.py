@@ -1,0 +1,309 @@
+#!/usr/bin/env python3
+"""A minimal analytics consumer of the cumi-pipeline events topic.
+
+It needs nothing from the pipeline but its schema files: aiokafka reads the topic, fastavro decodes
+the records, and this file finds each record's schema by the fingerprint in its header (Avro
+single-object encoding, see docs/topics.md). From the log it computes
+
+- voicemails received per hour (UTC), each message counted once however often it is mentioned;
+- per mailbox: messages in the Inbox, how many of them are unread, messages in Deleted Items.
+
+    python examples/analytics_consumer.py --bootstrap 127.0.0.1:9092 --schemas schemas/
+    python examples/analytics_consumer.py --bootstrap … --schemas … --json
+    python examples/analytics_consumer.py --bootstrap … --schemas … --follow --every 10
+
+By default it reads the topic from the beginning up to the end offsets it saw at start, prints the
+report and exits; with --follow it keeps consuming and prints the report every --every seconds.
+It keeps everything in memory and uses no consumer group: a real deployment would store its
+aggregates together with the offsets they include (or rebuild them like this at start).
+
+Events are *state assertions* and can repeat, so the unread counts come from folding them per
+message, in USN order, the way docs/topics.md describes — never from adding +1/-1 per event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import io
+import json
+import sys
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from fastavro.schema import to_parsing_canonical_form
+
+MAGIC = b"\xc3\x01"
+"""Avro single-object encoding: these two bytes, the 8-byte fingerprint, then the Avro body."""
+
+EVENT = "cumi.pipeline.MailboxEvent"
+SNAPSHOT = "cumi.pipeline.MailboxSnapshot"
+INBOX, DELETED, GONE = "INBOX", "DELETED", "GONE"
+
+
+# --- finding the schema of a record -------------------------------------------------------------
+
+
+def _crc64_table() -> list[int]:
+    empty = 0xC15D213AA4D7A795  # the Avro specification's CRC-64-AVRO constant
+    table = []
+    for byte in range(256):
+        fp = byte
+        for _ in range(8):
+            fp = (fp >> 1) ^ (empty & -(fp & 1))
+        table.append(fp)
+    return table
+
+
+_CRC64 = _crc64_table()
+
+
+def fingerprint(schema: dict[str, Any]) -> bytes:
+    """CRC-64-AVRO of the schema's Parsing Canonical Form, as the 8 little-endian header bytes."""
+    fp = 0xC15D213AA4D7A795
+    for byte in to_parsing_canonical_form(schema).encode():
+        fp = (fp >> 8) ^ _CRC64[(fp ^ byte) & 0xFF]
+    return fp.to_bytes(8, "little")
+
+
+class Schemas:
+    """Every schema file of a schemas/ directory (current and released history) by fingerprint.
+
+    A record written with any of them is read into the *current* schema of its name (Avro schema
+    resolution), so the code below sees one shape per record type whichever version wrote it.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        current = {}
+        for path in sorted(directory.glob("*.avsc")):
+            schema = json.loads(path.read_text(encoding="utf-8"))
+            current[_full_name(schema)] = fastavro.parse_schema(schema, named_schemas={})
+        if not current:
+            raise SystemExit(f"no .avsc files in {directory}")
+        self.by_fingerprint: dict[bytes, tuple[str, Any, Any]] = {}
+        for path in [*sorted(directory.glob("*.avsc")), *sorted(directory.glob("history/*.avsc"))]:
+            schema = json.loads(path.read_text(encoding="utf-8"))
+            name = _full_name(schema)
+            if name in current:
+                writer = fastavro.parse_schema(schema, named_schemas={})
+                self.by_fingerprint.setdefault(fingerprint(schema), (name, writer, current[name]))
+
+    def decode(self, data: bytes) -> tuple[str, dict[str, Any]]:
+        """(record name, record) — raises ValueError for anything else."""
+        if data[:2] != MAGIC or len(data) < 10:
+            raise ValueError("not Avro single-object encoding")
+        found = self.by_fingerprint.get(data[2:10])
+        if found is None:
+            raise ValueError(f"unknown schema fingerprint {data[2:10].hex()}")
+        name, writer, reader = found
+        record = fastavro.schemaless_reader(io.BytesIO(data[10:]), writer, reader)
+        if not isinstance(record, dict):
+            raise ValueError(f"{name} is not a record schema")
+        return name, record
+
+
+def _full_name(schema: dict[str, Any]) -> str:
+    name: str = schema["name"]
+    return name if "." in name else f"{schema.get('namespace', '')}.{name}".lstrip(".")
+
+
+# --- the analytics ------------------------------------------------------------------------------
+
+
+@dataclass
+class Message:
+    folder: str
+    read: bool
+    usn: int
+    """USN of the last change applied to this message: older assertions about it are stale."""
+
+
+@dataclass
+class Mailbox:
+    messages: dict[str, Message] = field(default_factory=dict)
+    snapshot_usn: int = -1
+    """USN of the newest snapshot applied: events at or below it are already reflected in it."""
+
+
+def _leave(folder: str, event_folder: str) -> str:
+    # only leaves `event_folder`: with a same-USN pair the other event may already have moved it
+    return GONE if folder in (event_folder, GONE) else folder
+
+
+# EventType → (folder, read) after it, from (folder, read) before it (None: unknown message)
+EFFECTS: dict[str, Callable[[str, bool], tuple[str, bool]]] = {
+    "NEW_MESSAGE": lambda folder, read: (INBOX, False),
+    "SAVED_MESSAGE": lambda folder, read: (INBOX, True),
+    "UNREAD_MESSAGE": lambda folder, read: (INBOX, False),
+    "DELETED_MESSAGE": lambda folder, read: (_leave(folder, INBOX), read),
+    "DELETED_MESSAGE_CREATE": lambda folder, read: (DELETED, read),
+    "DELETED_MESSAGE_READ": lambda folder, read: (DELETED, True),
+    "DELETED_MESSAGE_UNREAD": lambda folder, read: (DELETED, False),
+    "DELETED_MESSAGE_DELETE": lambda folder, read: (_leave(folder, DELETED), read),
+    "DELETED_MESSAGE_UNDELETE": lambda folder, read: (_leave(folder, DELETED), read),
+}
+
+
+class Analytics:
+    """Received-per-hour and per-mailbox folder counts, folded from events and snapshots."""
+
+    def __init__(self) -> None:
+        self.mailboxes: dict[str, Mailbox] = {}
+        self.received: dict[tuple[str, str], dt.datetime | None] = {}
+        self.counts: Counter[str] = Counter()
+
+    def apply(self, name: str, record: dict[str, Any]) -> None:
+        if name == EVENT:
+            self.apply_event(record)
+        elif name == SNAPSHOT:
+            self.apply_snapshot(record)
+        else:
+            self.counts["other records"] += 1
+
+    def apply_event(self, event: dict[str, Any]) -> None:
+        self.counts["events"] += 1
+        mailbox = self.mailboxes.setdefault(event["mailbox_id"], Mailbox())
+        effect = EFFECTS.get(event["event_type"])
+        for info in event["messages"]:
+            self._received(event["mailbox_id"], info["message_id"], info["receive_time"])
+            if effect is None or event["usn"] <= mailbox.snapshot_usn:
+                continue
+            known = mailbox.messages.get(info["message_id"])
+            if known is not None and event["usn"] < known.usn:
+                continue  # stale: the message changed since (a repeat, or a late re-send)
+            folder, read = effect(known.folder if known else GONE, known.read if known else False)
+            mailbox.messages[info["message_id"]] = Message(folder, read, event["usn"])
+
+    def apply_snapshot(self, snapshot: dict[str, Any]) -> None:
+        """The server's folders at USN `usn`: messages changed later (higher USN) keep their
+        state, every other known message takes the listing's (absent from it: gone)."""
+        self.counts["snapshots"] += 1
+        mailbox = self.mailboxes.setdefault(snapshot["mailbox_id"], Mailbox())
+        usn = snapshot["usn"]
+        if usn < mailbox.snapshot_usn:
+            return
+        listed = {m["message_id"]: (INBOX, m) for m in snapshot["inbox"]}
+        listed |= {m["message_id"]: (DELETED, m) for m in snapshot["deleted"]}
+        for message_id, (folder, entry) in listed.items():
+            self._received(snapshot["mailbox_id"], message_id, entry["arrival_time"])
+            known = mailbox.messages.get(message_id)
+            if known is None or known.usn <= usn:
+                mailbox.messages[message_id] = Message(folder, entry["read"], usn)
+        for message_id, known in mailbox.messages.items():
+            if message_id not in listed and known.usn <= usn:
+                known.folder, known.usn = GONE, usn
+        mailbox.snapshot_usn = usn
+
+    def _received(self, mailbox_id: str, message_id: str, when: dt.datetime | None) -> None:
+        if self.received.get((mailbox_id, message_id)) is None:
+            self.received[mailbox_id, message_id] = when
+
+    def report(self) -> dict[str, Any]:
+        per_hour = Counter(
+            when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:00Z") if when else "unknown"
+            for when in self.received.values()
+        )
+        mailboxes = {}
+        for mailbox_id, mailbox in sorted(self.mailboxes.items()):
+            inbox = [m for m in mailbox.messages.values() if m.folder == INBOX]
+            mailboxes[mailbox_id] = {
+                "inbox": len(inbox),
+                "unread": sum(not m.read for m in inbox),
+                "deleted": sum(m.folder == DELETED for m in mailbox.messages.values()),
+            }
+        return {
+            "counts": dict(sorted(self.counts.items())),
+            "received_per_hour": dict(sorted(per_hour.items())),
+            "mailboxes": mailboxes,
+        }
+
+
+# --- consuming ----------------------------------------------------------------------------------
+
+
+async def partitions_of(bootstrap: str, topic: str) -> list[TopicPartition]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    if described["error_code"] or not described["partitions"]:
+        raise SystemExit(f"topic {topic} not found (error code {described['error_code']})")
+    return [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+
+
+async def consume(args: argparse.Namespace, schemas: Schemas, analytics: Analytics) -> None:
+    tps = await partitions_of(args.bootstrap, args.topic)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=args.bootstrap, group_id=None, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        remaining = [tp for tp in tps if args.follow or end[tp] > 0]
+        last_report = asyncio.get_running_loop().time()
+        while remaining:
+            batch = await consumer.getmany(*remaining, timeout_ms=500)
+            for records in batch.values():
+                for record in records:
+                    analytics.counts["records"] += 1
+                    try:
+                        name, value = schemas.decode(record.value)
+                    except Exception as e:  # skip what this consumer cannot read, go on
+                        analytics.counts["undecodable"] += 1
+                        print(f"skipping offset {record.offset}: {e}", file=sys.stderr)
+                        continue
+                    analytics.apply(name, value)
+            if args.follow:
+                now = asyncio.get_running_loop().time()
+                if now - last_report >= args.every:
+                    show(analytics.report(), args.json)
+                    last_report = now
+            else:
+                remaining = [tp for tp in remaining if await consumer.position(tp) < end[tp]]
+    finally:
+        await consumer.stop()
+
+
+def show(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report), flush=True)
+        return
+    print("messages received per hour (UTC):")
+    for hour, count in report["received_per_hour"].items():
+        print(f"  {hour}  {count:6d}")
+    print(f"{'mailbox':24} {'inbox':>6} {'unread':>6} {'deleted':>7}")
+    for mailbox_id, c in report["mailboxes"].items():
+        print(f"{mailbox_id:24} {c['inbox']:6d} {c['unread']:6d} {c['deleted']:7d}")
+    print(" ".join(f"{k}={v}" for k, v in report["counts"].items()), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers host:port")
+    parser.add_argument("--topic", default="mailbox-events", help="events topic")
+    parser.add_argument("--schemas", type=Path, required=True, help="the pipeline's schemas/ dir")
+    parser.add_argument("--follow", action="store_true", help="keep consuming; report every N s")
+    parser.add_argument("--every", type=float, default=10.0, help="seconds between reports")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args()
+    schemas = Schemas(args.schemas)
+    analytics = Analytics()
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: report what was read so far
+        asyncio.run(consume(args, schemas, analytics))
+    show(analytics.report(), args.json)
+
+
+if __name__ == "__main__":
+    main()
