@@ -18,7 +18,6 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import os
 import shutil
 import signal
 import socket
@@ -65,8 +64,10 @@ class BrokerState:
         return process.runs(self.pid, _JVM_MAIN, self.data_dir)
 
 
-def state_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    return cache_root(cache_dir) / "broker" / "state.json"
+def state_path(args: argparse.Namespace) -> Path:
+    if args.state_file is not None:
+        return Path(args.state_file)
+    return cache_root(args.cache_dir) / "broker" / "state.json"
 
 
 def read_state(path: Path) -> BrokerState | None:
@@ -94,6 +95,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="jar cache and broker state (default $CUMI_CACHE_DIR or ~/.cache/cumi-pipeline)",
     )
+    common.add_argument(
+        "--state-file",
+        type=Path,
+        default=None,
+        help="where start records the background broker (default <cache>/broker/state.json)",
+    )
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     actions.add_parser(
         "fetch", parents=[common], help="download the Kafka runtime into the cache (idempotent)"
@@ -101,7 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     start = actions.add_parser("start", parents=[common], help="start the broker (background)")
     start.add_argument("--port", type=int, default=None, help="client port (default: a free one)")
     start.add_argument(
-        "--data-dir", type=Path, default=None, help="storage (default <cache>/broker/data)"
+        "--data-dir", type=Path, default=None, help="storage (default: data/ beside the state file)"
     )
     start.add_argument("--fresh", action="store_true", help="delete the data directory first")
     start.add_argument(
@@ -133,7 +140,7 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _start(args: argparse.Namespace) -> int:
-    path = state_path(args.cache_dir)
+    path = state_path(args)
     state = read_state(path)
     if state is not None and state.is_alive():
         log.info("already running (pid %d, data %s)", state.pid, state.data_dir)
@@ -181,7 +188,7 @@ async def _run_foreground(broker: LocalBroker, path: Path) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    path = state_path(args.cache_dir)
+    path = state_path(args)
     state = read_state(path)
     if state is None or not state.is_alive():
         path.unlink(missing_ok=True)
@@ -194,7 +201,7 @@ def _stop(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    state = read_state(state_path(args.cache_dir))
+    state = read_state(state_path(args))
     if state is None or not state.is_alive():
         print("not running")
         return 1

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, for_code
 
@@ -134,6 +135,7 @@ async def ensure_topics(
         missing = [spec for name, spec in wanted.items() if name not in existing]
         created = await _create(admin, missing, request_timeout_ms)
         await _wait_for_leaders(admin, list(wanted), READY_TIMEOUT_S)
+        await _wait_until_served(bootstrap, [wanted[name] for name in created], client_kwargs)
     except KafkaError as e:
         raise BrokerError(f"ensuring topics {sorted(wanted)} on {bootstrap}: {e}") from e
     finally:
@@ -207,6 +209,28 @@ async def _wait_for_leaders(
         if time.monotonic() >= deadline:
             raise BrokerError(f"topics {pending} have no leader after {within_s:.0f} s")
         await asyncio.sleep(0.05)
+
+
+async def _wait_until_served(
+    bootstrap: str, specs: Sequence[TopicSpec], client_kwargs: Mapping[str, Any]
+) -> None:
+    """A new partition is in the metadata before its leader has created the log, and produce
+    requests meanwhile fail with NotLeaderForPartition. Asking every new partition for its end
+    offset (aiokafka retries that until the leader answers) waits out that window here, once."""
+    if not specs:
+        return
+    partitions = [TopicPartition(s.name, p) for s in specs for p in range(s.partitions)]
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        request_timeout_ms=int(READY_TIMEOUT_S * 1000),
+        **client_kwargs,
+    )
+    await consumer.start()
+    try:
+        await consumer.end_offsets(partitions)
+    finally:
+        await consumer.stop()
 
 
 def _has_leaders(topic: Mapping[str, Any]) -> bool:

@@ -70,13 +70,13 @@ def port_is_free(port: int, host: str = HOST) -> bool:
 
 def choose_ports(port: int | None = None, controller_port: int | None = None) -> BrokerPorts:
     """Given ports where set, free ones otherwise."""
-    fresh = iter(free_ports(2))
+    fresh = iter(free_ports(3))
     chosen = port if port is not None else next(fresh)
-    controller = controller_port if controller_port is not None else next(fresh)
-    if controller == chosen:
-        controller = next(fresh)
-    if chosen == controller:
+    if controller_port is None:
+        controller_port = next(p for p in fresh if p != chosen)
+    if controller_port == chosen:
         raise LocalBrokerError(f"the broker and controller ports must differ (both {chosen})")
+    controller = controller_port
     return BrokerPorts(port=chosen, controller_port=controller)
 
 

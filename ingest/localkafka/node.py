@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
@@ -319,13 +320,14 @@ class LocalBroker:
         while True:
             new = server_log.poll() + stdout.poll()
             if _BIND_FAILED in new:
-                raise _PortTaken(f"{self.bootstrap} or its controller port is in use")
+                line = next(x for x in new.splitlines() if _BIND_FAILED in x)
+                raise _PortTaken(f"a port of the broker at {self.bootstrap} is in use: {line}")
             started_line = started_line or STARTED_LINE in new
             if process.exited(pid):
                 raise LocalBrokerError(
                     self._failure(f"Kafka exited while starting at {self.bootstrap}")
                 )
-            if started_line and await _answers_metadata(self.bootstrap, self.port):
+            if started_line and await _serves_clients(self.bootstrap, self.port):
                 return
             if time.monotonic() >= deadline:
                 raise LocalBrokerError(
@@ -364,15 +366,39 @@ def _both_free(ports: BrokerPorts) -> bool:
     return port_is_free(ports.port) and port_is_free(ports.controller_port)
 
 
-async def _answers_metadata(bootstrap: str, port: int) -> bool:
-    """Whether a client bootstrap works and the metadata lists this node."""
+async def _serves_clients(bootstrap: str, port: int) -> bool:
+    """Whether the metadata lists this node and the leader of every partition answers.
+
+    After a restart the metadata answers before the partitions' logs are loaded: clients would
+    start with NotLeaderForPartition errors. Asking each partition's end offset (aiokafka retries
+    until its leader answers) waits that out, so `start()` returning means ready for clients.
+    """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
     try:
         await admin.start()
         cluster = await admin.describe_cluster()
+        topics = await admin.describe_topics()
     except (KafkaError, OSError, TimeoutError) as e:
         log.debug("metadata request to %s failed: %s", bootstrap, e)
         return False
     finally:
         await admin.close()
-    return any(int(b["port"]) == port for b in cluster.get("brokers", []))
+    if not any(int(b["port"]) == port for b in cluster.get("brokers", [])):
+        return False
+    partitions = [
+        TopicPartition(t["topic"], p["partition"]) for t in topics for p in t["partitions"]
+    ]
+    if not partitions:
+        return True
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=10_000
+    )
+    try:
+        await consumer.start()
+        await consumer.end_offsets(partitions)
+    except (KafkaError, OSError, TimeoutError) as e:
+        log.debug("partitions of %s not served yet: %s", bootstrap, e)
+        return False
+    finally:
+        await consumer.stop()
+    return True
