@@ -33,6 +33,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from ingest.simulator.comet import encode
 from ingest.simulator.stats import Counters
 
 log = logging.getLogger(__name__)
@@ -84,10 +85,6 @@ class Session:
     def wake(self, why: Wake) -> None:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(why)
-
-
-def _encode(message: Message) -> bytes:
-    return json.dumps(message, separators=(",", ":")).encode()
 
 
 def _join(parts: Iterable[bytes]) -> bytes:
@@ -230,7 +227,7 @@ class BayeuxServer:
             if channel == "/meta/connect":
                 connect = message  # answered last, after the other requests of the batch
             else:
-                replies.append(_encode(self._dispatch(channel, message)))
+                replies.append(encode(self._dispatch(channel, message)))
         if connect is None:
             return _join(replies)
         events = await self._connect(connect, hold=not replies, is_closed=is_closed)
@@ -325,7 +322,7 @@ class BayeuxServer:
         """Event messages plus the connect reply; None when the connection is being dropped."""
         session = self.sessions.get(str(message.get("clientId")))
         if session is None:
-            return [_encode(_unknown_client(message))]
+            return [encode(_unknown_client(message))]
         if hold and session.connected and not session.queue:
             why = await self._hold(session, self._timeout(message))
             if why is Wake.ABORT or is_closed():
@@ -334,7 +331,7 @@ class BayeuxServer:
         batch = self._drain(session)
         reply = _reply(message, True, clientId=session.client_id)
         reply["advice"] = self._advice()
-        return [*batch, _encode(reply)]
+        return [*batch, encode(reply)]
 
     def _timeout(self, message: Message) -> float:
         advice = message.get("advice")

@@ -32,6 +32,7 @@ from ingest.simulator.comet import (
     bayeux_message,
     channel_of,
     event_data,
+    event_message,
 )
 from ingest.simulator.faults import Faults, MalformedKind, malformed
 from ingest.simulator.mailbox import Folder, Mailbox, Message
@@ -133,14 +134,15 @@ class Notifier:
     ) -> int:
         """Publish one event to every subscription of the mailbox; returns sessions reached."""
         self._counters.emitted[event_type] += 1
-        infos = [m.info for m in messages]
+        infos_json = ",".join(m.info_json for m in messages)
         event_time = self._clock.now()
         duplicate = self._rng.random() < self._faults.duplicate_ratio
         reached = 0
         for subscription_id in self._subscriptions.of_mailbox(mailbox.alias):
             channel = channel_of(subscription_id)
-            data = event_data(
-                infos=infos,
+            payload = event_message(
+                channel=channel,
+                infos_json=infos_json,
                 usn=usn,
                 event_time=event_time,
                 subscription_id=subscription_id,
@@ -148,7 +150,6 @@ class Notifier:
                 event_type=event_type,
                 display_name=mailbox.user.display_name,
             )
-            payload = bayeux_message(channel, data)
             reached += self._deliver(channel, payload)
             if duplicate:
                 self._deliver(channel, payload)

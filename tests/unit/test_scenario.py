@@ -14,7 +14,14 @@ import pytest
 from fixtures.simulator import fold
 
 from ingest.events import EventType as DomainEventType
-from ingest.simulator.comet import EventType, format_time
+from ingest.simulator.comet import (
+    EventType,
+    bayeux_message,
+    encode,
+    event_data,
+    event_message,
+    format_time,
+)
 from ingest.simulator.faults import Faults, MalformedKind, malformed
 from ingest.simulator.notifier import Notifier, Subscriptions
 from ingest.simulator.scenario import OP_EVENTS, Change, Op, Scenario
@@ -216,6 +223,24 @@ class TestCometFormat:
         message = sc.perform("user0001", Op.NEW).notices[0].messages[0]
         # the vendor example: 11:15:40 PM UTC is 04:15:40 PM in Pacific daylight time
         assert message.info["ReceiveTime"] == "04:15:40 PM 10/30/2008"
+
+    def test_fast_encoding_is_byte_identical(self) -> None:
+        infos = [{"MessageId": "m\u00e9", "CallerAni": 'say "hi"'}, {"MessageId": "m2"}]
+        fields = {
+            "usn": 12,
+            "event_time": "01:02:03 AM 01/02/2008",
+            "subscription_id": "sub",
+            "mailbox_id": "a\\b",
+            "event_type": "NEW_MESSAGE",
+            "display_name": 'Zo\u00eb "Q" </script>',
+        }
+        slow = bayeux_message("/vmrest/mailbox/sub", event_data(infos=infos, **fields))
+        fast = event_message(
+            channel="/vmrest/mailbox/sub",
+            infos_json=",".join(encode(i).decode() for i in infos),
+            **fields,
+        )
+        assert fast == slow and json.loads(fast)["data"]["DisplayName"] == 'Zo\u00eb "Q" </script>'
 
     def test_time_format_is_twelve_hour_and_locale_free(self) -> None:
         assert format_time(dt.datetime(2008, 1, 2, 0, 5, 6)) == "12:05:06 AM 01/02/2008"

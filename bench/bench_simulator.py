@@ -1,0 +1,205 @@
+"""Simulator benchmarks: how fast it feeds one CometD session, and what 20,000 subscriptions cost.
+
+The simulator runs in a child process (its own event loop and core), driven through its admin
+endpoints, so the client's work does not slow the server down. Measures, never asserts:
+
+- `emit_events_per_s`: Comet events generated, encoded and queued for one subscribed session
+  (scenario + Notifier + Bayeux queue, no client reading).
+- `long_polling_events_per_s` / `websocket_events_per_s`: events received by ONE aiocometd-ng
+  session subscribed to every mailbox's channel, from the scenario's start to the last event.
+- `requestnotification_per_s`: REST `requestnotification` calls per second through the 5-slot
+  throttle (20 concurrent callers).
+- `subscribe_20k_s`: time to subscribe one session to 20,000 channels (batched lists of 1,000).
+- `rss_mb_*`: the simulator's resident memory with 20,000 mailboxes, before any subscription,
+  after 20,000 notification subscriptions, and with one session on all 20,000 channels.
+
+Run alone with `python -m bench.bench_simulator [--events N]`; `run()` returns the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import multiprocessing
+import multiprocessing.connection
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiocometd_ng import Client, ConnectionType
+
+from ingest.simulator import Simulator, SimulatorConfig
+from ingest.simulator.bayeux import Session
+from ingest.simulator.users import UserTable
+
+THROUGHPUT_MAILBOXES = 1_000
+SUBSCRIPTIONS = 20_000
+SEED = 1
+
+
+def _child(conn: multiprocessing.connection.Connection, config: SimulatorConfig) -> None:
+    """Run a simulator until the parent says stop; report its URLs first."""
+
+    async def serve() -> None:
+        async with Simulator(config) as sim:
+            conn.send((sim.base_url, sim.cometd_url))
+            await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+
+    asyncio.run(serve())
+
+
+@contextlib.asynccontextmanager
+async def _simulator_process(**overrides: Any) -> Any:
+    config = SimulatorConfig(seed=SEED, admin=True, connect_timeout=5.0, **overrides)
+    parent, child = multiprocessing.get_context("spawn").Pipe()
+    process = multiprocessing.get_context("spawn").Process(target=_child, args=(child, config))
+    process.start()
+    try:
+        loop = asyncio.get_running_loop()
+        base_url, cometd_url = await loop.run_in_executor(None, parent.recv)
+        yield process.pid, base_url, cometd_url, UserTable.generate(config.mailboxes, SEED)
+    finally:
+        parent.send("stop")
+        await loop.run_in_executor(None, process.join, 10)
+        if process.is_alive():
+            process.kill()
+
+
+def _rss_mb(pid: int | None) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError("no VmRSS")
+
+
+async def _request_all(
+    http: aiohttp.ClientSession, base_url: str, users: UserTable, callers: int = 20
+) -> list[str]:
+    """requestnotification for every user, `callers` at a time; returns the channels in order."""
+    aliases = list(users)
+    channels: list[str] = [""] * len(aliases)
+    url = f"{base_url}/vmrest/mailbox?method=requestnotification"
+
+    async def caller(offset: int) -> None:
+        for i in range(offset, len(aliases), callers):
+            headers = {"Authorization": users[aliases[i]].authorization()}
+            while True:
+                async with http.post(url, data="{}", headers=headers) as response:
+                    if response.status == 200:
+                        channels[i] = "/vmrest/mailbox/" + await response.text()
+                        break
+                await asyncio.sleep(0.01)  # 503 from the throttle: try again
+
+    await asyncio.gather(*(caller(k) for k in range(callers)))
+    return channels
+
+
+async def _throughput(connection_type: ConnectionType, events: int) -> float:
+    async with (
+        _simulator_process(mailboxes=THROUGHPUT_MAILBOXES) as (_, base_url, cometd_url, users),
+        aiohttp.ClientSession() as http,
+    ):
+        channels = await _request_all(http, base_url, users)
+        client = Client(cometd_url, connection_type, max_pending_count=0, connection_timeout=0)
+        await client.open()
+        try:
+            for channel in channels:
+                await client.subscribe(channel)
+            start = time.perf_counter()
+            async with http.post(f"{base_url}/_sim/scenario", json={"events": events}) as r:
+                r.raise_for_status()
+            for _ in range(events):
+                await client.receive()
+            return events / (time.perf_counter() - start)
+        finally:
+            await _close_quietly(client)
+
+
+async def _close_quietly(client: Client) -> None:
+    """Close, hiding the CancelledError traceback aiocometd-ng logs for the pending long-poll."""
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+
+    def handler(the_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if not isinstance(context.get("exception"), asyncio.CancelledError):
+            the_loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+    try:
+        await client.close()
+    finally:
+        loop.set_exception_handler(previous)
+
+
+async def _emit_rate(events: int) -> float:
+    """In-process: scenario + Notifier + queueing for one session on every channel, no reader."""
+    async with Simulator(mailboxes=THROUGHPUT_MAILBOXES, seed=SEED) as sim:
+        # a session registered directly: this measures the server side alone
+        bayeux_session = Session("bench", 0.0)
+        sim.bayeux.sessions["bench"] = bayeux_session
+        for alias in sim.users:
+            channel = "/vmrest/mailbox/" + sim.subscriptions.create(alias)
+            sim.bayeux.channels.setdefault(channel, {})[bayeux_session] = None
+        start = time.perf_counter()
+        sim.emit(events)
+        return events / (time.perf_counter() - start)
+
+
+async def _subscriptions() -> dict[str, float]:
+    async with (
+        _simulator_process(mailboxes=SUBSCRIPTIONS) as (pid, base_url, cometd_url, users),
+        aiohttp.ClientSession() as http,
+    ):
+        result = {"rss_mb_20k_mailboxes": _rss_mb(pid)}
+        start = time.perf_counter()
+        channels = await _request_all(http, base_url, users)
+        result["requestnotification_per_s"] = round(len(channels) / (time.perf_counter() - start))
+        result["rss_mb_20k_notification_subscriptions"] = _rss_mb(pid)
+        handshake = {"channel": "/meta/handshake", "supportedConnectionTypes": ["long-polling"]}
+        async with http.post(cometd_url, json=[handshake]) as response:
+            client_id = (await response.json())[0]["clientId"]
+        start = time.perf_counter()
+        for i in range(0, len(channels), 1_000):
+            batch = {
+                "channel": "/meta/subscribe",
+                "clientId": client_id,
+                "subscription": channels[i : i + 1_000],
+            }
+            async with http.post(cometd_url, json=[batch]) as response:
+                assert (await response.json())[0]["successful"]
+        result["subscribe_20k_s"] = round(time.perf_counter() - start, 3)
+        result["rss_mb_one_session_20k_channels"] = _rss_mb(pid)
+        return result
+
+
+async def run_async(events: int = 100_000) -> dict[str, Any]:
+    results: dict[str, Any] = {"events": events, "mailboxes": THROUGHPUT_MAILBOXES}
+    results["emit_events_per_s"] = round(await _emit_rate(events))
+    results["long_polling_events_per_s"] = round(
+        await _throughput(ConnectionType.LONG_POLLING, events)
+    )
+    results["websocket_events_per_s"] = round(await _throughput(ConnectionType.WEBSOCKET, events))
+    results.update(await _subscriptions())
+    return results
+
+
+def run(events: int = 100_000) -> dict[str, Any]:
+    """All simulator benchmarks; returns {metric: value}."""
+    return asyncio.run(run_async(events))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    args = parser.parse_args(argv)
+    json.dump(run(args.events), sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
