@@ -21,10 +21,11 @@ import time
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
 
+from ingest.errors import ConfigError
 from ingest.simulator.admin import add_admin_routes
 from ingest.simulator.bayeux import COMETD_PATH, BayeuxConfig, BayeuxServer
 from ingest.simulator.comet import EventType
@@ -71,6 +72,27 @@ class SimulatorConfig:
     """Whether the delegate may call requestnotification with `userobjectid` (undocumented)."""
     admin: bool = False
     """Serve the `/_sim/…` admin endpoints on the REST port."""
+
+    def __post_init__(self) -> None:
+        positive = {
+            "mailboxes": self.mailboxes,
+            "connect_timeout": self.connect_timeout,
+            "max_interval": self.max_interval,
+            "session_queue_limit": self.session_queue_limit,
+            "max_batch": self.max_batch,
+            "rest_concurrency": self.rest_concurrency,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"simulator {name} must be positive, not {value}")
+        if self.rest_queue_limit < 0 or self.initial_messages < 0:
+            raise ConfigError("simulator rest_queue_limit and initial_messages must be >= 0")
+        if not 0 <= self.multi_message_ratio <= 1:
+            raise ConfigError("simulator multi_message_ratio must be between 0 and 1")
+        try:
+            ZoneInfo(self.server_zone)
+        except (ZoneInfoNotFoundError, ValueError) as e:
+            raise ConfigError(f"simulator server_zone {self.server_zone!r} is not a zone") from e
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -13,7 +13,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from fixtures.simulator import fold
 
+from ingest.errors import ConfigError
 from ingest.events import EventType as DomainEventType
+from ingest.simulator import SimulatorConfig
 from ingest.simulator.comet import (
     EventType,
     bayeux_message,
@@ -389,3 +391,15 @@ class TestUsers:
         assert json.loads(path.read_text())["user0005"]["object_id"] == a["user0005"].object_id
         assert path.stat().st_mode & 0o077 == 0
         assert json.loads((tmp_path / "delegate.json").read_text())["username"] == "cumi-delegate"
+
+
+class TestConfig:
+    """Nonsense settings are refused with the setting's name."""
+
+    @pytest.mark.parametrize(
+        ("field", "value"),
+        [("mailboxes", 0), ("max_batch", 0), ("multi_message_ratio", 2.0), ("server_zone", "Mars")],
+    )
+    def test_refused(self, field: str, value: Any) -> None:
+        with pytest.raises(ConfigError, match=field):
+            SimulatorConfig(**{field: value})
