@@ -396,7 +396,10 @@ def _optional_string(text: str | None) -> bytes:
     return _NULL if text is None else _SOME + _string(text)
 
 
+@functools.lru_cache(maxsize=4096)
 def _timestamp(moment: dt.datetime) -> bytes:
+    """Cached: a burst of events shares EventTime, ingested_at and the messages' ReceiveTimes,
+    and a 6-byte varint costs several times a cache hit."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.UTC)
     return _long((moment - _EPOCH) // _MS)

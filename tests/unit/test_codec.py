@@ -337,14 +337,14 @@ class TestSchemaVersions:
 
     def test_history_directory(self, schema_copy: Path) -> None:
         old = self.old_event_schema()
-        (schema_copy / "history").mkdir()
+        (schema_copy / "history").mkdir(exist_ok=True)
         (schema_copy / "history" / "mailbox_event-0.0.avsc").write_text(json.dumps(old))
         assert codec.known_fingerprints()[codec.schema_fingerprint(old)] == (
             "cumi.pipeline.MailboxEvent"
         )
 
     def test_old_schema_without_current_version(self, schema_copy: Path) -> None:
-        (schema_copy / "history").mkdir()
+        (schema_copy / "history").mkdir(exist_ok=True)
         orphan = {"type": "record", "name": "Gone", "fields": [{"name": "a", "type": "int"}]}
         (schema_copy / "history" / "gone.avsc").write_text(json.dumps(orphan))
         with pytest.raises(DecodeError, match="no current version"):
