@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from fixtures.worker import read_topic
 
 from ingest.broker import LocalBroker
 from ingest.errors import LocalBrokerError
@@ -82,8 +83,8 @@ class TestBroker:
         await kafka_broker.start()
         assert kafka_broker.bootstrap == bootstrap
         assert kafka_broker.pid != old_pid
-        values = await read_all(bootstrap, fresh_topics.events)
-        assert values == [b"v0", b"v1", b"v2"]
+        records = await read_topic(bootstrap, fresh_topics.events)
+        assert [r.value for r in records] == [b"v0", b"v1", b"v2"]
 
     async def test_a_taken_port_is_a_clear_error(self, tmp_path: Path) -> None:
         with socket.socket() as taken:
@@ -95,26 +96,6 @@ class TestBroker:
                 await broker.start()
             assert not broker.running
             await broker.stop()
-
-
-async def read_all(bootstrap: str, topic: str) -> list[bytes]:
-    """Every value in `topic`, partition by partition, from the beginning to the end offsets."""
-    count = (await describe(bootstrap, [topic]))[topic]["partitions"]
-    assert isinstance(count, int)
-    partitions = [TopicPartition(topic, p) for p in range(count)]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        end = await consumer.end_offsets(partitions)
-        values: list[bytes] = []
-        while [tp for tp in partitions if await consumer.position(tp) < end[tp]]:
-            batches = await consumer.getmany(timeout_ms=1000)
-            values += [r.value for records in batches.values() for r in records if r.value]
-        return values
-    finally:
-        await consumer.stop()
 
 
 class TestTopics:
