@@ -29,6 +29,7 @@ from ingest.events import DeadLetter, MailboxEvent, MailboxSnapshot, MailboxStat
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 HISTORY = SCHEMAS / "history"
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "schemas"
+TOPICS_DOC = SCHEMAS.parent / "docs" / "topics.md"
 RELEASE_NAME = re.compile(r"^(?P<stem>[a-z0-9_]+)\.v(?P<version>[1-9][0-9]*)\.avsc$")
 RECORDS = 48
 """Records written per check; more than any enum's symbol count, so each symbol is visited."""
@@ -184,11 +185,16 @@ def incompatibilities(writer: dict[str, Any], reader: dict[str, Any]) -> list[st
     return problems
 
 
+def schema_fingerprint(schema: dict[str, Any]) -> bytes:
+    """CRC-64-AVRO of the Parsing Canonical Form, in header byte order (independent of codec)."""
+    canonical = to_parsing_canonical_form(copy.deepcopy(schema))
+    return bytes.fromhex(avro_fingerprint(canonical, "CRC-64-AVRO"))
+
+
 def single_object(schema: dict[str, Any], datum: Any) -> bytes:
     """Avro single-object encoding, computed here independently of ingest.codec."""
-    canonical = to_parsing_canonical_form(copy.deepcopy(schema))
     out = io.BytesIO()
-    out.write(b"\xc3\x01" + bytes.fromhex(avro_fingerprint(canonical, "CRC-64-AVRO")))
+    out.write(b"\xc3\x01" + schema_fingerprint(schema))
     fastavro.schemaless_writer(out, parse(schema), datum)
     return out.getvalue()
 
@@ -214,6 +220,18 @@ class TestReleases:
     def test_versions_are_numbered_from_one_without_gaps(self, stem: str) -> None:
         versions = sorted(releases()[stem])
         assert versions == list(range(1, len(versions) + 1))
+
+    def test_docs_list_every_release_fingerprint(self) -> None:
+        text = TOPICS_DOC.read_text(encoding="utf-8")
+        table = text.split("<!-- fingerprints:start -->")[1].split("<!-- fingerprints:end -->")[0]
+        row = re.compile(r"^\| `(\S+)\.avsc` \| v(\d+) \| `(\S+)` \| `([0-9a-f]{16})` \|$")
+        documented = {m.groups() for m in map(row.match, table.splitlines()) if m}
+        released = {
+            (stem, str(version), full_name(load(path)), schema_fingerprint(load(path)).hex())
+            for stem, versions in releases().items()
+            for version, path in versions.items()
+        }
+        assert documented == released, "docs/topics.md: update the fingerprint table"
 
     @pytest.mark.parametrize(("stem", "version", "path"), release_cases())
     def test_release_keeps_the_record_name(self, stem: str, version: int, path: Path) -> None:
