@@ -1,16 +1,19 @@
-"""The `ingest` command line: one sub-command per job, each implemented in its own module.
+"""The `ingest` command line: one sub-command per job, each in its own module.
 
-Each sub-command module exposes `add_arguments(parser)` and `run(args) -> int`; importing them lazily
-keeps `ingest fold` from paying for aiokafka and `ingest broker` from paying for fastavro.
+Each sub-command module exposes `add_arguments(parser)` and `run(args) -> int`. Only the module of
+the chosen sub-command is imported, so `ingest fold` does not pay for aiokafka nor `ingest broker`
+for fastavro.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import logging
+import importlib.util
 import sys
 from collections.abc import Sequence
+
+from ingest.logs import configure_logging
 
 # sub-command → (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -26,28 +29,33 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _available(module_name: str) -> bool:
+    return importlib.util.find_spec(module_name) is not None
+
+
+def build_parser(chosen: str | None) -> argparse.ArgumentParser:
+    """A parser listing every built sub-command; only `chosen` gets its full arguments."""
     parser = argparse.ArgumentParser(prog="ingest", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name != module_name:
-                raise
-            continue  # sub-command not built yet
+        if not _available(module_name):
+            continue  # sub-command not built into this version
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(command_parser)
-        command_parser.set_defaults(run=module.run)
+        if name == chosen:
+            module = importlib.import_module(module_name)
+            module.add_arguments(command_parser)
+            command_parser.set_defaults(run=module.run)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from ingest.logs import configure_logging
+def _chosen_command(argv: Sequence[str]) -> str | None:
+    return next((arg for arg in argv if arg in COMMANDS), None)
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(_chosen_command(arguments)).parse_args(arguments)
     configure_logging(args.log_level)
     try:
         return int(args.run(args))

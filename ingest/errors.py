@@ -1,7 +1,7 @@
 """The project's error hierarchy.
 
-`retriable` tells a caller whether trying again can help: invalid input never becomes valid (it goes to
-the dead-letter topic), while transport and broker errors are retried with backoff.
+`retriable` tells a caller whether trying again can help: invalid input never becomes valid (it
+goes to the dead-letter topic), while transport and broker errors are retried with backoff.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ class IngestError(Exception):
 
 
 class ConfigError(IngestError):
-    """A setting is missing or has a bad value; the message names the setting and says what is valid."""
+    """A setting is missing or bad; the message names the setting and says what is valid."""
 
 
 class InvalidEvent(IngestError):
-    """A raw Comet payload cannot become a MailboxEvent. Routed to the dead-letter topic, never retried.
+    """A raw Comet payload cannot become a MailboxEvent: dead-lettered, never retried.
 
-    `reason` is a stable machine-readable code (see `RejectReason`), `field` the offending field if any.
+    `reason` is a stable machine-readable code (a `RejectReason`), `field` the offending field.
     """
 
     def __init__(self, reason: str, detail: str, field: str | None = None) -> None:
@@ -32,7 +32,7 @@ class InvalidEvent(IngestError):
 
 
 class DecodeError(IngestError):
-    """Bytes read from Kafka are not a record this package can decode (unknown fingerprint, bad body)."""
+    """Bytes from Kafka are not a record this package can decode (unknown fingerprint, bad body)."""
 
 
 class TransportError(IngestError):
@@ -42,7 +42,7 @@ class TransportError(IngestError):
 
 
 class AuthError(IngestError):
-    """The CUMI server refused the credentials for one mailbox (HTTP 401/403). Not retried blindly."""
+    """The CUMI server refused one mailbox's credentials (HTTP 401/403); not retried blindly."""
 
 
 class BrokerError(IngestError):
