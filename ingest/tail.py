@@ -132,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         kafka = _kafka_settings(args.bootstrap, args.config)
     except ConfigError as e:
-        print(f"ingest tail: {e}", file=sys.stderr)
+        hint = " (or pass --bootstrap)" if "KAFKA_BOOTSTRAP_SERVERS is required" in str(e) else ""
+        print(f"ingest tail: {e}{hint}", file=sys.stderr)
         return 2
     options = TailOptions(
         topic=resolve_topic(args.topic, kafka),
