@@ -38,7 +38,7 @@ from typing import Any, cast
 
 import aiohttp
 from aiocometd_ng.client import Client
-from aiocometd_ng.constants import ConnectionType
+from aiocometd_ng.constants import ConnectionType, TransportState
 from aiocometd_ng.exceptions import AiocometdException
 from aiocometd_ng.extensions import Extension
 from aiocometd_ng.transports.base import TransportBase
@@ -63,20 +63,86 @@ OnEvents = Callable[[EventBatch, float], Awaitable[None]]
 """(event messages of one server payload, monotonic receive time) → returns when admitted."""
 
 
-class _QuietClose(TransportBase):
-    """The library's close bug: cancelling a pending connect (or WebSocket receive) on close makes
-    its done-callback re-raise CancelledError into the event loop, which logs a traceback."""
+LONG_POLL_MARGIN = 15.0
+"""Seconds a connect may take beyond the server's advised long-poll timeout before the client gives
+up. The library allows 20 %: with short timeouts a slow, large response was cut off mid-body —
+after the server had already counted its events as delivered."""
+
+
+class _Fixes(TransportBase):
+    """Corrections to aiocometd-ng's transports (the concrete classes below mix them in):
+
+    - close: cancelling a pending connect (or WebSocket receive) made its done-callback re-raise
+      CancelledError into the event loop, which logged a traceback;
+    - `advice.interval` is in milliseconds (Bayeux), the library slept that many seconds;
+    - the request timeout leaves a fixed margin over the long-poll (see LONG_POLL_MARGIN);
+    - `reconnect: handshake` advice is not followed: the session is lost (this module's tap saw
+      it) and the subscription manager replaces the whole client;
+    - a failed connect exchange that may have carried events is reported to the tap (a gap).
+    """
+
+    @property
+    def request_timeout(self) -> float | None:
+        timeout = self.reconnect_advice.get("timeout")
+        if isinstance(timeout, int | float) and not isinstance(timeout, bool):
+            return timeout / 1000 + LONG_POLL_MARGIN
+        return None
 
     def _connect_done(self, future: asyncio.Future[Any]) -> None:
-        if not future.cancelled():
-            super()._connect_done(future)
+        if future.cancelled():
+            return
+        reconnect = "retry"
+        interval = self.reconnect_advice.get("interval")
+        delay = interval / 1000 if isinstance(interval, int | float) else None
+        try:
+            result = future.result()
+            advice = result.get("advice") if isinstance(result, dict) else None
+            if not result.get("successful", True) and isinstance(advice, dict):
+                reconnect = advice.get("reconnect", reconnect)
+            self._state = TransportState.CONNECTED
+        except Exception as error:
+            log.debug("connect failed: %r", error)
+            delay = self._reconnect_timeout
+            if self.state != TransportState.DISCONNECTING:
+                self._state = TransportState.CONNECTING
+        if self.state == TransportState.DISCONNECTING:
+            return
+        if reconnect == "handshake":
+            self._state = TransportState.SERVER_DISCONNECTED
+            return
+        self._follow_advice(reconnect, delay)
+
+    async def _guarded(
+        self, payload: list[dict[str, Any]], exchange: Awaitable[dict[str, Any]]
+    ) -> dict[str, Any]:
+        try:
+            return await exchange
+        except Exception as error:
+            is_connect = bool(payload) and payload[0].get("channel") == "/meta/connect"
+            # a connection that never opened carried nothing; anything else may have lost events
+            never_sent = isinstance(error.__cause__, aiohttp.ClientConnectorError)
+            if is_connect and not never_sent:
+                for extension in self._extensions:
+                    if isinstance(extension, _Tap):
+                        extension.connect_failed(error)
+            raise
 
 
-class _LongPolling(_QuietClose, LongPollingTransport):
-    pass
+class _LongPolling(_Fixes, LongPollingTransport):
+    async def _send_final_payload(
+        self, payload: list[dict[str, Any]], *, headers: dict[str, Any]
+    ) -> dict[str, Any]:
+        send = LongPollingTransport._send_final_payload(self, payload, headers=headers)
+        return await self._guarded(payload, send)
 
 
-class _WebSocket(_QuietClose, WebSocketTransport):
+class _WebSocket(_Fixes, WebSocketTransport):
+    async def _send_final_payload(
+        self, payload: list[dict[str, Any]], *, headers: dict[str, Any]
+    ) -> dict[str, Any]:
+        send = WebSocketTransport._send_final_payload(self, payload, headers=headers)
+        return await self._guarded(payload, send)
+
     async def _get_socket(self, headers: dict[str, str]) -> WebSocket:
         # the library passes a float `receive_timeout`, deprecated by aiohttp 3.10+
         timeout = aiohttp.ClientWSTimeout(ws_receive=self.request_timeout)
@@ -134,6 +200,9 @@ class _Tap(Extension):
     ) -> None:
         await self._session._on_incoming(payload)
 
+    def connect_failed(self, error: Exception) -> None:
+        self._session._on_connect_failed(error)
+
 
 class CometSession:
     """One Bayeux client session; see the module docstring. Not reusable after it is lost."""
@@ -177,6 +246,10 @@ class CometSession:
         self._last_alive = time.monotonic()
         self._client_id: str | None = None
         self._stopped = False
+        self._gap = False
+        self.on_gap: Callable[[], None] | None = None
+        """Called after a failed connect that may have carried events, once connects succeed
+        again: without Bayeux acknowledgements those events are gone, so the caller repairs."""
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -360,12 +433,21 @@ class CometSession:
             self._delivering = False
             self._mark_alive()
 
+    def _on_connect_failed(self, error: Exception) -> None:
+        if not self._stopped and not self.is_lost:
+            log.info("CometD connect failed (%s); affected mailboxes will be repaired", error)
+            self._gap = True
+
     def _on_connect_reply(self, message: Mapping[str, Any]) -> None:
         self._awaiting_connect = False
         if message.get("successful"):
             self._connect_failures = 0
             self._mark_alive()
             WORKER_LAST_CONNECT.set(time.time())
+            if self._gap:
+                self._gap = False
+                if self.on_gap is not None:
+                    self.on_gap()
             return
         WORKER_CONNECT_FAILURES.inc()
         error = str(message.get("error") or "")

@@ -61,6 +61,8 @@ class Window:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
+        self.peak = 0
+        """The most records ever in flight at once (≤ limit, or one payload larger than it)."""
         self._room = asyncio.Event()
         self._room.set()
         self._empty = asyncio.Event()
@@ -76,6 +78,7 @@ class Window:
                 await self._room.wait()
             WORKER_BACKPRESSURE_SECONDS.inc(time.monotonic() - started)
         self.used += count
+        self.peak = max(self.peak, self.used)
         self._empty.clear()
         WORKER_QUEUE_EVENTS.set(self.used)
 

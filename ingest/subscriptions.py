@@ -60,6 +60,7 @@ class RepairReason(enum.StrEnum):
     SESSION_LOST = "session-lost"
     SERVER_RESTART = "server-restart"
     RESUBSCRIBE = "resubscribe"
+    CONNECT_FAILED = "connect-failed"
 
 
 @dataclass(slots=True)
@@ -170,6 +171,7 @@ class SubscriptionManager:
                 continue
             self.sessions_started += 1
             self._session = session
+            session.on_gap = self._repair_active
             started = time.monotonic()
             try:
                 reason = await self._serve(session)
@@ -183,6 +185,15 @@ class SubscriptionManager:
             delay = self._session_backoff(losses)
             log.warning("CometD session lost (%s); new session in %.1f s", reason.value, delay)
             await asyncio.sleep(delay)
+
+    def _repair_active(self) -> None:
+        """A connect failed mid-exchange: its events may be lost, so repair every active mailbox."""
+        if self._reconciler is None:
+            return
+        active = [m.alias for m in self.mailboxes.values() if m.state is SubState.ACTIVE]
+        for alias in active:
+            self._reconciler.request(alias, RepairReason.CONNECT_FAILED.value)
+        log.warning("a CometD connect failed mid-exchange: gap repair of %d mailboxes", len(active))
 
     def _session_backoff(self, losses: int) -> float:
         p = self._policy

@@ -1,0 +1,159 @@
+"""The worker under faults: each run ends with the fold of the events topic equal to the truth."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from fixtures.simulator import MakeSimulator
+from fixtures.worker import decode_all, fold_records, read_topic, running_worker, settle, worker_env
+
+from ingest.broker import LocalBroker
+from ingest.events import MailboxEvent, MailboxSnapshot
+from ingest.metrics import REGISTRY
+from ingest.projection import diff_states
+from ingest.simulator import Simulator
+from ingest.topics import TopicNames
+from ingest.worker import Worker
+
+pytestmark = pytest.mark.integration
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def assert_fold_equals_truth(
+    worker: Worker, sim: Simulator, bootstrap: str, topic: str
+) -> list[object]:
+    """Settle, then compare; a last repair may still be landing, so look again a few times."""
+    await settle(worker, sim)
+    problems: list[str] = []
+    for _ in range(10):
+        decoded = decode_all(await read_topic(bootstrap, topic))
+        problems = diff_states(sim.truth(), fold_records(decoded))
+        if not problems:
+            return decoded
+        await asyncio.sleep(1.0)
+        await settle(worker, sim)
+    raise AssertionError(
+        f"{len(problems)} differences, e.g. {problems[:5]}\n{sim.stats}\n"
+        + "\n".join(_history(decoded, problems[0].split(":")[0]))
+    )
+
+
+def _history(decoded: list[object], mailbox_id: str) -> list[str]:
+    """The records of one mailbox, for a failure message."""
+    lines = []
+    for record in decoded:
+        if isinstance(record, MailboxSnapshot) and record.mailbox_id == mailbox_id:
+            inbox = [m.message_id[:8] for m in record.inbox]
+            deleted = [m.message_id[:8] for m in record.deleted]
+            lines.append(f"snapshot usn={record.usn} {record.reason} in={inbox} del={deleted}")
+        elif isinstance(record, MailboxEvent) and record.mailbox_id == mailbox_id:
+            ids = [m.message_id[:8] for m in record.messages]
+            lines.append(f"event usn={record.usn} {record.event_type.value} {ids}")
+    return lines
+
+
+class TestServerFaults:
+    """Faults on the CUMI side."""
+
+    async def test_restart_and_connection_drops_mid_stream(
+        self,
+        make_simulator: MakeSimulator,
+        kafka_bootstrap: str,
+        fresh_topics: TopicNames,
+        tmp_path: Path,
+    ) -> None:
+        sim = await make_simulator(mailboxes=200, seed=21)
+        env = worker_env(sim, kafka_bootstrap, fresh_topics, tmp_path)
+        restarts = metric("cumi_worker_session_restarts_total", reason="unknown-client")
+        async with running_worker(env) as worker:
+            assert worker.manager is not None
+            sim.run_scenario(events=6_000, rate=2_000)
+            await asyncio.sleep(0.8)
+            sim.drop_connections()
+            await asyncio.sleep(0.8)
+            sim.restart()  # every session and subscription is gone
+            await asyncio.sleep(0.8)
+            sim.drop_connections()
+            decoded = await assert_fold_equals_truth(
+                worker, sim, kafka_bootstrap, fresh_topics.events
+            )
+            assert worker.manager.sessions_started >= 2
+            assert worker.manager.counts()["active"] == 200
+        assert metric("cumi_worker_session_restarts_total", reason="unknown-client") > restarts
+        reasons = {d.reason for d in decoded if isinstance(d, MailboxSnapshot)}
+        assert {"startup", "server-restart"} <= reasons
+
+    async def test_notifier_downtime(
+        self,
+        make_simulator: MakeSimulator,
+        kafka_bootstrap: str,
+        fresh_topics: TopicNames,
+        tmp_path: Path,
+    ) -> None:
+        sim = await make_simulator(mailboxes=100, seed=22)
+        env = worker_env(sim, kafka_bootstrap, fresh_topics, tmp_path)
+        async with running_worker(env) as worker:
+            sim.emit(1_000)
+            sim.notifier_down()
+            sim.emit(2_000)  # only the latest status of each changed message comes later
+            await asyncio.sleep(0.3)
+            sent = sim.notifier_up()
+            assert 0 < sent < 2_000
+            sim.emit(1_000)
+            await assert_fold_equals_truth(worker, sim, kafka_bootstrap, fresh_topics.events)
+        assert sim.stats.withheld == 2_000
+
+    async def test_503_storm_during_subscription(
+        self,
+        make_simulator: MakeSimulator,
+        kafka_bootstrap: str,
+        fresh_topics: TopicNames,
+        tmp_path: Path,
+    ) -> None:
+        sim = await make_simulator(mailboxes=300, seed=23, retry_after=None)
+        env = worker_env(sim, kafka_bootstrap, fresh_topics, tmp_path)
+        sim.storm(1.5)
+        async with running_worker(env) as worker:
+            assert worker.manager is not None
+            counts = worker.manager.counts()
+            # a mailbox that ran out of attempts during the storm is retried after its backoff
+            async with asyncio.timeout(60):
+                while worker.manager.counts()["active"] < 300:  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)
+            sim.run_scenario(events=3_000)
+            await assert_fold_equals_truth(worker, sim, kafka_bootstrap, fresh_topics.events)
+        assert sim.stats.rest_throttled > 0
+        assert counts["failed"] == 0
+
+
+class TestKafkaFaults:
+    """The broker stops mid-stream: the worker stops pulling at its bound, then catches up."""
+
+    async def test_broker_stop_start_mid_stream(
+        self,
+        make_simulator: MakeSimulator,
+        kafka_bootstrap: str,
+        kafka_broker: LocalBroker,
+        fresh_topics: TopicNames,
+        tmp_path: Path,
+    ) -> None:
+        sim = await make_simulator(mailboxes=100, seed=24, max_batch=200)
+        env = worker_env(sim, kafka_bootstrap, fresh_topics, tmp_path, CUMI_QUEUE_SIZE="1000")
+        blocked = metric("cumi_worker_backpressure_seconds_total")
+        async with running_worker(env) as worker:
+            assert worker.sink is not None
+            sim.run_scenario(events=6_000, rate=1_000)
+            await asyncio.sleep(1.0)
+            await kafka_broker.stop()
+            await asyncio.sleep(3.0)
+            assert worker.sink.window.used >= 900  # full: the worker stopped pulling
+            await kafka_broker.start()
+            await assert_fold_equals_truth(worker, sim, kafka_bootstrap, fresh_topics.events)
+            assert worker.sink.window.peak <= 1000
+            assert worker.sink.fatal is None
+        assert metric("cumi_worker_backpressure_seconds_total") > blocked
