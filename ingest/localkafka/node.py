@@ -1,9 +1,9 @@
 """`LocalBroker`: one real Kafka node (KRaft broker + controller) on 127.0.0.1.
 
 It formats a storage directory, runs `kafka.Kafka` from the jars `ingest broker fetch` cached, and
-is ready only when the log says `Kafka Server started` and a metadata request answers. Ports are
-free ones chosen once; `stop()` then `start()` reuses them and the data, so tests can stop the
-broker mid-stream. Import it from `ingest.broker`.
+is ready only when the log says `Kafka Server started`, a metadata request lists the node and every
+partition's leader answers. Ports are free ones chosen once; `stop()` then `start()` reuses them
+and the data, so tests can stop the broker mid-stream. Import it from `ingest.broker`.
 """
 
 from __future__ import annotations
@@ -81,10 +81,10 @@ async def _train_class_archive(runtime: KafkaRuntime) -> None:
 
 
 def _run_sync(coro: Coroutine[Any, Any, _T]) -> _T:
-    """Run a coroutine to completion from synchronous code, even if this thread has a running loop.
+    """Run a coroutine to completion from synchronous code.
 
-    A thread of its own keeps asyncio.run() from replacing the caller's current event loop
-    (pytest-asyncio sets one per test).
+    A thread of its own keeps asyncio.run() from replacing (and then clearing) this thread's
+    current event loop, which pytest-asyncio sets up around fixtures and tests.
     """
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="local-broker") as pool:
         return pool.submit(asyncio.run, coro).result()
@@ -196,11 +196,14 @@ class LocalBroker:
 
     async def stop(self) -> None:
         """SIGTERM (controlled shutdown), SIGKILL after `stop_timeout` s. Idempotent; keeps data."""
-        pid, self._pid = self._pid, None
+        pid = self._pid
         if pid is None:
             return
         started = time.monotonic()
-        if await process.terminate(pid, self._stop_timeout):
+        clean = await process.terminate(pid, self._stop_timeout)
+        # forgotten only now: a stop() cancelled half-way leaves the pid for the next stop()
+        self._pid = None
+        if clean:
             log.info("Kafka at %s stopped in %.1f s", self.bootstrap, time.monotonic() - started)
         else:
             log.warning(
@@ -299,8 +302,8 @@ class LocalBroker:
         try:
             await self._wait_ready(self._pid, server_log, stdout, started + self._ready_timeout)
         except BaseException:
-            pid, self._pid = self._pid, None
-            await process.terminate(pid, 5.0)
+            await process.terminate(self._pid, 5.0)
+            self._pid = None
             raise
         log.info(
             "Kafka ready at %s in %.1f s (data %s)",

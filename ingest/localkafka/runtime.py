@@ -228,6 +228,9 @@ def _download(home: Path) -> None:
         raise LocalBrokerError(f"Maven finished but {partial} lacks {', '.join(missing)}*.jar")
     shutil.rmtree(home / "lib", ignore_errors=True)
     partial.rename(home / "lib")
+    # class-data archives record the jars they were made from; the JVM ignores stale ones
+    for archive in home.glob("classes-*.jsa"):
+        archive.unlink()
     # written last: its presence means the folder is complete
     (home / ".complete").write_text(json.dumps(_marker_content()), encoding="utf-8")
     log.info("Kafka runtime ready: %d jars in %.1f s", len(jars), time.monotonic() - started)
