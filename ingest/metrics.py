@@ -174,3 +174,91 @@ WORKER_READY = Gauge(
     "1 when the worker is ready: CometD session up, mailboxes subscribed, Kafka producer up.",
     registry=REGISTRY,
 )
+
+# ---------------------------------------------------------------------------------------------
+# PROJECTOR — ingest.projector, ingest.state_store, ingest.replay
+# `partition` is an events-topic partition number: bounded by the topic's partition count.
+# ---------------------------------------------------------------------------------------------
+
+PROJECTOR_EVENTS = Counter(
+    "cumi_projector_events_total",
+    "Events folded into the state, by EventType and outcome (applied, duplicate, stale).",
+    ["event_type", "outcome"],
+    registry=REGISTRY,
+)
+PROJECTOR_SNAPSHOTS = Counter(
+    "cumi_projector_snapshots_total",
+    "Snapshot records folded into the state, by outcome (applied, duplicate, stale).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+PROJECTOR_SKIPPED = Counter(
+    "cumi_projector_records_skipped_total",
+    "Records of the events topic that could not be applied (undecodable, unexpected_kind).",
+    ["reason"],
+    registry=REGISTRY,
+)
+PROJECTOR_LAG = Gauge(
+    "cumi_projector_consumer_lag",
+    "Records of an owned events partition not yet applied (high-water mark minus position).",
+    ["partition"],
+    registry=REGISTRY,
+)
+PROJECTOR_TRANSACTIONS = Counter(
+    "cumi_projector_transactions_total",
+    "State transactions (state records + consumer offsets), by outcome (committed, aborted).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+PROJECTOR_TRANSACTION_SECONDS = Histogram(
+    "cumi_projector_transaction_seconds",
+    "Time to write one partition's changed states and commit them with its offset.",
+    buckets=_ACK_BUCKETS,
+    registry=REGISTRY,
+)
+PROJECTOR_STATES_WRITTEN = Counter(
+    "cumi_projector_state_records_written_total",
+    "Mailbox state records written to the state topic in committed transactions.",
+    registry=REGISTRY,
+)
+PROJECTOR_MAILBOXES = Gauge(
+    "cumi_projector_mailboxes",
+    "Mailboxes in this instance's state (of the partitions it owns).",
+    registry=REGISTRY,
+)
+PROJECTOR_PARTITIONS = Gauge(
+    "cumi_projector_partitions_assigned",
+    "Events partitions this instance owns.",
+    registry=REGISTRY,
+)
+PROJECTOR_REBALANCES = Counter(
+    "cumi_projector_rebalances_total",
+    "Partition assignments received from the consumer group.",
+    registry=REGISTRY,
+)
+PROJECTOR_RESTORE_SECONDS = Histogram(
+    "cumi_projector_restore_seconds",
+    "Time to restore newly assigned partitions from the state topic (fencing included).",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+    registry=REGISTRY,
+)
+PROJECTOR_RESTORED = Counter(
+    "cumi_projector_restored_mailboxes_total",
+    "Mailbox states read back from the state topic on assignment.",
+    registry=REGISTRY,
+)
+PROJECTOR_READY = Gauge(
+    "cumi_projector_ready",
+    "1 when the projector has restored its partitions and is consuming.",
+    registry=REGISTRY,
+)
+PROJECTOR_REPLAY_RECORDS = Counter(
+    "cumi_projector_replay_records_total",
+    "Records read by replays (ingest replay, replay()) in this process.",
+    registry=REGISTRY,
+)
+PROJECTOR_REPLAY_PROGRESS = Gauge(
+    "cumi_projector_replay_progress_ratio",
+    "Share (0..1) of the records to read that the running or last replay has read.",
+    registry=REGISTRY,
+)

@@ -1,0 +1,562 @@
+"""The projector: the events topic folded into per-mailbox folder state, exactly once.
+
+    ingest projector [--config FILE]
+
+A consumer group member on the events topic (read_committed, no auto-commit). Records are decoded
+and applied through `ingest.projection` — the same fold as `ingest fold` and `ingest replay` —
+into one `Projection` per owned events partition. Every `CUMI_PROJECTOR_COMMIT_INTERVAL_MS` (or
+`CUMI_PROJECTOR_COMMIT_MAX_RECORDS` records) each partition with changes commits one transaction:
+the changed mailboxes' state records to the same partition of the compacted state topic *and* the
+group's offset of that events partition. A crash at any point therefore restarts from a state and
+an offset that belong together (see `ingest.state_store` for co-partitioning and zombie fencing).
+
+Rebalancing (aiokafka's eager protocol: revoke everything, then assign):
+- revoked: the open changes of every owned partition are committed (finished, not lost);
+- assigned: the partitions' transactional producers are (re)initialised — fencing the previous
+  owner and settling its open transaction — then the committed offsets are read and each newly
+  owned partition is restored from the state topic; the consumer is positioned at the committed
+  offset. A partition kept across the rebalance keeps its in-memory state only if nobody committed
+  it meanwhile (its committed offset is still ours).
+
+Records already accounted for (offset below the partition's next offset) are skipped, so a batch
+fetched before a rebalance can never be applied twice. A fenced producer means another instance
+owns the partition: the projector stops without writing anything more and exits with code 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from ingest import codec
+from ingest.errors import BrokerError, ConfigError, DecodeError
+from ingest.events import MailboxEvent, MailboxSnapshot
+from ingest.metrics import (
+    PROJECTOR_EVENTS,
+    PROJECTOR_LAG,
+    PROJECTOR_MAILBOXES,
+    PROJECTOR_PARTITIONS,
+    PROJECTOR_READY,
+    PROJECTOR_REBALANCES,
+    PROJECTOR_RESTORE_SECONDS,
+    PROJECTOR_RESTORED,
+    PROJECTOR_SKIPPED,
+    PROJECTOR_SNAPSHOTS,
+    PROJECTOR_STATES_WRITTEN,
+    PROJECTOR_TRANSACTION_SECONDS,
+    PROJECTOR_TRANSACTIONS,
+)
+from ingest.ops_http import OpsServer
+from ingest.projection import MailboxState, Projection
+from ingest.read_api import routes as read_api_routes
+from ingest.settings import KafkaSettings, SettingsSource, load_kafka, load_worker
+from ingest.state_store import (
+    Fenced,
+    StateReader,
+    StateWriter,
+    TransactionFailed,
+    describe_topic,
+)
+from ingest.topics import TopicSpec, ensure_topics
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_FENCED = 0, 1, 2, 3
+_MAX_POLL_RECORDS = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectorSettings:
+    kafka: KafkaSettings
+    group_id: str
+    """CUMI_PROJECTOR_GROUP_ID: the consumer group of all projector instances."""
+    transactional_id_prefix: str
+    """CUMI_PROJECTOR_TRANSACTIONAL_ID_PREFIX (default: the group id); ids are `<prefix>.<events
+    topic>.<partition>`, the same on every instance."""
+    commit_interval_ms: int
+    """CUMI_PROJECTOR_COMMIT_INTERVAL_MS: longest time an applied record waits for its commit."""
+    commit_max_records: int
+    """CUMI_PROJECTOR_COMMIT_MAX_RECORDS: a partition commits once it has this many uncommitted."""
+    transaction_timeout_ms: int
+    session_timeout_ms: int
+    """CUMI_PROJECTOR_SESSION_TIMEOUT_MS: how long a silent instance keeps its partitions."""
+    group_instance_id: str | None
+    """CUMI_PROJECTOR_GROUP_INSTANCE_ID: static group membership (a stable name per instance, such
+    as a StatefulSet pod name): a restarted instance takes its partitions back at once instead of
+    waiting for the session timeout and a rebalance. Unset: dynamic membership."""
+    http_host: str
+    """CUMI_METRICS_HOST: read API, /metrics and health."""
+    http_port: int
+    """CUMI_METRICS_PORT."""
+    shutdown_timeout_seconds: float
+    log_level: str
+
+    @classmethod
+    def load(
+        cls, env: dict[str, str] | None = None, config_file: str | Path | None = None
+    ) -> ProjectorSettings:
+        s = SettingsSource.load(env, config_file)
+        group = s.text("CUMI_PROJECTOR_GROUP_ID", "cumi-projector") or "cumi-projector"
+        # the HTTP port, log level and shutdown bound are shared with the worker: one name each
+        common = load_worker(s)
+        return cls(
+            kafka=load_kafka(s),
+            group_id=group,
+            transactional_id_prefix=s.text("CUMI_PROJECTOR_TRANSACTIONAL_ID_PREFIX", group)
+            or group,
+            commit_interval_ms=s.integer(
+                "CUMI_PROJECTOR_COMMIT_INTERVAL_MS", 500, minimum=10, maximum=60_000
+            ),
+            commit_max_records=s.integer("CUMI_PROJECTOR_COMMIT_MAX_RECORDS", 5000, minimum=1),
+            transaction_timeout_ms=s.integer(
+                "CUMI_PROJECTOR_TRANSACTION_TIMEOUT_MS", 60_000, minimum=1000, maximum=900_000
+            ),
+            session_timeout_ms=s.integer(
+                "CUMI_PROJECTOR_SESSION_TIMEOUT_MS", 10_000, minimum=1000, maximum=300_000
+            ),
+            group_instance_id=s.text("CUMI_PROJECTOR_GROUP_INSTANCE_ID"),
+            http_host=common.metrics_host,
+            http_port=common.metrics_port,
+            shutdown_timeout_seconds=common.shutdown_timeout_seconds,
+            log_level=common.log_level or "INFO",
+        )
+
+
+@dataclass(slots=True)
+class OwnedPartition:
+    """What the projector holds for one events partition it owns."""
+
+    number: int
+    projection: Projection
+    next_offset: int
+    """Offset of the next record to apply; what the next commit stores."""
+    committed_offset: int
+    """The group's committed offset as of our last commit or restore (-1: none)."""
+    dirty: set[str] = field(default_factory=set)
+    """Mailboxes changed since the last commit."""
+    pending: int = 0
+    """Records consumed since the last commit."""
+    since: float = 0.0
+    """Monotonic time of the oldest uncommitted record."""
+
+
+class Projector:
+    """The projector service: `async with Projector(settings) as p: await p.wait()`."""
+
+    def __init__(self, settings: ProjectorSettings, *, instance: str | None = None) -> None:
+        self.settings = settings
+        self.instance = instance or f"{socket.gethostname()}-{os.getpid()}"
+        k = settings.kafka
+        self._client = k.client_kwargs()
+        self.events_topic, self.state_topic = k.events_topic, k.state_topic
+        self.partitions: dict[int, OwnedPartition] = {}
+        self.partition_count = 0
+        """Partitions of the events topic, known once started."""
+        self.ready = False
+        self.ops = OpsServer(
+            settings.http_host,
+            settings.http_port,
+            live={"projector": lambda: self._failure is None},
+            ready={"restored": lambda: self.ready},
+        )
+        self.ops.add_routes(read_api_routes(self))
+        self._reader = StateReader(self.state_topic, **self._client)
+        self._writer = StateWriter(
+            state_topic=self.state_topic,
+            events_topic=self.events_topic,
+            group_id=settings.group_id,
+            transactional_id_prefix=settings.transactional_id_prefix,
+            transaction_timeout_ms=settings.transaction_timeout_ms,
+            **self._client,
+        )
+        self._consumer: AIOKafkaConsumer | None = None
+        self._lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self._failure: BaseException | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._started = False
+
+    # -- the read side (ingest.read_api) ---------------------------------------------------
+
+    def find(self, mailbox_id: str) -> tuple[int, MailboxState] | None:
+        for number, owned in self.partitions.items():
+            state = owned.projection.get(mailbox_id)
+            if state is not None:
+                return number, state
+        return None
+
+    def states(self) -> Iterator[tuple[int, MailboxState]]:
+        for number, owned in self.partitions.items():
+            for state in owned.projection.mailboxes.values():
+                yield number, state
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        log.info(
+            "projector %s starting: %s → %s, group %s",
+            self.instance,
+            self.events_topic,
+            self.state_topic,
+            self.settings.group_id,
+        )
+        await self.ops.start()
+        try:
+            await self._ensure_state_topic()
+            await self._reader.start()
+            consumer = AIOKafkaConsumer(
+                group_id=self.settings.group_id,
+                client_id=f"projector-{self.instance}",
+                isolation_level="read_committed",
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_poll_records=_MAX_POLL_RECORDS,
+                session_timeout_ms=self.settings.session_timeout_ms,
+                heartbeat_interval_ms=max(300, self.settings.session_timeout_ms // 4),
+                group_instance_id=self.settings.group_instance_id,
+                **self._client,
+            )
+            await consumer.start()
+            self._consumer = consumer
+            consumer.subscribe([self.events_topic], listener=_Listener(self))
+        except BaseException:
+            await self._close()
+            raise
+        self._task = asyncio.create_task(self._consume(), name="projector-consume")
+
+    async def wait(self) -> int:
+        """Until stopped or failed; the exit code."""
+        if self._task is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self._task
+        return self.exit_code
+
+    @property
+    def exit_code(self) -> int:
+        if self._failure is None:
+            return EXIT_OK
+        return EXIT_FENCED if isinstance(self._failure, Fenced) else EXIT_FAILED
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def stop(self) -> None:
+        """Finish the batch in hand, commit what is open, leave the group. Idempotent."""
+        self._stopping.set()
+        task, self._task = self._task, None
+        if task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(task), self.settings.shutdown_timeout_seconds)
+            except TimeoutError:
+                log.warning("projector did not drain in time; open changes are not committed")
+                task.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await task
+        await self._close()
+
+    async def __aenter__(self) -> Projector:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _close(self) -> None:
+        self.ready = False
+        PROJECTOR_READY.set(0)
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            with contextlib.suppress(KafkaError):
+                await consumer.stop()
+        await self._writer.stop()
+        await self._reader.stop()
+        await self.ops.stop()
+        for number in list(self.partitions):
+            self._drop(number)
+
+    async def _ensure_state_topic(self) -> None:
+        """Create the state topic if missing, co-partitioned with the events topic; refuse to run
+        against a state topic with another partition count (restore would read the wrong data)."""
+        events = await describe_topic(self.events_topic, **self._client)
+        if events is None:
+            raise ConfigError(f"the events topic {self.events_topic} does not exist")
+        count, replication = events
+        self.partition_count = count
+        spec = TopicSpec(self.state_topic, count, replication, {"cleanup.policy": "compact"})
+        bootstrap = self._client["bootstrap_servers"]
+        extra = {k: v for k, v in self._client.items() if k != "bootstrap_servers"}
+        await ensure_topics(bootstrap, [spec], **extra)
+        state = await describe_topic(self.state_topic, **self._client)
+        if state is None or state[0] != count:
+            raise ConfigError(
+                f"state topic {self.state_topic} must have {count} partitions like "
+                f"{self.events_topic}, has {state[0] if state else 0}"
+            )
+
+    # -- consuming -------------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        poll_ms = min(200, self.settings.commit_interval_ms)
+        try:
+            while not self._stopping.is_set():
+                batch = await consumer.getmany(timeout_ms=poll_ms, max_records=_MAX_POLL_RECORDS)
+                if self._failure is not None:
+                    raise self._failure
+                async with self._lock:
+                    for tp, records in batch.items():
+                        self._apply(tp, records)
+                    await self._commit_due(force=False)
+                self._update_gauges(consumer)
+            async with self._lock:
+                await self._commit_due(force=True)
+        except Exception as e:
+            self._fail(e)
+            raise
+
+    def _apply(self, tp: TopicPartition, records: Sequence[Any]) -> None:
+        owned = self.partitions.get(tp.partition)
+        if owned is None or tp.topic != self.events_topic:
+            return  # fetched before a rebalance took the partition away
+        projection, dirty, consumed = owned.projection, owned.dirty, 0
+        for message in records:
+            if message.offset < owned.next_offset:
+                continue  # applied already (a batch fetched before the last restore)
+            owned.next_offset = message.offset + 1
+            consumed += 1
+            record = _decode(message.value)
+            if record is None:
+                continue
+            outcome = projection.apply(record)
+            dirty.add(record.mailbox_id)
+            if isinstance(record, MailboxEvent):
+                PROJECTOR_EVENTS.labels(record.event_type.value, outcome.value).inc()
+            else:
+                PROJECTOR_SNAPSHOTS.labels(outcome.value).inc()
+        if consumed and not owned.pending:
+            owned.since = time.monotonic()
+        owned.pending += consumed
+
+    async def _commit_due(self, *, force: bool) -> None:
+        now, s = time.monotonic(), self.settings
+        interval = s.commit_interval_ms / 1000
+        due = [
+            owned
+            for owned in self.partitions.values()
+            if owned.pending
+            and (force or owned.pending >= s.commit_max_records or now - owned.since >= interval)
+        ]
+        if not due:
+            return
+        results = await asyncio.gather(*(self._commit(o) for o in due), return_exceptions=True)
+        failed = []
+        for owned, result in zip(due, results, strict=True):
+            if isinstance(result, TransactionFailed):
+                log.warning("%s; restoring partition %d", result, owned.number)
+                failed.append(owned.number)
+            elif isinstance(result, BaseException):
+                raise result
+        if failed:
+            await self._restore(failed)
+
+    async def _commit(self, owned: OwnedPartition) -> None:
+        states = [owned.projection.mailboxes[m].to_record() for m in sorted(owned.dirty)]
+        started = time.monotonic()
+        try:
+            await self._writer.commit(owned.number, states, owned.next_offset)
+        except TransactionFailed:
+            PROJECTOR_TRANSACTIONS.labels("aborted").inc()
+            raise
+        PROJECTOR_TRANSACTION_SECONDS.observe(time.monotonic() - started)
+        PROJECTOR_TRANSACTIONS.labels("committed").inc()
+        PROJECTOR_STATES_WRITTEN.inc(len(states))
+        owned.dirty.clear()
+        owned.pending = 0
+        owned.committed_offset = owned.next_offset
+
+    def _update_gauges(self, consumer: AIOKafkaConsumer) -> None:
+        for number, owned in self.partitions.items():
+            high = consumer.highwater(TopicPartition(self.events_topic, number))
+            if high is not None:
+                PROJECTOR_LAG.labels(str(number)).set(max(0, high - owned.next_offset))
+        PROJECTOR_MAILBOXES.set(sum(len(o.projection.mailboxes) for o in self.partitions.values()))
+
+    def _fail(self, error: BaseException) -> None:
+        if self._failure is None:
+            self._failure = error
+            if isinstance(error, Fenced):
+                log.error("projector fenced, stopping without writing more: %s", error)
+            else:
+                log.error("projector failed: %r", error, exc_info=error)
+        self.ready = False
+        PROJECTOR_READY.set(0)
+        self._stopping.set()
+
+    # -- rebalancing -----------------------------------------------------------------------
+
+    async def on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        """Finish (commit) the open changes before the partitions can move."""
+        if self._failure is not None:
+            return
+        try:
+            async with self._lock:
+                self.ready = False
+                PROJECTOR_READY.set(0)
+                await self._commit_due(force=True)
+        except Exception as e:
+            self._fail(e)
+
+    async def on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        if self._failure is not None or self._stopping.is_set():
+            return  # nothing more is consumed: leave the partitions to the next owner
+        PROJECTOR_REBALANCES.inc()
+        numbers = sorted(tp.partition for tp in assigned if tp.topic == self.events_topic)
+        try:
+            async with self._lock:
+                for number in set(self.partitions) - set(numbers):
+                    self._drop(number)
+                await self._writer.close(set(self._writer.partitions) - set(numbers))
+                await self._restore(numbers)
+                self.ready = True
+                PROJECTOR_READY.set(1)
+        except Exception as e:
+            self._fail(e)
+
+    def _drop(self, number: int) -> None:
+        del self.partitions[number]
+        with contextlib.suppress(KeyError):
+            PROJECTOR_LAG.remove(str(number))
+
+    async def _restore(self, numbers: Sequence[int]) -> None:
+        """Fence the partitions' previous owners, then take state and offset from Kafka."""
+        consumer = self._consumer
+        if consumer is None or not numbers:
+            PROJECTOR_PARTITIONS.set(len(self.partitions))
+            return
+        started = time.monotonic()
+        await self._writer.open(numbers)
+        committed: dict[int, int] = {}
+        for number in numbers:
+            offset = await consumer.committed(TopicPartition(self.events_topic, number))
+            committed[number] = -1 if offset is None else offset
+        stale = [
+            n
+            for n in numbers
+            if n not in self.partitions
+            or self.partitions[n].pending
+            or self.partitions[n].committed_offset != committed[n]
+        ]
+        restored = await self._reader.read(stale)
+        for number in stale:
+            projection = Projection()
+            for record in restored[number].values():
+                projection.load(record)
+            PROJECTOR_RESTORED.inc(len(restored[number]))
+            start = max(0, committed[number])
+            self.partitions[number] = OwnedPartition(number, projection, start, committed[number])
+        for number in numbers:
+            tp = TopicPartition(self.events_topic, number)
+            if committed[number] >= 0:
+                consumer.seek(tp, committed[number])
+            else:
+                await consumer.seek_to_beginning(tp)
+        PROJECTOR_PARTITIONS.set(len(self.partitions))
+        PROJECTOR_RESTORE_SECONDS.observe(time.monotonic() - started)
+        log.info(
+            "partitions %s owned (%s restored from %s, %d mailboxes) in %.2f s",
+            numbers,
+            stale,
+            self.state_topic,
+            sum(len(restored[n]) for n in stale),
+            time.monotonic() - started,
+        )
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    def __init__(self, projector: Projector) -> None:
+        self._projector = projector
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self._projector.on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self._projector.on_assigned(assigned)
+
+
+def _decode(value: bytes | None) -> MailboxEvent | MailboxSnapshot | None:
+    if value is None:
+        PROJECTOR_SKIPPED.labels("undecodable").inc()
+        return None
+    try:
+        record = codec.decode(value)
+    except DecodeError as e:
+        # a poison record must not stop the projection of every other mailbox
+        log.error("undecodable record on the events topic skipped: %s", e)
+        PROJECTOR_SKIPPED.labels("undecodable").inc()
+        return None
+    if isinstance(record, MailboxEvent | MailboxSnapshot):
+        return record
+    PROJECTOR_SKIPPED.labels("unexpected_kind").inc()
+    return None
+
+
+# -- the sub-command ------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="JSON or TOML file of settings (same names as the environment variables, which win)",
+    )
+
+
+async def serve(settings: ProjectorSettings, *, handle_signals: bool = True) -> int:
+    """Run until SIGTERM/SIGINT (drain, commit, exit 0) or a failure (exit non-zero)."""
+    projector = Projector(settings)
+    loop = asyncio.get_running_loop()
+    if handle_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, projector.request_stop)
+    try:
+        async with projector:
+            return await projector.wait()
+    finally:
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = ProjectorSettings.load(config_file=args.config)
+    except ConfigError as e:
+        log.error("configuration error: %s", e)
+        return EXIT_CONFIG
+    logging.getLogger().setLevel(settings.log_level)
+    try:
+        return asyncio.run(serve(settings))
+    except ConfigError as e:
+        log.error("configuration error: %s", e)
+        return EXIT_CONFIG
+    except BrokerError as e:
+        log.error("%s", e)
+        return EXIT_FAILED

@@ -1,0 +1,365 @@
+"""Mailbox state as of a past moment, folded from the event log: `ingest replay` and `replay()`.
+
+    ingest replay --bootstrap HOST:PORT --mailbox ID (--at TIME | --usn N | --offset P)
+    ingest replay --bootstrap HOST:PORT --all [--at TIME]        # every mailbox, progress bar
+    ingest replay … --format json|table
+
+The fold is `ingest.projection`, the projector's own; only the bound differs:
+
+- `--at TIME` (ISO 8601, zone-less means UTC, or epoch milliseconds): each partition is read up to
+  `offsets_for_times(TIME + 1 ms)`, the first record whose timestamp (the event's EventTime, a
+  snapshot's taken_at) is later than TIME. The log is the history as it was recorded, so that is
+  "everything the log held when TIME had passed"; with EventTimes that grow along a partition (the
+  normal case) it is exactly the records with a time ≤ TIME.
+- `--usn N` (with `--mailbox`): a mailbox's records are all in one partition, in the order they
+  were produced (per-key order). Its USNs grow along that order except for repeats and late
+  stragglers of older changes, which the fold ignores or counts anyway. So the mailbox's history up
+  to USN N is the prefix of its records before the first one with a USN above N: the replay stops
+  there. Repeats of older USNs before that point are part of the state as of N (counted as
+  duplicates or stale, as the projector counted them then).
+- `--offset P` (with `--mailbox`): records of the mailbox's partition at offsets ≤ P.
+- none of these: everything up to the end of the log when the replay started.
+
+`--mailbox` reads only the partition the producers' default partitioner puts the key in (murmur2
+of the key, `ingest.state_store.partition_for`) and decodes only that mailbox's records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from rich.console import Console
+from rich.progress import Progress as Bar
+from rich.table import Table
+
+from ingest import codec
+from ingest.errors import ConfigError, DecodeError, IngestError
+from ingest.events import Folder, MailboxEvent, MailboxSnapshot
+from ingest.metrics import PROJECTOR_REPLAY_PROGRESS, PROJECTOR_REPLAY_RECORDS
+from ingest.projection import Projection
+from ingest.settings import SettingsSource, load_kafka
+from ingest.state_store import describe_topic, partition_for
+
+log = logging.getLogger(__name__)
+
+_FETCH_MS = 500
+_MAX_RECORDS = 20_000
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class UntilTime:
+    """Records with a timestamp ≤ `at` (bounded with offsets_for_times)."""
+
+    at: dt.datetime
+
+    @property
+    def millis(self) -> int:
+        at = self.at if self.at.tzinfo else self.at.replace(tzinfo=dt.UTC)
+        return (at - _EPOCH) // dt.timedelta(milliseconds=1)
+
+
+@dataclass(frozen=True, slots=True)
+class UntilUsn:
+    """The mailbox's records before its first one with a USN above `usn`."""
+
+    usn: int
+
+
+@dataclass(frozen=True, slots=True)
+class UntilOffset:
+    """Records of the mailbox's partition at offsets ≤ `offset`."""
+
+    offset: int
+
+
+Bound = UntilTime | UntilUsn | UntilOffset | None
+Progress = Callable[[int, int], None]
+"""Called with (records read, records to read) as the replay goes."""
+
+
+async def replay(
+    bootstrap: str,
+    topic: str,
+    mailbox: str | None = None,
+    until: Bound = None,
+    *,
+    progress: Progress | None = None,
+    **client_kwargs: Any,
+) -> Projection:
+    """Fold the events `topic` up to `until` into a `Projection` (one mailbox or all)."""
+    if isinstance(until, UntilUsn | UntilOffset) and mailbox is None:
+        raise ConfigError("a USN or offset bound needs a mailbox (they are per mailbox)")
+    described = await describe_topic(topic, bootstrap_servers=bootstrap, **client_kwargs)
+    if described is None:
+        raise ConfigError(f"topic {topic} does not exist")
+    count = described[0]
+    numbers = [partition_for(mailbox, count)] if mailbox is not None else list(range(count))
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+        **client_kwargs,
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, n) for n in numbers]
+        consumer.assign(tps)
+        starts = await consumer.beginning_offsets(tps)
+        stops = await _stops(consumer, tps, until)
+        for tp in tps:
+            consumer.seek(tp, starts[tp])
+        reader = _Reader(mailbox, until, starts, stops, progress)
+        await reader.run(consumer)
+        return reader.projection
+    finally:
+        await consumer.stop()
+
+
+async def _stops(
+    consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition], until: Bound
+) -> dict[TopicPartition, int]:
+    """Per partition, the first offset NOT to read."""
+    ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)  # last stable offsets
+    if isinstance(until, UntilOffset):
+        return {tp: min(ends[tp], until.offset + 1) for tp in tps}
+    if isinstance(until, UntilTime):
+        found = await consumer.offsets_for_times({tp: until.millis + 1 for tp in tps})
+        return {tp: ends[tp] if found.get(tp) is None else found[tp].offset for tp in tps}
+    return dict(ends)
+
+
+class _Reader:
+    """The read-and-fold loop of one replay."""
+
+    def __init__(
+        self,
+        mailbox: str | None,
+        until: Bound,
+        starts: dict[TopicPartition, int],
+        stops: dict[TopicPartition, int],
+        progress: Progress | None,
+    ) -> None:
+        self.projection = Projection()
+        self._mailbox = mailbox
+        self._key = mailbox.encode() if mailbox is not None else None
+        self._max_usn = until.usn if isinstance(until, UntilUsn) else None
+        self._stops = stops
+        self._pending = {tp for tp in stops if stops[tp] > starts[tp]}
+        self._total = sum(max(0, stops[tp] - starts[tp]) for tp in stops)
+        self._read = 0
+        self._progress = progress
+
+    async def run(self, consumer: AIOKafkaConsumer) -> None:
+        PROJECTOR_REPLAY_PROGRESS.set(0)
+        self._report()
+        while self._pending:
+            batch = await consumer.getmany(
+                *self._pending, timeout_ms=_FETCH_MS, max_records=_MAX_RECORDS
+            )
+            for tp, messages in batch.items():
+                if tp in self._pending:
+                    self._fold(tp, messages)
+            for tp in list(self._pending):
+                # markers of committed transactions have offsets but yield no record
+                if await consumer.position(tp) >= self._stops[tp]:
+                    self._pending.discard(tp)
+            self._report()
+        PROJECTOR_REPLAY_PROGRESS.set(1)
+
+    def _fold(self, tp: TopicPartition, messages: Sequence[Any]) -> None:
+        stop, key, apply = self._stops[tp], self._key, self.projection.apply
+        read = 0
+        for message in messages:
+            if message.offset >= stop:
+                self._pending.discard(tp)
+                break
+            read += 1
+            if key is not None and message.key != key:
+                continue  # another mailbox of the same partition: not even decoded
+            record = _decode(message.value)
+            if record is None:
+                continue
+            if self._max_usn is not None and record.usn > self._max_usn:
+                self._pending.discard(tp)
+                break
+            apply(record)
+        self._read += read
+        PROJECTOR_REPLAY_RECORDS.inc(read)
+
+    def _report(self) -> None:
+        if self._total:
+            PROJECTOR_REPLAY_PROGRESS.set(min(1.0, self._read / self._total))
+        if self._progress is not None:
+            self._progress(min(self._read, self._total), self._total)
+
+
+def _decode(value: bytes | None) -> MailboxEvent | MailboxSnapshot | None:
+    if value is None:
+        return None
+    try:
+        record = codec.decode(value)
+    except DecodeError as e:
+        log.warning("undecodable record skipped: %s", e)
+        return None
+    return record if isinstance(record, MailboxEvent | MailboxSnapshot) else None
+
+
+# -- the sub-command ------------------------------------------------------------------------
+
+
+def parse_time(text: str) -> dt.datetime:
+    """ISO 8601 (zone-less = UTC) or epoch milliseconds, as an aware datetime."""
+    value = text.strip()
+    if value.lstrip("-").isdigit():
+        return _EPOCH + dt.timedelta(milliseconds=int(value))
+    try:
+        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(
+            f"not an ISO 8601 time or epoch milliseconds: {text!r}"
+        ) from e
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer ≥ 0, got {text!r}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--bootstrap",
+        default=None,
+        help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS)",
+    )
+    parser.add_argument(
+        "--topic", default=None, help="events topic (default: the KAFKA_EVENTS_TOPIC setting)"
+    )
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--mailbox", metavar="ID", help="one mailbox (reads one partition)")
+    target.add_argument("--all", action="store_true", help="every mailbox (progress on a TTY)")
+    bound = parser.add_mutually_exclusive_group()
+    bound.add_argument("--at", type=parse_time, metavar="TIME", help="ISO 8601 or epoch ms")
+    bound.add_argument("--usn", type=_non_negative, metavar="N", help="up to USN N (--mailbox)")
+    bound.add_argument("--offset", type=_non_negative, metavar="P", help="up to offset P")
+    parser.add_argument("--format", choices=("json", "table"), default="json")
+
+
+def bound_of(args: argparse.Namespace) -> Bound:
+    """The one bound the arguments name; `--usn`/`--offset` need `--mailbox`."""
+    if args.usn is not None or args.offset is not None:
+        if args.mailbox is None:
+            raise ConfigError("--usn and --offset are per mailbox: give --mailbox")
+        return UntilUsn(args.usn) if args.usn is not None else UntilOffset(args.offset)
+    return UntilTime(args.at) if args.at is not None else None
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        until = bound_of(args)
+        env = dict(os.environ)
+        if args.bootstrap is not None:
+            env["KAFKA_BOOTSTRAP_SERVERS"] = args.bootstrap
+        kafka = load_kafka(SettingsSource.load(env))
+    except ConfigError as e:
+        log.error("%s", e)
+        return 2
+    client = kafka.client_kwargs()
+    bootstrap = client.pop("bootstrap_servers")
+    topic = args.topic or kafka.events_topic
+    with ProgressDisplay(enabled=args.all) as progress:
+        try:
+            projection = asyncio.run(
+                replay(bootstrap, topic, args.mailbox, until, progress=progress, **client)
+            )
+        except IngestError as e:
+            log.error("%s", e)
+            return 2 if isinstance(e, ConfigError) else 1
+    if args.mailbox is not None and projection.get(args.mailbox) is None:
+        log.warning("no records of mailbox %s in %s up to that point", args.mailbox, topic)
+    if args.format == "json":
+        json.dump(projection.to_json(), sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        print_table(projection, sys.stdout)
+    return 0
+
+
+def print_table(projection: Projection, out: TextIO) -> None:
+    """One row per message in Inbox or Deleted, grouped by mailbox; plain text off a TTY."""
+    table = Table("mailbox", "usn", "folder", "message", "read", "msg usn", "from")
+    for mailbox_id in sorted(projection.mailboxes):
+        state = projection.mailboxes[mailbox_id]
+        rows = sorted(
+            (m.folder.value, message_id, m)
+            for message_id, m in state.messages.items()
+            if m.folder is not Folder.GONE
+        )
+        if not rows:
+            table.add_row(mailbox_id, str(state.usn), "-", "(empty)", "", "", "")
+        for folder, message_id, m in rows:
+            sender = m.sender or m.caller_ani or ""
+            table.add_row(
+                mailbox_id,
+                str(state.usn),
+                folder,
+                message_id,
+                "yes" if m.read else "no",
+                str(m.usn),
+                sender,
+            )
+    Console(file=out, width=200 if not out.isatty() else None).print(table)
+
+
+class ProgressDisplay:
+    """A rich progress bar on a TTY (stderr), a line every 10 % otherwise; nothing if disabled."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self._enabled = enabled
+        self._bar: Bar | None = None
+        self._task: Any = None
+        self._next_report = 0.0
+        self._started = time.monotonic()
+
+    def __enter__(self) -> Progress | None:
+        if not self._enabled:
+            return None
+        if sys.stderr.isatty():
+            self._bar = Bar(console=Console(stderr=True))
+            self._bar.start()
+            self._task = self._bar.add_task("replaying", total=None)
+        return self._update
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def _update(self, done: int, total: int) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, total=total)
+            return
+        share = done / total if total else 1.0
+        if share >= self._next_report:
+            rate = done / max(time.monotonic() - self._started, 1e-9)
+            print(f"replay: {done}/{total} records ({share:.0%}, {rate:,.0f}/s)", file=sys.stderr)
+            self._next_report = min(1.0, share + 0.1) if share < 1.0 else 2.0

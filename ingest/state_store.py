@@ -1,0 +1,305 @@
+"""The compacted state topic: restoring projected mailboxes from it, and writing them to it in one
+Kafka transaction with the projector's consumer offsets.
+
+Co-partitioning. The state topic has as many partitions as the events topic, and the state of a
+mailbox whose events are in events partition p is written to state partition p — explicitly, not
+through a partitioner. The producer's default partitioner would put it there anyway (the same key
+hashed with murmur2 over the same partition count), so readers looking a mailbox up by key find it
+too; writing the partition explicitly makes restore independent of that arithmetic. The instance
+that owns events partition p therefore restores exactly state partition p, read to its end.
+
+Transactions and zombies. aiokafka's `send_offsets_to_transaction` speaks TxnOffsetCommit v0, which
+carries no consumer-group generation, so the group coordinator cannot tell a zombie's offset commit
+from the owner's (KIP-447 fencing is not available). Fencing therefore comes from the transactional
+id, as in Kafka's original exactly-once design: one transactional producer per *events partition*,
+with an id derived from the group and the partition (`<prefix>.<events topic>.<p>`), identical on
+whichever instance owns p. When an instance takes p over it initialises that id: the coordinator
+bumps the producer epoch, aborts (or completes) any transaction the previous owner left open, and
+from then on rejects the previous owner's producer with ProducerFenced. Only after that does the
+new owner read state partition p and the committed offset, so both reflect every transaction the
+previous owner committed and none it did not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Collection, Iterable, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.partitioner import murmur2
+
+from ingest import codec
+from ingest.errors import BrokerError, DecodeError, IngestError
+from ingest.events import MailboxStateRecord
+
+log = logging.getLogger(__name__)
+
+_FETCH_MS = 500
+_RESTORE_MAX_RECORDS = 5000
+
+
+class Fenced(IngestError):
+    """Another instance took over a partition's transactional id: this one is a zombie and must
+    not write anything more. Not retriable in-process; the service exits non-zero."""
+
+
+class TransactionFailed(BrokerError):
+    """A state transaction was aborted (or could not be committed). Nothing of it is visible; the
+    partition's in-memory state is ahead of the committed one and must be restored."""
+
+
+def partition_for(mailbox_id: str, partition_count: int) -> int:
+    """The partition the producers' default partitioner (aiokafka's, the same as Java's) puts a
+    mailbox's records in: murmur2 of the UTF-8 key, sign bit cleared, modulo the count."""
+    return (int(murmur2(mailbox_id.encode())) & 0x7FFFFFFF) % partition_count
+
+
+async def describe_topic(topic: str, **client_kwargs: Any) -> tuple[int, int] | None:
+    """(partitions, replication factor) of `topic`, None if it does not exist."""
+    admin = AIOKafkaAdminClient(**client_kwargs)
+    try:
+        await admin.start()
+        (description,) = await admin.describe_topics([topic])
+    except KafkaError as e:
+        raise BrokerError(f"describing topic {topic}: {e!r}") from e
+    finally:
+        await admin.close()
+    partitions = description.get("partitions") or []
+    if description["error_code"] != 0 or not partitions:
+        return None
+    return len(partitions), len(partitions[0].get("replicas") or [1])
+
+
+def transactional_id(prefix: str, events_topic: str, partition: int) -> str:
+    """Stable per events partition, the same on every instance (see the module docstring)."""
+    return f"{prefix}.{events_topic}.{partition}"
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+class StateReader:
+    """Reads state partitions to their end (read_committed): the restore path of the projector.
+
+    One group-less consumer, reassigned for every restore.
+    """
+
+    def __init__(self, topic: str, **client_kwargs: Any) -> None:
+        self.topic = topic
+        self._client_kwargs = client_kwargs
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        if self._consumer is not None:
+            return
+        consumer = AIOKafkaConsumer(
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
+            # reading to a known end: a fetch that finds nothing new need not wait for more
+            fetch_max_wait_ms=50,
+            **self._client_kwargs,
+        )
+        await consumer.start()
+        self._consumer = consumer
+
+    async def stop(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
+
+    async def __aenter__(self) -> StateReader:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def read(self, partitions: Collection[int]) -> dict[int, dict[str, MailboxStateRecord]]:
+        """The latest committed state record of every mailbox in `partitions`, by partition."""
+        consumer = self._require()
+        result: dict[int, dict[str, MailboxStateRecord]] = {p: {} for p in partitions}
+        if not partitions:
+            return result
+        tps = [TopicPartition(self.topic, p) for p in partitions]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        # with read_committed, the end is the last stable offset: nothing still in flight
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
+        pending = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
+        started, count = time.monotonic(), 0
+        while pending:
+            batch = await consumer.getmany(
+                *pending, timeout_ms=_FETCH_MS, max_records=_RESTORE_MAX_RECORDS
+            )
+            for tp, records in batch.items():
+                states = result[tp.partition]
+                for record in records:
+                    count += 1
+                    _keep(states, record.key, record.value)
+            for tp in list(pending):
+                # a transaction marker is the last offset of every committed batch: `position`
+                # moves past it even though no record is returned for it
+                if await consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+        consumer.unsubscribe()
+        log.info(
+            "read %d state records of %s partitions %s in %.2f s",
+            count,
+            self.topic,
+            sorted(partitions),
+            time.monotonic() - started,
+        )
+        return result
+
+    def _require(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise RuntimeError("StateReader is not started")
+        return self._consumer
+
+
+def _keep(states: dict[str, MailboxStateRecord], key: bytes | None, value: bytes | None) -> None:
+    if value is None:  # a tombstone (the projector never writes one, operators might)
+        if key is not None:
+            states.pop(key.decode(), None)
+        return
+    try:
+        record = codec.decode(value)
+    except DecodeError as e:
+        log.error("state record for key %r cannot be decoded, skipped: %s", key, e)
+        return
+    if not isinstance(record, MailboxStateRecord):
+        log.error("unexpected %s record on the state topic, skipped", type(record).__name__)
+        return
+    states[record.mailbox_id] = record
+
+
+async def read_state_topic(topic: str, **client_kwargs: Any) -> dict[str, MailboxStateRecord]:
+    """Every mailbox's committed state on `topic` (all partitions): for tools and tests."""
+    described = await describe_topic(topic, **client_kwargs)
+    if described is None:
+        return {}
+    async with StateReader(topic, **client_kwargs) as reader:
+        by_partition = await reader.read(range(described[0]))
+    return {mid: rec for states in by_partition.values() for mid, rec in states.items()}
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+
+class StateWriter:
+    """One transactional producer per owned events partition (see the module docstring).
+
+    `open(p)` fences any previous owner of p; `commit(p, states, next_offset)` writes the states to
+    state partition p and commits events offset `next_offset` for the group, atomically.
+    """
+
+    def __init__(
+        self,
+        *,
+        state_topic: str,
+        events_topic: str,
+        group_id: str,
+        transactional_id_prefix: str,
+        transaction_timeout_ms: int = 60_000,
+        **client_kwargs: Any,
+    ) -> None:
+        self.state_topic = state_topic
+        self.events_topic = events_topic
+        self.group_id = group_id
+        self._prefix = transactional_id_prefix
+        self._timeout_ms = transaction_timeout_ms
+        self._client_kwargs = client_kwargs
+        self._producers: dict[int, AIOKafkaProducer] = {}
+
+    @property
+    def partitions(self) -> frozenset[int]:
+        return frozenset(self._producers)
+
+    async def open(self, partitions: Iterable[int]) -> None:
+        """(Re)initialise the producers of `partitions`, fencing their previous owners. A producer
+        this instance already had is replaced too: someone may have owned p in between."""
+        wanted = list(partitions)
+        await self.close(wanted)
+        producers = {p: self._new_producer(p) for p in wanted}
+        results = await asyncio.gather(
+            *(producer.start() for producer in producers.values()), return_exceptions=True
+        )
+        failures = [r for r in results if isinstance(r, BaseException)]
+        self._producers.update(producers)
+        if failures:
+            await self.close(wanted)
+            raise BrokerError(f"initialising transactional producers: {failures[0]!r}") from (
+                failures[0]
+            )
+
+    async def close(self, partitions: Iterable[int]) -> None:
+        stopping = [self._producers.pop(p) for p in list(partitions) if p in self._producers]
+        for producer in stopping:
+            with contextlib.suppress(KafkaError, asyncio.TimeoutError):
+                await producer.stop()
+
+    async def stop(self) -> None:
+        await self.close(list(self._producers))
+
+    async def commit(
+        self, partition: int, states: Sequence[MailboxStateRecord], next_offset: int
+    ) -> None:
+        """One transaction: `states` to state partition `partition`, and the group's committed
+        offset of events partition `partition` set to `next_offset`. Raises `Fenced` when another
+        instance owns the partition now, `TransactionFailed` when the transaction was aborted."""
+        producer = self._producers.get(partition)
+        if producer is None:
+            raise TransactionFailed(f"no producer for partition {partition} (not owned)")
+        offsets = {TopicPartition(self.events_topic, partition): next_offset}
+        try:
+            await producer.begin_transaction()
+            futures = [
+                await producer.send(
+                    self.state_topic,
+                    codec.encode(state),
+                    key=state.mailbox_id.encode(),
+                    partition=partition,
+                    timestamp_ms=codec.timestamp_ms(state) or None,
+                    headers=codec.kafka_headers(state),
+                )
+                for state in states
+            ]
+            await asyncio.gather(*futures)
+            await producer.send_offsets_to_transaction(offsets, self.group_id)
+            await producer.commit_transaction()
+        except ProducerFenced as e:
+            await self.close([partition])
+            raise Fenced(
+                f"transactional id of partition {partition} was taken over by another instance"
+            ) from e
+        except KafkaError as e:
+            await self._abort(partition, producer)
+            raise TransactionFailed(f"state transaction of partition {partition}: {e!r}") from e
+
+    async def _abort(self, partition: int, producer: AIOKafkaProducer) -> None:
+        try:
+            await producer.abort_transaction()
+        except ProducerFenced as e:
+            await self.close([partition])
+            raise Fenced(f"partition {partition} fenced while aborting") from e
+        except Exception:  # the producer is unusable; reopening the partition re-initialises it
+            log.warning("aborting the transaction of partition %d failed", partition, exc_info=True)
+            await self.close([partition])
+
+    def _new_producer(self, partition: int) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            transactional_id=transactional_id(self._prefix, self.events_topic, partition),
+            transaction_timeout_ms=self._timeout_ms,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=0,
+            **self._client_kwargs,
+        )
