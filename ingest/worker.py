@@ -93,10 +93,12 @@ class Worker:
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
+        # evaluated at each scrape, so /metrics and /healthz/ready always agree
+        WORKER_READY.set_function(lambda: 1.0 if self.is_ready() else 0.0)
         try:
             return await self._run(aliases)
         finally:
-            WORKER_READY.set(0)
+            WORKER_READY.set_function(lambda: 0.0)
             if handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
@@ -190,26 +192,15 @@ class Worker:
         return True
 
     async def _serve(self, manager: SubscriptionManager, sink: Sink) -> int:
-        ready_reporter = asyncio.create_task(self._report_ready())
-        try:
-            async with asyncio.TaskGroup() as group:
-                runner = group.create_task(manager.run(), name="subscription-manager")
-                stop = group.create_task(self._stop.wait())
-                failed = group.create_task(sink.failed.wait())
-                await asyncio.wait({runner, stop, failed}, return_when=asyncio.FIRST_COMPLETED)
-                log.info("ingest worker stopping: no longer receiving; draining in-flight events")
-                for task in (runner, stop, failed):
-                    task.cancel()
-        finally:
-            ready_reporter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ready_reporter
+        async with asyncio.TaskGroup() as group:
+            runner = group.create_task(manager.run(), name="subscription-manager")
+            stop = group.create_task(self._stop.wait())
+            failed = group.create_task(sink.failed.wait())
+            await asyncio.wait({runner, stop, failed}, return_when=asyncio.FIRST_COMPLETED)
+            log.info("ingest worker stopping: no longer receiving; draining in-flight events")
+            for task in (runner, stop, failed):
+                task.cancel()
         return 1 if sink.fatal is not None else 0
-
-    async def _report_ready(self) -> None:
-        while True:
-            WORKER_READY.set(1 if self.is_ready() else 0)
-            await asyncio.sleep(1.0)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
