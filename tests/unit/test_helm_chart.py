@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import yaml
 
 from ingest import settings as settings_module
 from ingest.ops_http import OpsServer
+from ingest.projector import ProjectorSettings
 from ingest.settings import SettingsSource
 from ingest.worker import load_mailboxes
 
@@ -41,6 +42,8 @@ MOUNT_ROOT = "/etc/cumi-pipeline/"
 # Settings deliberately not reachable from values, with the reason.
 NOT_IN_CHART = {
     "CUMI_METRICS_HOST": "the probes and Services need the HTTP server on every interface",
+    "CUMI_PROJECTOR_GROUP_INSTANCE_ID": "static membership needs a stable name per instance "
+    "(a StatefulSet); a Deployment's pod names change with every rollout",
 }
 
 Manifest = dict[str, Any]
@@ -143,39 +146,55 @@ def rendered(helm: str) -> dict[str, list[Manifest]]:
     return {scenario: template(helm, *values_args(scenario)) for scenario in SCENARIOS}
 
 
+@dataclass(frozen=True, slots=True)
+class CodeSettings:
+    """The setting names each process reads."""
+
+    worker: frozenset[str]
+    projector: frozenset[str]
+
+    def of(self, component: str) -> frozenset[str]:
+        return self.worker if component == "worker" else self.projector
+
+    @property
+    def all(self) -> frozenset[str]:
+        return self.worker | self.projector
+
+
 @pytest.fixture(scope="module")
-def code_settings(tmp_path_factory: pytest.TempPathFactory) -> frozenset[str]:
-    """Every setting name the code reads, recorded while loading a complete configuration.
+def code_settings(tmp_path_factory: pytest.TempPathFactory) -> CodeSettings:
+    """Every setting name each process reads, recorded while it loads a complete configuration.
 
-    All typed getters of SettingsSource go through `raw()`, so noting its argument lists exactly
-    the names the loaders look up — no list kept by hand that could drift from the code.
+    All typed getters of SettingsSource go through `raw()`, so noting its argument while the real
+    entry points (`Settings.load`, `ProjectorSettings.load`) run lists exactly the names they look
+    up — no list kept by hand that could drift from the code.
     """
-    seen: set[str] = set()
-
-    class Recording(SettingsSource):
-        def raw(self, name: str) -> Any:
-            seen.add(name)
-            return super().raw(name)
-
     a_file = tmp_path_factory.mktemp("settings") / "file"
     a_file.write_text("x\n")
-    source = Recording(
-        {
-            "CUMI_SERVER_URL": "https://cuc.example.com",
-            "CUMI_MAILBOXES_FILE": str(a_file),
-            "CUMI_CREDENTIALS_FILE": str(a_file),
-            "KAFKA_BOOTSTRAP_SERVERS": "kafka:9092",
-        }
+    env = {
+        "CUMI_SERVER_URL": "https://cuc.example.com",
+        "CUMI_MAILBOXES_FILE": str(a_file),
+        "CUMI_CREDENTIALS_FILE": str(a_file),
+        "KAFKA_BOOTSTRAP_SERVERS": "kafka:9092",
+    }
+    original = SettingsSource.raw
+
+    def record(load: Callable[..., object]) -> frozenset[str]:
+        seen: set[str] = set()
+
+        def raw(self: SettingsSource, name: str) -> Any:
+            seen.add(name)
+            return original(self, name)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(SettingsSource, "raw", raw)
+            load(env=env)
+        assert len(seen) > 10, f"{load} read too few settings: has SettingsSource changed?"
+        return frozenset(seen)
+
+    return CodeSettings(
+        worker=record(settings_module.Settings.load), projector=record(ProjectorSettings.load)
     )
-    for load in (
-        settings_module.load_cumi,
-        settings_module.load_credentials,
-        settings_module.load_kafka,
-        settings_module.load_worker,
-    ):
-        load(source)
-    assert len(seen) > 20, "the recording source saw too few settings: has SettingsSource changed?"
-    return frozenset(seen)
 
 
 def materialise(env: dict[str, str], root: Path) -> dict[str, str]:
@@ -247,12 +266,20 @@ class TestSettingsContract:
     """The chart sets exactly settings the code reads, and enough of them for the code to start."""
 
     @pytest.mark.parametrize("scenario", SCENARIOS)
-    def test_every_env_var_is_a_setting_the_code_reads(
-        self, rendered: dict[str, list[Manifest]], code_settings: frozenset[str], scenario: str
+    @pytest.mark.parametrize("component", ["worker", "projector"])
+    def test_every_env_var_is_a_setting_the_process_reads(
+        self,
+        rendered: dict[str, list[Manifest]],
+        code_settings: CodeSettings,
+        scenario: str,
+        component: str,
     ) -> None:
-        for container in containers(rendered[scenario]):
-            unknown = set(container.env) - code_settings
-            assert not unknown, f"{container.owner} sets {sorted(unknown)}, unknown to the code"
+        container = workload(rendered[scenario], component)
+        unknown = set(container.env) - code_settings.of(component)
+        assert not unknown, f"{container.owner} sets {sorted(unknown)}, unread by `{component}`"
+
+    def test_the_test_pod_gets_no_settings(self, rendered: dict[str, list[Manifest]]) -> None:
+        assert "env" not in one(rendered["all-features-on"], "Pod")["spec"]["containers"][0]
 
     @pytest.mark.parametrize("scenario", SCENARIOS)
     def test_worker_env_loads_with_the_real_settings(
@@ -270,10 +297,9 @@ class TestSettingsContract:
         self, rendered: dict[str, list[Manifest]], scenario: str, tmp_path: Path
     ) -> None:
         env = materialise(workload(rendered[scenario], "projector").env, tmp_path)
-        source = SettingsSource.load(env=env)
-        kafka = settings_module.load_kafka(source)
-        assert kafka.bootstrap_servers == env["KAFKA_BOOTSTRAP_SERVERS"]
-        assert settings_module.load_worker(source).metrics_port == int(env["CUMI_METRICS_PORT"])
+        loaded = ProjectorSettings.load(env=env)
+        assert loaded.kafka.bootstrap_servers == env["KAFKA_BOOTSTRAP_SERVERS"]
+        assert loaded.http_port == int(env["CUMI_METRICS_PORT"])
 
     def test_projector_gets_no_connection_settings(
         self, rendered: dict[str, list[Manifest]]
@@ -284,12 +310,16 @@ class TestSettingsContract:
         assert not {n for n in env if "DELEGATE" in n}
 
     def test_every_setting_is_reachable_from_values(
-        self, helm: str, rendered: dict[str, list[Manifest]], code_settings: frozenset[str]
+        self, helm: str, rendered: dict[str, list[Manifest]], code_settings: CodeSettings
     ) -> None:
         """A setting the code gains must get a values key, a `settings` entry or a reason."""
         schema = json.loads((CHART / "values.schema.json").read_text())
-        free_form = set(schema["$defs"]["settings"]["propertyNames"]["enum"])
-        assert free_form <= code_settings, sorted(free_form - code_settings)
+        free_form: set[str] = set()
+        for component in ("worker", "projector"):
+            names = set(schema["$defs"][f"{component}Settings"]["propertyNames"]["enum"])
+            unread = names - code_settings.of(component)
+            assert not unread, f"{component}.settings allows {sorted(unread)}, unread by it"
+            free_form |= names
         rendered_names = {
             name for docs in rendered.values() for c in containers(docs) for name in c.env
         }
@@ -299,7 +329,7 @@ class TestSettingsContract:
             "--set", "cumi.credentials.delegateTokenKey=token",
         )  # fmt: skip
         rendered_names |= set(workload(delegate_token, "worker").env)
-        missing = code_settings - free_form - rendered_names - NOT_IN_CHART.keys()
+        missing = code_settings.all - free_form - rendered_names - NOT_IN_CHART.keys()
         assert not missing, f"settings the chart cannot set: {sorted(missing)}"
         # a name with a dedicated values key must not be settable a second way
         used_free_form = {

@@ -115,9 +115,12 @@ Fail early, with a readable message, on combinations the schema cannot express.
 {{- if and (eq $cred.provider "delegate") (not $cred.delegateTokenKey) (not $cred.delegateUser) }}
 {{- fail "cumi.credentials.delegateUser (or delegateTokenKey) is required with provider delegate" }}
 {{- end }}
-{{- $shutdown := .Values.worker.shutdownTimeoutSeconds }}
-{{- if and (not (kindIs "invalid" $shutdown)) (ge (float64 $shutdown) (float64 .Values.worker.terminationGracePeriodSeconds)) }}
-{{- fail "worker.shutdownTimeoutSeconds must be less than worker.terminationGracePeriodSeconds, or the drain is killed" }}
+{{- range $component := list "worker" "projector" }}
+{{- $values := index $.Values $component }}
+{{- $shutdown := $values.shutdownTimeoutSeconds }}
+{{- if and (not (kindIs "invalid" $shutdown)) (ge (float64 $shutdown) (float64 $values.terminationGracePeriodSeconds)) }}
+{{- fail (printf "%s.shutdownTimeoutSeconds must be less than %s.terminationGracePeriodSeconds, or the shutdown is killed" $component $component) }}
+{{- end }}
 {{- end }}
 {{- if and (include "cumi-pipeline.kafkaTls" .) .Values.kafka.tls.caKey (not .Values.kafka.tls.existingSecret) }}
 {{- fail "kafka.tls.existingSecret is required with SSL / SASL_SSL when kafka.tls.caKey is set (set caKey to \"\" to use the system trust store)" }}
@@ -220,6 +223,13 @@ Environment of the ingest worker only: the Connection server, credentials and ma
 {{- include "cumi-pipeline.optionalEnv" (list "CUMI_QUEUE_SIZE" .Values.cumi.queueSize) }}
 {{- include "cumi-pipeline.optionalEnv" (list "CUMI_COMET_TRANSPORT" .Values.cumi.cometTransport) }}
 {{- include "cumi-pipeline.optionalEnv" (list "CUMI_SHUTDOWN_TIMEOUT_SECONDS" .Values.worker.shutdownTimeoutSeconds) }}
+{{- end }}
+
+{{/*
+Environment of the projector only.
+*/}}
+{{- define "cumi-pipeline.projectorEnv" -}}
+{{- include "cumi-pipeline.optionalEnv" (list "CUMI_SHUTDOWN_TIMEOUT_SECONDS" .Values.projector.shutdownTimeoutSeconds) }}
 {{- end }}
 
 {{/*
