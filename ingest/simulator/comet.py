@@ -18,7 +18,8 @@ import enum
 import functools
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 NULL = "null"
@@ -107,10 +108,8 @@ def encode(message: object) -> bytes:
     return _ENCODER.encode(message).encode()
 
 
-@functools.lru_cache(maxsize=65536)
-def quoted(text: str) -> str:
-    """`text` as a JSON string literal (aliases and display names repeat: cached)."""
-    return _ENCODER.encode(text)
+quoted: Callable[[str], str] = encode_basestring_ascii
+"""`text` as a JSON string literal, exactly as `_ENCODER` writes strings (the C routine itself)."""
 
 
 def event_message(

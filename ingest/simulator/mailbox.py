@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from ingest.simulator.comet import NULL, encode, local_time
+from ingest.simulator.comet import NULL, local_time, quoted
 from ingest.simulator.users import User
 
 
@@ -74,19 +74,24 @@ class Message:
             "Priority": priority,
             "MsgType": msg_type,
         }
-        self.info_json = encode(self.info).decode()
+        # == encode(self.info), by hand: JSONEncoder.encode costs more than the rest of __init__
+        self.info_json = (
+            "{" + ",".join(f"{quoted(k)}:{quoted(v)}" for k, v in self.info.items()) + "}"
+        )
 
 
 class Mailbox:
     """One user's folders and USN."""
 
-    __slots__ = ("deleted", "inbox", "user", "usn")
+    __slots__ = ("deleted", "inbox", "unread", "user", "usn")
 
     def __init__(self, user: User, usn: int) -> None:
         self.user = user
         self.usn = usn
         self.inbox: dict[str, Message] = {}
         self.deleted: dict[str, Message] = {}
+        self.unread = {Folder.INBOX: 0, Folder.DELETED: 0}
+        """Unread messages per folder, kept by put/take/mark: the scenario asks on every step."""
 
     @property
     def alias(self) -> str:
@@ -94,6 +99,20 @@ class Mailbox:
 
     def folder(self, folder: Folder) -> dict[str, Message]:
         return self.inbox if folder is Folder.INBOX else self.deleted
+
+    def put(self, folder: Folder, message: Message) -> None:
+        self.folder(folder)[message.message_id] = message
+        self.unread[folder] += not message.read
+
+    def take(self, folder: Folder, message_id: str) -> Message:
+        message = self.folder(folder).pop(message_id)
+        self.unread[folder] -= not message.read
+        return message
+
+    def mark(self, folder: Folder, message: Message, read: bool) -> None:
+        if message.read != read:
+            self.unread[folder] += -1 if read else 1
+            message.read = read
 
     def where(self, message_id: str) -> Folder | None:
         if message_id in self.inbox:

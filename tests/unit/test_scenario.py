@@ -25,6 +25,7 @@ from ingest.simulator.comet import (
     format_time,
 )
 from ingest.simulator.faults import Faults, MalformedKind, malformed
+from ingest.simulator.mailbox import Folder
 from ingest.simulator.notifier import Notifier, Subscriptions
 from ingest.simulator.scenario import OP_EVENTS, Change, Op, Scenario
 from ingest.simulator.stats import Counters
@@ -141,11 +142,14 @@ class TestTruth:
         assert sum(len(b["inbox"]) + len(b["deleted"]) for b in truth.values()) > 0
 
     def test_mailboxes_stay_a_realistic_size(self) -> None:
-        sc = scenario(mailboxes=2)
+        sc = scenario(mailboxes=2, initial_messages=4)
         for _ in range(5000):
             sc.step()
         for box in sc.mailboxes.values():
             assert len(box.inbox) < 60 and len(box.deleted) < 60
+            # the incremental unread counts the engine relies on match a recount
+            assert box.unread[Folder.INBOX] == sum(not m.read for m in box.inbox.values())
+            assert box.unread[Folder.DELETED] == sum(not m.read for m in box.deleted.values())
 
     def test_initial_messages_are_in_the_truth_without_events(self) -> None:
         sc = scenario(initial_messages=5)
@@ -243,6 +247,9 @@ class TestCometFormat:
             **fields,
         )
         assert fast == slow and json.loads(fast)["data"]["DisplayName"] == 'Zo\u00eb "Q" </script>'
+        sc = scenario()
+        for message in (sc.perform("user0001", Op.NEW).notices[0].messages[0] for _ in range(50)):
+            assert message.info_json == encode(message.info).decode()
 
     def test_time_format_is_twelve_hour_and_locale_free(self) -> None:
         assert format_time(dt.datetime(2008, 1, 2, 0, 5, 6)) == "12:05:06 AM 01/02/2008"
