@@ -181,3 +181,39 @@ class TestWebSocket:
         decoded = decode_all(await read_topic(kafka_bootstrap, fresh_topics.events))
         assert sum(isinstance(d, MailboxEvent) for d in decoded) == 3_000
         assert diff_states(sim.truth(), fold_records(decoded)) == []
+
+
+class TestDelegate:
+    """A delegate account with userobjectid serves every mailbox (no per-user secrets)."""
+
+    async def test_delegate_account(
+        self,
+        make_simulator: MakeSimulator,
+        kafka_bootstrap: str,
+        fresh_topics: TopicNames,
+        tmp_path: Path,
+    ) -> None:
+        sim = await make_simulator(mailboxes=20, seed=9, initial_messages=3)
+        secret = tmp_path / "delegate-password"
+        secret.write_text(sim.delegate.password + "\n")
+        env = worker_env(
+            sim,
+            kafka_bootstrap,
+            fresh_topics,
+            tmp_path,
+            CUMI_CREDENTIALS_PROVIDER="delegate",
+            CUMI_DELEGATE_USER=sim.delegate.username,
+            CUMI_DELEGATE_PASSWORD_FILE=str(secret),
+        )
+        lookups = metric("cumi_worker_rest_requests_total", endpoint="users", status="200")
+        async with running_worker(env) as worker:
+            assert worker.manager is not None
+            assert worker.manager.counts()["active"] == 20
+            sim.run_scenario(events=600)
+            await settle(worker, sim)
+        # one lookup per alias, cached for the notification request and the listings
+        assert metric("cumi_worker_rest_requests_total", endpoint="users", status="200") == (
+            lookups + 20
+        )
+        decoded = decode_all(await read_topic(kafka_bootstrap, fresh_topics.events))
+        assert diff_states(sim.truth(), fold_records(decoded)) == []

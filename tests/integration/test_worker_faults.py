@@ -157,3 +157,95 @@ class TestKafkaFaults:
             assert worker.sink.window.peak <= 1000
             assert worker.sink.fatal is None
         assert metric("cumi_worker_backpressure_seconds_total") > blocked
+
+
+class FreezingProxy:
+    """A loopback TCP proxy that can stop forwarding without closing anything: a silent stall."""
+
+    def __init__(self, target_port: int) -> None:
+        self._target_port = target_port
+        self._server: asyncio.Server | None = None
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self._pipes: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for pipe in self._pipes:
+            pipe.cancel()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+        await self._server.wait_closed()
+
+    def freeze(self) -> None:
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._target_port)
+        except OSError:
+            writer.close()
+            return
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pipe(src, dst))
+            self._pipes.add(task)
+            task.add_done_callback(self._pipes.discard)
+
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while data := await src.read(65536):
+                await self._flowing.wait()
+                dst.write(data)
+                await dst.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            dst.close()
+
+
+class TestStall:
+    """The CometD server stops answering without closing anything: the watchdog replaces it."""
+
+    async def test_silent_stall_restarts_the_session(
+        self,
+        make_simulator: MakeSimulator,
+        kafka_bootstrap: str,
+        fresh_topics: TopicNames,
+        tmp_path: Path,
+    ) -> None:
+        sim = await make_simulator(mailboxes=50, seed=25)
+        proxy = FreezingProxy(int(sim.cometd_url.split(":")[2].split("/")[0]))
+        await proxy.start()
+        env = worker_env(
+            sim,
+            kafka_bootstrap,
+            fresh_topics,
+            tmp_path,
+            CUMI_COMETD_URL=f"http://127.0.0.1:{proxy.port}/vmevents/cometd",
+            CUMI_STALL_TIMEOUT_SECONDS="2",
+            CUMI_REST_TIMEOUT_SECONDS="3",
+        )
+        stalls = metric("cumi_worker_stalls_total")
+        try:
+            async with running_worker(env) as worker:
+                assert worker.manager is not None
+                sim.run_scenario(events=1_500, rate=500)
+                await asyncio.sleep(0.5)
+                proxy.freeze()
+                async with asyncio.timeout(20):
+                    while metric("cumi_worker_stalls_total") == stalls:  # noqa: ASYNC110
+                        await asyncio.sleep(0.1)
+                proxy.thaw()
+                await assert_fold_equals_truth(worker, sim, kafka_bootstrap, fresh_topics.events)
+                assert worker.manager.sessions_started >= 2
+        finally:
+            await proxy.stop()
+        assert metric("cumi_worker_session_restarts_total", reason="stall") >= 1
