@@ -35,6 +35,7 @@ from ingest.events import (
     EventType,
     Folder,
     MailboxEvent,
+    MailboxRegistryEntry,
     MailboxSnapshot,
     MailboxStateRecord,
     MessageInfo,
@@ -43,7 +44,7 @@ from ingest.events import (
     SnapshotMessage,
 )
 
-Record = MailboxEvent | MailboxSnapshot | DeadLetter | MailboxStateRecord
+Record = MailboxEvent | MailboxSnapshot | DeadLetter | MailboxStateRecord | MailboxRegistryEntry
 """Everything the codec encodes."""
 
 MAGIC = b"\xc3\x01"
@@ -63,6 +64,11 @@ _FILES: dict[type, tuple[str, str, RecordKind]] = {
     ),
     DeadLetter: ("dead_letter.avsc", "cumi.pipeline.DeadLetter", RecordKind.DEAD_LETTER),
     MailboxStateRecord: ("mailbox_state.avsc", "cumi.pipeline.MailboxState", RecordKind.STATE),
+    MailboxRegistryEntry: (
+        "mailbox_registry.avsc",
+        "cumi.pipeline.MailboxRegistryEntry",
+        RecordKind.REGISTRY,
+    ),
 }
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MS = dt.timedelta(milliseconds=1)
@@ -140,13 +146,16 @@ def kafka_headers(record: Record) -> list[tuple[str, bytes]]:
 
 def timestamp_ms(record: Record) -> int:
     """The Kafka record timestamp: EventTime for events (consumers seek the log by it), taken_at
-    for snapshots, received_at for dead letters, updated_at for states. Never negative."""
+    for snapshots, received_at for dead letters, updated_at for states and registry entries.
+    Never negative."""
     if isinstance(record, MailboxEvent):
         moment = record.event_time
     elif isinstance(record, MailboxSnapshot):
         moment = record.taken_at
     elif isinstance(record, DeadLetter):
         moment = record.received_at
+    elif isinstance(record, MailboxRegistryEntry):
+        moment = record.updated_at
     else:
         moment = record.updated_at or _EPOCH
     if moment.tzinfo is None:
@@ -362,6 +371,19 @@ def _state_from_avro(datum: dict[str, Any]) -> MailboxStateRecord:
     return MailboxStateRecord(**datum)
 
 
+_registry_entry_dict = _flat(MailboxRegistryEntry)
+
+
+def _registry_entry_to_avro(entry: MailboxRegistryEntry) -> dict[str, Any]:
+    datum = _registry_entry_dict(entry)
+    datum["updated_at"] = _utc(entry.updated_at)
+    return datum
+
+
+def _registry_entry_from_avro(datum: dict[str, Any]) -> MailboxRegistryEntry:
+    return MailboxRegistryEntry(**datum)
+
+
 # --- the hot path: MailboxEvent without fastavro ------------------------------------------------
 # fastavro's generic writer costs ~40 µs per event on the reference machine, most of the ingest
 # budget; this straight-line writer costs ~8 µs. It is used only while mailbox_event.avsc has the
@@ -444,10 +466,12 @@ _TO_AVRO: dict[type, Callable[[Any], dict[str, Any]]] = {
     MailboxSnapshot: _snapshot_to_avro,
     DeadLetter: _dead_letter_to_avro,
     MailboxStateRecord: _state_to_avro,
+    MailboxRegistryEntry: _registry_entry_to_avro,
 }
 _FROM_AVRO: dict[type, Callable[[dict[str, Any]], Record]] = {
     MailboxEvent: _event_from_avro,
     MailboxSnapshot: _snapshot_from_avro,
     DeadLetter: _dead_letter_from_avro,
     MailboxStateRecord: _state_from_avro,
+    MailboxRegistryEntry: _registry_entry_from_avro,
 }

@@ -30,12 +30,13 @@ class EventType(enum.StrEnum):
 
 class RecordKind(enum.StrEnum):
     """What a record is; sent as the `cumi.kind` Kafka header. The events topic carries EVENT and
-    SNAPSHOT, the dead-letter topic DEAD_LETTER, the state topic STATE."""
+    SNAPSHOT, the dead-letter topic DEAD_LETTER, the state topic STATE, the registry REGISTRY."""
 
     EVENT = "event"
     SNAPSHOT = "snapshot"
     DEAD_LETTER = "dead_letter"
     STATE = "state"
+    REGISTRY = "registry"
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,3 +195,17 @@ class MailboxStateRecord:
     duplicates: int = 0
     stale: int = 0
     snapshots_applied: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxRegistryEntry:
+    """A mailbox the workers watch: the value on the compacted registry topic (key MailboxId;
+    schemas/mailbox_registry.avsc). A tombstone, not an entry, removes a mailbox."""
+
+    mailbox_id: str
+    updated_at: dt.datetime
+    server: str | None = None
+    """The Connection server (CUMI_SERVER_NAME of its workers); None: any server's workers."""
+    credentials_ref: str | None = None
+    """Name of the mailbox's secret in the credentials provider; None: the mailbox id."""
+    enabled: bool = True

@@ -43,6 +43,7 @@ from ingest.events import (
     DeadLetter,
     Folder,
     MailboxEvent,
+    MailboxRegistryEntry,
     MailboxSnapshot,
     MailboxStateRecord,
     RecordKind,
@@ -385,6 +386,7 @@ def kind_of(value: Any, error: str | None) -> str:
         MailboxSnapshot: RecordKind.SNAPSHOT,
         DeadLetter: RecordKind.DEAD_LETTER,
         MailboxStateRecord: RecordKind.STATE,
+        MailboxRegistryEntry: RecordKind.REGISTRY,
     }
     kind = kinds.get(type(value))
     return kind.value if kind else _snake(type(value).__name__)

@@ -24,7 +24,13 @@ from fastavro.schema import fingerprint as avro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
 from ingest import codec
-from ingest.events import DeadLetter, MailboxEvent, MailboxSnapshot, MailboxStateRecord
+from ingest.events import (
+    DeadLetter,
+    MailboxEvent,
+    MailboxRegistryEntry,
+    MailboxSnapshot,
+    MailboxStateRecord,
+)
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 HISTORY = SCHEMAS / "history"
@@ -39,6 +45,7 @@ CURRENT_TYPE = {
     "cumi.pipeline.MailboxSnapshot": MailboxSnapshot,
     "cumi.pipeline.DeadLetter": DeadLetter,
     "cumi.pipeline.MailboxState": MailboxStateRecord,
+    "cumi.pipeline.MailboxRegistryEntry": MailboxRegistryEntry,
 }
 
 

@@ -17,6 +17,7 @@ from ingest.events import (
     EventType,
     Folder,
     MailboxEvent,
+    MailboxRegistryEntry,
     MailboxSnapshot,
     MailboxStateRecord,
     MessageInfo,
@@ -94,6 +95,7 @@ MIRRORS: list[tuple[str, str, type]] = [
     ("dead_letter.avsc", "DeadLetter", DeadLetter),
     ("mailbox_state.avsc", "MailboxState", MailboxStateRecord),
     ("mailbox_state.avsc", "MessageState", MessageStateRecord),
+    ("mailbox_registry.avsc", "MailboxRegistryEntry", MailboxRegistryEntry),
 ]
 
 # (schema file, Avro enum name) → the Python enum that must match it symbol for symbol
