@@ -221,6 +221,8 @@ def _check_str(value: object, field: str) -> str:
 def _required_str(data: Mapping[str, Any], field: str, prefix: str = "") -> str:
     """`data[field]`, a string; `prefix` locates `data` in the payload for error messages."""
     value = data.get(field)
+    if value.__class__ is str and value.isascii() and value != "null":  # the hot path
+        return value
     if _absent(value):
         raise InvalidEvent(RejectReason.MISSING_FIELD, f"{field} is required", prefix + field)
     return _check_str(value, prefix + field)
