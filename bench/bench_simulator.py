@@ -5,8 +5,13 @@ endpoints, so the client's work does not slow the server down. Measures, never a
 
 - `emit_events_per_s`: Comet events generated, encoded and queued for one subscribed session
   (scenario + Notifier + Bayeux queue, no client reading).
-- `long_polling_events_per_s` / `websocket_events_per_s`: events received by ONE aiocometd-ng
-  session subscribed to every mailbox's channel, from the scenario's start to the last event.
+- For each rate, `sim_cpu_us_per_event` (the simulator's CPU time per event) and
+  `sim_capacity_per_s` (1 / that): what one free core would sustain, whatever else the machine
+  was running.
+- `{long_polling,websocket}_live_events_per_s`: events received by ONE aiocometd-ng session
+  subscribed to every mailbox's channel while the scenario generates them (end to end).
+- `{long_polling,websocket}_burst_events_per_s`: the same session receiving events generated
+  beforehand (queued on its session): the delivery path alone.
 - `requestnotification_per_s`: REST `requestnotification` calls per second through the 5-slot
   throttle (20 concurrent callers).
 - `subscribe_20k_s`: time to subscribe one session to 20,000 channels (batched lists of 1,000).
@@ -75,6 +80,13 @@ async def _simulator_process(**overrides: Any) -> Any:
             process.kill()
 
 
+def _cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds a process has used (it shares 2 cores with everything else, so
+    CPU per event says more about capacity than wall-clock rates on a busy machine)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _rss_mb(pid: int | None) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -104,9 +116,18 @@ async def _request_all(
     return channels
 
 
-async def _throughput(connection_type: ConnectionType, events: int) -> float:
+Sample = tuple[float, float]
+"""(events/s, simulator CPU µs per event)."""
+
+
+async def _throughput(connection_type: ConnectionType, events: int) -> tuple[Sample, Sample]:
+    """One aiocometd-ng session subscribed to every mailbox: (live, burst) samples.
+
+    live: the scenario generates `events` while the session receives them (end to end).
+    burst: `events` are generated first (queued for the session), then timed until received:
+    the delivery path alone."""
     async with (
-        _simulator_process(mailboxes=THROUGHPUT_MAILBOXES) as (_, base_url, cometd_url, users),
+        _simulator_process(mailboxes=THROUGHPUT_MAILBOXES) as (pid, base_url, cometd_url, users),
         aiohttp.ClientSession() as http,
     ):
         channels = await _request_all(http, base_url, users)
@@ -115,12 +136,21 @@ async def _throughput(connection_type: ConnectionType, events: int) -> float:
         try:
             for channel in channels:
                 await client.subscribe(channel)
-            start = time.perf_counter()
-            async with http.post(f"{base_url}/_sim/scenario", json={"events": events}) as r:
-                r.raise_for_status()
-            for _ in range(events):
-                await client.receive()
-            return events / (time.perf_counter() - start)
+
+            async def timed(admin_path: str, start_after_post: bool) -> Sample:
+                start, cpu = time.perf_counter(), _cpu_s(pid)
+                async with http.post(f"{base_url}/_sim/{admin_path}", json={"events": events}) as r:
+                    r.raise_for_status()
+                if start_after_post:
+                    start, cpu = time.perf_counter(), _cpu_s(pid)
+                for _ in range(events):
+                    await client.receive()
+                elapsed, cpu = time.perf_counter() - start, _cpu_s(pid) - cpu
+                return events / elapsed, cpu / events * 1e6
+
+            live = await timed("scenario", start_after_post=False)
+            burst = await timed("emit", start_after_post=True)
+            return live, burst
         finally:
             await _close_quietly(client)
 
@@ -141,7 +171,7 @@ async def _close_quietly(client: Client) -> None:
         loop.set_exception_handler(previous)
 
 
-async def _emit_rate(events: int) -> float:
+async def _emit_rate(events: int) -> Sample:
     """In-process: scenario + Notifier + queueing for one session on every channel, no reader."""
     async with Simulator(mailboxes=THROUGHPUT_MAILBOXES, seed=SEED) as sim:
         # a session registered directly: this measures the server side alone
@@ -150,9 +180,10 @@ async def _emit_rate(events: int) -> float:
         for alias in sim.users:
             channel = "/vmrest/mailbox/" + sim.subscriptions.create(alias)
             sim.bayeux.channels.setdefault(channel, {})[bayeux_session] = None
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         sim.emit(events)
-        return events / (time.perf_counter() - start)
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+        return events / elapsed, cpu / events * 1e6
 
 
 async def _subscriptions() -> dict[str, float]:
@@ -182,9 +213,16 @@ async def _subscriptions() -> dict[str, float]:
         return result
 
 
-def _summary(samples: list[float]) -> dict[str, float]:
-    """Best (least disturbed by other processes on the machine) and median of the rounds."""
-    return {"best": round(max(samples)), "median": round(statistics.median(samples))}
+def _summary(samples: list[Sample]) -> dict[str, float]:
+    """Events/s: best (least disturbed by other processes) and median of the rounds; simulator
+    CPU µs per event (median) and the events/s that CPU cost allows on one free core."""
+    rates, cpu = [r for r, _ in samples], statistics.median(c for _, c in samples)
+    return {
+        "best": round(max(rates)),
+        "median": round(statistics.median(rates)),
+        "sim_cpu_us_per_event": round(cpu, 1),
+        "sim_capacity_per_s": round(1e6 / cpu),
+    }
 
 
 async def run_async(events: int = 100_000, rounds: int = 3) -> dict[str, Any]:
@@ -197,7 +235,8 @@ async def run_async(events: int = 100_000, rounds: int = 3) -> dict[str, Any]:
     results["emit_events_per_s"] = _summary([await _emit_rate(events) for _ in range(rounds)])
     for name, kind in (("long_polling", ConnectionType.LONG_POLLING), ("websocket", WS)):
         samples = [await _throughput(kind, events) for _ in range(rounds)]
-        results[f"{name}_events_per_s"] = _summary(samples)
+        results[f"{name}_live_events_per_s"] = _summary([live for live, _ in samples])
+        results[f"{name}_burst_events_per_s"] = _summary([burst for _, burst in samples])
     results.update(await _subscriptions())
     return results
 

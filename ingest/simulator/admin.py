@@ -4,6 +4,7 @@
     GET  /_sim/truth                 ground truth, `ingest fold` format
     POST /_sim/scenario              {"events": N, "rate": R, "duration": S}  (all optional)
     POST /_sim/scenario/stop
+    POST /_sim/emit                  {"events": N}: emit N events now, answer when done (bursts)
     POST /_sim/fault/<name>          JSON body with the fault's parameters:
          drop_connections | restart | notifier_down | notifier_up | clear
          duplicates {"ratio": 0.1} | malformed {"ratio": 0.1} | slow {"latency": 0.5}
@@ -64,6 +65,12 @@ def add_admin_routes(app: web.Application, sim: Simulator) -> None:
             raise web.HTTPConflict(text=str(e)) from e
         return web.json_response({"started": True})
 
+    async def emit(request: web.Request) -> web.Response:
+        events = _opt(await _body(request), "events", int)
+        if events is None or events < 1:
+            raise web.HTTPBadRequest(text="events: a positive integer is required")
+        return web.json_response({"emitted": sim.emit(events)})
+
     async def stop_scenario(_: web.Request) -> web.Response:
         await sim.stop_scenario()
         return web.json_response({"stopped": True})
@@ -83,6 +90,7 @@ def add_admin_routes(app: web.Application, sim: Simulator) -> None:
     app.router.add_get("/_sim/truth", truth)
     app.router.add_post("/_sim/scenario", scenario)
     app.router.add_post("/_sim/scenario/stop", stop_scenario)
+    app.router.add_post("/_sim/emit", emit)
     app.router.add_post("/_sim/fault/{name}", fault)
 
 

@@ -65,18 +65,25 @@ class Message:
         self.read = False
         self.usn = 0
         """USN of the message's latest change (also of its removal, once gone)."""
-        # the Comet MessageInfo never changes, so it is built once per message
+        # the Comet MessageInfo never changes, so it is built (and encoded) once per message
+        ani, who, received = (
+            caller_ani or NULL,
+            sender or NULL,
+            local_time(arrival_ms // 1000, zone),
+        )
         self.info: dict[str, str] = {
-            "CallerAni": caller_ani or NULL,
-            "Sender": sender or NULL,
+            "CallerAni": ani,
+            "Sender": who,
             "MessageId": message_id,
-            "ReceiveTime": local_time(arrival_ms // 1000, zone),
+            "ReceiveTime": received,
             "Priority": priority,
             "MsgType": msg_type,
         }
         # == encode(self.info), by hand: JSONEncoder.encode costs more than the rest of __init__
         self.info_json = (
-            "{" + ",".join(f"{quoted(k)}:{quoted(v)}" for k, v in self.info.items()) + "}"
+            f'{{"CallerAni":{quoted(ani)},"Sender":{quoted(who)},'
+            f'"MessageId":{quoted(message_id)},"ReceiveTime":{quoted(received)},'
+            f'"Priority":{quoted(priority)},"MsgType":{quoted(msg_type)}}}'
         )
 
 

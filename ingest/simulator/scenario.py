@@ -21,7 +21,10 @@ and flags.
 
 from __future__ import annotations
 
+import bisect
 import enum
+import functools
+import itertools
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -72,6 +75,8 @@ _FITS: dict[Op, tuple[Folder, bool | None]] = {
     Op.PURGE: (Folder.DELETED, None),
 }
 """Which messages an operation applies to: its folder and the read flag it sets (None: any)."""
+
+MAX_EVENTS = max(OP_EVENTS.values())
 
 FULL = 25
 """Folder size above which the engine favours emptying it, so mailboxes stay a realistic size."""
@@ -128,7 +133,8 @@ class Scenario:
     def step(self, budget: int | None = None) -> Change:
         """One random operation on a random mailbox, emitting at most `budget` events."""
         mailbox = self.mailboxes[self._rng.choice(self._aliases)]
-        op = self._choose(self._weights(mailbox, budget))
+        ops, cumulative = self._weights(mailbox, budget)
+        op = ops[bisect.bisect_right(cumulative, self._rng.random() * cumulative[-1])]
         count = self._rng.randint(2, 4) if self._rng.random() < self.multi_ratio else 1
         return self._apply(mailbox, op, self._pick(mailbox, op, count))
 
@@ -152,32 +158,20 @@ class Scenario:
 
     # -- choosing -------------------------------------------------------------------------------
 
-    def _choose(self, weights: list[tuple[Op, int]]) -> Op:
-        # by hand: `rng.choices` costs more than the rest of a step on this hot path
-        roll = self._rng.random() * sum(w for _, w in weights)
-        for op, weight in weights:
-            roll -= weight
-            if roll < 0:
-                return op
-        return weights[-1][0]
-
-    def _weights(self, mailbox: Mailbox, budget: int | None) -> list[tuple[Op, int]]:
-        inbox, deleted = mailbox.inbox, mailbox.deleted
+    def _weights(self, mailbox: Mailbox, budget: int | None) -> _Table:
+        """The operations that fit the mailbox's state, with cumulative weights."""
+        in_size, del_size = len(mailbox.inbox), len(mailbox.deleted)
         unread_in, unread_del = mailbox.unread[Folder.INBOX], mailbox.unread[Folder.DELETED]
-        read_in, read_del = len(inbox) - unread_in, len(deleted) - unread_del
-        full_in, full_del = len(inbox) > FULL, len(deleted) > FULL
-        table = [
-            (Op.NEW, 3 if full_in else 30),
-            (Op.READ, 20 * bool(unread_in)),
-            (Op.UNREAD, 4 * bool(read_in)),
-            (Op.DELETE, (42 if full_in else 14) * bool(inbox)),
-            (Op.HARD_DELETE, 4 * bool(inbox)),
-            (Op.UNDELETE, 4 * bool(deleted)),
-            (Op.DELETED_READ, 3 * bool(unread_del)),
-            (Op.DELETED_UNREAD, 2 * bool(read_del)),
-            (Op.PURGE, (24 if full_del else 8) * bool(deleted)),
-        ]
-        return [(op, w) for op, w in table if w and (budget is None or OP_EVENTS[op] <= budget)]
+        fits = min(budget, MAX_EVENTS) if budget is not None else MAX_EVENTS
+        return _table(
+            unread_in=unread_in > 0,
+            read_in=in_size > unread_in,
+            unread_del=unread_del > 0,
+            read_del=del_size > unread_del,
+            full_in=in_size > FULL,
+            full_del=del_size > FULL,
+            fits=fits,
+        )
 
     def _candidates(self, mailbox: Mailbox, op: Op) -> list[Message]:
         if op not in _FITS:
@@ -234,6 +228,38 @@ class Scenario:
             for message in messages:
                 message.usn = purge_usn
         return Change(mailbox, op, notices, before)
+
+
+_Table = tuple[tuple[Op, ...], tuple[int, ...]]
+
+
+@functools.cache
+def _table(
+    *,
+    unread_in: bool,
+    read_in: bool,
+    unread_del: bool,
+    read_del: bool,
+    full_in: bool,
+    full_del: bool,
+    fits: int,
+) -> _Table:
+    """Operation weights for a kind of mailbox state (a few hundred kinds exist, so cached: this
+    runs on every step). Folders fill up and empty out around `FULL` messages."""
+    inbox, deleted = unread_in or read_in, unread_del or read_del
+    table = [
+        (Op.NEW, 3 if full_in else 30),
+        (Op.READ, 20 * unread_in),
+        (Op.UNREAD, 4 * read_in),
+        (Op.DELETE, (42 if full_in else 14) * inbox),
+        (Op.HARD_DELETE, 4 * inbox),
+        (Op.UNDELETE, 4 * deleted),
+        (Op.DELETED_READ, 3 * unread_del),
+        (Op.DELETED_UNREAD, 2 * read_del),
+        (Op.PURGE, (24 if full_del else 8) * deleted),
+    ]
+    chosen = [(op, w) for op, w in table if w and OP_EVENTS[op] <= fits]
+    return tuple(op for op, _ in chosen), tuple(itertools.accumulate(w for _, w in chosen))
 
 
 _Applier = Callable[[Mailbox, list[Message], int], tuple[Notice, ...]]

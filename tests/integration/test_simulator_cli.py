@@ -128,6 +128,10 @@ class TestAdminEndpoints:
         async with http.post(admin + "scenario", data=b"[1]") as response:
             assert response.status == 400
         assert (await post(http, admin + "scenario/stop"))[0] == 200
+        before = sim.stats.emitted_total
+        assert await post(http, admin + "emit", {"events": 7}) == (200, {"emitted": 7})
+        assert sim.stats.emitted_total == before + 7
+        assert (await post(http, admin + "emit", {}))[0] == 400
 
     async def test_admin_is_off_by_default(
         self, make_simulator: MakeSimulator, http: aiohttp.ClientSession
