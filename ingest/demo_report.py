@@ -1,0 +1,249 @@
+"""The end of `ingest demo`: the projection checked against the simulator's ground truth, a
+per-mailbox summary, and where to look next.
+
+`compare()` is the verdict (any difference in any source → exit code 1); the `render_*` functions
+print with rich, to a terminal or, in plain mode, as plain text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from ingest.demo_view import Sample
+from ingest.projection import diff_states
+
+EXIT_MATCH, EXIT_MISMATCH = 0, 1
+SHOWN_PROBLEMS = 20
+"""Differences printed per source; the rest are counted."""
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxCounts:
+    """Messages per folder of one mailbox (or a total over many) and how many are unread."""
+
+    mailbox_id: str
+    inbox: int = 0
+    inbox_unread: int = 0
+    deleted: int = 0
+    deleted_unread: int = 0
+    usn: int = 0
+
+    @classmethod
+    def of(cls, mailbox_id: str, state: Mapping[str, Any]) -> MailboxCounts:
+        """From a fold-format mailbox (`{"inbox": {id: {"read": …}}, "deleted": …, "usn": …}`)."""
+        inbox, deleted = state.get("inbox") or {}, state.get("deleted") or {}
+        return cls(
+            mailbox_id=mailbox_id,
+            inbox=len(inbox),
+            inbox_unread=sum(1 for m in inbox.values() if not m.get("read")),
+            deleted=len(deleted),
+            deleted_unread=sum(1 for m in deleted.values() if not m.get("read")),
+            usn=int(state.get("usn") or 0),
+        )
+
+    @classmethod
+    def total(cls, label: str, rows: Iterable[MailboxCounts]) -> MailboxCounts:
+        rows = list(rows)
+        return cls(
+            mailbox_id=label,
+            inbox=sum(r.inbox for r in rows),
+            inbox_unread=sum(r.inbox_unread for r in rows),
+            deleted=sum(r.deleted for r in rows),
+            deleted_unread=sum(r.deleted_unread for r in rows),
+            usn=max((r.usn for r in rows), default=0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """One projection source (the read API, the state topic) against the truth."""
+
+    source: str
+    mailboxes: int
+    """Mailboxes the source holds."""
+    problems: tuple[str, ...]
+    """`diff_states` lines; empty: a full match."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def mismatched_mailboxes(self) -> set[str]:
+        return {line.split(":", 1)[0] for line in self.problems}
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    truth_mailboxes: int
+    comparisons: tuple[Comparison, ...]
+
+    @property
+    def ok(self) -> bool:
+        """A full match needs at least one source and no difference in any."""
+        return bool(self.comparisons) and all(c.ok for c in self.comparisons)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_MATCH if self.ok else EXIT_MISMATCH
+
+    def mismatched_mailboxes(self) -> set[str]:
+        return set().union(*(c.mismatched_mailboxes() for c in self.comparisons))
+
+
+def compare(truth: Mapping[str, Any], projections: Mapping[str, Mapping[str, Any]]) -> Verdict:
+    """Each projection (source name → fold-format state) against the simulator's truth."""
+    return Verdict(
+        truth_mailboxes=len(truth),
+        comparisons=tuple(
+            Comparison(source, len(state), tuple(diff_states(truth, state)))
+            for source, state in projections.items()
+        ),
+    )
+
+
+def summary_rows(
+    state: Mapping[str, Any], top: int, first: Iterable[str] = ()
+) -> tuple[list[MailboxCounts], int]:
+    """The `top` busiest mailboxes (highest USN), those named in `first` ahead of them (the
+    mismatched ones), and how many were left out."""
+    everything = {mid: MailboxCounts.of(mid, s) for mid, s in state.items()}
+    leading = [everything.get(mid) or MailboxCounts(mid) for mid in sorted(set(first))]
+    busiest = sorted(
+        (c for mid, c in everything.items() if mid not in set(first)),
+        key=lambda c: (-c.usn, c.mailbox_id),
+    )
+    rows = leading + busiest[: max(0, top - len(leading))]
+    return rows, len(everything) - len([r for r in rows if r.mailbox_id in everything])
+
+
+# -- rendering -----------------------------------------------------------------------------------
+
+
+def render_summary(
+    console: Console,
+    projection: Mapping[str, Any],
+    truth: Mapping[str, Any],
+    verdict: Verdict,
+    top: int,
+) -> None:
+    mismatched = verdict.mismatched_mailboxes()
+    rows, hidden = summary_rows(projection, top, mismatched)
+    table = Table(
+        title=f"Mailboxes: the {len(rows)} busiest of {len(projection)} (projection, read API)",
+        box=box.SIMPLE_HEAD,
+        title_justify="left",
+    )
+    for header in ("mailbox", "inbox", "unread", "deleted", "unread", "usn", "vs truth"):
+        table.add_column(header, justify="left" if header == "mailbox" else "right")
+
+    def add(row: MailboxCounts, check: str, style: str | None = None) -> None:
+        cells = (row.inbox, row.inbox_unread, row.deleted, row.deleted_unread, row.usn)
+        table.add_row(row.mailbox_id, *(str(c) for c in cells), check, style=style)
+
+    for row in rows:
+        bad = row.mailbox_id in mismatched
+        add(row, "DIFFERS" if bad else "ok", "red" if bad else None)
+    if hidden:
+        table.add_row(f"… {hidden} more", *[""] * 6, style="dim")
+    table.add_section()
+    projected = [MailboxCounts.of(mid, s) for mid, s in projection.items()]
+    add(MailboxCounts.total(f"total ({len(projection)})", projected), "", "bold")
+    expected = [MailboxCounts.of(mid, s) for mid, s in truth.items()]
+    add(MailboxCounts.total(f"truth ({len(truth)})", expected), "", "dim")
+    console.print(table)
+
+
+def render_counters(console: Console, s: Sample) -> None:
+    """What each process counted, end to end."""
+    table = Table(title="Counters", box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("process")
+    table.add_column("")
+    table.add_column("count", justify="right")
+    restarts = ", ".join(f"{r} {n}" for r, n in sorted(s.session_restarts.items())) or "none"
+    snapshots = ", ".join(f"{r} {n}" for r, n in sorted(s.snapshots.items())) or "none"
+    rows = (
+        ("simulator", "events published", s.emitted),
+        ("", "  of them Notifier latest-status events", s.coalesced),
+        ("", "withheld while the Notifier was down", s.withheld),
+        ("", "lost: no subscription (after the restart)", s.lost),
+        ("", "duplicates re-sent / malformed payloads", f"{s.duplicates} / {s.malformed}"),
+        ("worker", "Comet messages received", s.received),
+        ("", "events published to Kafka", s.published),
+        ("", "dead letters", s.dead_letters),
+        ("", f"gap-repair snapshots ({snapshots})", sum(s.snapshots.values())),
+        ("", f"CometD sessions rebuilt ({restarts})", sum(s.session_restarts.values())),
+        ("projector", "events and snapshots applied", s.applied),
+        ("", "duplicates and stale records ignored", s.ignored),
+        ("", "consumer lag", s.lag),
+    )
+    for process, what, count in rows:
+        table.add_row(process, what, str(count))
+    console.print(table)
+
+
+def render_verdict(console: Console, verdict: Verdict) -> None:
+    for comparison in verdict.comparisons:
+        if comparison.ok:
+            console.print(
+                f"[green]MATCH[/]     {comparison.source}: {comparison.mailboxes} mailboxes, "
+                "every message's folder and read flag and every USN as in the ground truth"
+            )
+            continue
+        console.print(
+            f"[bold red]MISMATCH[/]  {comparison.source}: {len(comparison.problems)} "
+            f"differences in {len(comparison.mismatched_mailboxes())} mailboxes"
+        )
+        for line in comparison.problems[:SHOWN_PROBLEMS]:
+            console.print(f"  {line}", markup=False, highlight=False)
+        if len(comparison.problems) > SHOWN_PROBLEMS:
+            console.print(f"  … and {len(comparison.problems) - SHOWN_PROBLEMS} more")
+    if not verdict.comparisons:
+        console.print("[bold red]MISMATCH[/]  no projection could be read")
+    result = "[bold green]FULL MATCH[/]" if verdict.ok else "[bold red]MISMATCH[/]"
+    console.print(f"Result: {result} (exit code {verdict.exit_code})")
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    """Where the running pipeline can be looked at."""
+
+    bootstrap: str
+    read_api: str
+    worker_metrics: str
+    projector_metrics: str
+    simulator: str
+    logs: str | None
+    """The logs' directory, when it is kept."""
+    example_mailbox: str
+    example_usn: int
+
+
+def render_next_steps(console: Console, e: Endpoints, *, running: bool) -> None:
+    when = (
+        "while the demo runs (Ctrl-C stops everything)"
+        if running
+        else "these work while a demo runs: `ingest demo --keep-running` leaves it up"
+    )
+    mid = e.example_mailbox
+    lines: Sequence[tuple[str, str]] = (
+        ("read API", f"curl {e.read_api}/mailboxes/{mid}   (list: {e.read_api}/mailboxes)"),
+        (
+            "replay",
+            f"ingest replay --bootstrap {e.bootstrap} --mailbox {mid} --usn {e.example_usn}",
+        ),
+        ("tail", f"ingest tail events --bootstrap {e.bootstrap} --mailbox {mid} --from-beginning"),
+        ("dead letters", f"ingest tail dlq --bootstrap {e.bootstrap} --from-beginning"),
+        ("metrics", f"{e.worker_metrics}  (worker)   {e.projector_metrics}  (projector)"),
+        ("simulator", f"{e.simulator}/_sim/stats   {e.simulator}/_sim/truth"),
+    )
+    if e.logs is not None:
+        lines = (*lines, ("logs", f"{e.logs}/*.log"))
+    console.print(f"Where to look next — {when}:")
+    for label, text in lines:
+        console.print(f"  {label:<13} {text}", markup=False, highlight=False)
