@@ -25,6 +25,10 @@ import yaml
 from prometheus_client import Metric
 
 from ingest import metrics
+from ingest.comet import LossReason
+from ingest.cumi_rest import Endpoint
+from ingest.events import EventType, RejectReason
+from ingest.subscriptions import RepairReason, SubState
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "helm" / "cumi-pipeline" / "files" / "dashboard.json"
@@ -487,3 +491,31 @@ class TestConventions:
     def test_no_identity_labels(self) -> None:
         for name, wrapper in cumi_wrappers().items():
             assert not set(wrapper._labelnames) & FORBIDDEN_LABELS, name
+
+
+LABEL_VALUE_ROW = re.compile(r"^\| (`\w+`(?: \([\w ]+\))?) \| [^|]* \| ([^|]*) \|$", re.MULTILINE)
+
+
+def label_value_enums() -> dict[str, set[str]]:
+    """Documented label-value rows whose values are a closed enum in the code."""
+    enums: dict[str, Any] = {
+        "`event_type`": EventType,
+        "`reason` (dead letters)": RejectReason,
+        "`reason` (gap repair)": RepairReason,
+        "`reason` (sessions)": LossReason,
+        "`state`": SubState,
+        "`endpoint`": Endpoint,
+    }
+    return {row: {member.value for member in enum} for row, enum in enums.items()}
+
+
+class TestLabelValues:
+    """The documented label values are the code's enums, value for value."""
+
+    def test_documented_values_match_the_enums(self) -> None:
+        documented = {
+            row: {v for v in re.findall(r"`([^`]+)`", values) if "." not in v}
+            for row, values in LABEL_VALUE_ROW.findall(CATALOGUE.read_text())
+        }
+        for row, values in label_value_enums().items():
+            assert documented.get(row) == values, row
