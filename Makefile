@@ -35,8 +35,9 @@ test-unit: install
 test-integration: tools
 	$(BIN)/pytest -p no:cacheprovider -m integration tests
 
-demo: tools  ## the whole pipeline end to end on the embedded defaults
-	$(BIN)/ingest demo
+demo: install  ## the whole pipeline end to end on the embedded defaults (only Kafka's jars needed)
+	$(BIN)/ingest broker fetch
+	$(BIN)/ingest demo $(DEMO_ARGS)
 
 bench: tools  ## benchmarks; results go to bench/results and docs/benchmarks.md
 	$(BIN)/python -m bench

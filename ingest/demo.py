@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import logging
 import shutil
@@ -121,6 +122,7 @@ class Demo:
         self.holding = False
         """True while `--keep-running` waits for Ctrl-C (which then ends the wait, not the run)."""
         self.stopping = False
+        self.restarted_at: str | None = None
 
     # -- the run -----------------------------------------------------------------------------
 
@@ -173,6 +175,7 @@ class Demo:
             ["broker", "start", "--foreground", "--data-dir", str(self.work / "kafka"),
              "--state-file", str(self.work / "broker.json"), "--timeout", str(BROKER_READY_S)],
             stop_timeout=45,
+            death_signal=signal.SIGTERM,  # it stops the JVM; killed, it would leave the JVM behind
         )  # fmt: skip
         await broker.start()
         self.bootstrap = (await broker.wait_for_line(r"127\.0\.0\.1:\d+", BROKER_READY_S + 30))[0]
@@ -255,6 +258,8 @@ class Demo:
         started = time.monotonic()
         for share, fault, text in FAULTS:
             await self._sleep_until(started + share * c.duration)
+            if fault == "restart":
+                self.restarted_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
             result = await self._admin(f"fault/{fault}", {})
             v.event(text.format(result=result.get("result")))
         await self._until(
@@ -297,6 +302,8 @@ class Demo:
             await asyncio.sleep(1.0)
 
     def _report(self, verdict: Verdict, api_state: dict[str, Any], truth: dict[str, Any]) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()  # the report shows the last sample; none needed after it
         self.view.close()
         console = self.view.console
         console.print(Rule("cumi-pipeline demo: result"))
@@ -306,11 +313,14 @@ class Demo:
         render_summary(console, api_state, truth, verdict, self.config.top)
         render_verdict(console, verdict)
         console.print()
-        busiest = max(
+        largest = max(
             (MailboxCounts.of(m, s) for m, s in api_state.items()),
-            key=lambda row: (row.usn, row.mailbox_id),
+            key=lambda row: (row.messages, row.mailbox_id),
             default=MailboxCounts("user0001"),
         )
+        # a USN between the mailbox's last snapshot and its end: replay shows a state in between
+        detail = api_state.get(largest.mailbox_id) or {}
+        since = int(detail.get("snapshot_usn", -1))
         keep = verdict.exit_code != 0 or not self.owns_work_dir or self.config.keep_running
         endpoints = Endpoints(
             bootstrap=self.bootstrap,
@@ -319,8 +329,9 @@ class Demo:
             projector_metrics=f"{self.projector_url}/metrics",
             simulator=self.sim_url,
             logs=str(self.work) if keep else None,
-            example_mailbox=busiest.mailbox_id,
-            example_usn=max(1, busiest.usn // 2),
+            example_mailbox=largest.mailbox_id,
+            example_usn=(since + largest.usn) // 2 if since >= 0 else largest.usn,
+            example_time=self.restarted_at,
         )
         render_next_steps(console, endpoints, running=self.config.keep_running)
 
@@ -368,8 +379,20 @@ class Demo:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _child(self, name: str, args: list[str], stop_timeout: float) -> Child:
-        child = Child(name, args, self.work / f"{name}.log", stop_timeout=stop_timeout)
+    def _child(
+        self,
+        name: str,
+        args: list[str],
+        stop_timeout: float,
+        death_signal: signal.Signals = signal.SIGKILL,
+    ) -> Child:
+        child = Child(
+            name,
+            args,
+            self.work / f"{name}.log",
+            stop_timeout=stop_timeout,
+            death_signal=death_signal,
+        )
         self.children[name] = child
         return child
 

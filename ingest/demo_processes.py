@@ -3,8 +3,10 @@
 Each child is `python -m ingest <command> …` with its output in a log file of the demo's work
 directory. Children run in sessions of their own, so a Ctrl-C in the terminal reaches only the
 demo, which then stops them in an order that lets each drain (worker before projector before
-Kafka); and on Linux each child gets SIGTERM from the kernel if the demo dies without cleaning up
-(PR_SET_PDEATHSIG), so even a `kill -9` of the demo leaves no orphan behind.
+Kafka); and on Linux the kernel signals each child when the demo dies without cleaning up
+(PR_SET_PDEATHSIG), so even a `kill -9` of the demo leaves no orphan behind: SIGKILL for the
+pipeline's services (a projector whose Kafka stops at the same moment may wait for it), SIGTERM
+for `ingest broker start --foreground`, which then stops its Kafka JVM itself.
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ class DemoError(IngestError):
     """The demo could not bring the pipeline up (a process failed to start or to become ready)."""
 
 
-def _parent_death_signal() -> Callable[[], None] | None:
-    """A pre-exec hook asking the kernel to SIGTERM the child when the demo dies (Linux only)."""
+def _parent_death_signal(sig: signal.Signals) -> Callable[[], None] | None:
+    """A pre-exec hook asking the kernel to send `sig` to the child when the demo dies (Linux)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -49,7 +51,7 @@ def _parent_death_signal() -> Callable[[], None] | None:
     parent = os.getpid()
 
     def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
         if os.getppid() != parent:  # the demo died before the hook ran
             os._exit(1)
 
@@ -96,11 +98,14 @@ class Child:
         *,
         stop_timeout: float,
         env: Mapping[str, str] | None = None,
+        death_signal: signal.Signals = signal.SIGKILL,
     ) -> None:
         self.name = name
         self.argv = [sys.executable, "-m", "ingest", *args]
         self.log_path = log_path
         self.stop_timeout = stop_timeout
+        self.death_signal = death_signal
+        """What the kernel sends it if the demo dies first."""
         self._env = child_environment(env)
         self._process: asyncio.subprocess.Process | None = None
         self.outcome: str | None = None
@@ -123,7 +128,9 @@ class Child:
                 stderr=asyncio.subprocess.STDOUT,
                 env=self._env,
                 start_new_session=True,
-                preexec_fn=_parent_death_signal(),  # only prctl and getppid run there
+                preexec_fn=_parent_death_signal(
+                    self.death_signal
+                ),  # only prctl and getppid run there
             )
         log.debug("%s started, pid %s: %s", self.name, self.pid, " ".join(self.argv))
 

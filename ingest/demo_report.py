@@ -34,6 +34,10 @@ class MailboxCounts:
     deleted_unread: int = 0
     usn: int = 0
 
+    @property
+    def messages(self) -> int:
+        return self.inbox + self.deleted
+
     @classmethod
     def of(cls, mailbox_id: str, state: Mapping[str, Any]) -> MailboxCounts:
         """From a fold-format mailbox (`{"inbox": {id: {"read": …}}, "deleted": …, "usn": …}`)."""
@@ -110,15 +114,15 @@ def compare(truth: Mapping[str, Any], projections: Mapping[str, Mapping[str, Any
 def summary_rows(
     state: Mapping[str, Any], top: int, first: Iterable[str] = ()
 ) -> tuple[list[MailboxCounts], int]:
-    """The `top` busiest mailboxes (highest USN), those named in `first` ahead of them (the
+    """The `top` mailboxes holding the most messages, those named in `first` ahead of them (the
     mismatched ones), and how many were left out."""
     everything = {mid: MailboxCounts.of(mid, s) for mid, s in state.items()}
     leading = [everything.get(mid) or MailboxCounts(mid) for mid in sorted(set(first))]
-    busiest = sorted(
+    largest = sorted(
         (c for mid, c in everything.items() if mid not in set(first)),
-        key=lambda c: (-c.usn, c.mailbox_id),
+        key=lambda c: (-c.messages, c.mailbox_id),
     )
-    rows = leading + busiest[: max(0, top - len(leading))]
+    rows = leading + largest[: max(0, top - len(leading))]
     return rows, len(everything) - len([r for r in rows if r.mailbox_id in everything])
 
 
@@ -135,7 +139,8 @@ def render_summary(
     mismatched = verdict.mismatched_mailboxes()
     rows, hidden = summary_rows(projection, top, mismatched)
     table = Table(
-        title=f"Mailboxes: the {len(rows)} busiest of {len(projection)} (projection, read API)",
+        title=f"Mailboxes (projection, read API): {len(rows)} of {len(projection)}, "
+        "most messages first",
         box=box.SIMPLE_HEAD,
         title_justify="left",
     )
@@ -222,6 +227,8 @@ class Endpoints:
     """The logs' directory, when it is kept."""
     example_mailbox: str
     example_usn: int
+    example_time: str | None
+    """An ISO time inside the scenario (when the Jetty restarted), for `ingest replay --at`."""
 
 
 def render_next_steps(console: Console, e: Endpoints, *, running: bool) -> None:
@@ -236,6 +243,17 @@ def render_next_steps(console: Console, e: Endpoints, *, running: bool) -> None:
         (
             "replay",
             f"ingest replay --bootstrap {e.bootstrap} --mailbox {mid} --usn {e.example_usn}",
+        ),
+        *(
+            [
+                (
+                    "",
+                    f"ingest replay --bootstrap {e.bootstrap} --all --at {e.example_time} "
+                    "--format table   (before the restart)",
+                )
+            ]
+            if e.example_time
+            else []
         ),
         ("tail", f"ingest tail events --bootstrap {e.bootstrap} --mailbox {mid} --from-beginning"),
         ("dead letters", f"ingest tail dlq --bootstrap {e.bootstrap} --from-beginning"),
