@@ -11,7 +11,8 @@ group's offset of that events partition. A crash at any point therefore restarts
 an offset that belong together (see `ingest.state_store` for co-partitioning and zombie fencing).
 
 Rebalancing (aiokafka's eager protocol: revoke everything, then assign):
-- revoked: the open changes of every owned partition are committed (finished, not lost);
+- revoked: the open changes of every owned partition are committed (finished, not lost), and
+  nothing is applied or committed until the next assignment;
 - assigned: the partitions' transactional producers are (re)initialised — fencing the previous
   owner and settling its open transaction — then the committed offsets are read and each newly
   owned partition is restored from the state topic; the consumer is positioned at the committed
@@ -20,7 +21,10 @@ Rebalancing (aiokafka's eager protocol: revoke everything, then assign):
 
 Records already accounted for (offset below the partition's next offset) are skipped, so a batch
 fetched before a rebalance can never be applied twice. A fenced producer means another instance
-owns the partition: the projector stops without writing anything more and exits with code 3.
+owns the partition: the projector stops without writing anything more and exits with code 3. Any
+other failed transaction is aborted and the projector exits with code 1: carrying on would mean
+re-initialising a producer, which fences the partition's real owner if this instance is a zombie
+that has not noticed yet; a restarted process rejoins and restores what it is assigned.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, ProducerFenced
 
 from ingest import codec
 from ingest.errors import BrokerError, ConfigError, DecodeError
@@ -76,6 +80,8 @@ log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_FENCED = 0, 1, 2, 3
 _MAX_POLL_RECORDS = 5000
+_APPLY_SLICE = 500
+"""Records applied between two yields to the event loop (heartbeats, the read API)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +131,7 @@ class ProjectorSettings:
                 "CUMI_PROJECTOR_TRANSACTION_TIMEOUT_MS", 60_000, minimum=1000, maximum=900_000
             ),
             session_timeout_ms=s.integer(
-                "CUMI_PROJECTOR_SESSION_TIMEOUT_MS", 10_000, minimum=1000, maximum=300_000
+                "CUMI_PROJECTOR_SESSION_TIMEOUT_MS", 30_000, minimum=1000, maximum=300_000
             ),
             group_instance_id=s.text("CUMI_PROJECTOR_GROUP_INSTANCE_ID"),
             http_host=common.metrics_host,
@@ -228,7 +234,7 @@ class Projector:
                 auto_offset_reset="earliest",
                 max_poll_records=_MAX_POLL_RECORDS,
                 session_timeout_ms=self.settings.session_timeout_ms,
-                heartbeat_interval_ms=max(300, self.settings.session_timeout_ms // 4),
+                heartbeat_interval_ms=max(300, self.settings.session_timeout_ms // 10),
                 group_instance_id=self.settings.group_instance_id,
                 **self._client,
             )
@@ -261,14 +267,14 @@ class Projector:
         self._stopping.set()
         task, self._task = self._task, None
         if task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(task), self.settings.shutdown_timeout_seconds)
-            except TimeoutError:
+            done, _ = await asyncio.wait({task}, timeout=self.settings.shutdown_timeout_seconds)
+            if not done:
                 log.warning("projector did not drain in time; open changes are not committed")
                 task.cancel()
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await task
+                await task  # its failure, if any, is in self._failure already
         await self._close()
+        log.info("projector %s stopped (exit code %d)", self.instance, self.exit_code)
 
     async def __aenter__(self) -> Projector:
         await self.start()
@@ -318,15 +324,22 @@ class Projector:
         try:
             while not self._stopping.is_set():
                 batch = await consumer.getmany(timeout_ms=poll_ms, max_records=_MAX_POLL_RECORDS)
-                if self._failure is not None:
-                    raise self._failure
                 async with self._lock:
+                    if self._failure is not None:
+                        raise self._failure
+                    if not self.ready:
+                        # revoked and not yet assigned again: nothing is ours to apply; the
+                        # next assignment seeks back to the committed offsets
+                        continue
                     for tp, records in batch.items():
-                        self._apply(tp, records)
+                        for start in range(0, len(records), _APPLY_SLICE):
+                            self._apply(tp, records[start : start + _APPLY_SLICE])
+                            await asyncio.sleep(0)
                     await self._commit_due(force=False)
                 self._update_gauges(consumer)
             async with self._lock:
-                await self._commit_due(force=True)
+                if self._failure is None:
+                    await self._commit_due(force=True)
         except Exception as e:
             self._fail(e)
             raise
@@ -366,22 +379,22 @@ class Projector:
         if not due:
             return
         results = await asyncio.gather(*(self._commit(o) for o in due), return_exceptions=True)
-        failed = []
-        for owned, result in zip(due, results, strict=True):
-            if isinstance(result, TransactionFailed):
-                log.warning("%s; restoring partition %d", result, owned.number)
-                failed.append(owned.number)
-            elif isinstance(result, BaseException):
-                raise result
-        if failed:
-            await self._restore(failed)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        # Any failed transaction is fatal. Re-initialising the partition's producer to carry on
+        # would fence its current owner if this instance is a zombie that does not know it yet;
+        # a restart rejoins the group and takes back only what the coordinator assigns.
+        for error in sorted(errors, key=lambda e: not isinstance(e, Fenced)):
+            raise error
 
     async def _commit(self, owned: OwnedPartition) -> None:
-        states = [owned.projection.mailboxes[m].to_record() for m in sorted(owned.dirty)]
         started = time.monotonic()
+        states = []
+        for mailbox_id in sorted(owned.dirty):
+            states.append(owned.projection.mailboxes[mailbox_id].to_record())
+            await asyncio.sleep(0)  # a big mailbox takes milliseconds; let heartbeats through
         try:
             await self._writer.commit(owned.number, states, owned.next_offset)
-        except TransactionFailed:
+        except (TransactionFailed, Fenced):
             PROJECTOR_TRANSACTIONS.labels("aborted").inc()
             raise
         PROJECTOR_TRANSACTION_SECONDS.observe(time.monotonic() - started)
@@ -533,6 +546,7 @@ async def serve(settings: ProjectorSettings, *, handle_signals: bool = True) -> 
     """Run until SIGTERM/SIGINT (drain, commit, exit 0) or a failure (exit non-zero)."""
     projector = Projector(settings)
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_quiet_fenced_futures)
     if handle_signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, projector.request_stop)
@@ -543,6 +557,18 @@ async def serve(settings: ProjectorSettings, *, handle_signals: bool = True) -> 
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+
+
+def _quiet_fenced_futures(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """A fenced aiokafka producer fails every internal future of its transaction (batches, the
+    transaction waiter) that nobody will await once the projector stops; asyncio would log each
+    as "never retrieved". The fencing itself is logged once, as an error, by the projector."""
+    if isinstance(context.get("exception"), ProducerFenced) and "never retrieved" in str(
+        context.get("message", "")
+    ):
+        log.debug("fenced producer future dropped: %s", context.get("future"))
+        return
+    loop.default_exception_handler(context)
 
 
 def run(args: argparse.Namespace) -> int:

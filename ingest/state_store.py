@@ -259,28 +259,32 @@ class StateWriter:
         if producer is None:
             raise TransactionFailed(f"no producer for partition {partition} (not owned)")
         offsets = {TopicPartition(self.events_topic, partition): next_offset}
+        sent: list[asyncio.Future[Any]] = []
         try:
             await producer.begin_transaction()
-            futures = [
-                await producer.send(
-                    self.state_topic,
-                    codec.encode(state),
-                    key=state.mailbox_id.encode(),
-                    partition=partition,
-                    timestamp_ms=codec.timestamp_ms(state) or None,
-                    headers=codec.kafka_headers(state),
+            for state in states:
+                sent.append(
+                    await producer.send(
+                        self.state_topic,
+                        codec.encode(state),
+                        key=state.mailbox_id.encode(),
+                        partition=partition,
+                        timestamp_ms=codec.timestamp_ms(state) or None,
+                        headers=codec.kafka_headers(state),
+                    )
                 )
-                for state in states
-            ]
-            await asyncio.gather(*futures)
+                await asyncio.sleep(0)  # encoding is CPU work: let heartbeats through
+            await asyncio.gather(*sent)
             await producer.send_offsets_to_transaction(offsets, self.group_id)
             await producer.commit_transaction()
         except ProducerFenced as e:
+            _consume_failures(sent)
             await self.close([partition])
             raise Fenced(
                 f"transactional id of partition {partition} was taken over by another instance"
             ) from e
         except KafkaError as e:
+            _consume_failures(sent)
             await self._abort(partition, producer)
             raise TransactionFailed(f"state transaction of partition {partition}: {e!r}") from e
 
@@ -303,3 +307,18 @@ class StateWriter:
             linger_ms=0,
             **self._client_kwargs,
         )
+
+
+def _consume_failures(futures: Iterable[asyncio.Future[Any]]) -> None:
+    """The delivery futures of an abandoned transaction fail too; their errors are the one being
+    raised, so mark them retrieved rather than have asyncio log each as never retrieved."""
+    for future in futures:
+        if future.done():
+            _retrieve(future)
+        else:
+            future.add_done_callback(_retrieve)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -51,7 +51,6 @@ class TestKillNine:
             "CUMI_PROJECTOR_COMMIT_MAX_RECORDS": 1000,
             # static membership: a restarted instance takes its partitions back at once
             "CUMI_PROJECTOR_GROUP_INSTANCE_ID": "crash-test",
-            "CUMI_PROJECTOR_SESSION_TIMEOUT_MS": 6000,
         }
         projector_log = tmp_path / "projector.log"
 

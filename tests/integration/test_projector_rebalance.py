@@ -1,0 +1,198 @@
+"""Several `ingest projector` processes in one group: rebalances and zombies keep state exact."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from fixtures.producing import (
+    ProjectorProcess,
+    Stream,
+    fold,
+    generate,
+    produce,
+    state_differences,
+    wait_committed,
+)
+
+from ingest.state_store import read_state_topic
+from ingest.topics import TopicNames
+
+pytestmark = pytest.mark.integration
+
+EVENTS = 50_000
+MAILBOXES = 120
+
+
+@contextlib.asynccontextmanager
+async def streaming(
+    bootstrap: str, topics: TopicNames, stream: Stream, records: int, hurry: asyncio.Event
+) -> AsyncIterator[asyncio.Task[Any]]:
+    """Produce the first `records` of `stream` in the background: slowly (about 1000 a second,
+    so events surely flow through the rebalances) until `hurry` is set, then at full speed."""
+    task = asyncio.create_task(
+        produce(
+            bootstrap,
+            topics.events,
+            stream.records[:records],
+            stream.values[:records],
+            chunk=1000,
+            pause=1.0,
+            hurry=hurry,
+        )
+    )
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def owned_partitions(proc: ProjectorProcess) -> list[int]:
+    """The partitions the instance serves; [] while its HTTP server is not up yet."""
+    try:
+        status, page = await proc.get("/mailboxes?limit=1")
+    except aiohttp.ClientError:
+        return []
+    assert status == 200
+    return list(page["partitions"])
+
+
+async def until(check: Callable[[], Any], within: float, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not {what} within {within} s")
+        await asyncio.sleep(0.2)
+
+
+async def check_final_state(
+    bootstrap: str, topics: TopicNames, group: str, proc: ProjectorProcess, records: list[Any]
+) -> None:
+    await wait_committed(bootstrap, group, topics.events, within=120)
+    expected = fold(records)
+    state = await read_state_topic(topics.state, bootstrap_servers=bootstrap)
+    assert state_differences(expected, state) == []
+    for mailbox_id, mailbox in expected.mailboxes.items():
+        status, body = await proc.get(f"/mailboxes/{mailbox_id}")
+        assert status == 200
+        for key in ("mailbox_id", "partition", "counts"):
+            body.pop(key)
+        assert body == mailbox.to_json(detail=True), mailbox_id
+
+
+class TestTwoInstances:
+    """A second instance joining mid-stream and the first one leaving move partitions with their
+    state; the survivor's state topic and read API equal the fold of the whole log."""
+
+    async def test_join_then_leave_while_events_flow(
+        self, kafka_bootstrap: str, fresh_topics: TopicNames, tmp_path: Path
+    ) -> None:
+        stream = generate(events=EVENTS, mailboxes=MAILBOXES, seed=11)
+        group = f"pair-{uuid.uuid4().hex[:8]}"
+        settings = {"CUMI_PROJECTOR_GROUP_ID": group, "CUMI_PROJECTOR_COMMIT_INTERVAL_MS": 200}
+        first, second = (
+            ProjectorProcess(kafka_bootstrap, fresh_topics.events, fresh_topics.state, **settings)
+            for _ in range(2)
+        )
+        hurry = asyncio.Event()
+        try:
+            async with streaming(
+                kafka_bootstrap, fresh_topics, stream, len(stream.records), hurry
+            ) as producing:
+                await first.start(tmp_path / "first.log")
+                await first.wait_ready()
+                await asyncio.sleep(1.0)
+                await second.start(tmp_path / "second.log")
+
+                async def shared() -> bool:
+                    a, b = await owned_partitions(first), await owned_partitions(second)
+                    return bool(a) and bool(b) and sorted(a + b) == list(range(12))
+
+                await until(shared, 60, "sharing the partitions")
+                assert not producing.done(), "the stream ended before the rebalance"
+                await asyncio.sleep(1.0)
+                assert await first.terminate() == 0, "SIGTERM drains, commits and exits 0"
+
+                async def took_over() -> bool:
+                    return await owned_partitions(second) == list(range(12))
+
+                await until(took_over, 60, "taken over by the second instance")
+                assert not producing.done(), "the stream ended before the second rebalance"
+                hurry.set()
+                await producing
+            await check_final_state(kafka_bootstrap, fresh_topics, group, second, stream.records)
+        finally:
+            await first.cleanup()
+            await second.cleanup()
+
+
+class TestZombie:
+    """An instance frozen past its session timeout loses its partitions; when it wakes up with
+    uncommitted work, its transactional producers are fenced: it exits 3 and writes nothing."""
+
+    async def test_frozen_instance_is_fenced_on_waking(
+        self, kafka_bootstrap: str, fresh_topics: TopicNames, tmp_path: Path
+    ) -> None:
+        stream = generate(events=EVENTS, mailboxes=MAILBOXES, seed=11)
+        records = 20_000
+        group = f"zombie-{uuid.uuid4().hex[:8]}"
+        common = {"CUMI_PROJECTOR_GROUP_ID": group}
+        zombie = ProjectorProcess(
+            kafka_bootstrap,
+            fresh_topics.events,
+            fresh_topics.state,
+            **common,
+            CUMI_PROJECTOR_SESSION_TIMEOUT_MS=6000,  # frozen, it is expelled after 6 s
+            # commits rarely: frozen mid-stream, it surely holds applied but uncommitted work
+            CUMI_PROJECTOR_COMMIT_INTERVAL_MS=60_000,
+            CUMI_PROJECTOR_COMMIT_MAX_RECORDS=1_000_000,
+        )
+        heir = ProjectorProcess(
+            kafka_bootstrap,
+            fresh_topics.events,
+            fresh_topics.state,
+            **common,
+            CUMI_PROJECTOR_COMMIT_INTERVAL_MS=100,
+        )
+        hurry = asyncio.Event()
+        try:
+            async with streaming(
+                kafka_bootstrap, fresh_topics, stream, records, hurry
+            ) as producing:
+                await zombie.start(tmp_path / "zombie.log")
+                await zombie.wait_ready()
+                await until(lambda: _applied_some(zombie), 30, "applying events")
+                assert zombie.proc is not None
+                zombie.proc.send_signal(signal.SIGSTOP)
+                await heir.start(tmp_path / "heir.log")
+
+                async def inherited() -> bool:
+                    return await owned_partitions(heir) == list(range(12))
+
+                await until(inherited, 60, "inherited by the second instance")
+                await asyncio.sleep(1.0)  # the heir commits what the zombie had applied
+                zombie.proc.send_signal(signal.SIGCONT)
+                code = await asyncio.wait_for(zombie.proc.wait(), 60)
+                assert code == 3, (tmp_path / "zombie.log").read_text()[-3000:]
+                hurry.set()
+                await producing
+            await check_final_state(
+                kafka_bootstrap, fresh_topics, group, heir, stream.records[:records]
+            )
+        finally:
+            await zombie.cleanup()
+            await heir.cleanup()
+
+
+async def _applied_some(proc: ProjectorProcess) -> bool:
+    applied = await proc.metric("cumi_projector_events_total")
+    return sum(applied.values()) > 0
