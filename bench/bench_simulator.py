@@ -49,6 +49,8 @@ from ingest.simulator.users import UserTable
 THROUGHPUT_MAILBOXES = 1_000
 SUBSCRIPTIONS = 20_000
 SEED = 1
+RECEIVE_LIMIT = 300.0
+"""Seconds a round may take before the benchmark gives up (events were lost)."""
 WS = ConnectionType.WEBSOCKET
 
 
@@ -65,7 +67,9 @@ def _child(conn: multiprocessing.connection.Connection, config: SimulatorConfig)
 
 @contextlib.asynccontextmanager
 async def _simulator_process(**overrides: Any) -> Any:
-    config = SimulatorConfig(seed=SEED, admin=True, connect_timeout=5.0, **overrides)
+    # long connect timeout: a burst blocks the server loop for seconds, and a client request
+    # timing out meanwhile would take a batch of events down with its connection
+    config = SimulatorConfig(seed=SEED, admin=True, connect_timeout=60.0, **overrides)
     parent, child = multiprocessing.get_context("spawn").Pipe()
     process = multiprocessing.get_context("spawn").Process(target=_child, args=(child, config))
     process.start()
@@ -143,8 +147,9 @@ async def _throughput(connection_type: ConnectionType, events: int) -> tuple[Sam
                     r.raise_for_status()
                 if start_after_post:
                     start, cpu = time.perf_counter(), _cpu_s(pid)
-                for _ in range(events):
-                    await client.receive()
+                async with asyncio.timeout(RECEIVE_LIMIT):
+                    for _ in range(events):
+                        await client.receive()
                 elapsed, cpu = time.perf_counter() - start, _cpu_s(pid) - cpu
                 return events / elapsed, cpu / events * 1e6
 

@@ -26,6 +26,10 @@ class Folder(enum.StrEnum):
     DELETED = "deleted"
 
 
+_INBOX, _DELETED = Folder.INBOX, Folder.DELETED
+"""Aliases for hot paths: enum member access costs about half a microsecond in Python 3.11."""
+
+
 class Message:
     """One voicemail; `read` and `usn` change, the rest is fixed when it arrives."""
 
@@ -105,7 +109,7 @@ class Mailbox:
         return self.user.alias
 
     def folder(self, folder: Folder) -> dict[str, Message]:
-        return self.inbox if folder is Folder.INBOX else self.deleted
+        return self.inbox if folder is _INBOX else self.deleted
 
     def put(self, folder: Folder, message: Message) -> None:
         self.folder(folder)[message.message_id] = message
@@ -123,9 +127,9 @@ class Mailbox:
 
     def where(self, message_id: str) -> Folder | None:
         if message_id in self.inbox:
-            return Folder.INBOX
+            return _INBOX
         if message_id in self.deleted:
-            return Folder.DELETED
+            return _DELETED
         return None
 
     def next_usn(self) -> int:
