@@ -10,7 +10,8 @@ The fold is `ingest.projection`, the projector's own; only the bound differs:
   `offsets_for_times(TIME + 1 ms)`, the first record whose timestamp (the event's EventTime, a
   snapshot's taken_at) is later than TIME. The log is the history as it was recorded, so that is
   "everything the log held when TIME had passed"; with EventTimes that grow along a partition (the
-  normal case) it is exactly the records with a time ≤ TIME.
+  normal case) it is exactly the records with a time ≤ TIME. A late repeat of an old event keeps
+  its old EventTime; one logged after the cut arrived after TIME and is left out.
 - `--usn N` (with `--mailbox`): a mailbox's records are all in one partition, in the order they
   were produced (per-key order). Its USNs grow along that order except for repeats and late
   stragglers of older changes, which the fold ignores or counts anyway. So the mailbox's history up
