@@ -34,9 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from rich.console import Console
-from rich.logging import RichHandler
-from rich.rule import Rule
 
 from ingest.demo_probe import Probe, state_topic_state
 from ingest.demo_processes import (
@@ -47,17 +44,8 @@ from ingest.demo_processes import (
     stop_jvm,
     write_config,
 )
-from ingest.demo_report import (
-    Endpoints,
-    MailboxCounts,
-    Verdict,
-    compare,
-    render_counters,
-    render_next_steps,
-    render_summary,
-    render_verdict,
-)
-from ingest.demo_view import LiveView, PlainView, Sample, View, print_timeline
+from ingest.demo_report import Endpoints, Report, Verdict, compare
+from ingest.demo_view import Sample, View, make_view
 from ingest.errors import IngestError
 from ingest.topics import TopicNames, default_specs, ensure_topics
 
@@ -284,7 +272,10 @@ class Demo:
                 for s in steady
             )
 
-        await self._until(quiet, DRAIN_TIMEOUT_S, "the pipeline did not drain")
+        def blockers(sample: Sample) -> str:
+            return "; ".join(sample.blockers(self.config.mailboxes) or ["counters still moving"])
+
+        await self._until(quiet, DRAIN_TIMEOUT_S, "the pipeline did not drain", blockers)
         self.view.event("drained: worker idle, projector lag 0")
 
     async def _verify(self) -> tuple[Verdict, dict[str, Any], dict[str, Any]]:
@@ -305,22 +296,6 @@ class Demo:
         if self._monitor is not None:
             self._monitor.cancel()  # the report shows the last sample; none needed after it
         self.view.close()
-        console = self.view.console
-        console.print(Rule("cumi-pipeline demo: result"))
-        print_timeline(console, self.view)
-        console.print()
-        render_counters(console, self.view.sample)
-        render_summary(console, api_state, truth, verdict, self.config.top)
-        render_verdict(console, verdict)
-        console.print()
-        largest = max(
-            (MailboxCounts.of(m, s) for m, s in api_state.items()),
-            key=lambda row: (row.messages, row.mailbox_id),
-            default=MailboxCounts("user0001"),
-        )
-        # a USN between the mailbox's last snapshot and its end: replay shows a state in between
-        detail = api_state.get(largest.mailbox_id) or {}
-        since = int(detail.get("snapshot_usn", -1))
         keep = verdict.exit_code != 0 or not self.owns_work_dir or self.config.keep_running
         endpoints = Endpoints(
             bootstrap=self.bootstrap,
@@ -329,11 +304,10 @@ class Demo:
             projector_metrics=f"{self.projector_url}/metrics",
             simulator=self.sim_url,
             logs=str(self.work) if keep else None,
-            example_mailbox=largest.mailbox_id,
-            example_usn=(since + largest.usn) // 2 if since >= 0 else largest.usn,
-            example_time=self.restarted_at,
+            restarted_at=self.restarted_at,
         )
-        render_next_steps(console, endpoints, running=self.config.keep_running)
+        report = Report(verdict, api_state, truth, self.view.sample, endpoints)
+        report.render(self.view, top=self.config.top, running=self.config.keep_running)
 
     async def _hold(self) -> None:
         self.view.console.print("\nEverything keeps running. Press Ctrl-C to stop it all.")
@@ -427,8 +401,15 @@ class Demo:
             self._check_children()
             await asyncio.sleep(min(0.25, max(0.0, moment - time.monotonic())))
 
-    async def _until(self, done: Callable[[Sample], bool], within: float, failure: str) -> None:
-        """Until `done(latest sample)` holds; DemoError after `within` s or if a child dies."""
+    async def _until(
+        self,
+        done: Callable[[Sample], bool],
+        within: float,
+        failure: str,
+        explain: Callable[[Sample], str] = repr,
+    ) -> None:
+        """Until `done(latest sample)` holds; DemoError after `within` s (saying what `explain`
+        says of the last sample) or as soon as a child dies."""
         deadline = time.monotonic() + within
         seen: Sample | None = None
         while True:
@@ -439,7 +420,7 @@ class Demo:
                 if done(sample):
                     return
             if time.monotonic() > deadline:
-                raise DemoError(f"{failure} within {within:.0f} s (last sample: {sample})")
+                raise DemoError(f"{failure} within {within:.0f} s: {explain(sample)}")
             await asyncio.sleep(0.1)
 
 
@@ -487,36 +468,15 @@ def config_from(args: argparse.Namespace) -> DemoConfig:
     )
 
 
-def make_view(config: DemoConfig) -> View:
-    title = (
-        f"cumi-pipeline demo · {config.mailboxes} mailboxes · {config.events} events over "
-        f"~{config.duration:.0f} s · seed {config.seed}"
-    )
-    if config.plain:
-        console = Console(width=110, no_color=True, highlight=False, soft_wrap=False)
-        return PlainView(title, config.mailboxes, config.events, console, sys.stdout)
-    return LiveView(title, config.mailboxes, config.events, Console(highlight=False))
-
-
-def _quiet_logging(view: View, plain: bool) -> None:
-    """Only warnings of the demo process itself; the children log into their own files."""
-    handler: logging.Handler = (
-        logging.StreamHandler(sys.stderr)
-        if plain
-        else RichHandler(console=view.console, show_path=False)
-    )
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
-
-
 async def main(config: DemoConfig) -> int:
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     interrupted = asyncio.Event()
-    view = make_view(config)
-    _quiet_logging(view, config.plain)
+    title = (
+        f"cumi-pipeline demo · {config.mailboxes} mailboxes · {config.events} events over "
+        f"~{config.duration:.0f} s · seed {config.seed}"
+    )
+    view = make_view(title, config.mailboxes, config.events, plain=config.plain)
 
     def on_signal() -> None:
         if interrupted.is_set():

@@ -7,15 +7,17 @@ print with rich, to a terminal or, in plain mode, as plain text.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from rich import box
 from rich.console import Console
+from rich.rule import Rule
 from rich.table import Table
+from rich.text import Text
 
-from ingest.demo_view import Sample
+from ingest.demo_view import Sample, View, print_timeline
 from ingest.projection import diff_states
 
 EXIT_MATCH, EXIT_MISMATCH = 0, 1
@@ -225,43 +227,69 @@ class Endpoints:
     simulator: str
     logs: str | None
     """The logs' directory, when it is kept."""
-    example_mailbox: str
-    example_usn: int
-    example_time: str | None
-    """An ISO time inside the scenario (when the Jetty restarted), for `ingest replay --at`."""
+    restarted_at: str | None
+    """When the Jetty restarted (ISO 8601), for an `ingest replay --at` example."""
 
 
-def render_next_steps(console: Console, e: Endpoints, *, running: bool) -> None:
+def render_next_steps(
+    console: Console, e: Endpoints, projection: Mapping[str, Any], *, running: bool
+) -> None:
+    """Commands to explore the run, on the mailbox with the most messages."""
     when = (
         "while the demo runs (Ctrl-C stops everything)"
         if running
         else "these work while a demo runs: `ingest demo --keep-running` leaves it up"
     )
-    mid = e.example_mailbox
-    lines: Sequence[tuple[str, str]] = (
-        ("read API", f"curl {e.read_api}/mailboxes/{mid}   (list: {e.read_api}/mailboxes)"),
-        (
-            "replay",
-            f"ingest replay --bootstrap {e.bootstrap} --mailbox {mid} --usn {e.example_usn}",
-        ),
-        *(
-            [
-                (
-                    "",
-                    f"ingest replay --bootstrap {e.bootstrap} --all --at {e.example_time} "
-                    "--format table   (before the restart)",
-                )
-            ]
-            if e.example_time
-            else []
-        ),
-        ("tail", f"ingest tail events --bootstrap {e.bootstrap} --mailbox {mid} --from-beginning"),
-        ("dead letters", f"ingest tail dlq --bootstrap {e.bootstrap} --from-beginning"),
-        ("metrics", f"{e.worker_metrics}  (worker)   {e.projector_metrics}  (projector)"),
-        ("simulator", f"{e.simulator}/_sim/stats   {e.simulator}/_sim/truth"),
-    )
+    rows, _ = summary_rows(projection, 1)
+    largest = rows[0] if rows else MailboxCounts("user0001")
+    mid, kafka = largest.mailbox_id, f"--bootstrap {e.bootstrap}"
+    # a USN between the mailbox's last snapshot and its end: the replay shows a state in between
+    since = int((projection.get(mid) or {}).get("snapshot_usn", -1))
+    usn = (since + largest.usn) // 2 if since >= 0 else largest.usn
+    lines = [
+        ("read API", f"curl {e.read_api}/mailboxes/{mid}"),
+        ("", f"curl {e.read_api}/mailboxes?limit=20"),
+        ("replay", f"ingest replay {kafka} --mailbox {mid} --usn {usn} --format table"),
+    ]
+    if e.restarted_at:
+        at = f"--at {e.restarted_at}"
+        lines.append(("", f"ingest replay {kafka} --mailbox {mid} {at}   (at the Jetty restart)"))
+    lines += [
+        ("tail", f"ingest tail events {kafka} --mailbox {mid} --from-beginning"),
+        ("dead letters", f"ingest tail dlq {kafka} --from-beginning"),
+        ("metrics", f"curl {e.worker_metrics}   (worker)"),
+        ("", f"curl {e.projector_metrics}   (projector)"),
+        ("simulator", f"curl {e.simulator}/_sim/stats   (also /_sim/truth)"),
+    ]
     if e.logs is not None:
-        lines = (*lines, ("logs", f"{e.logs}/*.log"))
+        lines.append(("logs", f"{e.logs}/*.log"))
     console.print(f"Where to look next — {when}:")
+    table = Table.grid(padding=(0, 2))
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
     for label, text in lines:
-        console.print(f"  {label:<13} {text}", markup=False, highlight=False)
+        table.add_row(f"  {label}", Text(text))
+    console.print(table)
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """Everything the end of a run prints."""
+
+    verdict: Verdict
+    projection: Mapping[str, Any]
+    """From the read API (fold format with detail)."""
+    truth: Mapping[str, Any]
+    counters: Sample
+    endpoints: Endpoints
+
+    def render(self, view: View, *, top: int, running: bool) -> None:
+        console = view.console
+        console.print(Rule("cumi-pipeline demo: result"))
+        print_timeline(console, view)
+        console.print()
+        render_counters(console, self.counters)
+        render_summary(console, self.projection, self.truth, self.verdict, top)
+        render_verdict(console, self.verdict)
+        console.print()
+        render_next_steps(console, self.endpoints, self.projection, running=running)

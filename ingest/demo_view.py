@@ -8,6 +8,8 @@ CometD sessions rebuilt and gap-repair snapshots, by reason.
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -17,6 +19,7 @@ from typing import TextIO
 from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
+from rich.logging import RichHandler
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
@@ -63,14 +66,19 @@ class Sample:
 
     def drained(self, mailboxes: int) -> bool:
         """Nothing in flight that the counters can see."""
-        return (
-            self.worker_ready
-            and self.subscribed == mailboxes
-            and self.worker_queue == 0
-            and self.reconcile_pending == 0
-            and self.projector_ready
-            and self.lag == 0
+        return not self.blockers(mailboxes)
+
+    def blockers(self, mailboxes: int) -> list[str]:
+        """What keeps the pipeline from being drained, in words (empty: drained)."""
+        checks = (
+            (self.worker_ready, "the worker is not ready"),
+            (self.subscribed == mailboxes, f"{self.subscribed}/{mailboxes} mailboxes subscribed"),
+            (self.worker_queue == 0, f"{self.worker_queue} events not yet acknowledged by Kafka"),
+            (self.reconcile_pending == 0, f"{self.reconcile_pending} mailboxes await gap repair"),
+            (self.projector_ready, "the projector is not ready"),
+            (self.lag == 0, f"projector lag {self.lag}"),
         )
+        return [text for ok, text in checks if not ok]
 
 
 @dataclass(slots=True)
@@ -277,3 +285,22 @@ def print_timeline(console: Console, view: View) -> None:
     console.print("Timeline:")
     for entry in view.timeline:
         console.print(f"  {clock(entry.at)}  {entry.text}", markup=False, highlight=False)
+
+
+def make_view(title: str, mailboxes: int, events: int, *, plain: bool) -> View:
+    """The view for this output, with the demo process's own log records (warnings and worse;
+    the children log into files) routed where they do not tear the live display."""
+    view: View
+    handler: logging.Handler
+    if plain:
+        console = Console(width=110, no_color=True, highlight=False, soft_wrap=False)
+        view = PlainView(title, mailboxes, events, console, sys.stdout)
+        handler = logging.StreamHandler(sys.stderr)
+    else:
+        view = LiveView(title, mailboxes, events, Console(highlight=False))
+        handler = RichHandler(console=view.console, show_path=False)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    return view
