@@ -141,7 +141,9 @@ class Demo:
             self.view.console.print(f"[bold red]error:[/] {e}", highlight=False)
         finally:
             self.view.close()
-            await self._shutdown(keep_files=code != 0 or not self.owns_work_dir)
+            # logs of a failed or mismatched run are worth reading; an interrupted one's are not
+            failed = code not in (0, EXIT_INTERRUPTED)
+            await self._shutdown(keep_files=failed or not self.owns_work_dir)
         return code
 
     def _prepare_work_dir(self) -> None:
@@ -443,16 +445,50 @@ def _positive(kind: type[int] | type[float]) -> Any:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = DemoConfig()
     add = parser.add_argument
-    add("--mailboxes", type=_positive(int), default=d.mailboxes, help="simulated mailboxes")
-    add("--events", type=_positive(int), default=None, help="scenario events (default 30 per "
-        "mailbox)")  # fmt: skip
-    add("--duration", type=_positive(float), default=d.duration, help="scenario seconds")
-    add("--seed", type=int, default=d.seed, help="seed of users and activity")
-    add("--plain", action="store_true", help="plain progress lines (automatic without a TTY)")
-    add("--keep-running", action="store_true", help="leave everything up until Ctrl-C")
-    add("--work-dir", type=Path, default=None, help="logs, configs and Kafka data (default: a "
-        "new temporary directory, deleted after a full match)")  # fmt: skip
-    add("--top", type=_positive(int), default=d.top, help="mailboxes shown in the summary")
+    add(
+        "--mailboxes",
+        type=_positive(int),
+        default=d.mailboxes,
+        metavar="N",
+        help="simulated mailboxes (default %(default)s)",
+    )
+    add(
+        "--events",
+        type=_positive(int),
+        default=None,
+        metavar="N",
+        help="scenario events (default 30 per mailbox)",
+    )
+    add(
+        "--duration",
+        type=_positive(float),
+        default=d.duration,
+        metavar="S",
+        help="seconds the scenario's events are spread over (default %(default)s)",
+    )
+    add("--seed", type=int, default=d.seed, help="seed of users and activity (default %(default)s)")
+    add("--plain", action="store_true", help="plain progress lines (automatic without a terminal)")
+    add(
+        "--keep-running",
+        action="store_true",
+        help="after the report, leave everything up until Ctrl-C",
+    )
+    add(
+        "--work-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="an empty or new directory "
+        "for logs, configs and Kafka data, kept (default: a temporary one, deleted unless the run "
+        "failed)",
+    )
+    add(
+        "--top",
+        type=_positive(int),
+        default=d.top,
+        metavar="N",
+        help="mailboxes listed in the summary (default %(default)s)",
+    )
 
 
 def config_from(args: argparse.Namespace) -> DemoConfig:

@@ -192,10 +192,17 @@ class Child:
                     await asyncio.wait_for(proc.wait(), KILL_WAIT_S)
                 self.outcome = f"killed after {self.stop_timeout:.0f} s"
                 return self.outcome
-            self.outcome = f"exit {proc.returncode}"
+            self.outcome = _describe(proc.returncode)
         else:
-            self.outcome = f"had exited ({proc.returncode})"
+            self.outcome = f"had exited ({_describe(proc.returncode)})"
         return self.outcome
+
+
+def _describe(returncode: int | None) -> str:
+    if returncode is not None and returncode < 0:
+        # it had not installed its SIGTERM handler yet (still starting): the default action ran
+        return f"ended by {signal.Signals(-returncode).name}"
+    return f"exit {returncode}"
 
 
 async def stop_jvm(pid: int | None, data_dir: Path, grace_s: float) -> str | None:
