@@ -120,8 +120,8 @@ async def _request_all(
     return channels
 
 
-Sample = tuple[float, float]
-"""(events/s, simulator CPU µs per event)."""
+Sample = tuple[float, float, float]
+"""(events/s, simulator CPU µs per event, client CPU µs per event)."""
 
 
 async def _throughput(connection_type: ConnectionType, events: int) -> tuple[Sample, Sample]:
@@ -142,16 +142,17 @@ async def _throughput(connection_type: ConnectionType, events: int) -> tuple[Sam
                 await client.subscribe(channel)
 
             async def timed(admin_path: str, start_after_post: bool) -> Sample:
-                start, cpu = time.perf_counter(), _cpu_s(pid)
+                start, cpu, own = time.perf_counter(), _cpu_s(pid), time.process_time()
                 async with http.post(f"{base_url}/_sim/{admin_path}", json={"events": events}) as r:
                     r.raise_for_status()
                 if start_after_post:
-                    start, cpu = time.perf_counter(), _cpu_s(pid)
+                    start, cpu, own = time.perf_counter(), _cpu_s(pid), time.process_time()
                 async with asyncio.timeout(RECEIVE_LIMIT):
                     for _ in range(events):
                         await client.receive()
                 elapsed, cpu = time.perf_counter() - start, _cpu_s(pid) - cpu
-                return events / elapsed, cpu / events * 1e6
+                own = time.process_time() - own
+                return events / elapsed, cpu / events * 1e6, own / events * 1e6
 
             live = await timed("scenario", start_after_post=False)
             burst = await timed("emit", start_after_post=True)
@@ -188,7 +189,7 @@ async def _emit_rate(events: int) -> Sample:
         start, cpu = time.perf_counter(), time.process_time()
         sim.emit(events)
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
-        return events / elapsed, cpu / events * 1e6
+        return events / elapsed, cpu / events * 1e6, 0.0
 
 
 async def _subscriptions() -> dict[str, float]:
@@ -220,14 +221,20 @@ async def _subscriptions() -> dict[str, float]:
 
 def _summary(samples: list[Sample]) -> dict[str, float]:
     """Events/s: best (least disturbed by other processes) and median of the rounds; simulator
-    CPU µs per event (median) and the events/s that CPU cost allows on one free core."""
-    rates, cpu = [r for r, _ in samples], statistics.median(c for _, c in samples)
-    return {
+    CPU µs per event (median), the events/s that allows on one free core, and the receiving
+    client's CPU µs per event."""
+    rates = [rate for rate, _, _ in samples]
+    cpu = statistics.median(c for _, c, _ in samples)
+    summary = {
         "best": round(max(rates)),
         "median": round(statistics.median(rates)),
         "sim_cpu_us_per_event": round(cpu, 1),
         "sim_capacity_per_s": round(1e6 / cpu),
     }
+    client = statistics.median(c for _, _, c in samples)
+    if client:
+        summary["client_cpu_us_per_event"] = round(client, 1)
+    return summary
 
 
 async def run_async(events: int = 100_000, rounds: int = 3) -> dict[str, Any]:
