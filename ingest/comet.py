@@ -370,6 +370,26 @@ class CometSession:
             ch: (w.result() if w in done else "no reply to subscribe") for ch, w in waiters.items()
         }
 
+    async def unsubscribe_many(self, channels: Iterable[str]) -> bool:
+        """Unsubscribe in one Bayeux request (the server stops queueing for them once it reads
+        it); False if the session is gone or the request failed — then nothing is delivered on
+        those channels to this session anyway, or the next lost session drops them."""
+        channels = list(dict.fromkeys(channels))
+        transport = _transport_of(self._client)
+        if not channels or transport is None or self.is_lost:
+            return not channels
+        messages = [
+            {"channel": "/meta/unsubscribe", "clientId": None, "subscription": ch, "id": None}
+            for ch in channels
+        ]
+        try:
+            send = transport._send_payload_with_auth(messages)
+            await asyncio.wait_for(send, self._subscribe_timeout)
+        except (AiocometdException, TimeoutError, OSError) as e:
+            log.debug("unsubscribe batch of %d failed: %r", len(channels), e)
+            return False
+        return True
+
     async def unsubscribe(self, channel: str) -> None:
         client = self._client
         if client is None or self.is_lost:

@@ -169,6 +169,33 @@ WORKER_RECONCILE_PENDING = Gauge(
     "Mailboxes waiting for gap repair.",
     registry=REGISTRY,
 )
+WORKER_REGISTRY_PARTITIONS = Gauge(
+    "cumi_worker_registry_partitions",
+    "Registry partitions the worker group has assigned to this worker (registry source).",
+    registry=REGISTRY,
+)
+WORKER_REGISTRY_MAILBOXES = Gauge(
+    "cumi_worker_registry_mailboxes",
+    "Mailboxes this worker watches because its registry partitions list them (registry source).",
+    registry=REGISTRY,
+)
+WORKER_REBALANCES = Counter(
+    "cumi_worker_rebalances_total",
+    "Registry partition assignments received from the worker group.",
+    registry=REGISTRY,
+)
+WORKER_ASSIGNMENT_LOAD_SECONDS = Histogram(
+    "cumi_worker_assignment_load_seconds",
+    "Newly assigned registry partitions read to their end, from the assignment on.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    registry=REGISTRY,
+)
+WORKER_REGISTRY_SKIPPED = Counter(
+    "cumi_worker_registry_records_skipped_total",
+    "Registry records ignored, by reason (undecodable, key_mismatch, other_server).",
+    ["reason"],
+    registry=REGISTRY,
+)
 WORKER_READY = Gauge(
     "cumi_worker_ready",
     "1 when the worker is ready: CometD session up, mailboxes subscribed, Kafka producer up.",

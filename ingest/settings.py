@@ -64,6 +64,15 @@ class CometTransport(enum.StrEnum):
     WEBSOCKET = "websocket"
 
 
+class MailboxSource(enum.StrEnum):
+    """Where a worker's mailboxes come from (CUMI_MAILBOX_SOURCE)."""
+
+    FILE = "file"
+    """CUMI_MAILBOXES_FILE: a fixed list; every worker given the file watches all of it."""
+    REGISTRY = "registry"
+    """The registry topic, shared by the workers of one consumer group (ingest.assignment)."""
+
+
 class CredentialsProviderKind(enum.StrEnum):
     FILE = "file"
     DIRECTORY = "directory"
@@ -285,7 +294,9 @@ class CumiSettings:
     reconcile_concurrency: int
     event_time_zone: ZoneInfo
     server_time_zone: ZoneInfo
-    mailboxes_file: Path
+    mailbox_source: MailboxSource
+    mailboxes_file: Path | None
+    """Required with the file source; not used with the registry source."""
 
     def ssl_context(self) -> ssl.SSLContext | bool:
         """What aiohttp's `ssl=` takes: a verifying context (custom CA if set) or False."""
@@ -360,6 +371,12 @@ class WorkerSettings:
     """CUMI_LOG_LEVEL; None leaves the command line's --log-level in force."""
     shutdown_timeout_seconds: float
     reconcile_on_start: bool
+    group_id: str
+    """KAFKA_WORKER_GROUP: the consumer group sharing the registry (registry source only)."""
+    group_session_timeout_ms: int
+    """A member silent this long is dead: its mailboxes move to the others."""
+    group_heartbeat_interval_ms: int
+    """Members learn of a rebalance at their next heartbeat."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,9 +422,13 @@ def load_cumi(s: SettingsSource) -> CumiSettings:
             "CUMI_SERVER_URL is required: the REST base URL, e.g. https://cuc.example.com"
         )
     cometd_url = s.url("CUMI_COMETD_URL", ("http", "https", "ws", "wss"))
+    source = s.choice("CUMI_MAILBOX_SOURCE", MailboxSource, MailboxSource.FILE)
     mailboxes = s.path("CUMI_MAILBOXES_FILE")
-    if mailboxes is None:
-        raise ConfigError("CUMI_MAILBOXES_FILE is required: a file listing the mailbox aliases")
+    if mailboxes is None and source is MailboxSource.FILE:
+        raise ConfigError(
+            "CUMI_MAILBOXES_FILE is required: a file listing the mailbox aliases "
+            "(or CUMI_MAILBOX_SOURCE=registry)"
+        )
     return CumiSettings(
         server_url=server_url,
         cometd_url=cometd_url or derive_cometd_url(server_url),
@@ -430,6 +451,7 @@ def load_cumi(s: SettingsSource) -> CumiSettings:
         reconcile_concurrency=s.integer("CUMI_RECONCILE_CONCURRENCY", 2, minimum=1, maximum=64),
         event_time_zone=s.zone("CUMI_EVENT_TIME_ZONE"),
         server_time_zone=s.zone("CUMI_SERVER_TIME_ZONE"),
+        mailbox_source=source,
         mailboxes_file=mailboxes,
     )
 
@@ -549,4 +571,22 @@ def load_worker(s: SettingsSource) -> WorkerSettings:
         log_level=level,
         shutdown_timeout_seconds=s.number("CUMI_SHUTDOWN_TIMEOUT_SECONDS", 20.0, minimum=0.0),
         reconcile_on_start=s.flag("CUMI_RECONCILE_ON_START", True),
+        **_worker_group(s),
     )
+
+
+def _worker_group(s: SettingsSource) -> dict[str, Any]:
+    group = s.text("KAFKA_WORKER_GROUP", "cumi-ingest-workers") or "cumi-ingest-workers"
+    # the broker's group.min/max.session.timeout.ms (6 s / 30 min by default) bound this too
+    session = s.integer("KAFKA_WORKER_SESSION_TIMEOUT_MS", 10_000, minimum=1000)
+    heartbeat = s.integer("KAFKA_WORKER_HEARTBEAT_INTERVAL_MS", 1_000, minimum=100)
+    if heartbeat * 3 > session:
+        raise ConfigError(
+            f"KAFKA_WORKER_HEARTBEAT_INTERVAL_MS ({heartbeat}) must be at most a third of "
+            f"KAFKA_WORKER_SESSION_TIMEOUT_MS ({session})"
+        )
+    return {
+        "group_id": group,
+        "group_session_timeout_ms": session,
+        "group_heartbeat_interval_ms": heartbeat,
+    }

@@ -14,6 +14,11 @@ away and, after a jittered backoff that grows while sessions keep failing, build
 mailbox first tries its old subscriptionId again (CUMI_REUSE_SUBSCRIPTIONS; the REST-side
 subscription survives a lost Comet session); a refused subscribe means the subscription is gone (a
 server restart) and the mailbox gets a fresh `requestnotification`. Either way its gap is repaired.
+
+The set of mailboxes can change while running (`add`, `remove`: the registry source,
+ingest.assignment): an added mailbox is subscribed by the next pass, a removed one's channel is
+unsubscribed at once, and one removed while its request or subscribe is in flight is dropped (or
+unsubscribed) when that finishes.
 """
 
 from __future__ import annotations
@@ -61,6 +66,10 @@ class RepairReason(enum.StrEnum):
     SERVER_RESTART = "server-restart"
     RESUBSCRIBE = "resubscribe"
     CONNECT_FAILED = "connect-failed"
+    ASSIGNED = "assigned"
+    """The worker group gave this worker the mailbox (another worker left, failed or joined)."""
+    REGISTERED = "registered"
+    """The mailbox was added to (or re-enabled in) the registry while this worker owned it."""
 
 
 @dataclass(slots=True)
@@ -72,6 +81,8 @@ class Mailbox:
     retry_at: float = 0.0
     repair: RepairReason | None = RepairReason.STARTUP
     """The gap to repair once active (None: nothing missed)."""
+    removed: bool = False
+    """No longer watched (`SubscriptionManager.remove`); in-flight work for it is discarded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,14 +144,21 @@ class SubscriptionManager:
         self.ready = asyncio.Event()
         """Set while a session is up and every mailbox has had its subscription attempt."""
         self.sessions_started = 0
+        self._wake = asyncio.Event()
         self._publish_counts()
 
     # -- bookkeeping -----------------------------------------------------------------------------
 
     def _set(self, mailbox: Mailbox, state: SubState) -> None:
-        self._counts[mailbox.state] -= 1
+        if mailbox.removed:  # no longer counted
+            mailbox.state = state
+            return
+        old = mailbox.state
+        self._counts[old] -= 1
         self._counts[state] += 1
         mailbox.state = state
+        # both gauges: the one left behind would otherwise keep its old count
+        WORKER_SUBSCRIPTIONS.labels(old.value).set(self._counts[old])
         WORKER_SUBSCRIPTIONS.labels(state.value).set(self._counts[state])
 
     def _publish_counts(self) -> None:
@@ -153,6 +171,45 @@ class SubscriptionManager:
     @property
     def session(self) -> CometSession | None:
         return self._session
+
+    # -- live changes ----------------------------------------------------------------------------
+
+    def add(self, aliases: Iterable[str], repair: RepairReason | None) -> int:
+        """Watch more mailboxes: subscribed by the running session's next pass, then repaired for
+        `repair` (None: no gap to repair). Returns how many were not watched yet."""
+        added = 0
+        for alias in aliases:
+            if alias not in self.mailboxes:
+                self.mailboxes[alias] = Mailbox(alias, repair=repair)
+                self._counts[SubState.PENDING] += 1
+                added += 1
+        if added:
+            self._publish_counts()
+            self._wake.set()
+        return added
+
+    async def remove(self, aliases: Iterable[str]) -> int:
+        """Stop watching mailboxes: their channels are unsubscribed in one Bayeux request, their
+        queued gap repairs dropped. Returns how many were watched."""
+        channels = []
+        removed = 0
+        for alias in aliases:
+            mailbox = self.mailboxes.pop(alias, None)
+            if mailbox is None:
+                continue
+            removed += 1
+            self._counts[mailbox.state] -= 1
+            mailbox.removed = True
+            if self._reconciler is not None:
+                self._reconciler.cancel(alias)
+            if mailbox.state is SubState.ACTIVE and mailbox.subscription_id:
+                channels.append(channel_for(mailbox.subscription_id))
+        if removed:
+            self._publish_counts()
+        session = self._session
+        if channels and session is not None:
+            await session.unsubscribe_many(channels)
+        return removed
 
     # -- the supervisor --------------------------------------------------------------------------
 
@@ -228,8 +285,11 @@ class SubscriptionManager:
     async def _keep_subscribed(self, session: CometSession) -> None:
         """Subscribe what is pending; then wake for mailboxes whose backoff has run out."""
         while True:
+            self._wake.clear()
             await self._subscribe_pending(session)
             self.ready.set()
+            if self._counts[SubState.PENDING]:
+                continue  # added during the pass
             now = time.monotonic()
             waiting = [
                 m for m in self.mailboxes.values() if m.state in (SubState.BACKOFF, SubState.FAILED)
@@ -242,7 +302,8 @@ class SubscriptionManager:
                     self._set(mailbox, SubState.PENDING)
                 continue
             next_due = min((m.retry_at for m in waiting), default=now + 60.0)
-            await asyncio.sleep(max(0.05, min(60.0, next_due - now)))
+            with contextlib.suppress(TimeoutError):  # woken early by `add`
+                await asyncio.wait_for(self._wake.wait(), max(0.05, min(60.0, next_due - now)))
 
     # -- one pass --------------------------------------------------------------------------------
 
@@ -298,6 +359,9 @@ class SubscriptionManager:
         sweep: _Pass,
     ) -> None:
         while (mailbox := await requests.get()) is not None:
+            if mailbox.removed:
+                sweep.finish()
+                continue
             try:
                 credential = await self._credentials.credential_for(mailbox.alias)
                 subscription_id = await self._rest.request_notification(credential)
@@ -309,6 +373,9 @@ class SubscriptionManager:
                 sweep.finish()
             else:
                 mailbox.subscription_id = subscription_id
+                if mailbox.removed:
+                    sweep.finish()
+                    continue
                 self._set(mailbox, SubState.SUBSCRIBING)
                 subscribes.put_nowait(mailbox)
 
@@ -336,6 +403,10 @@ class SubscriptionManager:
                 self._subscribed(
                     session, mailbox, results.get(channel, "no reply"), requests, sweep
                 )
+            # removed while the subscribe was on its way: take it back
+            gone = [ch for ch, m in channels.items() if m.removed and results.get(ch) is None]
+            if gone:
+                await session.unsubscribe_many(gone)
 
     def _subscribed(
         self,
@@ -348,7 +419,7 @@ class SubscriptionManager:
         if error is None:
             self._set(mailbox, SubState.ACTIVE)
             mailbox.failures = 0
-            if mailbox.repair is not None and self._reconciler is not None:
+            if mailbox.repair is not None and self._reconciler is not None and not mailbox.removed:
                 self._reconciler.request(mailbox.alias, mailbox.repair.value)
             mailbox.repair = None
             sweep.finish()

@@ -5,12 +5,17 @@
 | `mailbox-events`     | MailboxId | 12         | delete, `retention.ms=-1`: the log is kept      |
 | `mailbox-events-dlq` | none      | 1          | delete, 30 days: rejected raw payloads          |
 | `mailbox-state`      | MailboxId | as events  | compact: latest folder state per mailbox        |
-| `mailbox-registry`   | MailboxId | 1          | compact: which mailboxes to watch               |
+| `mailbox-registry`   | MailboxId | 24         | compact: which mailboxes to watch               |
 
 The events topic keeps everything because replay (state as of a past time, USN or offset) folds the
 log from its beginning; operators who accept a bounded replay window set `events_retention_ms`.
 The state topic has as many partitions as the events topic so that the projector instance owning
 events partition N restores its state from state partition N (same key, same default partitioner).
+The registry's partitions are the unit by which the worker group shares the mailboxes
+(ingest.assignment): 24 divides evenly among 2, 3, 4, 6, 8, 12 or 24 workers, and with any other
+count up to 24 the busiest worker carries at most one partition (~4 % of the mailboxes) more than
+another. Like the events topic's, the count must not change once the topic holds data: a key would
+move to another partition while its older records stay in the old one.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from ingest.errors import BrokerError, ConfigError
 log = logging.getLogger(__name__)
 
 EVENTS_PARTITIONS = 12
+REGISTRY_PARTITIONS = 24
 DLQ_RETENTION_MS = 30 * 24 * 3600 * 1000
 READY_TIMEOUT_S = 30.0
 _TOPIC_ALREADY_EXISTS = 36
@@ -106,7 +112,7 @@ def default_specs(
             {"cleanup.policy": "delete", "retention.ms": str(DLQ_RETENTION_MS)},
         ),
         TopicSpec(names.state, events_partitions, replication, compact),
-        TopicSpec(names.registry, 1, replication, compact),
+        TopicSpec(names.registry, REGISTRY_PARTITIONS, replication, compact),
     ]
 
 

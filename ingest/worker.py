@@ -2,7 +2,9 @@
 
 Wiring (DESIGN.md §1): the ops HTTP server (/metrics, health) → the Kafka sink (waits for the
 cluster) → the CUMI REST client and the credentials provider → gap repair → the subscription
-manager, which runs CometD sessions whose event payloads flow into the sink.
+manager, which runs CometD sessions whose event payloads flow into the sink. The mailboxes are a
+file's list (CUMI_MAILBOX_SOURCE=file) or this worker's share of the registry topic, which changes
+while it runs (registry: ingest.assignment).
 
 Shutdown (SIGTERM/SIGINT): stop receiving (the CometD session is closed), stop gap repair, wait —
 bounded by CUMI_SHUTDOWN_TIMEOUT_SECONDS — until Kafka has acknowledged everything in flight, flush
@@ -21,15 +23,16 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+from ingest.assignment import CredentialRefs, RegistryAssignment
 from ingest.comet import CometSession
-from ingest.credentials import build_provider
+from ingest.credentials import CredentialsProvider, build_provider
 from ingest.cumi_rest import Backoff, CumiRestClient
 from ingest.errors import ConfigError
 from ingest.metrics import WORKER_READY
 from ingest.normalizer import TimeZones
 from ingest.ops_http import OpsServer
 from ingest.reconcile import Reconciler
-from ingest.settings import Settings
+from ingest.settings import CredentialsProviderKind, MailboxSource, Settings
 from ingest.sink import Sink
 from ingest.subscriptions import SubscriptionManager, SubscriptionPolicy
 
@@ -71,6 +74,7 @@ class Worker:
         self.manager: SubscriptionManager | None = None
         self.reconciler: Reconciler | None = None
         self.ops: OpsServer | None = None
+        self.assignment: RegistryAssignment | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -81,14 +85,20 @@ class Worker:
             and self.sink.ready
             and self.manager is not None
             and self.manager.ready.is_set()
+            and (self.assignment is None or self.assignment.ready)
         )
 
     async def run(self, *, handle_signals: bool = False) -> int:
         s = self.settings
-        aliases = (
-            self.aliases if self.aliases is not None else load_mailboxes(s.cumi.mailboxes_file)
+        aliases = self.aliases
+        if aliases is None and s.cumi.mailbox_source is MailboxSource.FILE:
+            assert s.cumi.mailboxes_file is not None  # validated by the settings
+            aliases = load_mailboxes(s.cumi.mailboxes_file)
+        log.info(
+            "ingest worker starting for %s; settings %s",
+            f"{len(aliases)} mailboxes" if aliases is not None else "registered mailboxes",
+            s.describe(),
         )
-        log.info("ingest worker starting for %d mailboxes; settings %s", len(aliases), s.describe())
         loop = asyncio.get_running_loop()
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -96,7 +106,7 @@ class Worker:
         # evaluated at each scrape, so /metrics and /healthz/ready always agree
         WORKER_READY.set_function(lambda: 1.0 if self.is_ready() else 0.0)
         try:
-            return await self._run(aliases)
+            return await self._run(aliases or [])
         finally:
             WORKER_READY.set_function(lambda: 0.0)
             if handle_signals:
@@ -130,7 +140,12 @@ class Worker:
             max_attempts=c.rest_max_attempts,
             backoff=Backoff(c.rest_backoff_base_seconds, c.rest_backoff_max_seconds),
         )
-        credentials = build_provider(s.credentials, rest.lookup_object_id)
+        credentials: CredentialsProvider = build_provider(s.credentials, rest.lookup_object_id)
+        registry = self.aliases is None and c.mailbox_source is MailboxSource.REGISTRY
+        refs = None
+        # a delegate acts for every mailbox as itself: a credentials reference means nothing
+        if registry and s.credentials.provider is not CredentialsProviderKind.DELEGATE:
+            credentials = refs = CredentialRefs(credentials)
         reconciler = Reconciler(
             rest,
             credentials,
@@ -166,6 +181,17 @@ class Worker:
             ),
         )
         self.manager = manager
+        if registry:
+            self.assignment = RegistryAssignment(
+                s.kafka,
+                manager,
+                group_id=s.worker.group_id,
+                session_timeout_ms=s.worker.group_session_timeout_ms,
+                heartbeat_interval_ms=s.worker.group_heartbeat_interval_ms,
+                server=c.server_name,
+                credentials=refs,
+                reconcile_on_start=s.worker.reconcile_on_start,
+            )
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(ops)
             if await self._wait_or_stop(sink.start()):
@@ -173,6 +199,8 @@ class Worker:
             stack.push_async_callback(sink.stop)  # drains and flushes: after the rest has stopped
             await stack.enter_async_context(rest)
             await stack.enter_async_context(reconciler)
+            if self.assignment is not None:
+                await stack.enter_async_context(self.assignment)  # leaves the group first
             return await self._serve(manager, sink)
         return 0  # pragma: no cover - mypy: the stack does not swallow exceptions
 
@@ -196,11 +224,15 @@ class Worker:
             runner = group.create_task(manager.run(), name="subscription-manager")
             stop = group.create_task(self._stop.wait())
             failed = group.create_task(sink.failed.wait())
-            await asyncio.wait({runner, stop, failed}, return_when=asyncio.FIRST_COMPLETED)
+            tasks = {runner, stop, failed}
+            if self.assignment is not None:
+                tasks.add(group.create_task(self.assignment.failed.wait()))
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             log.info("ingest worker stopping: no longer receiving; draining in-flight events")
-            for task in (runner, stop, failed):
+            for task in tasks:
                 task.cancel()
-        return 1 if sink.fatal is not None else 0
+        broken = sink.fatal is not None or (self.assignment and self.assignment.fatal)
+        return 1 if broken else 0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
