@@ -58,10 +58,6 @@ PENDING = {"CumiWorkerDeadLettersRising", "CumiWorkerDeadLetterRatioHigh"}
 # Panels with nothing to show after a clean, short run: no Kafka send failed.
 QUIET_PANELS = {"Kafka producer errors by kind"}
 SELECT = 'job="cumi-pipeline"'
-WORKER_BUG = (
-    "worker bug: SubscriptionManager._set (ingest/subscriptions.py) republishes only the new "
-    "state's gauge, so cumi_worker_subscriptions keeps every state a mailbox ever passed through"
-)
 
 Vector = list[dict[str, Any]]
 
@@ -384,8 +380,8 @@ class TestScrapedSeries:
         )
         assert age is not None and 0 <= age < 30
 
-    @pytest.mark.xfail(strict=True, reason=WORKER_BUG)
     async def test_subscription_states_add_up_to_the_mailboxes(self, run: Run) -> None:
+        """Every state's gauge is current (the one a mailbox leaves included)."""
         assert await run.prometheus.value(sum_of("cumi_worker_subscriptions")) == MAILBOXES
 
     async def test_rest_and_gap_repair(self, run: Run) -> None:
@@ -444,7 +440,6 @@ class TestScrapedSeries:
 class TestRulesAndDashboard:
     """The shipped alert rules and dashboard queries work on these real series."""
 
-    @pytest.mark.xfail(strict=True, reason=f"{WORKER_BUG} (CumiWorkerSubscriptionsDegraded)")
     async def test_rules_evaluate_and_only_the_dead_letter_rules_are_true(self, run: Run) -> None:
         document = yaml.safe_load(RULES.read_text())
         shipped = {r["alert"] for g in document["groups"] for r in g["rules"]}
