@@ -154,25 +154,7 @@ class Demo:
 
     async def _start_pipeline(self) -> None:
         c, v = self.config, self.view
-        v.phase("checking the Kafka runtime (the first run downloads the jars)")
-        fetch = self._child("kafka-fetch", ["broker", "fetch"], stop_timeout=10)
-        await fetch.start()
-        if await fetch.wait(FETCH_TIMEOUT_S) != 0:
-            raise DemoError(f"`ingest broker fetch` failed\n{fetch.tail()}")
-        v.phase("starting Kafka")
-        broker = self._child(
-            "kafka",
-            ["broker", "start", "--foreground", "--data-dir", str(self.work / "kafka"),
-             "--state-file", str(self.work / "broker.json"), "--timeout", str(BROKER_READY_S)],
-            stop_timeout=45,
-            death_signal=signal.SIGTERM,  # it stops the JVM; killed, it would leave the JVM behind
-        )  # fmt: skip
-        await broker.start()
-        self.bootstrap = (await broker.wait_for_line(r"127\.0\.0\.1:\d+", BROKER_READY_S + 30))[0]
-        self.jvm_pid = self._jvm_pid()
-        v.process("kafka", broker.pid, self.bootstrap)
-        await ensure_topics(self.bootstrap, default_specs(TopicNames()))
-        v.phase("starting the simulator")
+        # the simulator needs no Kafka: it starts while the broker does
         users = self.work / "users.json"
         sim = self._child(
             "simulator",
@@ -183,9 +165,27 @@ class Demo:
             stop_timeout=10,
         )  # fmt: skip
         await sim.start()
+        v.phase("checking the Kafka runtime (the first run downloads the jars)")
+        fetch = self._child("kafka-fetch", ["broker", "fetch"], stop_timeout=10)
+        await fetch.start()
+        if await fetch.wait(FETCH_TIMEOUT_S) != 0:
+            raise DemoError(f"`ingest broker fetch` failed\n{fetch.tail()}")
+        v.phase("starting Kafka and the simulator")
+        broker = self._child(
+            "kafka",
+            ["broker", "start", "--foreground", "--data-dir", str(self.work / "kafka"),
+             "--state-file", str(self.work / "broker.json"), "--timeout", str(BROKER_READY_S)],
+            stop_timeout=45,
+            death_signal=signal.SIGTERM,  # it stops the JVM; killed, it would leave the JVM behind
+        )  # fmt: skip
+        await broker.start()
         self.sim_url = (await sim.wait_for_line(r"REST\s+(http://\S+)", 60))[1]
         cometd = (await sim.wait_for_line(r"CometD\s+(http://\S+)", 10))[1]
         v.process("simulator", sim.pid, f"{self.sim_url} (CometD {cometd})")
+        self.bootstrap = (await broker.wait_for_line(r"127\.0\.0\.1:\d+", BROKER_READY_S + 30))[0]
+        self.jvm_pid = self._jvm_pid()
+        v.process("kafka", broker.pid, self.bootstrap)
+        await ensure_topics(self.bootstrap, default_specs(TopicNames()))
         v.phase("starting the projector and the worker; subscribing every mailbox")
         await self._start_projector()
         await self._start_worker(cometd, users)
