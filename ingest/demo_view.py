@@ -293,7 +293,7 @@ def make_view(title: str, mailboxes: int, events: int, *, plain: bool) -> View:
     view: View
     handler: logging.Handler
     if plain:
-        console = Console(width=110, no_color=True, highlight=False, soft_wrap=False)
+        console = Console(width=120, no_color=True, highlight=False, soft_wrap=False)
         view = PlainView(title, mailboxes, events, console, sys.stdout)
         handler = logging.StreamHandler(sys.stderr)
     else:
