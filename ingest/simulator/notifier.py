@@ -136,7 +136,8 @@ class Notifier:
         self._counters.emitted[event_type] += 1
         infos_json = ",".join(m.info_json for m in messages)
         event_time = self._clock.now()
-        duplicate = self._rng.random() < self._faults.duplicate_ratio
+        faults = self._faults
+        duplicate = bool(faults.duplicate_ratio) and self._rng.random() < faults.duplicate_ratio
         reached = 0
         for subscription_id in self._subscriptions.of_mailbox(mailbox.alias):
             channel = channel_of(subscription_id)
@@ -157,7 +158,7 @@ class Notifier:
             self._counters.lost += 1
         elif duplicate:
             self._counters.duplicates += 1
-        if reached and self._rng.random() < self._faults.malformed_ratio:
+        if reached and faults.malformed_ratio and self._rng.random() < faults.malformed_ratio:
             self.inject_malformed(mailbox, event_type, usn, messages)
         return reached
 
