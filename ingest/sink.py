@@ -27,14 +27,17 @@ import json
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, ProducerClosed
+from aiokafka.partitioner import murmur2
+from aiokafka.producer.message_accumulator import BatchBuilder
+from prometheus_client import Histogram
 
 from ingest import codec
-from ingest.errors import BrokerError, InvalidEvent
+from ingest.errors import BrokerError
 from ingest.events import DeadLetter, MailboxEvent, MailboxSnapshot
 from ingest.metrics import (
     WORKER_ACK_LATENCY,
@@ -94,32 +97,49 @@ class Window:
         await self._empty.wait()
 
 
-class _Pending:
-    """One record on its way to Kafka, kept until acknowledged so it can be sent again."""
+Record = tuple[bytes | None, bytes, int, list[tuple[str, bytes]]]
+"""key, value, timestamp (ms), headers."""
 
-    __slots__ = ("event_time", "headers", "key", "label", "received", "timestamp", "topic", "value")
 
-    def __init__(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes,
-        *,
-        headers: list[tuple[str, bytes]],
-        timestamp: int,
-        label: Any,
-        received: float,
-        event_time: float | None,
-    ) -> None:
+class _Batch:
+    """Records of one payload for one partition: one record batch, one acknowledgement.
+
+    Kept until acknowledged so it can be sent again; the metric children to increment on the ack
+    are counted per batch, not per record.
+    """
+
+    __slots__ = ("builder", "event_seconds", "labels", "partition", "received", "records", "topic")
+
+    def __init__(self, topic: str, partition: int, received: float, builder: BatchBuilder) -> None:
         self.topic = topic
-        self.key = key
-        self.value = value
-        self.headers = headers
-        self.timestamp = timestamp
-        self.label = label
-        """The metric child to increment on ack (events by type, dead letters by reason…)."""
+        self.partition = partition
         self.received = received
-        self.event_time = event_time
+        self.builder: BatchBuilder | None = builder
+        self.records: list[Record] = []
+        self.labels: dict[Any, int] = {}
+        self.event_seconds: dict[int, int] = {}
+
+    def add(self, record: Record, label: Any, event_second: int | None) -> bool:
+        """Append to the open record batch; False when it is full (start another)."""
+        assert self.builder is not None
+        key, value, timestamp, headers = record
+        if self.builder.append(key=key, value=value, timestamp=timestamp, headers=headers) is None:
+            return False
+        self.records.append(record)
+        self.labels[label] = self.labels.get(label, 0) + 1
+        if event_second is not None:
+            self.event_seconds[event_second] = self.event_seconds.get(event_second, 0) + 1
+        return True
+
+
+def observe_many(histogram: Histogram, value: float, count: int) -> None:
+    """`count` observations of one value at the cost of one (prometheus-client has no bulk call;
+    this does what `Histogram.observe` does, `count` times at once)."""
+    histogram._sum.inc(value * count)
+    for i, bound in enumerate(histogram._upper_bounds):
+        if value <= bound:
+            histogram._buckets[i].inc(count)
+            break
 
 
 class Sink:
@@ -142,7 +162,10 @@ class Sink:
         self._zones = zones or TimeZones()
         self.window = Window(capacity)
         self._producer: AIOKafkaProducer | None = None
-        self._retries: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._retries: asyncio.Queue[_Batch] = asyncio.Queue()
+        self._partitions: dict[str, list[int]] = {}
+        self._partition_of: dict[tuple[str, bytes], int] = {}
+        self._spread = 0  # round-robin for records without a key
         self._retry_task: asyncio.Task[None] | None = None
         self._retry_base = retry_base
         self._retry_cap = retry_cap
@@ -174,6 +197,15 @@ class Sink:
                 log.warning("Kafka not reachable (%s); retrying in %.1f s", type(e).__name__, delay)
                 await asyncio.sleep(delay)
                 continue
+            try:
+                # the default partitioner's choice, computed once per key (see _partition)
+                for topic in (self._kafka.events_topic, self._kafka.dlq_topic):
+                    self._partitions[topic] = sorted(await producer.partitions_for(topic))
+            except KafkaError as e:
+                await producer.stop()
+                raise BrokerError(
+                    f"Kafka topic {topic!r} is not available (create the topics first): {e!r}"
+                ) from e
             self._producer = producer
             break
         self._retry_task = asyncio.create_task(self._resend_loop(), name="sink-resend")
@@ -232,104 +264,137 @@ class Sink:
     # -- the way in ------------------------------------------------------------------------------
 
     async def submit(self, messages: list[dict[str, Any]], received: float) -> None:
-        """Comet event messages of one server payload → produced (not yet acknowledged)."""
+        """Comet event messages of one server payload → produced (not yet acknowledged).
+
+        The payload's records go out as one record batch per partition: one append per record,
+        one acknowledgement (and one set of metric updates) per batch.
+        """
         await self.window.acquire(len(messages))
         WORKER_EVENTS_RECEIVED.inc(len(messages))
         now = dt.datetime.now(dt.UTC)
         clock = lambda: now  # noqa: E731 - one clock reading per payload, not per event
+        open_batches: dict[tuple[str, int], _Batch] = {}
+        ready: list[_Batch] = []
         for message in messages:
             try:
                 event = parse_event(message, zones=self._zones, source=self._source, now=clock)
-                pending = self._event_record(event, received)
-            except InvalidEvent as e:
-                pending = self._dead_letter_record(message, e, now, received)
-            except Exception as e:  # the encoder refused a valid-looking event
-                pending = self._dead_letter_record(message, e, now, received)
-            await self._send(pending)
+                topic, record, label, second = self._event_record(event)
+            except Exception as e:  # InvalidEvent, or the encoder refused a valid-looking event
+                topic, record, label, second = self._dead_letter_record(message, e, now)
+            partition = self._partition(topic, record[0])
+            batch = open_batches.get((topic, partition))
+            if batch is None or not batch.add(record, label, second):
+                if batch is not None:
+                    ready.append(batch)  # full: it goes first, keeping the partition's order
+                batch = _Batch(topic, partition, received, self._builder())
+                if not batch.add(record, label, second):
+                    raise BrokerError(f"a record of {len(record[1])} bytes exceeds the batch size")
+                open_batches[topic, partition] = batch
+        ready.extend(open_batches.values())
+        for batch in ready:
+            await self._send(batch)
 
     async def publish_snapshot(self, snapshot: MailboxSnapshot) -> None:
         """A gap-repair snapshot, on the events topic in line with the mailbox's events."""
         await self.window.acquire(1)
-        value = codec.encode(snapshot)
-        pending = _Pending(
-            self._kafka.events_topic,
-            snapshot.mailbox_id.encode(),
-            value,
-            headers=codec.kafka_headers(snapshot),
-            timestamp=codec.timestamp_ms(snapshot),
-            label=WORKER_SNAPSHOTS_PUBLISHED.labels(snapshot.reason),
-            received=time.monotonic(),
-            event_time=None,
+        key = snapshot.mailbox_id.encode()
+        record: Record = (
+            key,
+            codec.encode(snapshot),
+            codec.timestamp_ms(snapshot),
+            codec.kafka_headers(snapshot),
         )
-        await self._send(pending)
+        topic = self._kafka.events_topic
+        batch = _Batch(topic, self._partition(topic, key), time.monotonic(), self._builder())
+        if not batch.add(record, WORKER_SNAPSHOTS_PUBLISHED.labels(snapshot.reason), None):
+            raise BrokerError(f"a snapshot of {len(record[1])} bytes exceeds KAFKA_BATCH_BYTES")
+        await self._send(batch)
 
-    def _event_record(self, event: MailboxEvent, received: float) -> _Pending:
+    def _builder(self) -> BatchBuilder:
+        assert self._producer is not None
+        return self._producer.create_batch()
+
+    def _partition(self, topic: str, key: bytes | None) -> int:
+        """What Kafka's default partitioner picks (murmur2 of the key), cached per key."""
+        partitions = self._partitions[topic]
+        if key is None:
+            self._spread += 1
+            return partitions[self._spread % len(partitions)]
+        found = self._partition_of.get((topic, key))
+        if found is None:
+            found = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+            self._partition_of[topic, key] = found
+        return found
+
+    def _event_record(self, event: MailboxEvent) -> tuple[str, Record, Any, int | None]:
         label = self._published_by_type.get(event.event_type)
         if label is None:
             label = WORKER_EVENTS_PUBLISHED.labels(event.event_type.value)
             self._published_by_type[event.event_type] = label
-        return _Pending(
-            self._kafka.events_topic,
+        record: Record = (
             event.mailbox_id.encode(),
             codec.encode(event),
-            headers=codec.kafka_headers(event),
-            timestamp=codec.timestamp_ms(event),
-            label=label,
-            received=received,
-            event_time=event.event_time.timestamp(),
+            codec.timestamp_ms(event),
+            codec.kafka_headers(event),
         )
+        return self._kafka.events_topic, record, label, int(event.event_time.timestamp())
 
     def _dead_letter_record(
-        self, message: Mapping[str, Any], error: Exception, now: dt.datetime, received: float
-    ) -> _Pending:
+        self, message: Mapping[str, Any], error: Exception, now: dt.datetime
+    ) -> tuple[str, Record, Any, int | None]:
         raw = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
         letter: DeadLetter = dead_letter_for(raw, error, self._source, now)
         label = self._dead_by_reason.get(letter.reason)
         if label is None:
             label = WORKER_EVENTS_DEAD_LETTERED.labels(letter.reason)
             self._dead_by_reason[letter.reason] = label
-        return _Pending(
-            self._kafka.dlq_topic,
+        record: Record = (
             letter.mailbox_id.encode() if letter.mailbox_id else None,
             codec.encode(letter),
-            headers=codec.kafka_headers(letter),
-            timestamp=int(letter.received_at.timestamp() * 1000),
-            label=label,
-            received=received,
-            event_time=None,
+            int(letter.received_at.timestamp() * 1000),
+            codec.kafka_headers(letter),
         )
+        return self._kafka.dlq_topic, record, label, None
 
     # -- the way out -----------------------------------------------------------------------------
 
-    async def _send(self, pending: _Pending) -> None:
+    async def _send(self, batch: _Batch) -> None:
         attempt = 0
         while True:
             producer = self._producer
             if producer is None or self.fatal is not None:
                 raise BrokerError("the Kafka producer is not running")
+            builder = batch.builder or self._rebuild(batch.records)
+            batch.builder = None  # a builder is sent once; a re-send builds a new one
+            started = time.monotonic()
             try:
-                future = await producer.send(
-                    pending.topic,
-                    pending.value,
-                    key=pending.key,
-                    headers=pending.headers,
-                    timestamp_ms=pending.timestamp,
-                )
+                builder.close()
+                future = await producer.send_batch(builder, batch.topic, partition=batch.partition)
             except KafkaTimeoutError:
-                # not appended: the producer's buffer stayed full; safe to try again
+                # not queued: the partition's previous batch stayed undelivered; safe to retry
                 attempt += 1
+                WORKER_BACKPRESSURE_SECONDS.inc(time.monotonic() - started)
                 WORKER_PRODUCER_ERRORS.labels("buffer-timeout").inc()
                 await asyncio.sleep(self._backoff(attempt))
                 continue
             except (KafkaError, ProducerClosed) as e:
                 self._fail(e)
                 raise BrokerError(f"Kafka send failed for good: {e!r}") from e
-            future.add_done_callback(lambda f, p=pending: self._on_ack(p, f))
+            waited = time.monotonic() - started
+            if waited > 0.001:  # the partition's previous batch was not delivered yet
+                WORKER_BACKPRESSURE_SECONDS.inc(waited)
+            future.add_done_callback(lambda f, b=batch: self._on_ack(b, f))
             return
 
-    def _on_ack(self, pending: _Pending, future: asyncio.Future[Any]) -> None:
+    def _rebuild(self, records: Sequence[Record]) -> BatchBuilder:
+        builder = self._builder()
+        for key, value, timestamp, headers in records:
+            builder.append(key=key, value=value, timestamp=timestamp, headers=headers)
+        return builder
+
+    def _on_ack(self, batch: _Batch, future: asyncio.Future[Any]) -> None:
         if future.cancelled():
-            return  # the producer is closing; the record counts as unacknowledged
+            return  # the producer is closing; the records count as unacknowledged
         error = future.exception()
         if error is not None:
             retriable = isinstance(error, KafkaConnectionError | KafkaTimeoutError) or getattr(
@@ -338,24 +403,26 @@ class Sink:
             if not retriable:
                 self._fail(error)
                 return
-            WORKER_PRODUCER_ERRORS.labels("resent").inc()
-            self._retries.put_nowait(pending)
+            WORKER_PRODUCER_ERRORS.labels("resent").inc(len(batch.records))
+            self._retries.put_nowait(batch)
             return
-        now = time.monotonic()
-        pending.label.inc()
-        WORKER_ACK_LATENCY.observe(now - pending.received)
-        if pending.event_time is not None:
+        count = len(batch.records)
+        for label, n in batch.labels.items():
+            label.inc(n)
+        observe_many(WORKER_ACK_LATENCY, time.monotonic() - batch.received, count)
+        if batch.event_seconds:
             wall = time.time()
-            WORKER_EVENT_LAG.observe(max(0.0, wall - pending.event_time))
+            for second, n in batch.event_seconds.items():
+                observe_many(WORKER_EVENT_LAG, max(0.0, wall - second), n)
             WORKER_LAST_EVENT.set(wall)
-        self.window.release(1)
+        self.window.release(count)
 
     async def _resend_loop(self) -> None:
         while True:
-            pending = await self._retries.get()
+            batch = await self._retries.get()
             await asyncio.sleep(self._backoff(1))
             try:
-                await self._send(pending)
+                await self._send(batch)
             except BrokerError:
                 return
 
