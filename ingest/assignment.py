@@ -23,12 +23,15 @@ mailbox. So revocation is deferred: a revoked partition stays watched until the 
 assignment says whether this worker kept it (nothing happens — the sticky assignor keeps
 partitions where they are) or lost it (unsubscribed then). The eager protocol's stop-the-world
 pause stops the registry consumer, not the watching. A worker that gets no assignment within the
-rebalance timeout of a revocation has been dropped from the group and its partitions are someone
-else's: it unsubscribes everything and waits to be given partitions again.
+rebalance timeout (twice it, to be sure) of a revocation has been dropped from the group and its
+partitions are someone else's: it unsubscribes everything and waits to be given partitions again.
+(A worker cut off from Kafka altogether is never told of a rebalance: it keeps watching, unable to
+produce — its bounded queue fills and it stops pulling from CometD — until it reconnects, rejoins
+and gives up what moved. Meanwhile the new owners watch the same mailboxes: duplicates, no loss.)
 
 Ownership can thus overlap for a moment — the new owner of a moved partition subscribes after
 reading it, the old owner unsubscribes when its assignment arrives (normally first; a worker
-dropped from the group keeps watching up to the rebalance timeout). An overlap only duplicates
+dropped from the group keeps watching up to twice the rebalance timeout). An overlap only duplicates
 events, which the projection ignores; a moment when nobody watches is a gap, which the new
 owner's gap repair covers.
 """
@@ -41,7 +44,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
@@ -130,6 +133,9 @@ class RegistryAssignment:
         self._credentials = credentials
         self._reconcile_on_start = reconcile_on_start
         self._consumer: AIOKafkaConsumer | None = None
+        # aiokafka's sticky assignor keeps a member's previous assignment in class attributes:
+        # a class of its own per member, or two members in one process would share it
+        self._assignor: Any = type("StickyPartitionAssignor", (StickyPartitionAssignor,), {})
         self._task: asyncio.Task[None] | None = None
         self._partitions: dict[int, _Partition] = {}
         self._where: dict[str, int] = {}  # alias → the partition its last record was read from
@@ -194,7 +200,7 @@ class RegistryAssignment:
                 session_timeout_ms=self._session_timeout_ms,
                 heartbeat_interval_ms=self._heartbeat_interval_ms,
                 rebalance_timeout_ms=self._session_timeout_ms,
-                partition_assignment_strategy=(StickyPartitionAssignor,),
+                partition_assignment_strategy=(self._assignor,),
                 metadata_max_age_ms=30_000,
                 **self._kafka.client_kwargs(),
             )
@@ -287,6 +293,8 @@ class RegistryAssignment:
                 continue
             tp = TopicPartition(self._topic, number)
             if part.position < part.loading_until:
+                if tp not in consumer.assignment():
+                    continue  # a rebalance is under way: position() would wait for it
                 try:  # the position also moves past compacted gaps and control records
                     part.position = max(part.position, await consumer.position(tp))
                 except KafkaError:
@@ -355,7 +363,8 @@ class RegistryAssignment:
         if self._revoked_at is None or not self._partitions:
             return
         waited = time.monotonic() - self._revoked_at
-        if waited < self.rebalance_timeout_s:
+        # the assignment of a rebalance comes within its timeout (plus a SyncGroup round trip)
+        if waited < 2 * self.rebalance_timeout_s:
             return
         log.warning(
             "no assignment %.0f s after a revocation: this worker is out of the group; "
@@ -394,6 +403,11 @@ class RegistryAssignment:
         self._revoked_at = None
         self._assignments += 1
         WORKER_REBALANCES.inc()
+        # aiokafka never tells the sticky assignor the generation, so every member would claim its
+        # partitions at generation -1 and a returning member's stale claims could win a tie
+        generation = getattr(getattr(consumer, "_coordinator", None), "generation", None)
+        if isinstance(generation, int):
+            self._assignor.on_generation_assignment(generation)
         numbers = {tp.partition for tp in assigned if tp.topic == self._topic}
         lost = sorted(set(self._partitions) - numbers)
         self._forget(lost)

@@ -15,8 +15,8 @@ the Kafka group protocol (ingest.assignment); this module writes and reads it, a
 `import` reads the formats of CUMI_MAILBOXES_FILE (one alias per line, `#` comments; a JSON array
 of aliases) and a JSON object keyed by alias whose values may set `server`, `credentials_ref` and
 `enabled` (other keys are ignored, so the credentials file works as is — its secrets are never
-read into a record). It writes only what changes; `--prune` also removes registered mailboxes the
-file does not list.
+read into a record); a `.json` file or one starting with `[` or `{` is JSON. It writes only what
+changes; `--prune` also removes registered mailboxes the file does not list.
 """
 
 from __future__ import annotations
@@ -260,8 +260,7 @@ def parse_mailbox_file(
     defaults = MailboxRegistryEntry(
         "-", stamp, server=server, credentials_ref=credentials_ref, enabled=enabled
     )
-    stripped = text.lstrip()
-    if stripped.startswith(("[", "{")):
+    if path.suffix.lower() == ".json" or text.lstrip().startswith(("[", "{")):
         try:
             data = json.loads(text)
         except ValueError as e:
