@@ -149,7 +149,10 @@ class StateReader:
                 # moves past it even though no record is returned for it
                 if await consumer.position(tp) >= ends[tp]:
                     pending.discard(tp)
-        consumer.unsubscribe()
+        # Paused, not unsubscribed: aiokafka's fetcher swallows a cancellation that lands while it
+        # tears down a lost assignment, so unsubscribe() right before stop() can hang stop().
+        # The next read() assigns its own partitions anyway.
+        consumer.pause(*tps)
         log.info(
             "read %d state records of %s partitions %s in %.2f s",
             count,
