@@ -20,11 +20,13 @@ Events are *state assertions* about messages, applied per mailbox in USN order:
   DELETED_MESSAGE_CREATE and _UNDELETE keep the known flag (unread for a message never seen).
 - Events about messages never seen are applied (after Notifier downtime only the latest status of
   each message comes). A message in neither folder is kept as a GONE tombstone with its USN.
-- A snapshot at USN S is the server's truth as of S: messages changed after S keep their state,
-  every other listed message takes the listed folder and read flag at USN S, and every other
-  message is dropped. Then S becomes the mailbox's `snapshot_usn`: every event at or below it is
-  STALE, which keeps dropped messages dropped (so snapshots also compact tombstones). An older
-  snapshot than the last applied one is STALE, the same one again a DUPLICATE.
+- A snapshot at USN S is the server's truth as of S: messages changed after S keep their state
+  (but one whose read flag no event ever asserted takes the listed flag: the listing is at least
+  as new as S and the later change kept the flag), every other listed message takes the listed
+  folder and read flag at USN S, and every other message is dropped. Then S becomes the mailbox's
+  `snapshot_usn`: every event at or below it is STALE, which keeps dropped messages dropped (so
+  snapshots also compact tombstones). An older snapshot than the last applied one is STALE, the
+  same one again a DUPLICATE.
 
 The mailbox USN is the highest USN applied.
 """
@@ -137,6 +139,21 @@ class MessageState:
         self.priority = info.priority or self.priority
         self.receive_time = info.receive_time or self.receive_time
         self.receive_time_raw = info.receive_time_raw or self.receive_time_raw
+
+    def read_unknown(self) -> bool:
+        """Whether the read flag is only the default: the message came from nowhere (never seen,
+        or a tombstone) into a folder by a change asserting no flag (DELETED_MESSAGE_CREATE or
+        _UNDELETE alone), e.g. it arrived during a gap and was deleted just after the repair's
+        listing began."""
+        if self.base_folder is not Folder.GONE or self.folder is Folder.GONE:
+            return False
+        asserted = _TO_DELETED if self.folder is Folder.DELETED else _TO_INBOX
+        return all(asserted.get(t) is None for t in self.applied)
+
+    def learn_read(self, read: bool) -> None:
+        """The read flag the message had before its latest change (from a listing)."""
+        self.base_read = read
+        self.folder, self.read = resolve(self.base_folder, self.base_read, self.applied)
 
     def take_listing(self, folder: Folder, listed: SnapshotMessage, usn: int) -> None:
         self.folder = self.base_folder = folder
@@ -261,6 +278,8 @@ class MailboxState:
             message = self.messages.setdefault(message_id, MessageState())
             if message.usn <= snapshot.usn:
                 message.take_listing(folder, entry, snapshot.usn)
+            elif message.read_unknown():  # newer events moved it but never said read or unread
+                message.learn_read(entry.read)
         self.snapshot_usn = snapshot.usn
         self.snapshots_applied += 1
         self._advance(snapshot.usn, snapshot.taken_at)
