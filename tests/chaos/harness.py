@@ -1,0 +1,481 @@
+"""One chaos run: the whole pipeline under a seeded fault schedule, then its invariants.
+
+Parts, all real: the session's Kafka broker (`LocalBroker`, stopped and started by the schedule),
+an in-process `Simulator` on loopback sockets, an `ingest worker` and an `ingest projector` as
+supervised child processes (SIGKILLed by the schedule, restarted like Kubernetes would).
+
+The run: start the worker and the projector, start the simulator's scenario at a steady rate,
+play the schedule (faults overlap), stop the scenario, lift every fault, wait for convergence,
+then check:
+
+1. the fold of the events topic equals the simulator's truth;
+2. the events topic holds only events the simulator emitted (and snapshots), every record decodes;
+3. the dead-letter topic holds exactly the malformed payloads injected, as often as delivered;
+4. the projector's state topic equals the truth, and equals the fold of the events topic record
+   for record, counters included (nothing applied twice, nothing lost) — exactly once;
+5. the projector's read API serves the truth for every mailbox;
+6. no secret of the users file appears in any process log; both processes stop with exit 0.
+
+Each check is a count of mismatches in `ChaosResult.mismatches`; a correct run has all zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from fixtures.producing import state_differences, wait_committed
+from fixtures.worker import worker_env
+
+from chaos.observe import Ledger, MalformedInjector, TopicReader
+from chaos.processes import Service
+from chaos.schedule import DISRUPTIVE, Fault, Step, plan
+from ingest.broker import LocalBroker
+from ingest.events import MailboxSnapshot
+from ingest.projection import MailboxState, diff_states
+from ingest.simulator import Simulator
+from ingest.state_store import read_state_topic
+from ingest.topics import TopicNames
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ChaosConfig:
+    seed: int
+    faults: int = 12
+    mailboxes: int = 100
+    rate: float = 300.0
+    """Simulator events per second while the schedule plays."""
+    spacing: tuple[float, float] = (1.5, 4.0)
+    converge_within: float = 240.0
+
+
+@dataclass(slots=True)
+class ChaosResult:
+    seed: int
+    schedule: list[str]
+    faults: dict[str, int]
+    """Faults carried out, by kind."""
+    events_emitted: int
+    log_records: int
+    snapshots: int
+    dead_letters: int
+    malformed_injected: int
+    malformed_deliveries: int
+    seconds: float
+    phases: dict[str, float]
+    """Seconds spent starting, playing the schedule, converging (from the end of the schedule
+    until the events topic folds to the truth) and checking."""
+    server_side: dict[str, int]
+    """What the simulator counted: events lost for want of a subscriber, withheld during Notifier
+    downtime, coalesced on recovery, sent twice; queued messages dropped by restarts/expiry."""
+    mismatches: dict[str, int]
+    unplanned_exits: dict[str, list[tuple[float, int | None]]]
+    starts: dict[str, int]
+
+    @property
+    def total_mismatches(self) -> int:
+        return sum(self.mismatches.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "total_mismatches": self.total_mismatches}
+
+
+class Calm:
+    """Disruptive faults overlap freely; malformed injection needs a moment with none of them."""
+
+    def __init__(self) -> None:
+        self._disruptions = 0
+        self._exclusive = False
+        self._changed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def disruption(self) -> AsyncIterator[None]:
+        async with self._changed:
+            await self._changed.wait_for(lambda: not self._exclusive)
+            self._disruptions += 1
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._disruptions -= 1
+                self._changed.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        async with self._changed:
+            await self._changed.wait_for(lambda: not self._exclusive and not self._disruptions)
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._exclusive = False
+                self._changed.notify_all()
+
+
+class ChaosRun:
+    def __init__(
+        self,
+        config: ChaosConfig,
+        sim: Simulator,
+        broker: LocalBroker,
+        topics: TopicNames,
+        workdir: Path,
+    ) -> None:
+        self.config = config
+        self.sim = sim
+        self.broker = broker
+        self.bootstrap = broker.bootstrap
+        self.topics = topics
+        self.workdir = workdir
+        self.t0 = time.monotonic()
+        self.steps = plan(config.seed, config.faults, spacing=config.spacing)
+        self.calm = Calm()
+        self.ledger = Ledger(sim)
+        self.malformed = MalformedInjector(sim, config.seed)
+        self.executed: Counter[str] = Counter()
+        self.phases: dict[str, float] = {}
+        self.group = f"chaos-{config.seed}-{uuid.uuid4().hex[:6]}"
+        self.worker = Service(
+            "worker", "worker", self._worker_env(), workdir / "worker.log", self.t0
+        )
+        self.projector = Service(
+            "projector", "projector", self._projector_env(), workdir / "projector.log", self.t0
+        )
+        self._locks = {fault: asyncio.Lock() for fault in Fault}
+        self._actions: dict[Fault, Callable[[Step], Awaitable[None]]] = {
+            Fault.KILL_WORKER: self._kill_worker,
+            Fault.KILL_PROJECTOR: self._kill_projector,
+            Fault.BROKER_RESTART: self._broker_restart,
+            Fault.SIMULATOR_RESTART: self._simulator_restart,
+            Fault.NOTIFIER_DOWNTIME: self._notifier_downtime,
+            Fault.CONNECTION_DROP: self._connection_drop,
+            Fault.STORM_503: self._storm,
+            Fault.DUPLICATES: self._duplicates,
+            Fault.MALFORMED: self._inject_malformed,
+            Fault.SLOW_REST: self._slow,
+        }
+
+    def _worker_env(self) -> dict[str, str]:
+        return worker_env(
+            self.sim,
+            self.bootstrap,
+            self.topics,
+            self.workdir,
+            CUMI_STALL_TIMEOUT_SECONDS="6",
+            CUMI_SHUTDOWN_TIMEOUT_SECONDS="15",
+            CUMI_LOG_LEVEL="INFO",
+        )
+
+    def _projector_env(self) -> dict[str, str]:
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "KAFKA_EVENTS_TOPIC": self.topics.events,
+            "KAFKA_STATE_TOPIC": self.topics.state,
+            "CUMI_PROJECTOR_GROUP_ID": self.group,
+            "CUMI_PROJECTOR_COMMIT_INTERVAL_MS": "200",
+            # static membership: a restarted projector takes its partitions back at once
+            "CUMI_PROJECTOR_GROUP_INSTANCE_ID": f"{self.group}-0",
+            "CUMI_PROJECTOR_SESSION_TIMEOUT_MS": "10000",
+            "CUMI_SHUTDOWN_TIMEOUT_SECONDS": "15",
+        }
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    # -- the run -------------------------------------------------------------------------------
+
+    async def run(self) -> ChaosResult:
+        log.info("chaos seed %d schedule:\n  %s", self.config.seed, self.describe())
+        try:
+            await self.worker.start()
+            await self.projector.start()
+            await self.worker.wait_ready(120)
+            await self.projector.wait_ready(120)
+            self.phases["start"] = round(self.elapsed(), 1)
+            self.sim.run_scenario(rate=self.config.rate)
+            await self._play()
+            self.phases["schedule"] = round(self.elapsed() - self.phases["start"], 1)
+            log.info("schedule done in %.1f s", self.phases["schedule"])
+            await self.sim.stop_scenario()
+            self.sim.clear_faults()
+            if not self.sim.notifier.is_up:
+                self.sim.notifier_up()
+            return await self._verify()
+        finally:
+            await self.sim.stop_scenario()
+            for service in (self.worker, self.projector):
+                await service.terminate()
+            if not self.broker.running:
+                await self.broker.start()
+
+    def describe(self) -> str:
+        return "\n  ".join(step.describe() for step in self.steps)
+
+    async def _play(self) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        async with asyncio.TaskGroup() as group:
+            for step in self.steps:
+                await asyncio.sleep(max(0.0, start + step.at - loop.time()))
+                group.create_task(self._carry_out(step), name=f"fault-{step.fault.value}")
+
+    async def _carry_out(self, step: Step) -> None:
+        async with self._locks[step.fault]:
+            log.info("+%.1f s: %s", self.elapsed(), step.describe())
+            if step.fault in DISRUPTIVE:
+                async with self.calm.disruption():
+                    await self._actions[step.fault](step)
+            else:
+                await self._actions[step.fault](step)
+            self.executed[step.fault.value] += 1
+
+    # -- faults --------------------------------------------------------------------------------
+
+    async def _kill_worker(self, step: Step) -> None:
+        await self.worker.kill()
+        await asyncio.sleep(step.hold)
+        await self.worker.start()
+
+    async def _kill_projector(self, step: Step) -> None:
+        await self.projector.kill()
+        await asyncio.sleep(step.hold)
+        await self.projector.start()
+
+    async def _broker_restart(self, step: Step) -> None:
+        await self.broker.stop()
+        await asyncio.sleep(step.hold)
+        await self.broker.start()
+
+    async def _simulator_restart(self, step: Step) -> None:
+        self.sim.restart()
+
+    async def _notifier_downtime(self, step: Step) -> None:
+        self.sim.notifier_down()
+        await asyncio.sleep(step.hold)
+        self.sim.notifier_up()
+
+    async def _connection_drop(self, step: Step) -> None:
+        self.sim.drop_connections()
+
+    async def _storm(self, step: Step) -> None:
+        self.sim.storm(step.hold)
+        await asyncio.sleep(step.hold)
+
+    async def _duplicates(self, step: Step) -> None:
+        self.sim.duplicates(step.size)
+        await asyncio.sleep(step.hold)
+        self.sim.duplicates(0)
+
+    async def _slow(self, step: Step) -> None:
+        self.sim.slow(step.size)
+        await asyncio.sleep(step.hold)
+        self.sim.slow(0)
+
+    async def _inject_malformed(self, step: Step) -> None:
+        """In a calm moment (no disruptive fault, the worker ready, its session the only one), so
+        each payload is known to reach the worker; then wait until all of them are dead letters
+        before letting disruptions go on (none of them may be lost in flight)."""
+        async with self.calm.exclusive():
+            if not await self._quiet(within=90):
+                log.warning("no calm moment for malformed payloads; step skipped")
+                return
+            before = self.malformed.deliveries
+            self.malformed.inject(int(step.size))
+            expected = self.malformed.deliveries
+            log.info("injected %d malformed deliveries", expected - before)
+            reader = TopicReader(self.bootstrap, self.topics.dlq)
+            await reader.start()
+            try:
+                async with asyncio.timeout(60):
+                    while len(reader.decoded()) < expected:
+                        await reader.catch_up()
+                        await asyncio.sleep(0.2)
+            except TimeoutError:
+                log.error("dead letters: %d of %d", len(reader.decoded()), expected)
+            finally:
+                await reader.stop()
+
+    async def _quiet(self, within: float) -> bool:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if (
+                len(self.sim.bayeux.sessions) == 1
+                and self.sim.notifier.is_up
+                and await self.worker.ready()
+                and self.malformed.live_channels()
+            ):
+                return True
+            await asyncio.sleep(0.2)
+        return False
+
+    # -- invariants ----------------------------------------------------------------------------
+
+    async def _verify(self) -> ChaosResult:
+        schedule_end = self.elapsed()
+        await self.worker.wait_ready(120)
+        await self.projector.wait_ready(120)
+        mismatches: dict[str, int] = {}
+        events = TopicReader(self.bootstrap, self.topics.events)
+        await events.start()
+        try:
+            problems = await self._converge(events)
+            converged_after = self.elapsed() - schedule_end
+            self.phases["converge"] = round(converged_after, 1)
+            mismatches["events topic fold vs truth"] = len(problems)
+            for problem in problems[:5]:
+                log.error("fold vs truth: %s\n%s", problem, self._story(problem, events))
+            invented = self.ledger.invented(events.decoded(), self.sim)
+            for problem in invented[:10]:
+                log.error("%s", problem)
+            mismatches["invented records on the events topic"] = len(invented)
+            mismatches["undecodable records"] = events.undecodable
+            mismatches.update(await self._check_dead_letters())
+            mismatches.update(await self._check_projector(events))
+        finally:
+            await events.stop()
+        mismatches.update(await self._stop_and_check_logs())
+        self.phases["check"] = round(self.elapsed() - schedule_end - converged_after, 1)
+        decoded = events.decoded()
+        stats = self.sim.stats
+        return ChaosResult(
+            seed=self.config.seed,
+            schedule=[step.describe() for step in self.steps],
+            faults=dict(sorted(self.executed.items())),
+            events_emitted=self.sim.stats.emitted_total,
+            log_records=len(decoded),
+            snapshots=sum(1 for r in decoded if isinstance(r, MailboxSnapshot)),
+            dead_letters=self._dead_letter_count,
+            malformed_injected=len(self.malformed.injected),
+            malformed_deliveries=self.malformed.deliveries,
+            seconds=round(self.elapsed(), 1),
+            phases=self.phases,
+            server_side={
+                "lost": stats.lost,
+                "withheld": stats.withheld,
+                "coalesced": stats.coalesced,
+                "duplicated": stats.duplicates,
+                "dropped": stats.dropped,
+                "restarts": stats.restarts,
+            },
+            mismatches=mismatches,
+            unplanned_exits={
+                s.name: [(round(e.at, 1), e.code) for e in s.stats.unplanned_exits]
+                for s in (self.worker, self.projector)
+            },
+            starts={s.name: s.stats.starts for s in (self.worker, self.projector)},
+        )
+
+    async def _converge(self, events: TopicReader) -> list[str]:
+        """Until the fold of the events topic equals the truth (or the time is up)."""
+        truth = self.sim.truth()
+        deadline = time.monotonic() + self.config.converge_within
+        while True:
+            await events.catch_up()
+            problems = diff_states(truth, events.projection.to_json())
+            if not problems or time.monotonic() > deadline:
+                return problems
+            await asyncio.sleep(1.0)
+
+    def _story(self, problem: str, events: TopicReader) -> str:
+        """What the simulator sent and what the events topic holds about the message of a
+        `diff_states` line ("<mailbox>: message <id> expected …")."""
+        words = problem.split()
+        if len(words) < 3 or words[1] != "message":
+            return ""
+        message_id = words[2]
+        sent = self.ledger.history.get(message_id, [])
+        logged = events.history(message_id)
+        return "  simulator: " + "; ".join(sent) + "\n  events topic: " + "; ".join(logged)
+
+    _dead_letter_count = 0
+
+    async def _check_dead_letters(self) -> dict[str, int]:
+        reader = TopicReader(self.bootstrap, self.topics.dlq)
+        await reader.start()
+        try:
+            await reader.catch_up()
+            letters = reader.decoded()
+        finally:
+            await reader.stop()
+        self._dead_letter_count = len(letters)
+        return self.malformed.check(letters)
+
+    async def _check_projector(self, events: TopicReader) -> dict[str, int]:
+        """Caught up with the events topic: its state topic and read API against the truth and
+        against the fold of the very same records."""
+        for _ in range(5):
+            ends = await events.catch_up()
+            # no liveness check: an exit is restarted by the supervisor and caught up again
+            await wait_committed(self.bootstrap, self.group, self.topics.events, within=180)
+            if await events.catch_up() == ends:
+                break
+        truth = self.sim.truth()
+        state = await read_state_topic(self.topics.state, bootstrap_servers=self.bootstrap)
+        projected = {m: MailboxState.from_record(r).to_json() for m, r in state.items()}
+        exact = state_differences(events.projection, state)
+        for problem in exact[:10]:
+            log.error("state topic vs fold: %s", problem)
+        served = await self._read_api(truth)
+        return {
+            "state topic vs truth": len(diff_states(truth, projected)),
+            "state topic vs fold (exactly once)": len(exact),
+            "read API vs truth": served,
+        }
+
+    async def _read_api(self, truth: dict[str, Any]) -> int:
+        """Mailboxes the read API serves differently from the truth (or not at all)."""
+        wrong = 0
+        for mailbox_id, expected in truth.items():
+            status, text = await self.projector.get_text(f"/mailboxes/{mailbox_id}")
+            body = json.loads(text) if status == 200 else {}
+            served = {k: body.get(k) for k in ("inbox", "deleted", "usn")} if body else {}
+            empty = not expected["inbox"] and not expected["deleted"] and not expected["usn"]
+            if (status == 404 and empty) or not diff_states(
+                {mailbox_id: expected}, {mailbox_id: served}
+            ):
+                continue
+            wrong += 1
+        return wrong
+
+    async def _stop_and_check_logs(self) -> dict[str, int]:
+        codes = {s.name: await s.terminate() for s in (self.worker, self.projector)}
+        secrets = self._secrets()
+        leaked = 0
+        for service in (self.worker, self.projector):
+            text = service.log_text()
+            leaked += sum(1 for secret in secrets if secret in text)
+        return {
+            "secrets in process logs": leaked,
+            "unclean final exits": sum(1 for code in codes.values() if code != 0),
+        }
+
+    def _secrets(self) -> list[str]:
+        found = []
+        for alias, user in self.sim.accounts.items():
+            found.append(user.password)
+            token = base64.b64encode(f"{alias}:{user.password}".encode()).decode()
+            found.append(token)
+        return found
+
+
+def summary_line(result: ChaosResult) -> str:
+    faults = sum(result.faults.values())
+    return (
+        f"seed {result.seed}: {faults} faults survived, {result.events_emitted} events, "
+        f"{result.log_records} log records ({result.snapshots} snapshots), "
+        f"{result.dead_letters} dead letters for {result.malformed_deliveries} malformed "
+        f"deliveries, {result.seconds:.0f} s, {result.total_mismatches} mismatches"
+    )

@@ -1,0 +1,64 @@
+"""Chaos: the whole pipeline (real broker, simulator, worker and projector processes) under a
+seeded random fault schedule ends with nothing lost, nothing invented and nothing doubled.
+
+Two seeds run with the suite (about a minute each); `make soak` runs more seeds with longer
+schedules. One seed again: `RELIABILITY_SEEDS=7 .venv/bin/pytest tests/integration/test_chaos.py`
+(add RELIABILITY_SOAK=1 for the soak's schedule length). See tests/chaos/harness.py for the checks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+from chaos.harness import ChaosConfig, ChaosRun, summary_line
+from chaos.report import record, soak
+from chaos.schedule import Fault
+from fixtures.simulator import MakeSimulator
+
+from ingest.broker import LocalBroker
+from ingest.topics import TopicNames
+
+pytestmark = pytest.mark.integration
+log = logging.getLogger(__name__)
+
+SEEDS = (
+    [int(s) for s in os.environ["RELIABILITY_SEEDS"].split(",")]
+    if os.environ.get("RELIABILITY_SEEDS")
+    else [101, 102, 103, 104, 105, 106]
+    if soak()
+    else [1, 2]
+)
+FAULTS = 30 if soak() else 10
+MAILBOXES = 200 if soak() else 60
+
+
+class TestChaos:
+    """Every fault the pipeline is built to survive, at random, overlapping; then the checks."""
+
+    @pytest.mark.timeout(1200 if soak() else 600)
+    @pytest.mark.parametrize("seed", SEEDS)
+    async def test_seeded_fault_schedule(
+        self,
+        seed: int,
+        make_simulator: MakeSimulator,
+        kafka_broker: LocalBroker,
+        fresh_topics: TopicNames,
+        tmp_path: Path,
+    ) -> None:
+        sim = await make_simulator(mailboxes=MAILBOXES, seed=seed)
+        config = ChaosConfig(seed=seed, faults=FAULTS, mailboxes=MAILBOXES)
+        workdir = tmp_path
+        if os.environ.get("RELIABILITY_WORKDIR"):  # keep the process logs past pytest's cleanup
+            workdir = Path(os.environ["RELIABILITY_WORKDIR"]) / f"seed-{seed}-{os.getpid()}"
+            workdir.mkdir(parents=True)
+        result = await ChaosRun(config, sim, kafka_broker, fresh_topics, workdir).run()
+        record("chaos", soak=soak(), **result.to_json())
+        log.info("%s", summary_line(result))
+        assert sum(result.faults.values()) == FAULTS, result.faults
+        assert set(result.faults) == {fault.value for fault in Fault}
+        assert result.malformed_injected > 0
+        wrong = {check: n for check, n in result.mismatches.items() if n}
+        assert not wrong, f"{summary_line(result)}\nmismatches: {wrong}\nlogs in {workdir}"
