@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import random
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 from types import TracebackType
@@ -105,9 +106,17 @@ def _listen(host: str, port: int) -> socket.socket:
 class Simulator:
     """The REST API, the Bayeux server, the scenario engine, the ground truth and the faults."""
 
-    def __init__(self, config: SimulatorConfig | None = None, **overrides: Any) -> None:
+    def __init__(
+        self,
+        config: SimulatorConfig | None = None,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        **overrides: Any,
+    ) -> None:
         config = dataclasses.replace(config or SimulatorConfig(), **overrides)
         self.config = config
+        self.ssl_context = ssl_context
+        """Serve REST and CometD over TLS with this server context (https URLs); None: plain."""
         self.accounts = UserTable.generate(config.mailboxes, config.seed)
         self.counters = Counters()
         self.faults = Faults()
@@ -175,7 +184,7 @@ class Simulator:
         await runner.setup()
         self._runners.append(runner)
         sock = _listen(self.config.host, port)
-        await web.SockSite(runner, sock).start()
+        await web.SockSite(runner, sock, ssl_context=self.ssl_context).start()
         bound: int = sock.getsockname()[1]
         return bound
 
@@ -208,11 +217,15 @@ class Simulator:
     @property
     def base_url(self) -> str:
         """REST root, e.g. http://127.0.0.1:<port> (paths start with /vmrest)."""
-        return f"http://{self.config.host}:{self._started[0]}"
+        return f"{self._scheme}://{self.config.host}:{self._started[0]}"
 
     @property
     def cometd_url(self) -> str:
-        return f"http://{self.config.host}:{self._started[1]}{COMETD_PATH}"
+        return f"{self._scheme}://{self.config.host}:{self._started[1]}{COMETD_PATH}"
+
+    @property
+    def _scheme(self) -> str:
+        return "https" if self.ssl_context is not None else "http"
 
     @property
     def _started(self) -> tuple[int, int]:
