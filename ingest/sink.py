@@ -1,9 +1,12 @@
 """The worker's Kafka side: raw Comet payloads → events (or dead letters) → acknowledged records.
 
-Every payload the CometD session hands over takes one slot of a bounded in-flight window
-(CUMI_QUEUE_SIZE) until Kafka acknowledges its record. When the window is full `submit` waits, and
-with it the CometD connect loop: the worker stops pulling from the server instead of growing memory
-(see ingest.comet), and continues where it stopped once Kafka catches up.
+Every payload the CometD session hands over takes slots of a bounded in-flight window
+(CUMI_QUEUE_SIZE) until Kafka acknowledges its records. Its records go out as one record batch
+per partition (one append per record, one acknowledgement per batch); a partition holds at most
+one queued batch besides the one in flight. When the window is full, or a partition's queued batch
+cannot be delivered, `submit` waits — and with it the CometD connect loop: the worker stops
+pulling from the server instead of growing memory (see ingest.comet), and continues where it
+stopped once Kafka catches up.
 
 Records are produced by one idempotent producer (`acks=all`, `enable_idempotence=True`): aiokafka
 then retries a batch until the broker takes it, with sequence numbers that let the broker drop the
@@ -173,6 +176,7 @@ class Sink:
         self._published_by_type: dict[str, Any] = {}
         self._dead_by_reason: dict[str, Any] = {}
         self._closing = False
+        self._submitting: set[asyncio.Future[None]] = set()
         self.fatal: BaseException | None = None
         self.failed = asyncio.Event()
         """Set when a send failed for good; the worker then stops and reports unhealthy."""
@@ -231,7 +235,10 @@ class Sink:
         self._closing = True
         if self._producer is not None and self.fatal is None:
             try:
-                await asyncio.wait_for(self.window.drained(), timeout)
+                async with asyncio.timeout(timeout):
+                    if self._submitting:  # payloads received before the session closed
+                        await asyncio.wait(set(self._submitting))
+                    await self.window.drained()
             except TimeoutError:
                 log.error(
                     "%d records not acknowledged by Kafka at shutdown; the next start's gap "
@@ -239,6 +246,10 @@ class Sink:
                     self.window.used,
                 )
                 WORKER_PRODUCER_ERRORS.labels("unacknowledged-at-shutdown").inc(self.window.used)
+        leftovers = list(self._submitting)
+        for task in leftovers:
+            task.cancel()
+        await asyncio.gather(*leftovers, return_exceptions=True)
         if self._retry_task is not None:
             self._retry_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -267,8 +278,23 @@ class Sink:
         """Comet event messages of one server payload → produced (not yet acknowledged).
 
         The payload's records go out as one record batch per partition: one append per record,
-        one acknowledgement (and one set of metric updates) per batch.
+        one acknowledgement (and one set of metric updates) per batch. Once received, a payload is
+        produced even if the caller is cancelled (the CometD session closing at shutdown):
+        `stop()` waits for it.
         """
+        task = asyncio.ensure_future(self._submit(messages, received))
+        self._submitting.add(task)
+        task.add_done_callback(self._submitted)
+        await asyncio.shield(task)
+
+    def _submitted(self, task: asyncio.Future[None]) -> None:
+        self._submitting.discard(task)
+        error = None if task.cancelled() else task.exception()
+        if error is not None and not isinstance(error, BrokerError):
+            # the caller may be gone (cancelled): report it here so it is never silent
+            log.error("a Comet payload was not produced: %r", error)
+
+    async def _submit(self, messages: list[dict[str, Any]], received: float) -> None:
         await self.window.acquire(len(messages))
         WORKER_EVENTS_RECEIVED.inc(len(messages))
         now = dt.datetime.now(dt.UTC)
@@ -370,14 +396,23 @@ class Sink:
             try:
                 builder.close()
                 future = await producer.send_batch(builder, batch.topic, partition=batch.partition)
-            except KafkaTimeoutError:
-                # not queued: the partition's previous batch stayed undelivered; safe to retry
+            except (KafkaError, AssertionError) as e:
+                # not queued, so safe to try again: the partition's previous batch stayed
+                # undelivered (timeout), or the topic's metadata is being refreshed (aiokafka
+                # asserts that an explicit partition is in its metadata)
+                if (
+                    isinstance(e, KafkaError)
+                    and not e.retriable
+                    and not isinstance(e, KafkaTimeoutError)
+                ):
+                    self._fail(e)
+                    raise BrokerError(f"Kafka send failed for good: {e!r}") from e
                 attempt += 1
                 WORKER_BACKPRESSURE_SECONDS.inc(time.monotonic() - started)
                 WORKER_PRODUCER_ERRORS.labels("buffer-timeout").inc()
                 await asyncio.sleep(self._backoff(attempt))
                 continue
-            except (KafkaError, ProducerClosed) as e:
+            except ProducerClosed as e:
                 self._fail(e)
                 raise BrokerError(f"Kafka send failed for good: {e!r}") from e
             waited = time.monotonic() - started

@@ -334,7 +334,7 @@ class SubscriptionManager:
                 requests.put_nowait(None)
             subscribes.put_nowait(None)
             tasks = [*workers, batcher]
-            if session.is_lost:
+            if not sweep.done.is_set():  # lost session or shutdown: don't work the queues off
                 for task in tasks:
                     task.cancel()
             results = await asyncio.gather(*tasks, return_exceptions=True)

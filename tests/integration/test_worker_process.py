@@ -52,7 +52,14 @@ class TestProcess:
     ) -> None:
         sim = await make_simulator(mailboxes=50, seed=31)
         port = free_port()
-        env = worker_env(sim, kafka_bootstrap, fresh_topics, tmp_path, CUMI_METRICS_PORT=str(port))
+        env = worker_env(
+            sim,
+            kafka_bootstrap,
+            fresh_topics,
+            tmp_path,
+            CUMI_METRICS_PORT=str(port),
+            CUMI_SHUTDOWN_TIMEOUT_SECONDS="8",
+        )
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -84,8 +91,9 @@ class TestProcess:
                 await process.wait()
         log = stderr.decode()
         assert process.returncode == 0, log[-3000:]
-        assert elapsed < 12, f"SIGTERM took {elapsed:.1f} s"
+        assert elapsed < 12, f"SIGTERM took {elapsed:.1f} s\n{log[-4000:]}"
         assert "Traceback" not in log and "CancelledError" not in log
+        assert "not acknowledged" not in log  # everything received was produced and acked
         assert all(password not in log for password in sim.users.values())
         # what the worker received before stopping is in Kafka: nothing was dropped on the floor
         await sim.stop_scenario()
