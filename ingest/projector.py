@@ -45,9 +45,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 
-from ingest import codec
 from ingest.errors import BrokerError, ConfigError, DecodeError
 from ingest.events import MailboxEvent, MailboxSnapshot
+from ingest.log_reader import decode_log_record
 from ingest.metrics import (
     PROJECTOR_EVENTS,
     PROJECTOR_LAG,
@@ -518,16 +518,15 @@ def _decode(value: bytes | None) -> MailboxEvent | MailboxSnapshot | None:
         PROJECTOR_SKIPPED.labels("undecodable").inc()
         return None
     try:
-        record = codec.decode(value)
+        record = decode_log_record(value)
     except DecodeError as e:
         # a poison record must not stop the projection of every other mailbox
         log.error("undecodable record on the events topic skipped: %s", e)
         PROJECTOR_SKIPPED.labels("undecodable").inc()
         return None
-    if isinstance(record, MailboxEvent | MailboxSnapshot):
-        return record
-    PROJECTOR_SKIPPED.labels("unexpected_kind").inc()
-    return None
+    if record is None:
+        PROJECTOR_SKIPPED.labels("unexpected_kind").inc()
+    return record
 
 
 # -- the sub-command ------------------------------------------------------------------------

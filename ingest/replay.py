@@ -29,13 +29,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import logging
+import multiprocessing
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -44,9 +47,9 @@ from rich.console import Console
 from rich.progress import Progress as Bar
 from rich.table import Table
 
-from ingest import codec
 from ingest.errors import ConfigError, DecodeError, IngestError
-from ingest.events import Folder, MailboxEvent, MailboxSnapshot
+from ingest.events import Folder, MailboxEvent, MailboxSnapshot, MailboxStateRecord
+from ingest.log_reader import decode_log_record
 from ingest.metrics import PROJECTOR_REPLAY_PROGRESS, PROJECTOR_REPLAY_RECORDS
 from ingest.projection import Projection
 from ingest.settings import SettingsSource, load_kafka
@@ -97,9 +100,15 @@ async def replay(
     until: Bound = None,
     *,
     progress: Progress | None = None,
+    workers: int = 1,
     **client_kwargs: Any,
 ) -> Projection:
-    """Fold the events `topic` up to `until` into a `Projection` (one mailbox or all)."""
+    """Fold the events `topic` up to `until` into a `Projection` (one mailbox or all).
+
+    `workers` > 1 folds groups of partitions in that many processes at once: a partition holds
+    whole mailboxes, so the groups' states are disjoint and simply put together. (The client
+    settings must then be picklable: not an `ssl_context`; such a replay uses one process.)
+    """
     if isinstance(until, UntilUsn | UntilOffset) and mailbox is None:
         raise ConfigError("a USN or offset bound needs a mailbox (they are per mailbox)")
     described = await describe_topic(topic, bootstrap_servers=bootstrap, **client_kwargs)
@@ -107,18 +116,38 @@ async def replay(
         raise ConfigError(f"topic {topic} does not exist")
     count = described[0]
     numbers = [partition_for(mailbox, count)] if mailbox is not None else list(range(count))
+    job = _Job(bootstrap, topic, tuple(numbers), mailbox, until, client_kwargs)
+    if workers > 1 and len(numbers) > 1 and "ssl_context" not in client_kwargs:
+        return await _replay_in_processes(job, progress, min(workers, len(numbers)))
+    return await _replay_partitions(job, progress)
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """What to fold (picklable: it is handed to worker processes)."""
+
+    bootstrap: str
+    topic: str
+    partitions: tuple[int, ...]
+    mailbox: str | None
+    until: Bound
+    client_kwargs: dict[str, Any]
+
+
+async def _replay_partitions(job: _Job, progress: Progress | None) -> Projection:
+    mailbox, until, topic = job.mailbox, job.until, job.topic
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        bootstrap_servers=job.bootstrap,
         group_id=None,
         enable_auto_commit=False,
         isolation_level="read_committed",
         fetch_max_bytes=64 * 1024 * 1024,
         max_partition_fetch_bytes=8 * 1024 * 1024,
-        **client_kwargs,
+        **job.client_kwargs,
     )
     await consumer.start()
     try:
-        tps = [TopicPartition(topic, n) for n in numbers]
+        tps = [TopicPartition(topic, n) for n in job.partitions]
         consumer.assign(tps)
         starts = await consumer.beginning_offsets(tps)
         stops = await _stops(consumer, tps, until)
@@ -129,6 +158,55 @@ async def replay(
         return reader.projection
     finally:
         await consumer.stop()
+
+
+# -- several processes ------------------------------------------------------------------------
+
+_progress_queue: Any = None
+"""In a worker process: where it reports (worker, records read, records to read)."""
+
+
+def _init_worker(queue: Any) -> None:
+    global _progress_queue  # noqa: PLW0603 - per-process state of a pool worker
+    _progress_queue = queue
+
+
+def _replay_group(index: int, job: _Job) -> list[MailboxStateRecord]:
+    """In a worker process: fold the job's partitions, hand back the states (picklable)."""
+
+    def report(done: int, total: int) -> None:
+        _progress_queue.put((index, done, total))
+
+    projection = asyncio.run(_replay_partitions(job, report))
+    return [state.to_record() for state in projection.mailboxes.values()]
+
+
+async def _replay_in_processes(job: _Job, progress: Progress | None, workers: int) -> Projection:
+    groups = [
+        dataclasses.replace(job, partitions=job.partitions[i::workers]) for i in range(workers)
+    ]
+    context = multiprocessing.get_context("spawn")  # no fork of a process running an event loop
+    queue = context.SimpleQueue()
+    counts = [(0, 0)] * workers
+    loop = asyncio.get_running_loop()
+    with ProcessPoolExecutor(workers, context, _init_worker, (queue,)) as pool:
+        futures = [
+            loop.run_in_executor(pool, _replay_group, i, group) for i, group in enumerate(groups)
+        ]
+        running = asyncio.gather(*futures)
+        while not running.done():
+            await asyncio.wait([running], timeout=0.2)
+            while not queue.empty():
+                index, done, total = queue.get()
+                counts[index] = (done, total)
+            if progress is not None:
+                progress(sum(c[0] for c in counts), sum(c[1] for c in counts))
+        results = running.result()
+    projection = Projection()
+    for states in results:
+        for state in states:
+            projection.load(state)
+    return projection
 
 
 async def _stops(
@@ -213,11 +291,10 @@ def _decode(value: bytes | None) -> MailboxEvent | MailboxSnapshot | None:
     if value is None:
         return None
     try:
-        record = codec.decode(value)
+        return decode_log_record(value)
     except DecodeError as e:
         log.warning("undecodable record skipped: %s", e)
         return None
-    return record if isinstance(record, MailboxEvent | MailboxSnapshot) else None
 
 
 # -- the sub-command ------------------------------------------------------------------------
@@ -247,6 +324,13 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _positive(text: str) -> int:
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bootstrap",
@@ -264,6 +348,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     bound.add_argument("--usn", type=_non_negative, metavar="N", help="up to USN N (--mailbox)")
     bound.add_argument("--offset", type=_non_negative, metavar="P", help="up to offset P")
     parser.add_argument("--format", choices=("json", "table"), default="json")
+    parser.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="with --all: fold groups of partitions in N processes at once (default 1)",
+    )
 
 
 def bound_of(args: argparse.Namespace) -> Bound:
@@ -291,7 +382,15 @@ def run(args: argparse.Namespace) -> int:
     with ProgressDisplay(enabled=args.all) as progress:
         try:
             projection = asyncio.run(
-                replay(bootstrap, topic, args.mailbox, until, progress=progress, **client)
+                replay(
+                    bootstrap,
+                    topic,
+                    args.mailbox,
+                    until,
+                    progress=progress,
+                    workers=args.workers,
+                    **client,
+                )
             )
         except IngestError as e:
             log.error("%s", e)
