@@ -40,8 +40,8 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from prometheus_client import Histogram
 
 from ingest import codec
-from ingest.errors import BrokerError
-from ingest.events import DeadLetter, MailboxEvent, MailboxSnapshot
+from ingest.errors import BrokerError, InvalidEvent
+from ingest.events import DeadLetter, MailboxEvent, MailboxSnapshot, RejectReason
 from ingest.metrics import (
     WORKER_ACK_LATENCY,
     WORKER_BACKPRESSURE_SECONDS,
@@ -55,10 +55,15 @@ from ingest.metrics import (
     WORKER_QUEUE_EVENTS,
     WORKER_SNAPSHOTS_PUBLISHED,
 )
-from ingest.normalizer import TimeZones, dead_letter_for, parse_event
+from ingest.normalizer import MAX_DEAD_LETTER_RAW, TimeZones, dead_letter_for, parse_event
 from ingest.settings import Compression, KafkaSettings
 
 log = logging.getLogger(__name__)
+
+MAX_EVENT_BYTES = MAX_DEAD_LETTER_RAW
+"""An encoded event larger than this is dead-lettered as too_large. A real notification encodes
+to well under 4 KiB; the Comet transport decodes payloads of any size, and one record beyond
+Kafka's message limit (1 MB by default) would fail the producer for good."""
 
 
 class Window:
@@ -357,9 +362,13 @@ class Sink:
         if label is None:
             label = WORKER_EVENTS_PUBLISHED.labels(event.event_type.value)
             self._published_by_type[event.event_type] = label
+        value = codec.encode(event)
+        if len(value) > MAX_EVENT_BYTES:
+            detail = f"encoded event of {len(value)} bytes exceeds {MAX_EVENT_BYTES}"
+            raise InvalidEvent(RejectReason.TOO_LARGE, detail)
         record: Record = (
             event.mailbox_id.encode(),
-            codec.encode(event),
+            value,
             codec.timestamp_ms(event),
             codec.kafka_headers(event),
         )
