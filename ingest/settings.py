@@ -17,6 +17,7 @@ import enum
 import json
 import math
 import os
+import re
 import ssl
 import tomllib
 from collections.abc import Mapping
@@ -33,6 +34,8 @@ from ingest.errors import ConfigError
 E = TypeVar("E", bound=enum.StrEnum)
 
 CONFIG_FILE_VAR = "CUMI_CONFIG"
+_USERINFO = re.compile(r"^([^/@]*//)?[^/@]*@")
+"""`user:password@` at the start of a URL (with or without a scheme)."""
 
 
 class Secret:
@@ -196,14 +199,20 @@ class SettingsSource:
         if value is None:
             return None
         parts = urlsplit(value)
+        shown = _USERINFO.sub(r"\1***@", value)  # error messages never echo a password
+        if "@" in parts.netloc or shown != value:
+            raise ConfigError(
+                f"{name} must not carry credentials (user:password@), got {shown!r}: they would "
+                "be logged with the settings; mailbox credentials come from CUMI_CREDENTIALS_*"
+            )
         if parts.scheme not in schemes or not parts.hostname:
             raise ConfigError(
-                f"{name} must be a {'/'.join(schemes)} URL with a host, got {value!r}"
+                f"{name} must be a {'/'.join(schemes)} URL with a host, got {shown!r}"
             )
         try:
             parts.port  # noqa: B018 - raises on a bad port
         except ValueError as e:
-            raise ConfigError(f"{name} has an invalid port: {value!r}") from e
+            raise ConfigError(f"{name} has an invalid port: {shown!r}") from e
         return value.rstrip("/")
 
     def path(self, name: str, *, must_exist: bool = True, directory: bool = False) -> Path | None:

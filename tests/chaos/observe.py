@@ -186,6 +186,8 @@ class TopicReader:
         self._consumer: AIOKafkaConsumer | None = None
         self._partitions: list[TopicPartition] = []
         self.records: dict[int, list[object]] = {}
+        self.values: list[bytes] = []
+        """Every record value as read (for searching raw bytes)."""
         self.undecodable = 0
         self.projection = Projection()
 
@@ -225,6 +227,7 @@ class TopicReader:
     def _take(self, partition: int, value: bytes | None) -> None:
         if value is None:
             return
+        self.values.append(value)
         try:
             record = codec.decode(value)
         except DecodeError:
