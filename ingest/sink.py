@@ -95,11 +95,11 @@ class Window:
 
     def release(self, count: int = 1) -> None:
         self.used -= count
+        WORKER_QUEUE_EVENTS.set(self.used)
         if self.used < self.limit:
             self._room.set()
         if self.used == 0:
             self._empty.set()
-            WORKER_QUEUE_EVENTS.set(0)
 
     async def drained(self) -> None:
         await self._empty.wait()
@@ -301,7 +301,18 @@ class Sink:
 
     async def _submit(self, messages: list[dict[str, Any]], received: float) -> None:
         await self.window.acquire(len(messages))
-        WORKER_EVENTS_RECEIVED.inc(len(messages))
+        handed = 0  # records the producer has: their acknowledgements release the window
+        try:
+            WORKER_EVENTS_RECEIVED.inc(len(messages))
+            for batch in self._batches(messages, received):
+                await self._send(batch)
+                handed += len(batch.records)
+        except BaseException:
+            self.window.release(len(messages) - handed)
+            raise
+
+    def _batches(self, messages: list[dict[str, Any]], received: float) -> list[_Batch]:
+        """Parse, encode and group one payload's records into record batches, in order."""
         now = dt.datetime.now(dt.UTC)
         clock = lambda: now  # noqa: E731 - one clock reading per payload, not per event
         open_batches: dict[tuple[str, int], _Batch] = {}
@@ -322,24 +333,27 @@ class Sink:
                     raise BrokerError(f"a record of {len(record[1])} bytes exceeds the batch size")
                 open_batches[topic, partition] = batch
         ready.extend(open_batches.values())
-        for batch in ready:
-            await self._send(batch)
+        return ready
 
     async def publish_snapshot(self, snapshot: MailboxSnapshot) -> None:
         """A gap-repair snapshot, on the events topic in line with the mailbox's events."""
         await self.window.acquire(1)
-        key = snapshot.mailbox_id.encode()
-        record: Record = (
-            key,
-            codec.encode(snapshot),
-            codec.timestamp_ms(snapshot),
-            codec.kafka_headers(snapshot),
-        )
-        topic = self._kafka.events_topic
-        batch = _Batch(topic, self._partition(topic, key), time.monotonic(), self._builder())
-        if not batch.add(record, WORKER_SNAPSHOTS_PUBLISHED.labels(snapshot.reason), None):
-            raise BrokerError(f"a snapshot of {len(record[1])} bytes exceeds KAFKA_BATCH_BYTES")
-        await self._send(batch)
+        try:
+            key = snapshot.mailbox_id.encode()
+            record: Record = (
+                key,
+                codec.encode(snapshot),
+                codec.timestamp_ms(snapshot),
+                codec.kafka_headers(snapshot),
+            )
+            topic = self._kafka.events_topic
+            batch = _Batch(topic, self._partition(topic, key), time.monotonic(), self._builder())
+            if not batch.add(record, WORKER_SNAPSHOTS_PUBLISHED.labels(snapshot.reason), None):
+                raise BrokerError(f"a snapshot of {len(record[1])} bytes exceeds KAFKA_BATCH_BYTES")
+            await self._send(batch)
+        except BaseException:
+            self.window.release(1)
+            raise
 
     def _builder(self) -> BatchBuilder:
         assert self._producer is not None
@@ -394,6 +408,7 @@ class Sink:
     # -- the way out -----------------------------------------------------------------------------
 
     async def _send(self, batch: _Batch) -> None:
+        """Hand a batch to the producer (its acknowledgement releases the window)."""
         attempt = 0
         while True:
             producer = self._producer
@@ -464,11 +479,15 @@ class Sink:
     async def _resend_loop(self) -> None:
         while True:
             batch = await self._retries.get()
-            await asyncio.sleep(self._backoff(1))
             try:
+                await asyncio.sleep(self._backoff(1))
                 await self._send(batch)
-            except BrokerError:
+            except BrokerError:  # fatal: the worker is stopping
+                self.window.release(len(batch.records))
                 return
+            except BaseException:
+                self.window.release(len(batch.records))
+                raise
 
     def _fail(self, error: BaseException) -> None:
         if self.fatal is None:
