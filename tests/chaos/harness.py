@@ -24,8 +24,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime as dt
 import json
 import logging
+import random
 import time
 import uuid
 from collections import Counter
@@ -41,8 +43,10 @@ from chaos.observe import Ledger, MalformedInjector, TopicReader
 from chaos.processes import Service
 from chaos.schedule import DISRUPTIVE, Fault, Step, plan
 from ingest.broker import LocalBroker
-from ingest.events import MailboxSnapshot
+from ingest.events import MailboxRegistryEntry, MailboxSnapshot
 from ingest.projection import MailboxState, diff_states
+from ingest.registry import apply_changes
+from ingest.settings import SettingsSource, load_kafka
 from ingest.simulator import Simulator
 from ingest.state_store import read_state_topic
 from ingest.topics import TopicNames
@@ -59,11 +63,15 @@ class ChaosConfig:
     """Simulator events per second while the schedule plays."""
     spacing: tuple[float, float] = (1.5, 4.0)
     converge_within: float = 240.0
+    workers: int = 1
+    """1: one worker with the mailbox file; more: workers sharing the registry in one Kafka
+    group (scale-out), a random one of them killed by each kill -9 step."""
 
 
 @dataclass(slots=True)
 class ChaosResult:
     seed: int
+    workers: int
     schedule: list[str]
     faults: dict[str, int]
     """Faults carried out, by kind."""
@@ -140,7 +148,7 @@ class ChaosRun:
         self.bootstrap = broker.bootstrap
         self.topics = topics
         self.workdir = workdir
-        self.t0 = time.monotonic()
+        self.t0 = t0 = time.monotonic()
         self.steps = plan(config.seed, config.faults, spacing=config.spacing)
         self.calm = Calm()
         self.ledger = Ledger(sim)
@@ -148,9 +156,11 @@ class ChaosRun:
         self.executed: Counter[str] = Counter()
         self.phases: dict[str, float] = {}
         self.group = f"chaos-{config.seed}-{uuid.uuid4().hex[:6]}"
-        self.worker = Service(
-            "worker", "worker", self._worker_env(), workdir / "worker.log", self.t0
-        )
+        self.workers = [
+            Service(f"worker-{i}", "worker", self._worker_env(), workdir / f"worker-{i}.log", t0)
+            for i in range(config.workers)
+        ]
+        self._victims = random.Random(f"chaos-victims-{config.seed}")
         self.projector = Service(
             "projector", "projector", self._projector_env(), workdir / "projector.log", self.t0
         )
@@ -169,7 +179,7 @@ class ChaosRun:
         }
 
     def _worker_env(self) -> dict[str, str]:
-        return worker_env(
+        env = worker_env(
             self.sim,
             self.bootstrap,
             self.topics,
@@ -178,6 +188,24 @@ class ChaosRun:
             CUMI_SHUTDOWN_TIMEOUT_SECONDS="15",
             CUMI_LOG_LEVEL="INFO",
         )
+        if self.config.workers > 1:
+            env |= {
+                "CUMI_MAILBOX_SOURCE": "registry",
+                "KAFKA_WORKER_GROUP": f"{self.group}-workers",
+                "KAFKA_WORKER_SESSION_TIMEOUT_MS": "6000",  # the broker's minimum
+                "KAFKA_WORKER_HEARTBEAT_INTERVAL_MS": "500",
+            }
+        return env
+
+    @property
+    def services(self) -> list[Service]:
+        return [*self.workers, self.projector]
+
+    async def _register_mailboxes(self) -> None:
+        """The registry the workers share (scale-out only): every simulator mailbox."""
+        kafka = load_kafka(SettingsSource(self._worker_env()))
+        stamp = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        await apply_changes(kafka, [MailboxRegistryEntry(a, stamp) for a in self.sim.accounts], [])
 
     def _projector_env(self) -> dict[str, str]:
         return {
@@ -200,10 +228,12 @@ class ChaosRun:
     async def run(self) -> ChaosResult:
         log.info("chaos seed %d schedule:\n  %s", self.config.seed, self.describe())
         try:
-            await self.worker.start()
-            await self.projector.start()
-            await self.worker.wait_ready(120)
-            await self.projector.wait_ready(120)
+            if self.config.workers > 1:
+                await self._register_mailboxes()
+            for service in self.services:
+                await service.start()
+            for service in self.services:
+                await service.wait_ready(120)
             self.phases["start"] = round(self.elapsed(), 1)
             self.sim.run_scenario(rate=self.config.rate)
             await self._play()
@@ -216,7 +246,7 @@ class ChaosRun:
             return await self._verify()
         finally:
             await self.sim.stop_scenario()
-            for service in (self.worker, self.projector):
+            for service in self.services:
                 await service.terminate()
             if not self.broker.running:
                 await self.broker.start()
@@ -245,9 +275,10 @@ class ChaosRun:
     # -- faults --------------------------------------------------------------------------------
 
     async def _kill_worker(self, step: Step) -> None:
-        await self.worker.kill()
+        victim = self._victims.choice(self.workers)
+        await victim.kill()
         await asyncio.sleep(step.hold)
-        await self.worker.start()
+        await victim.start()
 
     async def _kill_projector(self, step: Step) -> None:
         await self.projector.kill()
@@ -312,9 +343,9 @@ class ChaosRun:
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             if (
-                len(self.sim.bayeux.sessions) == 1
+                len(self.sim.bayeux.sessions) == len(self.workers)
                 and self.sim.notifier.is_up
-                and await self.worker.ready()
+                and all([await worker.ready() for worker in self.workers])
                 and self.malformed.live_channels()
             ):
                 return True
@@ -325,8 +356,8 @@ class ChaosRun:
 
     async def _verify(self) -> ChaosResult:
         schedule_end = self.elapsed()
-        await self.worker.wait_ready(120)
-        await self.projector.wait_ready(120)
+        for service in self.services:
+            await service.wait_ready(120)
         mismatches: dict[str, int] = {}
         events = TopicReader(self.bootstrap, self.topics.events)
         await events.start()
@@ -352,6 +383,7 @@ class ChaosRun:
         stats = self.sim.stats
         return ChaosResult(
             seed=self.config.seed,
+            workers=self.config.workers,
             schedule=[step.describe() for step in self.steps],
             faults=dict(sorted(self.executed.items())),
             events_emitted=self.sim.stats.emitted_total,
@@ -373,9 +405,9 @@ class ChaosRun:
             mismatches=mismatches,
             unplanned_exits={
                 s.name: [(round(e.at, 1), e.code) for e in s.stats.unplanned_exits]
-                for s in (self.worker, self.projector)
+                for s in self.services
             },
-            starts={s.name: s.stats.starts for s in (self.worker, self.projector)},
+            starts={s.name: s.stats.starts for s in self.services},
         )
 
     async def _converge(self, events: TopicReader) -> list[str]:
@@ -451,10 +483,10 @@ class ChaosRun:
         return wrong
 
     async def _stop_and_check_logs(self) -> dict[str, int]:
-        codes = {s.name: await s.terminate() for s in (self.worker, self.projector)}
+        codes = {s.name: await s.terminate() for s in self.services}
         secrets = self._secrets()
         leaked = 0
-        for service in (self.worker, self.projector):
+        for service in self.services:
             text = service.log_text()
             leaked += sum(1 for secret in secrets if secret in text)
         return {
@@ -474,7 +506,8 @@ class ChaosRun:
 def summary_line(result: ChaosResult) -> str:
     faults = sum(result.faults.values())
     return (
-        f"seed {result.seed}: {faults} faults survived, {result.events_emitted} events, "
+        f"seed {result.seed} ({result.workers} worker{'s' if result.workers > 1 else ''}): "
+        f"{faults} faults survived, {result.events_emitted} events, "
         f"{result.log_records} log records ({result.snapshots} snapshots), "
         f"{result.dead_letters} dead letters for {result.malformed_deliveries} malformed "
         f"deliveries, {result.seconds:.0f} s, {result.total_mismatches} mismatches"

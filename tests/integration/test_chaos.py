@@ -1,9 +1,10 @@
 """Chaos: the whole pipeline (real broker, simulator, worker and projector processes) under a
 seeded random fault schedule ends with nothing lost, nothing invented and nothing doubled.
 
-Two seeds run with the suite (about a minute each); `make soak` runs more seeds with longer
-schedules. One seed again: `RELIABILITY_SEEDS=7 .venv/bin/pytest tests/integration/test_chaos.py`
-(add RELIABILITY_SOAK=1 for the soak's schedule length). See tests/chaos/harness.py for the checks.
+Two seeds run with the suite (one with a single worker, one with two workers sharing the
+registry); `make soak` runs more seeds with longer schedules. One seed again:
+`RELIABILITY_SEEDS=7 .venv/bin/pytest tests/integration/test_chaos.py` (add RELIABILITY_SOAK=1
+for the soak's sizes). See tests/chaos/harness.py for the checks, docs/reliability.md for results.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ FAULTS = 30 if soak() else 10
 MAILBOXES = 200 if soak() else 60
 
 
+def workers(seed: int) -> int:
+    """Even seeds run two workers sharing the registry in one Kafka group (scale-out)."""
+    return 2 if seed % 2 == 0 else 1
+
+
 class TestChaos:
     """Every fault the pipeline is built to survive, at random, overlapping; then the checks."""
 
@@ -49,7 +55,7 @@ class TestChaos:
         tmp_path: Path,
     ) -> None:
         sim = await make_simulator(mailboxes=MAILBOXES, seed=seed)
-        config = ChaosConfig(seed=seed, faults=FAULTS, mailboxes=MAILBOXES)
+        config = ChaosConfig(seed, faults=FAULTS, mailboxes=MAILBOXES, workers=workers(seed))
         workdir = tmp_path
         if os.environ.get("RELIABILITY_WORKDIR"):  # keep the process logs past pytest's cleanup
             workdir = Path(os.environ["RELIABILITY_WORKDIR"]) / f"seed-{seed}-{os.getpid()}"
