@@ -7,7 +7,7 @@ CACHE ?= $(HOME)/.cache/cumi-pipeline
 export CUMI_CACHE_DIR := $(CACHE)
 export PATH := $(CURDIR)/$(BIN):$(CACHE)/bin:$(PATH)
 
-.PHONY: install tools lint typecheck test test-unit test-integration demo bench clean
+.PHONY: install tools lint typecheck test test-unit test-integration demo bench soak clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,13 @@ demo: install  ## the whole pipeline end to end on the embedded defaults (only K
 
 bench: tools  ## benchmarks; results go to bench/results and docs/benchmarks.md
 	$(BIN)/python -m bench
+
+SOAK_RESULTS := $(CACHE)/reliability/soak-results.jsonl
+soak: tools  ## reliability soak: more chaos seeds, longer fault schedules, 10,000+ fuzz inputs
+	rm -f $(SOAK_RESULTS)
+	RELIABILITY_SOAK=1 RELIABILITY_RESULTS=$(SOAK_RESULTS) $(BIN)/pytest -p no:cacheprovider \
+		tests/unit/test_hostile_input.py tests/integration/test_chaos.py; status=$$?; \
+		$(BIN)/python tests/chaos/report.py $(SOAK_RESULTS); exit $$status
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

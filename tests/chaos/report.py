@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 SOAK_VAR = "RELIABILITY_SOAK"
+CHAOS_TEST = "tests/integration/test_chaos.py"
 RESULTS_VAR = "RELIABILITY_RESULTS"
 
 
@@ -32,3 +33,45 @@ def record(kind: str, **fields: Any) -> None:
     entry = {"kind": kind, "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **fields}
     with path.open("a", encoding="utf-8") as out:
         out.write(json.dumps(entry, sort_keys=True, default=str) + "\n")
+
+
+def _faults(counts: dict[str, int]) -> str:
+    return f"{sum(counts.values())} (" + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")"
+
+
+def render(path: Path) -> str:
+    """Markdown tables of a results log (the chaos runs, the fuzz counts, the memory peaks)."""
+    entries = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    chaos = [e for e in entries if e["kind"] == "chaos"]
+    lines = [
+        "| seed | workers | faults survived | events emitted | log records (snapshots) "
+        "| dead letters / malformed deliveries | time | mismatches | reproduce |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for e in chaos:
+        soak_flag = "RELIABILITY_SOAK=1 " if e.get("soak") else ""
+        command = f"{soak_flag}RELIABILITY_SEEDS={e['seed']} .venv/bin/pytest {CHAOS_TEST}"
+        lines.append(
+            f"| {e['seed']} | {e['workers']} | {_faults(e['faults'])} | {e['events_emitted']:,} "
+            f"| {e['log_records']:,} ({e['snapshots']:,}) "
+            f"| {e['dead_letters']} / {e['malformed_deliveries']} | {e['seconds']:.0f} s "
+            f"| {e['total_mismatches']} "
+            f"| `{command}` |"
+        )
+    lines += ["", "| fuzz test | inputs | outcomes |", "|---|---|---|"]
+    for e in (e for e in entries if e["kind"] == "fuzz"):
+        outcomes = e.get("outcomes") or {"lines": e.get("lines")}
+        shown = ", ".join(f"{k} {v}" for k, v in outcomes.items())
+        lines.append(f"| {e['test']} | {e['inputs']:,} | {shown} |")
+    total = sum(e["inputs"] for e in entries if e["kind"] == "fuzz")
+    lines.append(f"| **total** | **{total:,}** | |")
+    lines += ["", "| input refused | peak traced memory |", "|---|---|"]
+    for e in (e for e in entries if e["kind"] == "memory"):
+        lines.append(f"| {e['case']} | {e['peak_bytes'] / 1024:,.0f} KiB |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(render(Path(sys.argv[1])))

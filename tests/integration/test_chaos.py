@@ -28,12 +28,12 @@ log = logging.getLogger(__name__)
 SEEDS = (
     [int(s) for s in os.environ["RELIABILITY_SEEDS"].split(",")]
     if os.environ.get("RELIABILITY_SEEDS")
-    else [101, 102, 103, 104, 105, 106]
+    else [101, 102, 103, 104]
     if soak()
     else [1, 2]
 )
-FAULTS = 30 if soak() else 10
-MAILBOXES = 200 if soak() else 60
+FAULTS = 24 if soak() else 10
+MAILBOXES = 150 if soak() else 60
 
 
 def workers(seed: int) -> int:
