@@ -249,8 +249,7 @@ class Projector:
     async def wait(self) -> int:
         """Until stopped or failed; the exit code."""
         if self._task is not None:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await self._task
+            await _settled(self._task)
         return self.exit_code
 
     @property
@@ -271,8 +270,7 @@ class Projector:
             if not done:
                 log.warning("projector did not drain in time; open changes are not committed")
                 task.cancel()
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await task  # its failure, if any, is in self._failure already
+            await _settled(task)
         await self._close()
         log.info("projector %s stopped (exit code %d)", self.instance, self.exit_code)
 
@@ -500,6 +498,14 @@ class Projector:
             sum(len(restored[n]) for n in stale),
             time.monotonic() - started,
         )
+
+
+async def _settled(task: asyncio.Task[None]) -> None:
+    """Wait for `task` without taking on its outcome (a failure is in `Projector._failure`);
+    unlike `await task` this lets a cancellation of the caller through."""
+    await asyncio.wait({task})
+    if not task.cancelled():
+        task.exception()  # retrieved: asyncio would log it as never retrieved
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped

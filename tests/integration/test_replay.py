@@ -6,18 +6,22 @@ import asyncio
 import datetime as dt
 import json
 import sys
+import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+import pytest_asyncio
+from aiokafka.admin import AIOKafkaAdminClient
 from fixtures.producing import REPO, Placement, fold, generate, produce, state_differences
 
 from ingest import codec
 from ingest.events import LogRecord
 from ingest.replay import UntilOffset, UntilTime, UntilUsn, replay
 from ingest.state_store import partition_for
-from ingest.topics import TopicNames
+from ingest.topics import TopicNames, default_specs, ensure_topics
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 PARTITIONS = 12
 
@@ -43,14 +47,23 @@ class Log:
         return max(counts, key=lambda m: counts[m])
 
 
-@pytest.fixture
-async def event_log(kafka_bootstrap: str, fresh_topics: TopicNames) -> Log:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def event_log(kafka_bootstrap: str) -> AsyncIterator[Log]:
+    """One log for the module (every test only reads it): 12 partitions, a unique name."""
+    names = TopicNames.with_prefix(f"replay-{uuid.uuid4().hex[:12]}-")
+    await ensure_topics(kafka_bootstrap, default_specs(names, events_partitions=PARTITIONS))
     stream = generate(events=6000, mailboxes=30, seed=5)
     # one `send` per record: aiokafka's default partitioner places them, not our murmur2
     placements = await produce(
-        kafka_bootstrap, fresh_topics.events, stream.records, stream.values, batched=False
+        kafka_bootstrap, names.events, stream.records, stream.values, batched=False
     )
-    return Log(kafka_bootstrap, fresh_topics.events, stream.records, placements)
+    yield Log(kafka_bootstrap, names.events, stream.records, placements)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics(list(names.all()))
+    finally:
+        await admin.close()
 
 
 def moment(record: LogRecord) -> int:
