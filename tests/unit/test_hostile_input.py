@@ -125,8 +125,9 @@ def hostile_events(draw: st.DrawFn) -> dict[str, Any]:
     for _ in range(draw(st.integers(1, 4))):
         target = data
         infos = data.get("MessageInfo")
-        if isinstance(infos, list) and infos and isinstance(infos[0], dict) and draw(st.booleans()):
-            target = infos[draw(st.integers(0, len(infos) - 1))]
+        objects = [i for i in infos if isinstance(i, dict)] if isinstance(infos, list) else []
+        if objects and draw(st.booleans()):
+            target = draw(st.sampled_from(objects))
         keys = sorted(target) or ["MailboxId"]
         match draw(st.sampled_from(["drop", "set", "rename", "extra", "infos", "envelope"])):
             case "drop":
