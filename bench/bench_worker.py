@@ -49,6 +49,7 @@ from typing import Any
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.partitioner import murmur2
 from aiokafka.structs import ConsumerRecord
 
 from bench import machine, record
@@ -256,6 +257,7 @@ async def _raw_producer(rig: Rig, topics: Any) -> AIOKafkaProducer:
 
 
 async def _raw_burst(rig: Rig, topics: Any, records: list[Record]) -> dict[str, Any]:
+    """`send()` per record, all in flight at once: aiokafka batches them itself (linger)."""
     producer = await _raw_producer(rig, topics)
     try:
         started, cpu = time.perf_counter(), time.process_time()
@@ -269,11 +271,52 @@ async def _raw_burst(rig: Rig, topics: Any, records: list[Record]) -> dict[str, 
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     finally:
         await producer.stop()
+    return _rate(len(records), elapsed, cpu)
+
+
+async def _raw_batches(
+    rig: Rig, topics: Any, records: list[Record], payload: int = 1_000
+) -> dict[str, Any]:
+    """aiokafka's batch API: per `payload` records (the simulator's Bayeux batch size), one
+    record batch per partition (default partitioner: murmur2 of the key), `send_batch()`."""
+    producer = await _raw_producer(rig, topics)
+    try:
+        partitions = sorted(await producer.partitions_for(topics.events))
+        started, cpu = time.perf_counter(), time.process_time()
+        futures = []
+        for i in range(0, len(records), payload):
+            builders: dict[int, Any] = {}
+            for r in records[i : i + payload]:
+                p = partitions[(murmur2(r.key or b"") & 0x7FFFFFFF) % len(partitions)]
+                builder = builders.get(p)
+                if builder is None:
+                    builder = builders[p] = producer.create_batch()
+                if (
+                    builder.append(
+                        key=r.key, value=r.value, timestamp=r.timestamp_ms, headers=r.headers
+                    )
+                    is None
+                ):  # full: send it, start another
+                    futures.append(await producer.send_batch(builder, topics.events, partition=p))
+                    builder = builders[p] = producer.create_batch()
+                    builder.append(
+                        key=r.key, value=r.value, timestamp=r.timestamp_ms, headers=r.headers
+                    )
+            for p, builder in builders.items():
+                futures.append(await producer.send_batch(builder, topics.events, partition=p))
+        await asyncio.gather(*futures)
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    finally:
+        await producer.stop()
+    return _rate(len(records), elapsed, cpu)
+
+
+def _rate(count: int, elapsed: float, cpu: float) -> dict[str, Any]:
     return {
-        "events": len(records),
+        "events": count,
         "elapsed_s": round(elapsed, 3),
-        "events_per_s": round(len(records) / elapsed),
-        "cpu_us_per_event": round(cpu / len(records) * 1e6, 1),
+        "events_per_s": round(count / elapsed),
+        "cpu_us_per_event": round(cpu / count * 1e6, 1),
     }
 
 
@@ -350,32 +393,37 @@ async def pipeline(rig: Rig, opts: Options) -> dict[str, Any]:
 async def _throughput(
     rig: Rig, opts: Options, sim: SimProcess, worker: WorkerProcess, topics: Any
 ) -> dict[str, Any]:
-    raw_topics = await rig.topics("raw")
-    worker_runs, raw_runs, java_runs = [], [], []
+    runs: dict[str, list[dict[str, Any]]] = {"worker": [], "send": [], "send_batch": []}
+    java_runs = []
     for round_no in range(1, opts.rounds + 1):
         run = await _worker_burst(rig, sim, worker, topics.events, opts.events)
-        worker_runs.append(run)
-        print(f"  round {round_no}: worker {run['events_per_s']:>7,} events/s {run}", flush=True)
+        runs["worker"].append(run)
+        print(f"  round {round_no}: worker     {run['events_per_s']:>7,}/s {run}", flush=True)
         if not rig.records:
             rig.records = _as_sent(await read_topic(rig.bootstrap, topics.events), opts.events)
-        records = rig.records
-        raw = await _raw_burst(rig, raw_topics, records)
-        raw_runs.append(raw)
-        print(f"  round {round_no}: raw    {raw['events_per_s']:>7,} events/s {raw}", flush=True)
-        java_topics = await rig.topics("java")
+        for name, baseline in (("send", _raw_burst), ("send_batch", _raw_batches)):
+            raw = await baseline(rig, await rig.topics("raw"), rig.records)
+            runs[name].append(raw)
+            print(f"  round {round_no}: {name:10s} {raw['events_per_s']:>7,}/s {raw}", flush=True)
         java = await producer_performance(
             rig.runtime,
             rig.bootstrap,
-            java_topics.events,
+            (await rig.topics("java")).events,
             records=opts.events,
-            record_size=round(statistics.mean(len(r.value) for r in records)),
+            record_size=round(statistics.mean(len(r.value) for r in rig.records)),
             workdir=rig.workdir,
         )
         java_runs.append(java)
-        print(f"  round {round_no}: java   {java['events_per_s']:>7,} events/s", flush=True)
-    worker_rate = _best_median([r["events_per_s"] for r in worker_runs])
-    raw_rate = _best_median([r["events_per_s"] for r in raw_runs])
+        print(f"  round {round_no}: java       {java['events_per_s']:>7,}/s {java}", flush=True)
+    rate = {name: _best_median([r["events_per_s"] for r in rs]) for name, rs in runs.items()}
+    cpu = {
+        name: statistics.median(
+            r.get("cpu_us_per_event") or r["worker_cpu_us_per_event"] for r in rs
+        )
+        for name, rs in runs.items()
+    }
     java_rate = _best_median([r["events_per_s"] for r in java_runs])
+    worker_rate = rate["worker"]
     return {
         "events_per_round": opts.events,
         "record": {
@@ -384,12 +432,18 @@ async def _throughput(
             "headers": len(rig.records[0].headers) if rig.records else 0,
         },
         "worker_events_per_s": worker_rate,
-        "raw_aiokafka_events_per_s": raw_rate,
+        "raw_aiokafka_send_events_per_s": rate["send"],
+        "raw_aiokafka_send_batch_events_per_s": rate["send_batch"],
         "java_producer_performance_events_per_s": java_rate,
-        "worker_over_raw": {k: round(worker_rate[k] / raw_rate[k], 2) for k in worker_rate},
+        "cpu_us_per_event_median": cpu,
+        "worker_over_raw_send": {
+            k: round(worker_rate[k] / rate["send"][k], 2) for k in worker_rate
+        },
+        "worker_over_raw_send_batch": {
+            k: round(worker_rate[k] / rate["send_batch"][k], 2) for k in worker_rate
+        },
         "worker_over_java": {k: round(worker_rate[k] / java_rate[k], 2) for k in worker_rate},
-        "worker_runs": worker_runs,
-        "raw_runs": raw_runs,
+        "runs": runs,
         "java_runs": java_runs,
     }
 
