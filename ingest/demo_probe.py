@@ -43,7 +43,8 @@ def total(metrics: Metrics, name: str, **labels: str) -> int:
 def by_label(metrics: Metrics, name: str, label: str) -> dict[str, int]:
     result: dict[str, int] = defaultdict(int)
     for sample_labels, value in metrics.get(name, []):
-        result[sample_labels.get(label, "")] += int(value)
+        if value:  # every label value is exported from the start, most of them at 0
+            result[sample_labels.get(label, "")] += int(value)
     return dict(result)
 
 

@@ -1,15 +1,24 @@
-"""Prometheus metric definitions of every process, in one registry served at `/metrics`.
+"""Prometheus metric definitions: the worker's and the projector's, each in its own registry.
 
 Conventions: names `cumi_<process>_*`, base units (seconds, bytes), counters end in `_total`,
 latency histograms in `_seconds`. Labels are closed sets (event type, reason, state, endpoint,
 status) — never a mailbox or message id, which would make the series count grow with the data.
 Each metric is documented in docs/metrics.md.
 
-A dedicated registry (not the global default) keeps the test process free of duplicate-registration
-errors and lets `/metrics` show exactly this package's series plus the process collector.
+Two dedicated registries (not the global default): each process serves only its own at `/metrics`
+(`WORKER_REGISTRY` in `ingest worker`, `PROJECTOR_REGISTRY` in `ingest projector`), plus the
+process and platform collectors, so neither shows the other's metrics as zeros. Keeping clear of
+the default registry also spares the test process duplicate-registration errors.
+
+Labelled counters are created at 0 for every known label value at import (and, for the worker's
+enums that live in modules importing this one, by `init_worker_label_values`), because a series
+born at its first increment hides that increment from `increase()` and `rate()`.
 """
 
 from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -20,9 +29,19 @@ from prometheus_client import (
     ProcessCollector,
 )
 
-REGISTRY = CollectorRegistry(auto_describe=True)
-ProcessCollector(registry=REGISTRY)
-PlatformCollector(registry=REGISTRY)
+from ingest.events import EventType, RejectReason
+from ingest.projection import Outcome
+
+
+def _registry() -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
+
+
+WORKER_REGISTRY = _registry()
+PROJECTOR_REGISTRY = _registry()
 
 # Broker acks take ~1-50 ms; EventTime has one-second resolution, so its lag buckets start coarser.
 _ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -36,170 +55,170 @@ _REST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 WORKER_EVENTS_RECEIVED = Counter(
     "cumi_worker_events_received_total",
     "Comet event messages received from the CometD session (before validation).",
-    registry=REGISTRY,
+    registry=WORKER_REGISTRY,
 )
 WORKER_EVENTS_PUBLISHED = Counter(
     "cumi_worker_events_published_total",
     "Mailbox events acknowledged by Kafka on the events topic, by EventType.",
     ["event_type"],
-    registry=REGISTRY,
+    registry=WORKER_REGISTRY,
 )
 WORKER_EVENTS_DEAD_LETTERED = Counter(
     "cumi_worker_events_dead_lettered_total",
     "Payloads that could not become a MailboxEvent, acknowledged on the dead-letter topic.",
     ["reason"],
-    registry=REGISTRY,
+    registry=WORKER_REGISTRY,
 )
 WORKER_SNAPSHOTS_PUBLISHED = Counter(
     "cumi_worker_snapshots_published_total",
     "Mailbox snapshot records acknowledged by Kafka, by why gap repair ran.",
     ["reason"],
-    registry=REGISTRY,
+    registry=WORKER_REGISTRY,
 )
 WORKER_ACK_LATENCY = Histogram(
     "cumi_worker_ack_latency_seconds",
     "Time from receiving an event from CometD to Kafka acknowledging it.",
     buckets=_ACK_BUCKETS,
-    registry=REGISTRY,
+    registry=WORKER_REGISTRY,
 )
 WORKER_EVENT_LAG = Histogram(
     "cumi_worker_event_lag_seconds",
     "Time from the event's EventTime (server clock, 1 s resolution) to Kafka acknowledging it.",
     buckets=_LAG_BUCKETS,
-    registry=REGISTRY,
+    registry=WORKER_REGISTRY,
 )
 WORKER_LAST_EVENT = Gauge(
     "cumi_worker_last_event_timestamp_seconds",
     "Unix time of the last event acknowledged by Kafka.",
-    registry=REGISTRY,
+    registry=WORKER_REGISTRY,
 )
 WORKER_QUEUE_EVENTS = Gauge(
     "cumi_worker_queue_events",
     "Events received but not yet acknowledged by Kafka (the in-flight bound is CUMI_QUEUE_SIZE).",
-    registry=REGISTRY,
+    registry=WORKER_REGISTRY,
 )
 WORKER_QUEUE_CAPACITY = Gauge(
     "cumi_worker_queue_capacity",
     "The in-flight bound CUMI_QUEUE_SIZE; at this fill the worker stops pulling from CometD.",
-    registry=REGISTRY,
+    registry=WORKER_REGISTRY,
 )
 WORKER_BACKPRESSURE_SECONDS = Counter(
     "cumi_worker_backpressure_seconds_total",
     "Time the CometD receive path spent blocked because the in-flight queue was full.",
-    registry=REGISTRY,
+    registry=WORKER_REGISTRY,
 )
 WORKER_PRODUCER_ERRORS = Counter(
     "cumi_worker_producer_errors_total",
     "Kafka send failures, by kind (retried: re-sent; fatal: gave up, worker unhealthy).",
     ["kind"],
-    registry=REGISTRY,
+    registry=WORKER_REGISTRY,
 )
 WORKER_SUBSCRIPTIONS = Gauge(
     "cumi_worker_subscriptions",
     "Mailboxes by subscription state (pending, requesting, subscribing, active, failed, backoff).",
     ["state"],
-    registry=REGISTRY,
+    registry=WORKER_REGISTRY,
 )
 WORKER_AUTH_FAILURES = Counter(
     "cumi_worker_auth_failures_total",
     "Mailboxes whose credentials were missing or refused (HTTP 401/403); retried much later.",
-    registry=REGISTRY,
+    registry=WORKER_REGISTRY,
 )
 WORKER_HANDSHAKES = Counter(
     "cumi_worker_handshakes_total",
     "CometD handshakes, by outcome (success, failure).",
     ["outcome"],
-    registry=REGISTRY,
+    registry=WORKER_REGISTRY,
 )
 WORKER_SESSION_RESTARTS = Counter(
     "cumi_worker_session_restarts_total",
     "CometD sessions torn down and rebuilt, by reason (unknown-client, handshake-advice, "
     "subscribe-failed, stall, transport).",
     ["reason"],
-    registry=REGISTRY,
+    registry=WORKER_REGISTRY,
 )
 WORKER_STALLS = Counter(
     "cumi_worker_stalls_total",
     "Times the watchdog found no successful /meta/connect for CUMI_STALL_TIMEOUT_SECONDS.",
-    registry=REGISTRY,
+    registry=WORKER_REGISTRY,
 )
 WORKER_CONNECT_FAILURES = Counter(
     "cumi_worker_connect_failures_total",
     "Failed /meta/connect exchanges (network error or unsuccessful reply).",
-    registry=REGISTRY,
+    registry=WORKER_REGISTRY,
 )
 WORKER_LAST_CONNECT = Gauge(
     "cumi_worker_last_connect_timestamp_seconds",
     "Unix time of the last successful /meta/connect reply.",
-    registry=REGISTRY,
+    registry=WORKER_REGISTRY,
 )
 WORKER_SUBSCRIBE_SECONDS = Histogram(
     "cumi_worker_subscribe_all_seconds",
     "Time to bring every pending mailbox of a session to active (requestnotification + subscribe).",
     buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900),
-    registry=REGISTRY,
+    registry=WORKER_REGISTRY,
 )
 WORKER_REST_REQUESTS = Counter(
     "cumi_worker_rest_requests_total",
     "CUMI REST requests, by endpoint and HTTP status (or 'error' for network failures/timeouts).",
     ["endpoint", "status"],
-    registry=REGISTRY,
+    registry=WORKER_REGISTRY,
 )
 WORKER_REST_DURATION = Histogram(
     "cumi_worker_rest_request_duration_seconds",
     "CUMI REST request duration (one attempt, excluding the wait for a concurrency slot).",
     ["endpoint"],
     buckets=_REST_BUCKETS,
-    registry=REGISTRY,
+    registry=WORKER_REGISTRY,
 )
 WORKER_REST_RETRIES = Counter(
     "cumi_worker_rest_retries_total",
     "CUMI REST attempts retried after a transient failure, by endpoint.",
     ["endpoint"],
-    registry=REGISTRY,
+    registry=WORKER_REGISTRY,
 )
 WORKER_RECONCILE_RUNS = Counter(
     "cumi_worker_reconcile_runs_total",
     "Gap-repair runs for one mailbox, by reason and outcome (success, failure).",
     ["reason", "outcome"],
-    registry=REGISTRY,
+    registry=WORKER_REGISTRY,
 )
 WORKER_RECONCILE_PENDING = Gauge(
     "cumi_worker_reconcile_pending",
     "Mailboxes waiting for gap repair.",
-    registry=REGISTRY,
+    registry=WORKER_REGISTRY,
 )
 WORKER_REGISTRY_PARTITIONS = Gauge(
     "cumi_worker_registry_partitions",
     "Registry partitions the worker group has assigned to this worker (registry source).",
-    registry=REGISTRY,
+    registry=WORKER_REGISTRY,
 )
 WORKER_REGISTRY_MAILBOXES = Gauge(
     "cumi_worker_registry_mailboxes",
     "Mailboxes this worker watches because its registry partitions list them (registry source).",
-    registry=REGISTRY,
+    registry=WORKER_REGISTRY,
 )
 WORKER_REBALANCES = Counter(
     "cumi_worker_rebalances_total",
     "Registry partition assignments received from the worker group.",
-    registry=REGISTRY,
+    registry=WORKER_REGISTRY,
 )
 WORKER_ASSIGNMENT_LOAD_SECONDS = Histogram(
     "cumi_worker_assignment_load_seconds",
     "Newly assigned registry partitions read to their end, from the assignment on.",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-    registry=REGISTRY,
+    registry=WORKER_REGISTRY,
 )
 WORKER_REGISTRY_SKIPPED = Counter(
     "cumi_worker_registry_records_skipped_total",
     "Registry records ignored, by reason (undecodable, key_mismatch, other_server).",
     ["reason"],
-    registry=REGISTRY,
+    registry=WORKER_REGISTRY,
 )
 WORKER_READY = Gauge(
     "cumi_worker_ready",
     "1 when the worker is ready: CometD session up, mailboxes subscribed, Kafka producer up.",
-    registry=REGISTRY,
+    registry=WORKER_REGISTRY,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -211,81 +230,125 @@ PROJECTOR_EVENTS = Counter(
     "cumi_projector_events_total",
     "Events folded into the state, by EventType and outcome (applied, duplicate, stale).",
     ["event_type", "outcome"],
-    registry=REGISTRY,
+    registry=PROJECTOR_REGISTRY,
 )
 PROJECTOR_SNAPSHOTS = Counter(
     "cumi_projector_snapshots_total",
     "Snapshot records folded into the state, by outcome (applied, duplicate, stale).",
     ["outcome"],
-    registry=REGISTRY,
+    registry=PROJECTOR_REGISTRY,
 )
 PROJECTOR_SKIPPED = Counter(
     "cumi_projector_records_skipped_total",
     "Records of the events topic that could not be applied (undecodable, unexpected_kind).",
     ["reason"],
-    registry=REGISTRY,
+    registry=PROJECTOR_REGISTRY,
 )
 PROJECTOR_LAG = Gauge(
     "cumi_projector_consumer_lag",
     "Records of an owned events partition not yet applied (high-water mark minus position).",
     ["partition"],
-    registry=REGISTRY,
+    registry=PROJECTOR_REGISTRY,
 )
 PROJECTOR_TRANSACTIONS = Counter(
     "cumi_projector_transactions_total",
     "State transactions (state records + consumer offsets), by outcome (committed, aborted).",
     ["outcome"],
-    registry=REGISTRY,
+    registry=PROJECTOR_REGISTRY,
 )
 PROJECTOR_TRANSACTION_SECONDS = Histogram(
     "cumi_projector_transaction_seconds",
     "Time to write one partition's changed states and commit them with its offset.",
     buckets=_ACK_BUCKETS,
-    registry=REGISTRY,
+    registry=PROJECTOR_REGISTRY,
 )
 PROJECTOR_STATES_WRITTEN = Counter(
     "cumi_projector_state_records_written_total",
     "Mailbox state records written to the state topic in committed transactions.",
-    registry=REGISTRY,
+    registry=PROJECTOR_REGISTRY,
 )
 PROJECTOR_MAILBOXES = Gauge(
     "cumi_projector_mailboxes",
     "Mailboxes in this instance's state (of the partitions it owns).",
-    registry=REGISTRY,
+    registry=PROJECTOR_REGISTRY,
 )
 PROJECTOR_PARTITIONS = Gauge(
     "cumi_projector_partitions_assigned",
     "Events partitions this instance owns.",
-    registry=REGISTRY,
+    registry=PROJECTOR_REGISTRY,
 )
 PROJECTOR_REBALANCES = Counter(
     "cumi_projector_rebalances_total",
     "Partition assignments received from the consumer group.",
-    registry=REGISTRY,
+    registry=PROJECTOR_REGISTRY,
 )
 PROJECTOR_RESTORE_SECONDS = Histogram(
     "cumi_projector_restore_seconds",
     "Time to restore newly assigned partitions from the state topic (fencing included).",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
-    registry=REGISTRY,
+    registry=PROJECTOR_REGISTRY,
 )
 PROJECTOR_RESTORED = Counter(
     "cumi_projector_restored_mailboxes_total",
     "Mailbox states read back from the state topic on assignment.",
-    registry=REGISTRY,
+    registry=PROJECTOR_REGISTRY,
 )
 PROJECTOR_READY = Gauge(
     "cumi_projector_ready",
     "1 when the projector has restored its partitions and is consuming.",
-    registry=REGISTRY,
+    registry=PROJECTOR_REGISTRY,
 )
 PROJECTOR_REPLAY_RECORDS = Counter(
     "cumi_projector_replay_records_total",
     "Records read by replays (ingest replay, replay()) in this process.",
-    registry=REGISTRY,
+    registry=PROJECTOR_REGISTRY,
 )
 PROJECTOR_REPLAY_PROGRESS = Gauge(
     "cumi_projector_replay_progress_ratio",
     "Share (0..1) of the records to read that the running or last replay has read.",
-    registry=REGISTRY,
+    registry=PROJECTOR_REGISTRY,
 )
+
+# ---------------------------------------------------------------------------------------------
+# LABEL VALUES — every known value of a labelled counter exists at 0 from the first scrape:
+# `increase()` cannot see the increment that creates a series. The literal sets are the values
+# the call sites use (docs/metrics.md, "Label values"). Not here: the REST `status` (any HTTP
+# code), histograms (a quantile of nothing is nothing) and gauges (set when known).
+# ---------------------------------------------------------------------------------------------
+
+PRODUCER_ERROR_KINDS = ("resent", "buffer-timeout", "fatal", "unacknowledged-at-shutdown")
+HANDSHAKE_OUTCOMES = ("success", "failure")
+REGISTRY_SKIP_REASONS = ("undecodable", "key_mismatch", "other_server")
+RECONCILE_OUTCOMES = ("success", "failure")
+PROJECTOR_SKIP_REASONS = ("undecodable", "unexpected_kind")
+TRANSACTION_OUTCOMES = ("committed", "aborted")
+
+
+def init_label_values(counter: Counter, *values: Iterable[str]) -> None:
+    """Create `counter`'s series for every combination of `values` (one iterable per label
+    name, in order), at 0: `.labels()` without an increment."""
+    for combination in itertools.product(*values):
+        counter.labels(*combination)
+
+
+def init_worker_label_values(
+    *, session_reasons: Iterable[str], repair_reasons: Iterable[str], endpoints: Iterable[str]
+) -> None:
+    """The worker's label values whose enums live in modules that import this one (comet's
+    LossReason, subscriptions' RepairReason, cumi_rest's Endpoint); the worker calls it at start."""
+    repair = list(repair_reasons)
+    init_label_values(WORKER_SESSION_RESTARTS, session_reasons)
+    init_label_values(WORKER_SNAPSHOTS_PUBLISHED, repair)
+    init_label_values(WORKER_RECONCILE_RUNS, repair, RECONCILE_OUTCOMES)
+    init_label_values(WORKER_REST_RETRIES, endpoints)
+
+
+init_label_values(WORKER_EVENTS_PUBLISHED, EventType)
+init_label_values(WORKER_EVENTS_DEAD_LETTERED, RejectReason)
+init_label_values(WORKER_PRODUCER_ERRORS, PRODUCER_ERROR_KINDS)
+init_label_values(WORKER_HANDSHAKES, HANDSHAKE_OUTCOMES)
+init_label_values(WORKER_REGISTRY_SKIPPED, REGISTRY_SKIP_REASONS)
+init_label_values(PROJECTOR_EVENTS, EventType, Outcome)
+init_label_values(PROJECTOR_SNAPSHOTS, Outcome)
+init_label_values(PROJECTOR_SKIPPED, PROJECTOR_SKIP_REASONS)
+init_label_values(PROJECTOR_TRANSACTIONS, TRANSACTION_OUTCOMES)

@@ -13,8 +13,6 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from ingest.metrics import REGISTRY
-
 log = logging.getLogger(__name__)
 
 Check = Callable[[], bool]
@@ -30,13 +28,14 @@ class OpsServer:
         *,
         live: Mapping[str, Check] | None = None,
         ready: Mapping[str, Check] | None = None,
-        registry: CollectorRegistry = REGISTRY,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self._host = host
         self._port = port
         self._live = dict(live or {})
         self._ready = dict(ready or {})
-        self._registry = registry
+        # what /metrics serves: the running process's registry (ingest.metrics has one each)
+        self._registry = registry if registry is not None else CollectorRegistry()
         self.app = web.Application()
         self.app.router.add_get("/metrics", self._metrics)
         self.app.router.add_get("/healthz/live", self._probe(self._live))

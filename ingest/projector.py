@@ -55,6 +55,7 @@ from ingest.metrics import (
     PROJECTOR_PARTITIONS,
     PROJECTOR_READY,
     PROJECTOR_REBALANCES,
+    PROJECTOR_REGISTRY,
     PROJECTOR_RESTORE_SECONDS,
     PROJECTOR_RESTORED,
     PROJECTOR_SKIPPED,
@@ -177,6 +178,7 @@ class Projector:
             settings.http_port,
             live={"projector": lambda: self._failure is None},
             ready={"restored": lambda: self.ready},
+            registry=PROJECTOR_REGISTRY,
         )
         self.ops.add_routes(read_api_routes(self))
         self._reader = StateReader(self.state_topic, **self._client)

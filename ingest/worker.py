@@ -24,17 +24,17 @@ from pathlib import Path
 from typing import Any
 
 from ingest.assignment import CredentialRefs, RegistryAssignment
-from ingest.comet import CometSession
+from ingest.comet import CometSession, LossReason
 from ingest.credentials import CredentialsProvider, build_provider
-from ingest.cumi_rest import Backoff, CumiRestClient
+from ingest.cumi_rest import Backoff, CumiRestClient, Endpoint
 from ingest.errors import ConfigError
-from ingest.metrics import WORKER_READY
+from ingest.metrics import WORKER_READY, WORKER_REGISTRY, init_worker_label_values
 from ingest.normalizer import TimeZones
 from ingest.ops_http import OpsServer
 from ingest.reconcile import Reconciler
 from ingest.settings import CredentialsProviderKind, MailboxSource, Settings
 from ingest.sink import Sink
-from ingest.subscriptions import SubscriptionManager, SubscriptionPolicy
+from ingest.subscriptions import RepairReason, SubscriptionManager, SubscriptionPolicy
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,9 @@ class Worker:
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
+        init_worker_label_values(
+            session_reasons=LossReason, repair_reasons=RepairReason, endpoints=Endpoint
+        )
         # evaluated at each scrape, so /metrics and /healthz/ready always agree
         WORKER_READY.set_function(lambda: 1.0 if self.is_ready() else 0.0)
         try:
@@ -129,6 +132,7 @@ class Worker:
             s.worker.metrics_port,
             live={"producer": lambda: sink.fatal is None},
             ready={"worker": self.is_ready},
+            registry=WORKER_REGISTRY,
         )
         self.ops = ops
         ssl_context = c.ssl_context()

@@ -14,7 +14,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from fixtures.producing import fold, generate, produce, state_differences, wait_committed
 
 from ingest.errors import ConfigError
-from ingest.metrics import REGISTRY
+from ingest.metrics import PROJECTOR_REGISTRY
 from ingest.projector import Projector, ProjectorSettings
 from ingest.state_store import partition_for, read_state_topic
 from ingest.topics import TopicNames
@@ -37,13 +37,13 @@ def settings(bootstrap: str, topics: TopicNames, group: str) -> ProjectorSetting
 
 
 def sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+    return PROJECTOR_REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def applied_total() -> float:
     return sum(
         s.value
-        for metric in REGISTRY.collect()
+        for metric in PROJECTOR_REGISTRY.collect()
         if metric.name in ("cumi_projector_events", "cumi_projector_snapshots")
         for s in metric.samples
         if s.name.endswith("_total")
@@ -96,6 +96,9 @@ class TestReadApiAndMetrics:
             assert lags == [0.0] * 12
             status, _ = await get(http, projector, "/healthz/ready")
             assert status == 200
+            _, text = await get(http, projector, "/metrics")  # only its own registry
+            assert "cumi_projector_ready 1.0" in text and "process_start_time_seconds" in text
+            assert "cumi_worker_" not in text
         state = await read_state_topic(fresh_topics.state, bootstrap_servers=kafka_bootstrap)
         assert state_differences(expected, state) == []
 

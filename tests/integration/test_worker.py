@@ -19,7 +19,7 @@ from fixtures.worker import (
 
 from ingest import codec
 from ingest.events import DeadLetter, MailboxEvent, MailboxSnapshot, RejectReason
-from ingest.metrics import REGISTRY
+from ingest.metrics import WORKER_REGISTRY
 from ingest.projection import diff_states
 from ingest.topics import TopicNames
 
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 
 
 def metric(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+    return WORKER_REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 class TestCleanRun:
@@ -154,6 +154,10 @@ class TestAuthFailure:
                 async with http.get(f"{url}/metrics") as response:
                     text = await response.text()
         assert "wrong-password" not in text and "user0005" not in text
+        # its own registry only, with every dead-letter reason exported
+        assert "cumi_projector_" not in text and "process_start_time_seconds" in text
+        dead = "cumi_worker_events_dead_lettered_total"
+        assert all(f'{dead}{{reason="{r.value}"}} ' in text for r in RejectReason)
         truth = sim.truth()
         folded = fold_records(decode_all(await read_topic(kafka_bootstrap, fresh_topics.events)))
         others = {k: v for k, v in truth.items() if k != "user0005"}

@@ -11,7 +11,7 @@ from fixtures.worker import decode_all, fold_records, read_topic, running_worker
 
 from ingest.broker import LocalBroker
 from ingest.events import MailboxEvent, MailboxSnapshot
-from ingest.metrics import REGISTRY
+from ingest.metrics import WORKER_REGISTRY
 from ingest.projection import diff_states
 from ingest.simulator import Simulator
 from ingest.topics import TopicNames
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 
 def metric(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+    return WORKER_REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 async def assert_fold_equals_truth(

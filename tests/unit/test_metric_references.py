@@ -1,6 +1,7 @@
 """Every metric the dashboard and the alert rules query is one the code exports.
 
-The exported names come from the real registry (`ingest.metrics.REGISTRY`): each registered family
+The exported names come from the real registries (`ingest.metrics.WORKER_REGISTRY` and
+`PROJECTOR_REGISTRY`, one per process; a query may name either): each registered family
 in every sample-name form Prometheus will store (`_total`/`_created` of counters, `_bucket`/
 `_count`/`_sum`/`_created` of histograms, …), plus the series Prometheus itself makes (`up`,
 `ALERTS`, …). The referenced names are parsed out of every PromQL expression (panel targets,
@@ -195,6 +196,12 @@ def label_values_argument(query: str) -> str:
     return match.group(1) if match else query
 
 
+def families() -> Iterator[Metric]:
+    """The families of both processes' registries (the process collectors' twice)."""
+    for registry in (metrics.WORKER_REGISTRY, metrics.PROJECTOR_REGISTRY):
+        yield from registry.collect()
+
+
 def exported() -> dict[str, frozenset[str]]:
     """Every sample name `/metrics` can show, with its label names."""
     labels_of = {
@@ -204,7 +211,7 @@ def exported() -> dict[str, frozenset[str]]:
     }
     names: dict[str, frozenset[str]] = {}
     family: Metric
-    for family in metrics.REGISTRY.collect():
+    for family in families():
         own = labels_of.get(family.name, frozenset())
         own |= {label for sample in family.samples for label in sample.labels}
         for suffix in SUFFIXES.get(family.type, ("",)):
@@ -215,7 +222,7 @@ def exported() -> dict[str, frozenset[str]]:
 def counters() -> set[str]:
     """Sample names that only ever go up (until a restart): what rate() and increase() take."""
     names = set()
-    for family in metrics.REGISTRY.collect():
+    for family in families():
         for suffix in SUFFIXES.get(family.type, ("",)):
             if (family.type == "counter" and suffix == "_total") or suffix in COUNTER_LIKE:
                 names.add(family.name + suffix)
@@ -416,7 +423,7 @@ class TestReferences:
         shown = {ref.metric for _, expr in dashboard_queries() for ref in references(expr)}
         missing = {
             family.name
-            for family in metrics.REGISTRY.collect()
+            for family in families()
             if family.name.startswith("cumi_")
             and not shown & {family.name + s for s in SUFFIXES.get(family.type, ("",))}
         }
@@ -497,7 +504,7 @@ LABEL_VALUE_ROW = re.compile(r"^\| (`\w+`(?: \([\w ]+\))?) \| [^|]* \| ([^|]*) \
 
 
 def label_value_enums() -> dict[str, set[str]]:
-    """Documented label-value rows whose values are a closed enum in the code."""
+    """Documented label-value rows whose values are a closed set in the code."""
     enums: dict[str, Any] = {
         "`event_type`": EventType,
         "`reason` (dead letters)": RejectReason,
@@ -505,8 +512,11 @@ def label_value_enums() -> dict[str, set[str]]:
         "`reason` (sessions)": LossReason,
         "`state`": SubState,
         "`endpoint`": Endpoint,
+        # closed sets that are literals at their call sites, listed in ingest.metrics
+        "`reason` (projector)": metrics.PROJECTOR_SKIP_REASONS,
+        "`kind`": metrics.PRODUCER_ERROR_KINDS,
     }
-    return {row: {member.value for member in enum} for row, enum in enums.items()}
+    return {row: {str(member) for member in enum} for row, enum in enums.items()}
 
 
 class TestLabelValues:
