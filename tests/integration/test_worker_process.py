@@ -20,6 +20,8 @@ from ingest.topics import TopicNames
 
 pytestmark = pytest.mark.integration
 
+SHUTDOWN_BOUND = 20.0  # CUMI_SHUTDOWN_TIMEOUT_SECONDS default
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -82,7 +84,7 @@ class TestProcess:
             await asyncio.sleep(0.8)  # mid-stream
             started = time.monotonic()
             process.send_signal(signal.SIGTERM)
-            async with asyncio.timeout(20):
+            async with asyncio.timeout(SHUTDOWN_BOUND + 20):
                 _, stderr = await process.communicate()
             elapsed = time.monotonic() - started
         finally:
@@ -91,7 +93,8 @@ class TestProcess:
                 await process.wait()
         log = stderr.decode()
         assert process.returncode == 0, log[-3000:]
-        assert elapsed < 12, f"SIGTERM took {elapsed:.1f} s\n{log[-4000:]}"
+        # the contract is the configured shutdown bound (default 20 s), not a speed target
+        assert elapsed < SHUTDOWN_BOUND, f"SIGTERM took {elapsed:.1f} s\n{log[-4000:]}"
         assert "Traceback" not in log and "CancelledError" not in log
         assert "not acknowledged" not in log  # everything received was produced and acked
         assert all(password not in log for password in sim.users.values())

@@ -279,7 +279,8 @@ def mutated_events(draw: st.DrawFn) -> dict[str, Any]:
     for _ in range(draw(st.integers(1, 3))):
         value = draw(json_values | st.from_regex(r"\d{1,2}:\d\d:\d\d [AP]M \d{1,2}/\d{1,2}/\d{4}"))
         infos = event["MessageInfo"]
-        if draw(st.booleans()) or not (isinstance(infos, list) and isinstance(infos[0], dict)):
+        has_info = isinstance(infos, list) and bool(infos) and isinstance(infos[0], dict)
+        if draw(st.booleans()) or not has_info:
             event[draw(st.sampled_from(list(VALID)))] = value
         else:
             infos[0][draw(st.sampled_from(list(VALID["MessageInfo"][0])))] = value
