@@ -27,7 +27,7 @@ lint: install
 	$(BIN)/mypy
 
 test: tools lint  ## the whole suite; starts its own Kafka broker
-	$(BIN)/pytest -p no:cacheprovider tests
+	$(BIN)/pytest -p no:cacheprovider --durations=25 tests
 
 test-unit: install
 	$(BIN)/pytest -p no:cacheprovider tests/unit
