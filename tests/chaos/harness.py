@@ -75,6 +75,8 @@ class ChaosResult:
     schedule: list[str]
     faults: dict[str, int]
     """Faults carried out, by kind."""
+    skipped: list[str]
+    """Steps that could not be carried out (none in a good run)."""
     events_emitted: int
     log_records: int
     snapshots: int
@@ -98,6 +100,10 @@ class ChaosResult:
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "total_mismatches": self.total_mismatches}
+
+
+class Skipped(Exception):
+    """A fault step that could not be carried out (reported, not counted as survived)."""
 
 
 class Calm:
@@ -154,6 +160,7 @@ class ChaosRun:
         self.ledger = Ledger(sim)
         self.malformed = MalformedInjector(sim, config.seed)
         self.executed: Counter[str] = Counter()
+        self.skipped: list[str] = []
         self.phases: dict[str, float] = {}
         self.group = f"chaos-{config.seed}-{uuid.uuid4().hex[:6]}"
         self.workers = [
@@ -265,11 +272,16 @@ class ChaosRun:
     async def _carry_out(self, step: Step) -> None:
         async with self._locks[step.fault]:
             log.info("+%.1f s: %s", self.elapsed(), step.describe())
-            if step.fault in DISRUPTIVE:
-                async with self.calm.disruption():
+            try:
+                if step.fault in DISRUPTIVE:
+                    async with self.calm.disruption():
+                        await self._actions[step.fault](step)
+                else:
                     await self._actions[step.fault](step)
-            else:
-                await self._actions[step.fault](step)
+            except Skipped as e:
+                log.warning("%s skipped: %s", step.describe(), e)
+                self.skipped.append(step.describe())
+                return
             self.executed[step.fault.value] += 1
 
     # -- faults --------------------------------------------------------------------------------
@@ -321,8 +333,7 @@ class ChaosRun:
         before letting disruptions go on (none of them may be lost in flight)."""
         async with self.calm.exclusive():
             if not await self._quiet(within=90):
-                log.warning("no calm moment for malformed payloads; step skipped")
-                return
+                raise Skipped("no calm moment within 90 s")
             before = self.malformed.deliveries
             self.malformed.inject(int(step.size))
             expected = self.malformed.deliveries
@@ -386,6 +397,7 @@ class ChaosRun:
             workers=self.config.workers,
             schedule=[step.describe() for step in self.steps],
             faults=dict(sorted(self.executed.items())),
+            skipped=self.skipped,
             events_emitted=self.sim.stats.emitted_total,
             log_records=len(decoded),
             snapshots=sum(1 for r in decoded if isinstance(r, MailboxSnapshot)),
