@@ -51,7 +51,7 @@ from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitio
 from aiokafka.errors import KafkaError
 
 from ingest.credentials import Credential, CredentialsProvider
-from ingest.errors import DecodeError
+from ingest.errors import BrokerError, DecodeError
 from ingest.events import MailboxRegistryEntry
 from ingest.metrics import (
     WORKER_ASSIGNMENT_LOAD_SECONDS,
@@ -228,7 +228,7 @@ class RegistryAssignment:
             try:
                 await step()
                 return
-            except (KafkaError, OSError) as e:
+            except (KafkaError, BrokerError, OSError) as e:
                 log.warning("%s: %s; retrying in %.0f s", what, e, _RETRY_S)
                 await asyncio.sleep(_RETRY_S)
 

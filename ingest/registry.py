@@ -15,8 +15,9 @@ the Kafka group protocol (ingest.assignment); this module writes and reads it, a
 `import` reads the formats of CUMI_MAILBOXES_FILE (one alias per line, `#` comments; a JSON array
 of aliases) and a JSON object keyed by alias whose values may set `server`, `credentials_ref` and
 `enabled` (other keys are ignored, so the credentials file works as is — its secrets are never
-read into a record); a `.json` file or one starting with `[` or `{` is JSON. It writes only what
-changes; `--prune` also removes registered mailboxes the file does not list.
+read into a record), or JSON lines as `list --json` prints them; a `.json` file or one starting
+with `[` or `{` is JSON. It writes only what changes; `--prune` also removes registered mailboxes
+the file does not list.
 """
 
 from __future__ import annotations
@@ -261,16 +262,30 @@ def parse_mailbox_file(
         "-", stamp, server=server, credentials_ref=credentials_ref, enabled=enabled
     )
     if path.suffix.lower() == ".json" or text.lstrip().startswith(("[", "{")):
-        try:
-            data = json.loads(text)
-        except ValueError as e:
-            raise ConfigError(f"{str(path)!r} is not valid JSON: {e}") from e
+        data = _json_or_lines(text, path)
         if not isinstance(data, dict | list):
             raise ConfigError(f"{str(path)!r} must hold a JSON array or object")
         items = data.items() if isinstance(data, dict) else ((a, None) for a in data)
         return dict(_json_entry(alias, fields, defaults, path) for alias, fields in items)
     lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
     return {alias: replace(defaults, mailbox_id=alias) for alias in lines if alias}
+
+
+def _json_or_lines(text: str, path: Path) -> Any:
+    """A JSON document, or JSON lines of entries as `list --json` prints them (keyed by their
+    `mailbox_id` then, so that `list --json --all` output imports into another registry)."""
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        error = e
+    lines = [line for line in text.splitlines() if line.strip()]
+    try:
+        entries = [json.loads(line) for line in lines]
+    except ValueError:
+        raise ConfigError(f"{str(path)!r} is not valid JSON: {error}") from error
+    if not all(isinstance(e, dict) and isinstance(e.get("mailbox_id"), str) for e in entries):
+        raise ConfigError(f"{str(path)!r}: JSON lines must be objects with a mailbox_id")
+    return {e["mailbox_id"]: e for e in entries}
 
 
 def _json_entry(

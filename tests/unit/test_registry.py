@@ -127,6 +127,21 @@ class TestImportFormats:
         assert (bwayne.server, bwayne.credentials_ref, bwayne.enabled) == ("cuc2", "shared", False)
         assert "s3cret" not in repr(parsed)
 
+    def test_json_lines_as_list_prints_them(self, tmp_path: Path) -> None:
+        path = tmp_path / "registry.jsonl"
+        rows = [
+            {"mailbox_id": "abell", "server": "cuc1", "credentials_ref": None, "enabled": True},
+            {"mailbox_id": "bwayne", "server": None, "credentials_ref": "r", "enabled": False},
+        ]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        parsed = parse_mailbox_file(path, server="other", credentials_ref=None)
+        assert [
+            (e.mailbox_id, e.server, e.credentials_ref, e.enabled) for e in parsed.values()
+        ] == [
+            ("abell", "cuc1", None, True),
+            ("bwayne", None, "r", False),
+        ]
+
     @pytest.mark.parametrize(
         ("content", "error"),
         [
@@ -135,6 +150,7 @@ class TestImportFormats:
             ('[""]', "non-empty strings"),
             ('"abell"', "JSON array or object"),
             ("[abell", "not valid JSON"),
+            ('{"mailbox_id": "a"}\n{"server": "b"}\n', "objects with a mailbox_id"),
         ],
     )
     def test_bad_json(self, tmp_path: Path, content: str, error: str) -> None:
