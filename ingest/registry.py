@@ -385,7 +385,6 @@ async def _run(
     args: argparse.Namespace, kafka: KafkaSettings, default_server: str | None, out: TextIO
 ) -> int:
     if args.action == "list":
-        await ensure_registry_topic(kafka)
         registry = await read_registry(kafka)
         for alias in sorted(registry):
             entry = registry[alias]

@@ -14,6 +14,7 @@ from ingest.assignment import CredentialRefs
 from ingest.credentials import FileCredentials
 from ingest.errors import ConfigError, DecodeError
 from ingest.events import MailboxEvent, MailboxRegistryEntry, RecordKind
+from ingest.normalizer import parse_event
 from ingest.registry import changes, decode_entry, parse_mailbox_file, watchable
 from ingest.settings import MailboxSource, Settings
 from ingest.topics import REGISTRY_PARTITIONS, TopicNames, default_specs
@@ -57,8 +58,6 @@ class TestRecords:
 
 @pytest.fixture
 def vendor_event() -> MailboxEvent:
-    from ingest.normalizer import parse_event  # noqa: PLC0415 - only this fixture needs it
-
     return parse_event(
         {
             "MessageInfo": [{"MessageId": "72204bd7", "ReceiveTime": "04:15:40 PM 10/30/2008"}],
