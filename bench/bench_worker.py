@@ -475,7 +475,8 @@ async def _latency(
         "send_to_append": _percentiles(raw_append + more_append),
     }
     since_ms = int(started * 1000) - 1
-    latencies = []
+    latencies, to_worker, after_parse = [], [], []
+    worst_per_second: dict[int, float] = {}
     for r in await read_topic(rig.bootstrap, topics.events):
         if r.timestamp < since_ms:
             continue
@@ -483,7 +484,14 @@ async def _latency(
         if isinstance(event, MailboxEvent):
             key = (event.mailbox_id, event.usn, event.event_type.value)
             if key in published:
-                latencies.append(r.timestamp / 1000 - published[key])
+                sent, appended = published[key], r.timestamp / 1000
+                # ingested_at: the worker's clock when it began parsing the event's payload
+                ingested = event.ingested_at.timestamp()
+                latencies.append(appended - sent)
+                to_worker.append(ingested - sent)
+                after_parse.append(appended - ingested)
+                second = int(sent - started)
+                worst_per_second[second] = max(worst_per_second.get(second, 0), appended - sent)
     buckets = histogram_delta(before, after, "cumi_worker_ack_latency_seconds")
     in_worker = {
         f"p{int(q * 100)}_ms": round((histogram_quantile(q, buckets) or 0) * 1000, 2)
@@ -496,6 +504,11 @@ async def _latency(
         "published": len(published),
         "matched": len(latencies),
         "publish_to_append": end_to_end,
+        "publish_to_worker_parse": _percentiles(to_worker),
+        "worker_parse_to_append": _percentiles(after_parse),
+        "worst_ms_per_second": [
+            round(worst_per_second[k] * 1000) for k in sorted(worst_per_second)
+        ],
         "worker_receive_to_ack_histogram": in_worker,
         "raw_aiokafka": raw,
         "p99_over_raw_send_to_append": round(

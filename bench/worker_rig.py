@@ -222,11 +222,18 @@ class WorkerProcess:
     """`python -m ingest worker` (optionally under cProfile), its log in `log_path`."""
 
     def __init__(
-        self, env: Mapping[str, str], log_path: Path, *, profile_to: Path | None = None
+        self,
+        env: Mapping[str, str],
+        log_path: Path,
+        *,
+        profile_to: Path | None = None,
+        entry: tuple[str, ...] = ("-m", "ingest", "worker"),
     ) -> None:
         self.env = dict(env)
         self.log_path = log_path
         self.profile_to = profile_to
+        self.entry = entry
+        """What follows `python` on the command line (another script to compare variants)."""
         self.port = int(env["CUMI_METRICS_PORT"])
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: asyncio.subprocess.Process | None = None
@@ -243,7 +250,7 @@ class WorkerProcess:
         argv = [sys.executable]
         if self.profile_to is not None:
             argv += ["-m", "cProfile", "-o", str(self.profile_to)]
-        argv += ["-m", "ingest", "worker"]
+        argv += self.entry
         self._http = aiohttp.ClientSession()
         with self.log_path.open("ab") as log:
             self.started_at = time.monotonic()
