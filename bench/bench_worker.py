@@ -9,9 +9,10 @@ a baseline measured in the same run, on the same broker. Measures, never asserts
    from that release to the broker's append time of the burst's last record (the events topic uses
    LogAppendTime; the worker's own counter confirms every event was acknowledged). Baselines:
    raw aiokafka sending the burst's own records (same key, value, headers and timestamp, the
-   worker's producer settings, all sends in flight at once) to a fresh topic of the same shape,
-   and Kafka's Java `ProducerPerformance` with the same record (value) size — the near-limit line.
-   Rounds alternate the three, so load from other processes hits all of them alike.
+   worker's producer settings) to a fresh topic of the same shape, with `send()` per record (all
+   in flight at once) and with the batch API (`send_batch()`, one batch per partition per 1,000
+   records, as the sink does), and Kafka's Java `ProducerPerformance` with the same record (value)
+   size — the near-limit line. Rounds alternate them, so load from other processes hits all alike.
 2. Latency at a steady `--rate` for `--duration` s: from the simulator's publish (wall clock,
    recorded per event in the simulator process) to the broker's append time of that event's
    record, matched by (MailboxId, USN, EventType). The worker's own histogram (CometD receive →
@@ -204,7 +205,8 @@ async def _worker_burst(
     rig: Rig, sim: SimProcess, worker: WorkerProcess, topic: str, events: int
 ) -> dict[str, Any]:
     held = await sim.call("hold", events)
-    base = total(await worker.metrics(), PUBLISHED)
+    before = await worker.metrics()
+    base = total(before, PUBLISHED)
     cpu = cpu_seconds(worker.pid), cpu_seconds(sim.pid)
     released, count = await sim.call("release")
     acked = await worker.wait_until(lambda m: total(m, PUBLISHED) >= base + count, 600, poll=0.5)
@@ -220,9 +222,15 @@ async def _worker_burst(
         "ack_seen_after_s": round(acked - released, 3),
         "worker_cpu_us_per_event": round(cpu[0] / count * 1e6, 1),
         "simulator_cpu_us_per_event": round(cpu[1] / count * 1e6, 1),
-        "dead_lettered": total(metrics, "cumi_worker_events_dead_lettered_total"),
-        "backpressure_s": round(total(metrics, "cumi_worker_backpressure_seconds_total"), 2),
+        "dead_lettered": _delta(before, metrics, "cumi_worker_events_dead_lettered_total"),
+        "backpressure_s": round(
+            _delta(before, metrics, "cumi_worker_backpressure_seconds_total"), 2
+        ),
     }
+
+
+def _delta(before: Metrics, after: Metrics, name: str) -> float:
+    return total(after, name) - total(before, name)
 
 
 # -- raw aiokafka ----------------------------------------------------------------------------------
