@@ -46,6 +46,7 @@ from aiocometd_ng.transports.long_polling import LongPollingTransport
 from aiocometd_ng.transports.registry import register_transport
 from aiocometd_ng.transports.websocket import WebSocket, WebSocketTransport
 
+from ingest import jsonload
 from ingest.errors import TransportError
 from ingest.metrics import (
     WORKER_CONNECT_FAILURES,
@@ -265,6 +266,7 @@ class CometSession:
             ssl=self._ssl,
             max_pending_count=0,
             extensions=[_Tap(self)],
+            json_loads=jsonload.loads,  # the largest cost of a busy session, see ingest.jsonload
         )
         self._client = client
         try:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from ingest import jsonload
 from ingest.errors import InvalidEvent
 from ingest.events import DeadLetter, EventType, MailboxEvent, MessageInfo, RejectReason
 
@@ -157,7 +158,8 @@ def _load(raw: object, max_bytes: int, max_depth: int) -> Mapping[str, Any]:
     else:
         raise InvalidEvent(RejectReason.NOT_AN_OBJECT, f"payload is a {type(raw).__name__}")
     try:
-        obj = json.loads(raw)
+        # orjson allocates before it refuses deep nesting; json.loads refuses early
+        obj = jsonload.loads(raw) if brackets <= max_depth else json.loads(raw)
     except RecursionError:
         raise InvalidEvent(
             RejectReason.TOO_DEEP, "nesting exceeds the JSON decoder's limit"
