@@ -81,6 +81,21 @@ def parse_event(
     """
     obj = _load(raw, max_bytes, max_depth)
     data, channel = _unwrap(obj)
+    ingested_at = _millis(now()) if now else _CLOCK()
+    event = _plain_event(data, zones, source, ingested_at)
+    if event is None:
+        event = _checked_event(data, channel, zones, source, ingested_at)
+    return event
+
+
+def _checked_event(
+    data: Mapping[str, Any],
+    channel: str | None,
+    zones: TimeZones,
+    source: str | None,
+    ingested_at: dt.datetime,
+) -> MailboxEvent:
+    """Every field checked in turn, raising `InvalidEvent` for the first one that is wrong."""
     mailbox_id = _required_str(data, "MailboxId")
     if not mailbox_id.strip():
         raise InvalidEvent(RejectReason.BAD_VALUE, "empty MailboxId", "MailboxId")
@@ -98,9 +113,103 @@ def parse_event(
         event_time_raw=event_time_raw,
         subscription_id=subscription_id,
         messages=messages,
-        ingested_at=_millis(now()) if now else _CLOCK(),
+        ingested_at=ingested_at,
         display_name=_optional_str(data, "DisplayName"),
         source=source,
+    )
+
+
+def _plain_event(
+    data: Mapping[str, Any], zones: TimeZones, source: str | None, ingested_at: dt.datetime
+) -> MailboxEvent | None:
+    """The event, if the notification is the plain, valid kind the server sends (ASCII strings,
+    an integer USN, a MessageInfo array); None for anything else — `_checked_event` then decides,
+    with the reason. The same result as `_checked_event` in about half the time (no per-field
+    calls; a property test compares the two): this is the worker's hot path."""
+    mailbox_id = data.get("MailboxId")
+    event_type = data.get("EventType")
+    usn = data.get("USN")
+    event_time_raw = data.get("EventTime")
+    subscription_id = data.get("SubscriptionId")
+    infos = data.get("MessageInfo")
+    display_name = data.get("DisplayName")
+    if not (
+        mailbox_id.__class__ is str
+        and mailbox_id.isascii()
+        and mailbox_id != "null"
+        and mailbox_id.strip()
+        and event_type.__class__ is str
+        and usn.__class__ is int
+        and 0 <= usn <= MAX_USN
+        and event_time_raw.__class__ is str
+        and subscription_id.__class__ is str
+        and subscription_id.isascii()
+        and subscription_id != "null"
+        and subscription_id.strip()
+        and infos.__class__ is list
+        and infos
+    ):
+        return None
+    kind = _EVENT_TYPES.get(event_type)
+    event_time = _parse_time(event_time_raw, zones.event_time) if event_time_raw.isascii() else None
+    if kind is None or event_time is None:
+        return None
+    if display_name == "null" or display_name is None:
+        display_name = None
+    elif display_name.__class__ is not str or not display_name.isascii():
+        return None
+    messages = []
+    zone = zones.receive_time
+    for item in infos:
+        message = _plain_message(item, zone)
+        if message is None:
+            return None
+        messages.append(message)
+    return MailboxEvent(
+        mailbox_id,
+        usn,
+        kind,
+        event_time,
+        event_time_raw,
+        subscription_id,
+        tuple(messages),
+        ingested_at,
+        display_name,
+        source,
+    )
+
+
+_MESSAGE_TEXT_FIELDS = ("CallerAni", "Sender", "MsgType", "Priority", "ReceiveTime")
+
+
+def _plain_message(item: Any, zone: dt.tzinfo) -> MessageInfo | None:
+    """`_message` for a plain MessageInfo entry; None for anything else."""
+    if item.__class__ is not dict:
+        return None
+    message_id = item.get("MessageId")
+    if message_id.__class__ is not str or not message_id.isascii() or message_id == "null":
+        return None
+    if message_id.startswith("0:"):
+        message_id = message_id[2:]
+    if not message_id.strip():
+        return None
+    texts: list[str | None] = []
+    for name in _MESSAGE_TEXT_FIELDS:
+        value = item.get(name)
+        if value is None or value == "null":
+            texts.append(None)
+        elif value.__class__ is str and value.isascii():
+            texts.append(value)
+        else:
+            return None
+    caller_ani, sender, msg_type, priority, receive_raw = texts
+    receive_time = None
+    if receive_raw:
+        receive_time = _parse_time(receive_raw, zone)
+        if receive_time is None:
+            return None
+    return MessageInfo(
+        message_id, caller_ani, sender, msg_type, priority, receive_time, receive_raw
     )
 
 

@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from chaos.report import record, soak
@@ -36,6 +37,9 @@ from ingest.normalizer import (
     DEFAULT_MAX_DEPTH,
     MAX_DEAD_LETTER_RAW,
     TimeZones,
+    _checked_event,
+    _plain_event,
+    _unwrap,
     dead_letter_for,
     parse_event,
 )
@@ -76,8 +80,14 @@ times = st.datetimes(dt.datetime(1900, 1, 1), dt.datetime(2100, 12, 31)).map(for
 usns = st.integers(0, 2**63 - 1) | st.integers(0, 10**9).map(str)
 
 
+ascii_names = st.text(st.characters(codec="ascii"), min_size=1, max_size=12).filter(
+    lambda s: s != "null"
+)
+"""Most server strings are ASCII: the normalizer's fast path takes only those."""
+
+
 @st.composite
-def message_infos(draw: st.DrawFn) -> dict[str, str]:
+def message_infos(draw: st.DrawFn, names: st.SearchStrategy[str] = names) -> dict[str, str]:
     info = {"MessageId": draw(st.uuids().map(str) | names | names.map("0:".__add__))}
     for field, values in (
         ("CallerAni", st.just("null") | names),
@@ -92,11 +102,11 @@ def message_infos(draw: st.DrawFn) -> dict[str, str]:
 
 
 @st.composite
-def valid_events(draw: st.DrawFn) -> dict[str, Any]:
+def valid_events(draw: st.DrawFn, names: st.SearchStrategy[str] = names) -> dict[str, Any]:
     """A notification the parser must accept (in the vendor's shape, sometimes in an envelope)."""
     subscription = draw(st.uuids().map(str))
     data = event_data(
-        infos=draw(st.lists(message_infos(), min_size=1, max_size=3)),
+        infos=draw(st.lists(message_infos(names), min_size=1, max_size=3)),
         usn=0,
         event_time=draw(times),
         subscription_id=subscription,
@@ -251,6 +261,31 @@ class TestParserFuzz:
 
         check()
         inputs.report()
+
+    def test_the_fast_path_gives_the_checked_result_or_steps_aside(self) -> None:
+        """`_plain_event` (the hot path) returns what `_checked_event` returns, or None."""
+        zones = TimeZones(receive_time=ZoneInfo("America/Los_Angeles"))
+        taken = Counter[str]()
+
+        @FUZZ
+        @given(valid_events(ascii_names) | valid_events() | hostile_events())
+        def check(event: dict[str, Any]) -> None:
+            if not isinstance(event.get("data", {}), dict):
+                return
+            data, channel = _unwrap(event)
+            fast = _plain_event(data, zones, "cuc1", NOW)
+            try:
+                checked: MailboxEvent | RejectReason = _checked_event(
+                    data, channel, zones, "cuc1", NOW
+                )
+            except InvalidEvent as e:
+                checked = e.reason
+            taken["fast" if fast is not None else "checked"] += 1
+            assert fast is None or fast == checked
+
+        check()
+        # the property is only worth something if the fast path is actually taken
+        assert taken["fast"] >= EXAMPLES // 10, taken
 
     def test_valid_events_are_accepted(self) -> None:
         inputs = Inputs("parse_event: generated valid events")
