@@ -136,12 +136,23 @@ def known_fingerprints() -> dict[bytes, str]:
 
 def kafka_headers(record: Record) -> list[tuple[str, bytes]]:
     """`cumi.kind`, `cumi.event_type` (events only) and `cumi.schema_fingerprint` (hex)."""
-    writer = _registry().writers[type(record)]
+    key = (type(record), record.event_type if isinstance(record, MailboxEvent) else None)
+    headers = _HEADERS.get(key)
+    if headers is None:  # built once per record type and EventType, not per event
+        headers = _HEADERS[key] = _build_headers(*key)
+    return list(headers)
+
+
+_HEADERS: dict[tuple[type, EventType | None], tuple[tuple[str, bytes], ...]] = {}
+
+
+def _build_headers(kind: type, event_type: EventType | None) -> tuple[tuple[str, bytes], ...]:
+    writer = _registry().writers[kind]
     headers = [(KIND_HEADER, writer.kind.encode())]
-    if isinstance(record, MailboxEvent):
-        headers.append((EVENT_TYPE_HEADER, record.event_type.value.encode()))
+    if event_type is not None:
+        headers.append((EVENT_TYPE_HEADER, event_type.value.encode()))
     headers.append((FINGERPRINT_HEADER, writer.fingerprint.hex().encode()))
-    return headers
+    return tuple(headers)
 
 
 def timestamp_ms(record: Record) -> int:

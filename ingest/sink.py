@@ -380,13 +380,9 @@ class Sink:
         if len(value) > MAX_EVENT_BYTES:
             detail = f"encoded event of {len(value)} bytes exceeds {MAX_EVENT_BYTES}"
             raise InvalidEvent(RejectReason.TOO_LARGE, detail)
-        record: Record = (
-            event.mailbox_id.encode(),
-            value,
-            codec.timestamp_ms(event),
-            codec.kafka_headers(event),
-        )
-        return self._kafka.events_topic, record, label, int(event.event_time.timestamp())
+        timestamp = codec.timestamp_ms(event)
+        record: Record = (event.mailbox_id.encode(), value, timestamp, codec.kafka_headers(event))
+        return self._kafka.events_topic, record, label, timestamp // 1000
 
     def _dead_letter_record(
         self, message: Mapping[str, Any], error: Exception, now: dt.datetime
