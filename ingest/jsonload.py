@@ -16,25 +16,25 @@ test and a hypothesis property compare the two).
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import orjson
 
-_LONG_DIGITS_TEXT = re.compile(r"\d{19}", re.ASCII)
-_LONG_DIGITS_BYTES = re.compile(rb"\d{19}")
+_DIGITS_AS_ZEROS = bytes(b"0"[0] if b"0"[0] <= i <= b"9"[0] else b" "[0] for i in range(256))
+_LONG_RUN = b"0" * 19
 
 
 def loads(document: bytes | str) -> Any:
     """`json.loads(document)`, faster: raises what `json.loads` raises (ValueError subclasses,
     RecursionError) for what it refuses."""
-    if isinstance(document, bytes):
-        plain = _LONG_DIGITS_BYTES.search(document) is None
-    else:
-        plain = _LONG_DIGITS_TEXT.search(document) is None
-    if plain:
+    try:
+        data = document.encode() if isinstance(document, str) else document
+    except UnicodeEncodeError:  # lone surrogates: orjson refuses them
+        return json.loads(document)
+    # a C-speed scan for 19 digits in a row (a regular expression costs four times orjson)
+    if _LONG_RUN not in data.translate(_DIGITS_AS_ZEROS):
         try:
-            return orjson.loads(document)
+            return orjson.loads(data)
         except orjson.JSONDecodeError:
             pass
     return json.loads(document)
