@@ -455,14 +455,17 @@ def _fast_event_writer(header: bytes) -> Callable[[MailboxEvent], bytes]:
             _long(len(event.messages)),
         ]
         for m in event.messages:
+            # the optional strings inline: a call per field was a fifth of the writer's time
+            caller_ani, sender, msg_type, priority = m.caller_ani, m.sender, m.msg_type, m.priority
+            received, received_raw = m.receive_time, m.receive_time_raw
             parts += (
                 _string(m.message_id),
-                _optional_string(m.caller_ani),
-                _optional_string(m.sender),
-                _optional_string(m.msg_type),
-                _optional_string(m.priority),
-                _NULL if m.receive_time is None else _SOME + _timestamp(m.receive_time),
-                _optional_string(m.receive_time_raw),
+                _NULL if caller_ani is None else _SOME + _string(caller_ani),
+                _NULL if sender is None else _SOME + _string(sender),
+                _NULL if msg_type is None else _SOME + _string(msg_type),
+                _NULL if priority is None else _SOME + _string(priority),
+                _NULL if received is None else _SOME + _timestamp(received),
+                _NULL if received_raw is None else _SOME + _string(received_raw),
             )
         if event.messages:
             parts.append(_NULL)
