@@ -38,6 +38,7 @@ import dataclasses
 import json
 import os
 import pstats
+import shutil
 import statistics
 import subprocess
 import sys
@@ -529,7 +530,9 @@ async def _latency(
 
 def _print_profile(path: Path) -> None:
     if path.exists():
-        print("  worker profile (cumulative, top 30):", flush=True)
+        kept = Path(tempfile.gettempdir()) / "bench-worker.prof"
+        shutil.copyfile(path, kept)
+        print(f"  worker profile (by own time, top 30; kept in {kept}):", flush=True)
         pstats.Stats(str(path)).sort_stats("tottime").print_stats(30)
 
 

@@ -313,13 +313,12 @@ class Sink:
 
     def _batches(self, messages: list[dict[str, Any]], received: float) -> list[_Batch]:
         """Parse, encode and group one payload's records into record batches, in order."""
-        now = dt.datetime.now(dt.UTC)
-        clock = lambda: now  # noqa: E731 - one clock reading per payload, not per event
+        now = dt.datetime.now(dt.UTC)  # of the dead letters; events take the normalizer's clock
         open_batches: dict[tuple[str, int], _Batch] = {}
         ready: list[_Batch] = []
         for message in messages:
             try:
-                event = parse_event(message, zones=self._zones, source=self._source, now=clock)
+                event = parse_event(message, zones=self._zones, source=self._source)
                 topic, record, label, second = self._event_record(event)
             except Exception as e:  # InvalidEvent, or the encoder refused a valid-looking event
                 topic, record, label, second = self._dead_letter_record(message, e, now)
