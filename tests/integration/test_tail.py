@@ -30,6 +30,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 from fixtures.simulator import FAST
+from fixtures.vendor import vendor_example
 from fixtures.worker import read_topic, running_worker, settle, worker_env
 
 from ingest import codec
@@ -279,28 +280,8 @@ class TestOtherTopics:
         assert objects[1]["value"] is None and objects[1]["key"] == "abell"
 
 
-VENDOR_EXAMPLE = {
-    "MessageInfo": [
-        {
-            "CallerAni": "null",
-            "Sender": "null",
-            "MessageId": "72204bd7-e5c3-446e-adb6-ae5f80db26fb",
-            "ReceiveTime": "04:15:40 PM 10/30/2008",
-            "Priority": "Normal-Priority",
-            "MsgType": "Voice",
-        }
-    ],
-    "USN": 2265,
-    "EventTime": "11:15:40 PM 10/30/2008",
-    "SubscriptionId": "00bdcfd3-159a-48d3-ac7b-2f3b4f83db6c",
-    "MailboxId": "abell",
-    "EventType": "SAVED_MESSAGE",
-    "DisplayName": "Alexander Bell",
-}
-
-
 def vendor_event(usn: int) -> MailboxEvent:
-    return parse_event(VENDOR_EXAMPLE | {"USN": usn}, source="test")
+    return parse_event(vendor_example() | {"USN": usn}, source="test")
 
 
 async def produce(bootstrap: str, topic: str, values: list[bytes | None]) -> None:

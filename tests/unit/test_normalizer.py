@@ -8,6 +8,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from fixtures.vendor import VENDOR_EXAMPLE
 
 from ingest.errors import InvalidEvent
 from ingest.events import EventType, RejectReason
@@ -18,24 +19,6 @@ from ingest.normalizer import (
     dead_letter_for,
     parse_event,
 )
-
-# The example event of the vendor document, character for character.
-VENDOR_EXAMPLE = """{
-  "MessageInfo": [ {
-    "CallerAni": "null",
-    "Sender": "null",
-    "MessageId": "72204bd7-e5c3-446e-adb6-ae5f80db26fb",
-    "ReceiveTime": "04:15:40 PM 10/30/2008",
-    "Priority": "Normal-Priority",
-    "MsgType": "Voice"
-  } ],
-  "USN": 2265,
-  "EventTime": "11:15:40 PM 10/30/2008",
-  "SubscriptionId": "00bdcfd3-159a-48d3-ac7b-2f3b4f83db6c",
-  "MailboxId": "abell",
-  "EventType": "SAVED_MESSAGE",
-  "DisplayName": "Alexander Bell"
-}"""
 
 PACIFIC = ZoneInfo("America/Los_Angeles")
 NOW = dt.datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=dt.UTC)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import fastavro
+from fixtures.vendor import vendor_example
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -252,24 +253,7 @@ json_values = st.recursive(
     ),
     max_leaves=20,
 )
-VALID = {
-    "MessageInfo": [
-        {
-            "CallerAni": "null",
-            "Sender": "null",
-            "MessageId": "72204bd7-e5c3-446e-adb6-ae5f80db26fb",
-            "ReceiveTime": "04:15:40 PM 10/30/2008",
-            "Priority": "Normal-Priority",
-            "MsgType": "Voice",
-        }
-    ],
-    "USN": 2265,
-    "EventTime": "11:15:40 PM 10/30/2008",
-    "SubscriptionId": "00bdcfd3-159a-48d3-ac7b-2f3b4f83db6c",
-    "MailboxId": "abell",
-    "EventType": "SAVED_MESSAGE",
-    "DisplayName": "Alexander Bell",
-}
+VALID = vendor_example()
 
 
 @st.composite
