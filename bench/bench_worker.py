@@ -51,7 +51,6 @@ from typing import Any
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.partitioner import murmur2
 from aiokafka.structs import ConsumerRecord
 
 from bench import machine, record
@@ -79,6 +78,7 @@ from ingest.localkafka.runtime import KafkaRuntime
 from ingest.settings import Settings
 from ingest.simulator.users import UserTable
 from ingest.sink import Sink
+from ingest.topics import key_partition
 
 SEED = 1
 PUBLISHED = "cumi_worker_events_published_total"
@@ -296,7 +296,7 @@ async def _raw_batches(
         for i in range(0, len(records), payload):
             builders: dict[int, Any] = {}
             for r in records[i : i + payload]:
-                p = partitions[(murmur2(r.key or b"") & 0x7FFFFFFF) % len(partitions)]
+                p = partitions[key_partition(r.key or b"", len(partitions))]
                 builder = builders.get(p)
                 if builder is None:
                     builder = builders[p] = producer.create_batch()

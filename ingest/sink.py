@@ -35,7 +35,6 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, ProducerClosed
-from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 from prometheus_client import Histogram
 
@@ -57,6 +56,7 @@ from ingest.metrics import (
 )
 from ingest.normalizer import MAX_DEAD_LETTER_RAW, TimeZones, dead_letter_for, parse_event
 from ingest.settings import Compression, KafkaSettings
+from ingest.topics import key_partition
 
 log = logging.getLogger(__name__)
 
@@ -366,7 +366,7 @@ class Sink:
             return partitions[self._spread % len(partitions)]
         found = self._partition_of.get((topic, key))
         if found is None:
-            found = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+            found = partitions[key_partition(key, len(partitions))]
             self._partition_of[topic, key] = found
         return found
 

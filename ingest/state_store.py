@@ -32,11 +32,11 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError, ProducerFenced
-from aiokafka.partitioner import murmur2
 
 from ingest import codec
 from ingest.errors import BrokerError, DecodeError, IngestError
 from ingest.events import MailboxStateRecord
+from ingest.topics import key_partition
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class TransactionFailed(BrokerError):
 def partition_for(mailbox_id: str, partition_count: int) -> int:
     """The partition the producers' default partitioner (aiokafka's, the same as Java's) puts a
     mailbox's records in: murmur2 of the UTF-8 key, sign bit cleared, modulo the count."""
-    return (int(murmur2(mailbox_id.encode())) & 0x7FFFFFFF) % partition_count
+    return key_partition(mailbox_id.encode(), partition_count)
 
 
 async def describe_topic(topic: str, **client_kwargs: Any) -> tuple[int, int] | None:

@@ -35,7 +35,6 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError, for_code
-from aiokafka.partitioner import murmur2
 
 from ingest import codec
 from ingest.errors import ConfigError
@@ -50,6 +49,7 @@ from ingest.events import (
     SnapshotMessage,
 )
 from ingest.settings import KafkaSettings, SettingsSource, load_kafka
+from ingest.topics import key_partition
 
 log = logging.getLogger(__name__)
 
@@ -232,11 +232,6 @@ class TailError(Exception):
     """A request this command cannot serve (unknown topic); reported without a traceback."""
 
 
-def partition_for(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner (Java and aiokafka) puts `key` in."""
-    return int((murmur2(key) & 0x7FFFFFFF) % partitions)
-
-
 async def _main(
     options: TailOptions, client_kwargs: Mapping[str, Any], write: Callable[[str], None]
 ) -> None:
@@ -304,7 +299,7 @@ def _assign(
 ) -> list[TopicPartition]:
     ids = list(partitions)
     if options.mailbox is not None:
-        ids = [partition_for(options.mailbox.encode(), len(ids))]
+        ids = [key_partition(options.mailbox.encode(), len(ids))]
     tps = [TopicPartition(options.topic, p) for p in ids]
     consumer.assign(tps)
     return tps

@@ -30,6 +30,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, for_code
+from aiokafka.partitioner import murmur2
 
 from ingest.errors import BrokerError, ConfigError
 
@@ -244,3 +245,10 @@ def _has_leaders(topic: Mapping[str, Any]) -> bool:
     return bool(
         topic["error_code"] == 0 and partitions and all(p["leader"] >= 0 for p in partitions)
     )
+
+
+def key_partition(key: bytes, partition_count: int) -> int:
+    """The partition Kafka's default partitioner (Java's and aiokafka's) puts a record with this
+    key in: murmur2 of the key, sign bit cleared, modulo the count. Readers use it to find a
+    mailbox's records (key = MailboxId) without reading the other partitions."""
+    return int((murmur2(key) & 0x7FFFFFFF) % partition_count)

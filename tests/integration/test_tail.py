@@ -38,8 +38,8 @@ from ingest.events import EventType, MailboxEvent, MailboxSnapshot, RejectReason
 from ingest.normalizer import parse_event
 from ingest.projection import Projection
 from ingest.simulator import Simulator
-from ingest.tail import StartAt, TailError, TailOptions, partition_for, tail
-from ingest.topics import EVENTS_PARTITIONS, TopicNames, default_specs, ensure_topics
+from ingest.tail import StartAt, TailError, TailOptions, tail
+from ingest.topics import EVENTS_PARTITIONS, TopicNames, default_specs, ensure_topics, key_partition
 
 pytestmark = pytest.mark.integration
 
@@ -201,7 +201,7 @@ class TestEventsTopic:
         for alias in list(pipeline.truth)[:3]:
             own = [r for r in pipeline.events if r.key == alias.encode()]
             # the worker's producer (default partitioner) put them where tail looks
-            assert {r.partition for r in own} == {partition_for(alias.encode(), EVENTS_PARTITIONS)}
+            assert {r.partition for r in own} == {key_partition(alias.encode(), EVENTS_PARTITIONS)}
             objects = await tail_json(pipeline.bootstrap, pipeline.topics.events, mailbox=alias)
             assert {(o["partition"], o["offset"]) for o in objects} == positions(own)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from ingest import codec, tail
+from ingest import codec, tail, topics
 from ingest.events import (
     DeadLetter,
     EventType,
@@ -148,7 +148,7 @@ class TestPartitionFor:
     )
     def test_matches_java(self, key: bytes, java_murmur2: int) -> None:
         for partitions in (1, 7, 12, 100):
-            assert tail.partition_for(key, partitions) == (java_murmur2 & 0x7FFFFFFF) % partitions
+            assert topics.key_partition(key, partitions) == (java_murmur2 & 0x7FFFFFFF) % partitions
 
 
 class TestRender:
