@@ -1,12 +1,13 @@
 """The worker's Kafka side: raw Comet payloads → events (or dead letters) → acknowledged records.
 
 Every payload the CometD session hands over takes slots of a bounded in-flight window
-(CUMI_QUEUE_SIZE) until Kafka acknowledges its records. Its records go out as one record batch
-per partition (one append per record, one acknowledgement per batch); a partition holds at most
-one queued batch besides the one in flight. When the window is full, or a partition's queued batch
-cannot be delivered, `submit` waits — and with it the CometD connect loop: the worker stops
-pulling from the server instead of growing memory (see ingest.comet), and continues where it
-stopped once Kafka catches up.
+(CUMI_QUEUE_SIZE) until Kafka acknowledges its records. Payloads are processed one after the
+other, in order, while the session already fetches the next one. Its records go out as one record
+batch per partition (one append per record, one acknowledgement per batch); a partition holds at
+most one queued batch besides the one in flight. When the window is full (Kafka is slow, or a
+partition's queued batch cannot be delivered and the payloads behind it wait), `submit` waits —
+and with it the CometD connect loop: the worker stops pulling from the server instead of growing
+memory (see ingest.comet), and continues where it stopped once Kafka catches up.
 
 Records are produced by one idempotent producer (`acks=all`, `enable_idempotence=True`): aiokafka
 then retries a batch until the broker takes it, with sequence numbers that let the broker drop the
@@ -182,6 +183,7 @@ class Sink:
         self._dead_by_reason: dict[str, Any] = {}
         self._closing = False
         self._submitting: set[asyncio.Future[None]] = set()
+        self._last_submitted: asyncio.Future[None] | None = None
         self.fatal: BaseException | None = None
         self.failed = asyncio.Event()
         """Set when a send failed for good; the worker then stops and reports unhealthy."""
@@ -280,29 +282,41 @@ class Sink:
     # -- the way in ------------------------------------------------------------------------------
 
     async def submit(self, messages: list[dict[str, Any]], received: float) -> None:
-        """Comet event messages of one server payload → produced (not yet acknowledged).
+        """Admit the Comet event messages of one server payload: returns once the in-flight window
+        has room for them (this wait is the backpressure on the CometD connect loop).
 
-        The payload's records go out as one record batch per partition: one append per record,
-        one acknowledgement (and one set of metric updates) per batch. Once received, a payload is
-        produced even if the caller is cancelled (the CometD session closing at shutdown):
-        `stop()` waits for it.
+        They are parsed, encoded and handed to the producer by a task of their own, after the
+        previous payload's (payloads stay in order), so the session's next connect goes out — and
+        the server prepares the next payload — while this one is processed. Their records go out
+        as one record batch per partition: one append per record, one acknowledgement (and one
+        set of metric updates) per batch. An admitted payload is produced even if the caller is
+        cancelled (the CometD session closing at shutdown): `stop()` waits for it.
         """
-        task = asyncio.ensure_future(self._submit(messages, received))
+        await self.window.acquire(len(messages))
+        task = asyncio.ensure_future(self._submit(messages, received, self._last_submitted))
+        self._last_submitted = task
         self._submitting.add(task)
         task.add_done_callback(self._submitted)
-        await asyncio.shield(task)
 
     def _submitted(self, task: asyncio.Future[None]) -> None:
         self._submitting.discard(task)
+        if self._last_submitted is task:
+            self._last_submitted = None
         error = None if task.cancelled() else task.exception()
         if error is not None and not isinstance(error, BrokerError):
-            # the caller may be gone (cancelled): report it here so it is never silent
+            # nobody awaits the task: report it here so it is never silent
             log.error("a Comet payload was not produced: %r", error)
 
-    async def _submit(self, messages: list[dict[str, Any]], received: float) -> None:
-        await self.window.acquire(len(messages))
+    async def _submit(
+        self,
+        messages: list[dict[str, Any]],
+        received: float,
+        previous: asyncio.Future[None] | None,
+    ) -> None:
         handed = 0  # records the producer has: their acknowledgements release the window
         try:
+            if previous is not None:
+                await asyncio.wait({previous})  # its outcome is its own
             WORKER_EVENTS_RECEIVED.inc(len(messages))
             for batch in self._batches(messages, received):
                 await self._send(batch)
