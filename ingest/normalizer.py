@@ -36,7 +36,14 @@ from zoneinfo import ZoneInfo
 
 from ingest import jsonload
 from ingest.errors import InvalidEvent
-from ingest.events import DeadLetter, EventType, MailboxEvent, MessageInfo, RejectReason
+from ingest.events import (
+    DeadLetter,
+    EventType,
+    MailboxEvent,
+    MessageInfo,
+    RejectReason,
+    fast_constructor,
+)
 
 UTC = ZoneInfo("UTC")
 DEFAULT_MAX_BYTES = 1024 * 1024
@@ -165,7 +172,7 @@ def _plain_event(
         if message is None:
             return None
         messages.append(message)
-    return MailboxEvent(
+    return _new_event(
         mailbox_id,
         usn,
         kind,
@@ -180,6 +187,8 @@ def _plain_event(
 
 
 _MESSAGE_TEXT_FIELDS = ("CallerAni", "Sender", "MsgType", "Priority", "ReceiveTime")
+_new_event = fast_constructor(MailboxEvent)
+_new_message = fast_constructor(MessageInfo)
 
 
 def _plain_message(item: Any, zone: dt.tzinfo) -> MessageInfo | None:
@@ -208,7 +217,7 @@ def _plain_message(item: Any, zone: dt.tzinfo) -> MessageInfo | None:
         receive_time = _parse_time(receive_raw, zone)
         if receive_time is None:
             return None
-    return MessageInfo(
+    return _new_message(
         message_id, caller_ani, sender, msg_type, priority, receive_time, receive_raw
     )
 
