@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import os
 import resource
 import statistics
@@ -45,6 +46,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from bench import machine, record
 from ingest import codec
 from ingest.broker import LocalBroker
+from ingest.events import LogRecord, MailboxSnapshot, SnapshotMessage
 from ingest.projection import Projection
 from ingest.replay import replay
 from ingest.state_store import describe_topic
@@ -98,7 +100,7 @@ async def measure(work: Callable[[], Awaitable[int]]) -> dict[str, float]:
 
 async def ensure_stream(bootstrap: str, opts: Options) -> str:
     """The events topic with the benchmark stream, produced unless a previous run left it."""
-    topic = f"bench-replay-{opts.records}-{opts.base}-{opts.mailboxes}-mailbox-events"
+    topic = f"bench-replay-{opts.records}-{opts.base}-{opts.mailboxes}-v2-mailbox-events"
     if await describe_topic(topic, bootstrap_servers=bootstrap) is not None:
         held = sum((await end_offsets(bootstrap, topic)).values())
         if held >= opts.records:
@@ -111,15 +113,50 @@ async def ensure_stream(bootstrap: str, opts: Options) -> str:
     print(f"  generated {len(stream.records):,} records in {time.perf_counter() - started:.0f} s")
     produced = 0
     for copy in range(copies):
-        records = [
-            dataclasses.replace(r, mailbox_id=f"c{copy}-{r.mailbox_id}") for r in stream.records
-        ]
+        records = [copied(r, copy) for r in stream.records]
         records = records[: opts.records - produced] if copy == copies - 1 else records
         values = [codec.encode(r) for r in records]
         await produce(bootstrap, topic, records, values, chunk=20_000)
         produced += len(records)
         print(f"  produced {produced:,} / {opts.records:,}", flush=True)
     return topic
+
+
+def copied(record: LogRecord, copy: int) -> LogRecord:
+    """The record in copy number `copy` of the base stream: other mailbox and message ids, times
+    a day later per copy — nothing a decoder could find again in an earlier copy."""
+    prefix, later = f"c{copy}-", dt.timedelta(days=copy)
+    if isinstance(record, MailboxSnapshot):
+        return dataclasses.replace(
+            record,
+            mailbox_id=prefix + record.mailbox_id,
+            taken_at=record.taken_at + later,
+            inbox=tuple(_listed(m, prefix, later) for m in record.inbox),
+            deleted=tuple(_listed(m, prefix, later) for m in record.deleted),
+        )
+    return dataclasses.replace(
+        record,
+        mailbox_id=prefix + record.mailbox_id,
+        event_time=record.event_time + later,
+        ingested_at=record.ingested_at + later,
+        messages=tuple(
+            dataclasses.replace(
+                m,
+                message_id=prefix + m.message_id,
+                receive_time=m.receive_time + later if m.receive_time else None,
+            )
+            for m in record.messages
+        ),
+    )
+
+
+def _listed(message: SnapshotMessage, prefix: str, later: dt.timedelta) -> SnapshotMessage:
+    listing, _, guid = message.message_id.rpartition(":")  # listings name messages 0:<guid>
+    return dataclasses.replace(
+        message,
+        message_id=f"{listing}:{prefix}{guid}" if listing else prefix + guid,
+        arrival_time=message.arrival_time + later if message.arrival_time else None,
+    )
 
 
 async def raw_read(bootstrap: str, topic: str) -> int:

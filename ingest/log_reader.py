@@ -99,7 +99,7 @@ def _snapshots_readable() -> bool:
     return codec.fingerprint(MailboxSnapshot) == _SNAPSHOT_FINGERPRINT
 
 
-_CACHE_SIZE = 16_384
+_CACHE_SIZE = 65_536
 """Entries per cache below before it starts again: enough for the repeats close together in a
 partition (the events of one message, of one second), small enough to stay in memory and to keep
 a replay from living off repeats far apart."""
