@@ -59,6 +59,11 @@ class Outcome(enum.StrEnum):
     STALE = "stale"
 
 
+# The members as plain globals for the hot paths: `Outcome.APPLIED` is a lookup through the enum
+# machinery, ≈ 0.15 µs each on the reference machine, several per event.
+_APPLIED, _DUPLICATE, _STALE = Outcome.APPLIED, Outcome.DUPLICATE, Outcome.STALE
+
+
 # EventType → the read flag it asserts (None: keeps the known flag)
 _TO_INBOX: dict[EventType, bool | None] = {
     EventType.NEW_MESSAGE: False,
@@ -136,18 +141,18 @@ class MessageState:
 
     def apply(self, event_type: EventType, usn: int) -> Outcome:
         if usn < self.usn:
-            return Outcome.STALE
+            return _STALE
         if usn == self.usn:
             applied = self.applied
             if event_type in applied:
-                return Outcome.DUPLICATE
+                return _DUPLICATE
             applied = self.applied = applied | {event_type}
         else:
             self.base_folder, self.base_read = self.folder, self.read
             applied = self.applied = _ALONE[event_type]
             self.usn = usn
         self.folder, self.read = _resolved(self.base_folder, self.base_read, applied)
-        return Outcome.APPLIED
+        return _APPLIED
 
     def take_info(self, info: MessageInfo) -> None:
         """Remember what the event says about the message (present fields win)."""
@@ -253,7 +258,7 @@ class MailboxState:
         return self.apply_event(record)
 
     def apply_event(self, event: MailboxEvent) -> Outcome:
-        outcome = Outcome.STALE
+        outcome = _STALE
         usn = event.usn
         if usn > self.snapshot_usn:
             messages = event.messages
@@ -261,14 +266,14 @@ class MailboxState:
                 outcome = self._apply_to_message(event, messages[0])
             else:
                 outcomes = {self._apply_to_message(event, info) for info in messages}
-                if Outcome.APPLIED in outcomes:
-                    outcome = Outcome.APPLIED
-                elif outcomes == {Outcome.DUPLICATE}:
-                    outcome = Outcome.DUPLICATE
-        if outcome is Outcome.APPLIED:
+                if _APPLIED in outcomes:
+                    outcome = _APPLIED
+                elif outcomes == {_DUPLICATE}:
+                    outcome = _DUPLICATE
+        if outcome is _APPLIED:
             self.events_applied += 1
             self._advance(usn, event.event_time)
-        elif outcome is Outcome.DUPLICATE:
+        elif outcome is _DUPLICATE:
             self.duplicates += 1
         else:
             self.stale += 1
@@ -279,7 +284,7 @@ class MailboxState:
         if message is None:  # never seen: nothing can be stale or duplicate yet
             message = self.messages[info.message_id] = MessageState()
         outcome = message.apply(event.event_type, event.usn)
-        if outcome is Outcome.APPLIED:
+        if outcome is _APPLIED:
             message.take_info(info)
         return outcome
 

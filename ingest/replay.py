@@ -1,7 +1,7 @@
 """Mailbox state as of a past moment, folded from the event log: `ingest replay` and `replay()`.
 
     ingest replay --bootstrap HOST:PORT --mailbox ID (--at TIME | --usn N | --offset P)
-    ingest replay --bootstrap HOST:PORT --all [--at TIME]        # every mailbox, progress bar
+    ingest replay --bootstrap HOST:PORT --all [--at TIME] [--workers N|auto]   # every mailbox
     ingest replay … --format json|table
 
 The fold is `ingest.projection`, the projector's own; only the bound differs:
@@ -51,7 +51,7 @@ from rich.progress import Progress as Bar
 from rich.table import Table
 
 from ingest.errors import ConfigError, DecodeError, IngestError
-from ingest.events import Folder, MailboxEvent, MailboxSnapshot
+from ingest.events import Folder
 from ingest.log_reader import decode_log_record
 from ingest.metrics import PROJECTOR_REPLAY_PROGRESS, PROJECTOR_REPLAY_RECORDS
 from ingest.projection import MailboxState, MessageState, Projection
@@ -103,7 +103,7 @@ async def replay(
     until: Bound = None,
     *,
     progress: Progress | None = None,
-    workers: int = 1,
+    workers: int | None = 1,
     **client_kwargs: Any,
 ) -> Projection:
     """Fold the events `topic` up to `until` into a `Projection` (one mailbox or all).
@@ -111,6 +111,8 @@ async def replay(
     `workers` > 1 folds groups of partitions in that many processes at once: a partition holds
     whole mailboxes, so the groups' states are disjoint and simply put together. (The client
     settings must then be picklable: not an `ssl_context`; such a replay uses one process.)
+    `workers=None` chooses: one process per CPU (at most one per partition) when there are at
+    least `AUTO_MIN_RECORDS` records to read, else this process alone.
     """
     if isinstance(until, UntilUsn | UntilOffset) and mailbox is None:
         raise ConfigError("a USN or offset bound needs a mailbox (they are per mailbox)")
@@ -120,9 +122,41 @@ async def replay(
     count = described[0]
     numbers = [partition_for(mailbox, count)] if mailbox is not None else list(range(count))
     job = _Job(bootstrap, topic, tuple(numbers), mailbox, until, client_kwargs)
-    if workers > 1 and len(numbers) > 1 and "ssl_context" not in client_kwargs:
+    if len(numbers) < 2 or "ssl_context" in client_kwargs:
+        workers = 1
+    elif workers is None:
+        workers = await _auto_workers(job)
+    if workers > 1:
         return await _replay_in_processes(job, progress, min(workers, len(numbers)))
     return await _replay_partitions(job, progress)
+
+
+AUTO_MIN_RECORDS = 200_000
+"""Below this, `workers=None` folds in this process: starting a worker process (a fresh Python
+importing aiokafka) costs about what folding 50,000 records does."""
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+async def _auto_workers(job: _Job) -> int:
+    workers = min(available_cpus(), len(job.partitions))
+    if workers < 2:
+        return 1
+    consumer = _consumer(job)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(job.topic, n) for n in job.partitions]
+        starts = await consumer.beginning_offsets(tps)
+        stops = await _stops(consumer, tps, job.until)
+    finally:
+        await consumer.stop()
+    to_read = sum(max(0, stops[tp] - starts[tp]) for tp in tps)
+    return workers if to_read >= AUTO_MIN_RECORDS else 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,9 +171,8 @@ class _Job:
     client_kwargs: dict[str, Any]
 
 
-async def _replay_partitions(job: _Job, progress: Progress | None) -> Projection:
-    mailbox, until, topic = job.mailbox, job.until, job.topic
-    consumer = AIOKafkaConsumer(
+def _consumer(job: _Job) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
         bootstrap_servers=job.bootstrap,
         group_id=None,
         enable_auto_commit=False,
@@ -148,6 +181,11 @@ async def _replay_partitions(job: _Job, progress: Progress | None) -> Projection
         max_partition_fetch_bytes=8 * 1024 * 1024,
         **job.client_kwargs,
     )
+
+
+async def _replay_partitions(job: _Job, progress: Progress | None) -> Projection:
+    mailbox, until, topic = job.mailbox, job.until, job.topic
+    consumer = _consumer(job)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, n) for n in job.partitions]
@@ -294,7 +332,7 @@ class _Reader:
 
     def _fold(self, tp: TopicPartition, messages: Sequence[Any]) -> None:
         stop, key, apply = self._stops[tp], self._key, self.projection.apply
-        read = 0
+        max_usn, read = self._max_usn, 0
         for message in messages:
             if message.offset >= stop:
                 self._pending.discard(tp)
@@ -302,10 +340,15 @@ class _Reader:
             read += 1
             if key is not None and message.key != key:
                 continue  # another mailbox of the same partition: not even decoded
-            record = _decode(message.value)
+            value = message.value
+            try:
+                record = decode_log_record(value) if value is not None else None
+            except DecodeError as e:
+                log.warning("undecodable record skipped: %s", e)
+                continue
             if record is None:
                 continue
-            if self._max_usn is not None and record.usn > self._max_usn:
+            if max_usn is not None and record.usn > max_usn:
                 self._pending.discard(tp)
                 break
             apply(record)
@@ -333,16 +376,6 @@ def _collector_spared() -> Iterator[bool]:
     finally:
         if spare:
             gc.unfreeze()
-
-
-def _decode(value: bytes | None) -> MailboxEvent | MailboxSnapshot | None:
-    if value is None:
-        return None
-    try:
-        return decode_log_record(value)
-    except DecodeError as e:
-        log.warning("undecodable record skipped: %s", e)
-        return None
 
 
 # -- the sub-command ------------------------------------------------------------------------
@@ -379,6 +412,11 @@ def _positive(text: str) -> int:
     return value
 
 
+def _workers(text: str) -> int | None:
+    """A positive count, or `auto` (None)."""
+    return None if text.strip().lower() == "auto" else _positive(text)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bootstrap",
@@ -398,10 +436,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("json", "table"), default="json")
     parser.add_argument(
         "--workers",
-        type=_positive,
-        default=1,
+        type=_workers,
+        default=None,
         metavar="N",
-        help="with --all: fold groups of partitions in N processes at once (default 1)",
+        help="with --all: fold groups of partitions in N processes at once; default auto: one "
+        f"per CPU from {AUTO_MIN_RECORDS:,} records to read on, else 1",
     )
 
 
