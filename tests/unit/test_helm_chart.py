@@ -581,6 +581,128 @@ class TestWorkloads:
         assert urls and not [u for u in urls if "projector" in u]
 
 
+class TestMailboxSource:
+    """cumi.mailboxes.source: the list file (one worker) or the registry a worker group shares."""
+
+    @staticmethod
+    def mailbox_objects(docs: list[Manifest]) -> dict[str, Any]:
+        """Everything the chart renders for the mailbox list file."""
+        deployment = one(docs, "Deployment", "worker")
+        worker = workload(docs, "worker")
+        return {
+            "configmaps": [d for d in docs if d["kind"] == "ConfigMap"],
+            "volumes": [v for v in worker.pod["volumes"] if v["name"] == "mailboxes"],
+            "mounts": [m for m in worker.spec["volumeMounts"] if m["name"] == "mailboxes"],
+            "checksum": (deployment["spec"]["template"]["metadata"].get("annotations") or {}).get(
+                "checksum/config"
+            ),
+            "env": {n for n in worker.env if n == "CUMI_MAILBOXES_FILE"},
+        }
+
+    def test_registry_renders_the_source_and_group_env(
+        self, rendered: dict[str, list[Manifest]], tmp_path: Path
+    ) -> None:
+        docs = rendered["several-workers"]
+        env = workload(docs, "worker").env
+        assert env["CUMI_MAILBOX_SOURCE"] == "registry"
+        assert env["KAFKA_WORKER_GROUP"] == "cuc1-workers"
+        assert env["KAFKA_WORKER_SESSION_TIMEOUT_MS"] == "15000"
+        assert env["KAFKA_WORKER_HEARTBEAT_INTERVAL_MS"] == "3000"
+        loaded = settings_module.Settings.load(env=materialise(env, tmp_path))
+        assert loaded.cumi.mailbox_source is settings_module.MailboxSource.REGISTRY
+        assert loaded.cumi.mailboxes_file is None
+        assert loaded.cumi.server_name == "cuc1"  # the entries' `server` this group watches
+        assert (loaded.worker.group_id, loaded.worker.group_session_timeout_ms) == (
+            "cuc1-workers",
+            15000,
+        )
+        assert loaded.worker.group_heartbeat_interval_ms == 3000
+        assert one(docs, "Deployment", "worker")["spec"]["replicas"] == 4
+
+    def test_registry_renders_no_mailbox_list(self, rendered: dict[str, list[Manifest]]) -> None:
+        objects = self.mailbox_objects(rendered["several-workers"])
+        assert objects == {
+            "configmaps": [], "volumes": [], "mounts": [], "checksum": None, "env": set(),
+        }  # fmt: skip
+
+    def test_registry_group_nulls_keep_the_code_defaults(self, helm: str) -> None:
+        docs = template(helm, "--set", "cumi.mailboxes.source=registry")
+        deployment = one(docs, "Deployment", "worker")
+        assert "annotations" not in deployment["spec"]["template"]["metadata"]
+        env = workload(docs, "worker").env
+        assert env["CUMI_MAILBOX_SOURCE"] == "registry"
+        assert not {n for n in env if n.startswith("KAFKA_WORKER_")}
+        kubernetes_validate.validate(deployment, KUBE_VERSION, strict=True)
+
+    def test_file_source_is_unchanged(self, helm: str, rendered: dict[str, list[Manifest]]) -> None:
+        """The default: the list file from the chart's ConfigMap, no group env even if set."""
+        explicit = template(
+            helm,
+            "--set", "cumi.mailboxes.source=file",
+            "--set", "worker.group.id=unused",
+            "--set", "worker.podAnnotations.a=b",
+        )  # fmt: skip
+        for docs in (rendered["default"], explicit):
+            objects = self.mailbox_objects(docs)
+            (configmap,) = objects["configmaps"]
+            (volume,) = objects["volumes"]
+            assert volume["configMap"]["name"] == configmap["metadata"]["name"]
+            assert [m["mountPath"] for m in objects["mounts"]] == ["/etc/cumi-pipeline/mailboxes"]
+            assert re.fullmatch(r"[0-9a-f]{64}", objects["checksum"])
+            env = workload(docs, "worker").env
+            assert env["CUMI_MAILBOXES_FILE"] == "/etc/cumi-pipeline/mailboxes/mailboxes.txt"
+            assert not {n for n in env if n.startswith("KAFKA_WORKER_") or n.endswith("_SOURCE")}
+
+    @pytest.mark.parametrize("extra", [[], ["--set", "cumi.mailboxes.source=file"]])
+    def test_several_workers_need_the_registry(self, helm: str, extra: list[str]) -> None:
+        error = template_error(helm, "--set", "worker.replicaCount=2", *extra)
+        assert "worker.replicaCount is 2 with cumi.mailboxes.source file" in error
+        assert "every replica would watch every mailbox" in error
+        assert "cumi.mailboxes.source=registry" in error
+        # the same count is fine with the registry, or with the workers disabled
+        template(helm, "--set", "worker.replicaCount=2", "--set", "cumi.mailboxes.source=registry")
+        template(helm, "--set", "worker.replicaCount=2", "--set", "worker.enabled=false")
+
+    @pytest.mark.parametrize(
+        "flag", ["cumi.mailboxes.list={alice}", "cumi.mailboxes.existingConfigMap=mailboxes"]
+    )
+    def test_registry_refuses_a_mailbox_list(self, helm: str, flag: str) -> None:
+        """A list the registry workers would silently ignore is refused, with the way out."""
+        error = template_error(helm, "--set", "cumi.mailboxes.source=registry", "--set", flag)
+        assert "not used with cumi.mailboxes.source registry" in error
+        assert "ingest mailboxes import" in error
+
+    @pytest.mark.parametrize(
+        ("flags", "expected", "absent"),
+        [
+            (
+                ["cumi.mailboxes.source=registry", "cumi.serverName=cuc1"],
+                ["ingest mailboxes import", "ingest mailboxes add", 'for server "cuc1"'],
+                "cumi.mailboxes.list",
+            ),
+            (["cumi.mailboxes.list={alice}"], ["1 listed in values"], "ingest mailboxes"),
+        ],
+    )
+    def test_notes(
+        self, helm: str, tmp_path: Path, flags: list[str], expected: list[str], absent: str
+    ) -> None:
+        """NOTES.txt tells how to register the mailboxes, in registry mode only.
+
+        `helm template` never renders NOTES.txt, so a copy of the chart renders it as a manifest.
+        """
+        chart = tmp_path / "cumi-pipeline"
+        shutil.copytree(CHART, chart)
+        notes = chart / "templates" / "NOTES.txt"
+        body = "".join(f"  {line}\n" for line in notes.read_text().splitlines())
+        (chart / "templates" / "notes.yaml").write_text(f"notes: |\n{body}")
+        notes.unlink()
+        args = [arg for flag in flags for arg in ("--set", flag)]
+        (doc,) = template(helm, "--show-only", "templates/notes.yaml", *args, chart=chart)
+        for text in expected:
+            assert text in doc["notes"], text
+        assert absent not in doc["notes"]
+
+
 class TestValuesSchema:
     """values.schema.json is strict: unknown keys, bad enums and unknown settings are refused."""
 
@@ -592,6 +714,7 @@ class TestValuesSchema:
             "cumi.credentials.password=hunter2",
             "kafka.sasl.password=hunter2",
             "metrics.serviceMonitor.bogus=true",
+            "worker.group.bogus=1",
         ],
     )
     def test_unknown_keys(self, helm: str, flag: str) -> None:
@@ -604,6 +727,7 @@ class TestValuesSchema:
             "kafka.securityProtocol=TLS",
             "cumi.cometTransport=carrier-pigeon",
             "logLevel=LOUD",
+            "cumi.mailboxes.source=ldap",
         ],
     )
     def test_enums(self, helm: str, flag: str) -> None:
@@ -613,6 +737,33 @@ class TestValuesSchema:
         assert "CUMI_NO_SUCH_SETTING" in template_error(
             helm, "--set", "worker.settings.CUMI_NO_SUCH_SETTING=1"
         )
+
+    @pytest.mark.parametrize(
+        "name",
+        [
+            "CUMI_MAILBOX_SOURCE",
+            "KAFKA_WORKER_GROUP",
+            "KAFKA_WORKER_SESSION_TIMEOUT_MS",
+            "KAFKA_WORKER_HEARTBEAT_INTERVAL_MS",
+        ],
+    )
+    def test_settings_with_a_dedicated_key_are_refused(self, helm: str, name: str) -> None:
+        """cumi.mailboxes.source and worker.group.* are the one way to set these."""
+        error = template_error(helm, "--set", f"worker.settings.{name}=1")
+        assert name in error and "schema" in error
+
+    @pytest.mark.parametrize(
+        "flag",
+        [
+            "worker.group.sessionTimeoutMs=999",
+            "worker.group.heartbeatIntervalMs=99",
+            "worker.group.sessionTimeoutMs=ten",
+            "worker.group.id=",
+        ],
+    )
+    def test_group_bounds(self, helm: str, flag: str) -> None:
+        """The code's bounds (ingest/settings.py), refused at install time rather than at start."""
+        assert "schema" in template_error(helm, "--set", flag)
 
     def test_schema_enums_match_the_code(self) -> None:
         schema = json.loads((CHART / "values.schema.json").read_text())
@@ -628,6 +779,8 @@ class TestValuesSchema:
             assert set(node["enum"]) == {m.value for m in enum_type}, enum_type
         transports = {v for v in cumi["cometTransport"]["enum"] if v is not None}
         assert transports == {m.value for m in settings_module.CometTransport}
+        sources = set(cumi["mailboxes"]["properties"]["source"]["enum"])
+        assert sources == {m.value for m in settings_module.MailboxSource}
 
     @pytest.mark.parametrize(
         ("flags", "message"),
@@ -637,6 +790,12 @@ class TestValuesSchema:
             (["cumi.credentials.provider=delegate"], "delegateUser"),
             (["worker.shutdownTimeoutSeconds=90"], "terminationGracePeriodSeconds"),
             (["cumi.tls.ca.secretName=a", "cumi.tls.ca.configMapName=b"], "not both"),
+            (["worker.group.heartbeatIntervalMs=4000"], "at most a third"),
+            (
+                ["worker.group.sessionTimeoutMs=6000", "worker.group.heartbeatIntervalMs=2001"],
+                "heartbeatIntervalMs (2001) must be at most a third of "
+                "worker.group.sessionTimeoutMs (6000)",
+            ),
         ],
     )
     def test_readable_failures(self, helm: str, flags: list[str], message: str) -> None:

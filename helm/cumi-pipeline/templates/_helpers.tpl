@@ -89,6 +89,14 @@ Names of the Secrets and ConfigMaps the pods read.
 {{- default (printf "%s-cumi-credentials" (include "cumi-pipeline.fullname" .)) .Values.cumi.credentials.existingSecret }}
 {{- end }}
 
+{{/*
+True ("true") when the workers read their mailboxes from the mounted list file (source `file`),
+not from the registry topic: only then is there a mailbox ConfigMap, volume and checksum.
+*/}}
+{{- define "cumi-pipeline.mailboxFile" -}}
+{{- if eq .Values.cumi.mailboxes.source "file" }}true{{ end }}
+{{- end }}
+
 {{- define "cumi-pipeline.mailboxesConfigMapName" -}}
 {{- default (printf "%s-mailboxes" (include "cumi-pipeline.fullname" .)) .Values.cumi.mailboxes.existingConfigMap }}
 {{- end }}
@@ -114,6 +122,20 @@ Fail early, with a readable message, on combinations the schema cannot express.
 {{- $cred := .Values.cumi.credentials }}
 {{- if and (eq $cred.provider "delegate") (not $cred.delegateTokenKey) (not $cred.delegateUser) }}
 {{- fail "cumi.credentials.delegateUser (or delegateTokenKey) is required with provider delegate" }}
+{{- end }}
+{{- $mailboxes := .Values.cumi.mailboxes }}
+{{- if and .Values.worker.enabled (include "cumi-pipeline.mailboxFile" .) (gt (int .Values.worker.replicaCount) 1) }}
+{{- fail (printf "worker.replicaCount is %d with cumi.mailboxes.source file: every replica would watch every mailbox (duplicate events, that many times the Connection server's REST load); set cumi.mailboxes.source=registry so the workers share the mailboxes through the Kafka group, or keep worker.replicaCount at 1" (int .Values.worker.replicaCount)) }}
+{{- end }}
+{{- if and (eq $mailboxes.source "registry") (or $mailboxes.list $mailboxes.existingConfigMap) }}
+{{- fail "cumi.mailboxes.list and cumi.mailboxes.existingConfigMap are not used with cumi.mailboxes.source registry: leave them empty and register the mailboxes with `ingest mailboxes import|add` (docs/operations.md)" }}
+{{- end }}
+{{- $group := .Values.worker.group }}
+{{- /* the code's defaults (ingest/settings.py) stand in for nulls */}}
+{{- $session := ternary 10000 $group.sessionTimeoutMs (kindIs "invalid" $group.sessionTimeoutMs) }}
+{{- $heartbeat := ternary 1000 $group.heartbeatIntervalMs (kindIs "invalid" $group.heartbeatIntervalMs) }}
+{{- if gt (mul (int64 $heartbeat) 3) (int64 $session) }}
+{{- fail (printf "worker.group.heartbeatIntervalMs (%d) must be at most a third of worker.group.sessionTimeoutMs (%d)" (int64 $heartbeat) (int64 $session)) }}
 {{- end }}
 {{- range $component := list "worker" "projector" }}
 {{- $values := index $.Values $component }}
@@ -183,7 +205,8 @@ The component's free-form `settings` map (names restricted by the schema). Call 
 {{- end }}
 
 {{/*
-Environment of the ingest worker only: the Connection server, credentials and mailboxes.
+Environment of the ingest worker only: the Connection server, credentials and mailboxes (the list
+file, or the registry and the workers' group).
 */}}
 {{- define "cumi-pipeline.workerEnv" -}}
 - name: CUMI_SERVER_URL
@@ -213,8 +236,16 @@ Environment of the ingest worker only: the Connection server, credentials and ma
 - name: CUMI_DELEGATE_PASSWORD_FILE
   value: /etc/cumi-pipeline/credentials/{{ .Values.cumi.credentials.delegatePasswordKey }}
 {{- end }}
+{{- if include "cumi-pipeline.mailboxFile" . }}
 - name: CUMI_MAILBOXES_FILE
   value: /etc/cumi-pipeline/mailboxes/{{ .Values.cumi.mailboxes.key }}
+{{- else }}
+- name: CUMI_MAILBOX_SOURCE
+  value: "registry"
+{{- include "cumi-pipeline.optionalEnv" (list "KAFKA_WORKER_GROUP" .Values.worker.group.id) }}
+{{- include "cumi-pipeline.optionalEnv" (list "KAFKA_WORKER_SESSION_TIMEOUT_MS" .Values.worker.group.sessionTimeoutMs) }}
+{{- include "cumi-pipeline.optionalEnv" (list "KAFKA_WORKER_HEARTBEAT_INTERVAL_MS" .Values.worker.group.heartbeatIntervalMs) }}
+{{- end }}
 {{- include "cumi-pipeline.optionalEnv" (list "CUMI_EVENT_TIME_ZONE" .Values.cumi.eventTimeZone) }}
 {{- include "cumi-pipeline.optionalEnv" (list "CUMI_SERVER_TIME_ZONE" .Values.cumi.serverTimeZone) }}
 {{- include "cumi-pipeline.optionalEnv" (list "CUMI_REST_CONCURRENCY" .Values.cumi.restConcurrency) }}
