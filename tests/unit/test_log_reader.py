@@ -8,10 +8,10 @@ import datetime as dt
 import pytest
 from fixtures.producing import generate
 
-from ingest import codec
+from ingest import codec, log_reader
 from ingest.errors import DecodeError
 from ingest.events import DeadLetter, EventType, MailboxEvent, MessageInfo
-from ingest.log_reader import _FAST, _HEADER, _read_event, decode_log_record
+from ingest.log_reader import _FAST_EVENTS, _FAST_SNAPSHOTS, _HEADER, _read_event, decode_log_record
 
 AT = dt.datetime(2024, 3, 1, 8, 0, 0, 123_000, tzinfo=dt.UTC)
 
@@ -45,9 +45,19 @@ def zigzag(n: int) -> bytes:
 class TestSameAsCodec:
     """Every record of a realistic stream decodes to an equal record either way."""
 
-    def test_the_fast_path_is_in_use(self) -> None:
-        assert _FAST
+    def test_the_fast_paths_are_in_use(self) -> None:
+        assert _FAST_EVENTS
+        assert _FAST_SNAPSHOTS
         assert codec.encode(event()).startswith(_HEADER)
+
+    def test_small_caches(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Caches that fill up and start again many times give the same records."""
+        monkeypatch.setattr(log_reader, "_CACHE_SIZE", 7)
+        stream = generate(events=3000, mailboxes=20, seed=4)
+        for value in stream.values:
+            assert decode_log_record(value) == codec.decode(value)
+        assert len(log_reader._infos) <= 7
+        assert len(log_reader._stamps) <= 7
 
     def test_generated_stream(self) -> None:
         stream = generate(events=3000, mailboxes=20, seed=4)
@@ -98,6 +108,28 @@ class TestSameAsCodec:
         rewritten = value[:head] + zigzag(-2) + zigzag(len(items)) + value[head + 1 :]
         assert _read_event(rewritten) == original  # the fast path itself, no fallback
         assert decode_log_record(rewritten) == codec.decode(rewritten) == original
+
+
+class TestBuilder:
+    """Records built without `__init__` only where `__init__` does nothing else."""
+
+    def test_builds_an_equal_record(self) -> None:
+        build = log_reader._builder(MessageInfo)
+        assert build is not MessageInfo
+        built = build("m-1", "+1", "Bob", "Voice", "Normal-Priority", AT, "raw")
+        assert built == MessageInfo("m-1", "+1", "Bob", "Voice", "Normal-Priority", AT, "raw")
+        assert type(built) is MessageInfo
+
+    def test_a_class_that_checks_its_fields_keeps_its_init(self) -> None:
+        @dataclasses.dataclass(frozen=True, slots=True)
+        class Checked:
+            n: int
+
+            def __post_init__(self) -> None:
+                if self.n < 0:
+                    raise ValueError("negative")
+
+        assert log_reader._builder(Checked) is Checked
 
 
 class TestOtherRecords:
