@@ -16,10 +16,7 @@ both paths give equal records, or both fail.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-from collections.abc import Callable
-from typing import Any, TypeVar
 
 from ingest import codec
 from ingest.events import (
@@ -28,6 +25,7 @@ from ingest.events import (
     MailboxSnapshot,
     MessageInfo,
     SnapshotMessage,
+    fast_constructor,
 )
 
 _EVENT_FINGERPRINT = bytes.fromhex("5be9f43649860e88")
@@ -63,30 +61,10 @@ def decode_log_record(value: bytes) -> MailboxEvent | MailboxSnapshot | None:
 _TYPES: tuple[EventType, ...] = tuple(EventType)
 
 
-T = TypeVar("T")
-
-
-def _builder(cls: type[T]) -> Callable[..., T]:
-    """`cls(*values)` for a frozen slotted dataclass, at half the cost: the generated `__init__`
-    sets each field through `object.__setattr__`, this sets the slots directly. (It is what the
-    frozen `__init__` does, minus the lookups.) The class itself if it has anything more to do on
-    construction (`__post_init__`, fields not in `__init__`)."""
-    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
-    if hasattr(cls, "__post_init__") or not all(f.init for f in fields):
-        return cls
-    names = [f.name for f in fields]
-    scope: dict[str, Any] = {"new": object.__new__, "cls": cls}
-    scope.update({f"set_{n}": vars(cls)[n].__set__ for n in names})
-    lines = [f"def build({', '.join(names)}):", "    record = new(cls)"]
-    lines += [f"    set_{n}(record, {n})" for n in names] + ["    return record"]
-    exec("\n".join(lines), scope)  # the names are our own classes' field names
-    built: Callable[..., T] = scope["build"]
-    return built
-
-
-_MailboxEvent = _builder(MailboxEvent)
-_MessageInfo = _builder(MessageInfo)
-_SnapshotMessage = _builder(SnapshotMessage)
+# records built without the frozen __init__'s per-field object.__setattr__ (half the cost)
+_MailboxEvent = fast_constructor(MailboxEvent)
+_MessageInfo = fast_constructor(MessageInfo)
+_SnapshotMessage = fast_constructor(SnapshotMessage)
 
 
 def _events_readable() -> bool:

@@ -110,28 +110,6 @@ class TestSameAsCodec:
         assert decode_log_record(rewritten) == codec.decode(rewritten) == original
 
 
-class TestBuilder:
-    """Records built without `__init__` only where `__init__` does nothing else."""
-
-    def test_builds_an_equal_record(self) -> None:
-        build = log_reader._builder(MessageInfo)
-        assert build is not MessageInfo
-        built = build("m-1", "+1", "Bob", "Voice", "Normal-Priority", AT, "raw")
-        assert built == MessageInfo("m-1", "+1", "Bob", "Voice", "Normal-Priority", AT, "raw")
-        assert type(built) is MessageInfo
-
-    def test_a_class_that_checks_its_fields_keeps_its_init(self) -> None:
-        @dataclasses.dataclass(frozen=True, slots=True)
-        class Checked:
-            n: int
-
-            def __post_init__(self) -> None:
-                if self.n < 0:
-                    raise ValueError("negative")
-
-        assert log_reader._builder(Checked) is Checked
-
-
 class TestOtherRecords:
     """Snapshots go through the codec; records that do not belong on the events topic are None."""
 
