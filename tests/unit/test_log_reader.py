@@ -53,6 +53,8 @@ class TestSameAsCodec:
     def test_small_caches(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Caches that fill up and start again many times give the same records."""
         monkeypatch.setattr(log_reader, "_CACHE_SIZE", 7)
+        for cache in ("_moments", "_stamps", "_infos"):  # earlier tests may have filled them
+            monkeypatch.setattr(log_reader, cache, {})
         stream = generate(events=3000, mailboxes=20, seed=4)
         for value in stream.values:
             assert decode_log_record(value) == codec.decode(value)
