@@ -243,7 +243,7 @@ class Sink:
         if self._producer is not None and self.fatal is None:
             try:
                 async with asyncio.timeout(timeout):
-                    if self._submitting:  # payloads received before the session closed
+                    while self._submitting:  # payloads received before the session closed
                         await asyncio.wait(set(self._submitting))
                     await self.window.drained()
             except TimeoutError:
@@ -289,12 +289,22 @@ class Sink:
         previous payload's (payloads stay in order), so the session's next connect goes out — and
         the server prepares the next payload — while this one is processed. Their records go out
         as one record batch per partition: one append per record, one acknowledgement (and one
-        set of metric updates) per batch. An admitted payload is produced even if the caller is
-        cancelled (the CometD session closing at shutdown): `stop()` waits for it.
+        set of metric updates) per batch. A received payload is produced even if the caller is
+        cancelled while it waits for room (the CometD session closing at shutdown): `stop()`
+        waits for it.
         """
+        admission = asyncio.ensure_future(self._admit(messages, received))
+        self._track(admission)
+        await asyncio.shield(admission)
+
+    async def _admit(self, messages: list[dict[str, Any]], received: float) -> None:
         await self.window.acquire(len(messages))
+        # no await from here on: the next admission cannot come between
         task = asyncio.ensure_future(self._submit(messages, received, self._last_submitted))
         self._last_submitted = task
+        self._track(task)
+
+    def _track(self, task: asyncio.Future[None]) -> None:
         self._submitting.add(task)
         task.add_done_callback(self._submitted)
 
