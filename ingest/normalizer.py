@@ -13,28 +13,22 @@ Leniency, decided once here (and tested):
   serializer shows in folder listings); `MessageId` loses a folder-listing `0:` prefix.
 - Unknown extra fields are ignored.
 
-Times: `EventTime` / `ReceiveTime` look like `11:15:40 PM 10/30/2008` and carry no zone. Each is
-read in its configured zone (`TimeZones`) and stored as an aware UTC datetime next to the raw
-string. Local times that a DST change makes ambiguous (the repeated hour) or nonexistent (the
-skipped hour) resolve with zoneinfo's `fold=0`: an ambiguous time is the *first* occurrence (the
-offset in force before the change); a nonexistent time is read with the offset in force before the
-gap (02:30 on a US spring-forward day in Pacific time is 10:30 UTC). Deterministic, and the raw
-string keeps what the server sent.
+Times: `EventTime` / `ReceiveTime` carry no zone; each is read in its configured zone
+(`TimeZones`) by `ingest.cumi_time` and stored as an aware UTC datetime next to the raw string.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
 import re
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from ingest import jsonload
+from ingest.cumi_time import parse_cumi_time, to_millis, utc_now_millis
 from ingest.errors import InvalidEvent
 from ingest.events import (
     DeadLetter,
@@ -55,8 +49,6 @@ MAX_DEAD_LETTER_RAW = 256 * 1024
 MAX_USN = 2**63 - 1  # Avro long
 
 _EVENT_TYPES: dict[str, EventType] = {t.value: t for t in EventType}
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_TIME = re.compile(r"(\d\d?):(\d\d):(\d\d) ([AaPp])[Mm] (\d\d?)/(\d\d?)/(\d{4})")
 _CHANNEL_PREFIX = "/vmrest/mailbox/"
 _MAILBOX_ID_IN_TEXT = re.compile(rb'"MailboxId"\s*:\s*"([^"\\]{1,256})"')
 
@@ -88,7 +80,7 @@ def parse_event(
     """
     obj = _load(raw, max_bytes, max_depth)
     data, channel = _unwrap(obj)
-    ingested_at = _millis(now()) if now else _CLOCK()
+    ingested_at = to_millis(now()) if now else utc_now_millis()
     event = _plain_event(data, zones, source, ingested_at)
     if event is None:
         event = _checked_event(data, channel, zones, source, ingested_at)
@@ -158,7 +150,9 @@ def _plain_event(
     ):
         return None
     kind = _EVENT_TYPES.get(event_type)
-    event_time = _parse_time(event_time_raw, zones.event_time) if event_time_raw.isascii() else None
+    event_time = (
+        parse_cumi_time(event_time_raw, zones.event_time) if event_time_raw.isascii() else None
+    )
     if kind is None or event_time is None:
         return None
     if display_name == "null" or display_name is None:
@@ -214,7 +208,7 @@ def _plain_message(item: Any, zone: dt.tzinfo) -> MessageInfo | None:
     caller_ani, sender, msg_type, priority, receive_raw = texts
     receive_time = None
     if receive_raw:
-        receive_time = _parse_time(receive_raw, zone)
+        receive_time = parse_cumi_time(receive_raw, zone)
         if receive_time is None:
             return None
     return _new_message(
@@ -246,7 +240,7 @@ def dead_letter_for(
         raw=payload,
         reason=reason,
         detail=detail,
-        received_at=_millis(received_at or dt.datetime.now(dt.UTC)),
+        received_at=to_millis(received_at or dt.datetime.now(dt.UTC)),
         field=field,
         source=source,
         mailbox_id=_guess_mailbox_id(raw),
@@ -433,62 +427,14 @@ def _message(item: object, index: int, zone: dt.tzinfo) -> MessageInfo:
 
 
 def _time(raw: str, zone: dt.tzinfo, field: str) -> dt.datetime:
-    parsed = _parse_time(raw, zone)  # a cache hit costs a tenth of parsing
+    parsed = parse_cumi_time(raw, zone)  # a cache hit costs a tenth of parsing
     if parsed is None:
         detail = f"{_short(raw)!r} is not a valid time like '11:15:40 PM 10/30/2008'"
         raise InvalidEvent(RejectReason.BAD_TIME, detail, field)
     return parsed
 
 
-@functools.lru_cache(maxsize=8192)
-def _parse_time(raw: str, zone: dt.tzinfo) -> dt.datetime | None:
-    """`%I:%M:%S %p %m/%d/%Y` in `zone` → aware UTC, or None. Cached: a burst of events shares its
-    EventTime second, and strptime costs ~13 µs where this costs ~4 µs uncached."""
-    match = _TIME.fullmatch(raw)
-    if match is None:
-        return None
-    hour, minute, second, half, month, day, year = match.groups()
-    h = int(hour)
-    if not 1 <= h <= 12:
-        return None
-    h = h % 12 + (12 if half in "Pp" else 0)
-    try:
-        local = dt.datetime(int(year), int(month), int(day), h, int(minute), int(second))
-        return local.replace(tzinfo=zone).astimezone(dt.UTC)
-    except (ValueError, OverflowError):  # e.g. 02/30, minute 61, year 1 east of Greenwich
-        return None
-
-
 # --- helpers ----------------------------------------------------------------------------------
-
-
-class _MillisClock:
-    """UTC now truncated to milliseconds. Events ingested within one millisecond share one
-    datetime object: building it costs more than the rest of `ingested_at`'s handling."""
-
-    __slots__ = ("_last",)
-
-    def __init__(self) -> None:
-        self._last = (0, _EPOCH)
-
-    def __call__(self) -> dt.datetime:
-        millis = time.time_ns() // 1_000_000
-        last = self._last  # one tuple, replaced whole: safe across threads
-        if last[0] != millis:
-            last = self._last = (millis, _EPOCH + dt.timedelta(milliseconds=millis))
-        return last[1]
-
-
-_CLOCK = _MillisClock()
-
-
-def _millis(moment: dt.datetime) -> dt.datetime:
-    """Truncate to milliseconds (what Avro timestamp-millis keeps), aware UTC."""
-    if moment.tzinfo is not dt.UTC:
-        moment = (
-            moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
-        )
-    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
 _JSON_TYPES: tuple[tuple[type | tuple[type, ...], str], ...] = (
