@@ -3,68 +3,16 @@ with `codec.decode` (fastavro) — on any event or snapshot, and on any corrupti
 
 from __future__ import annotations
 
-import datetime as dt
-
+from fixtures.record_strategies import mailbox_events, records, snapshots
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest import codec
 from ingest.errors import DecodeError
-from ingest.events import EventType, MailboxEvent, MailboxSnapshot, MessageInfo, SnapshotMessage
+from ingest.events import MailboxEvent, MailboxSnapshot
 from ingest.log_reader import _read_event, _read_snapshot, decode_log_record
 
 CHECKS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-# short and long strings (a length of 64 bytes or more takes two bytes), unicode included
-texts = st.text(max_size=12) | st.text(min_size=60, max_size=90)
-ids = st.sampled_from(["m-1", "m-2", "4b6c4f5e-0e0c-4b8a-9e4e-0c1d2e3f4a5b"]) | texts
-moments = st.datetimes(
-    min_value=dt.datetime(1900, 1, 1), max_value=dt.datetime(2200, 1, 1), timezones=st.just(dt.UTC)
-)
-message_infos = st.builds(
-    MessageInfo,
-    message_id=ids,
-    caller_ani=st.none() | texts,
-    sender=st.none() | texts,
-    msg_type=st.none() | st.sampled_from(["Voice", "Fax", "Email"]),
-    priority=st.none() | texts,
-    receive_time=st.none() | moments,
-    receive_time_raw=st.none() | texts,
-)
-mailbox_events = st.builds(
-    MailboxEvent,
-    mailbox_id=ids,
-    usn=st.integers(0, 2**63 - 1) | st.integers(0, 5000),
-    event_type=st.sampled_from(EventType),
-    event_time=moments,
-    event_time_raw=texts,
-    subscription_id=texts,
-    messages=st.lists(message_infos, max_size=4).map(tuple),
-    ingested_at=moments,
-    display_name=st.none() | texts,
-    source=st.none() | texts,
-)
-snapshot_messages = st.builds(
-    SnapshotMessage,
-    message_id=ids.map(lambda i: f"0:{i}") | ids,
-    read=st.booleans(),
-    arrival_time=st.none() | moments,
-    sender=st.none() | texts,
-    caller_id=st.none() | texts,
-    priority=st.none() | texts,
-    msg_type=st.none() | texts,
-)
-snapshots = st.builds(
-    MailboxSnapshot,
-    mailbox_id=ids,
-    usn=st.integers(0, 2**63 - 1) | st.integers(0, 5000),
-    taken_at=moments,
-    reason=st.sampled_from(["startup", "session-lost", "resubscribe"]) | texts,
-    inbox=st.lists(snapshot_messages, max_size=6).map(tuple),
-    deleted=st.lists(snapshot_messages, max_size=6).map(tuple),
-    source=st.none() | texts,
-)
-records = mailbox_events | snapshots
 
 
 def expected(value: bytes) -> MailboxEvent | MailboxSnapshot | type[DecodeError] | None:

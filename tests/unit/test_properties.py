@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import fastavro
+from fixtures.record_strategies import mailbox_events
 from fixtures.vendor import vendor_example
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -314,34 +315,6 @@ class TestParserProperties:
 
 
 # --- the codec's fast writer -----------------------------------------------------------------
-
-texts = st.text(max_size=12)
-moments = st.datetimes(
-    min_value=dt.datetime(1900, 1, 1), max_value=dt.datetime(2200, 1, 1), timezones=st.just(dt.UTC)
-)
-message_infos = st.builds(
-    MessageInfo,
-    message_id=texts,
-    caller_ani=st.none() | texts,
-    sender=st.none() | texts,
-    msg_type=st.none() | texts,
-    priority=st.none() | texts,
-    receive_time=st.none() | moments,
-    receive_time_raw=st.none() | texts,
-)
-mailbox_events = st.builds(
-    MailboxEvent,
-    mailbox_id=st.text(max_size=80),
-    usn=st.integers(0, 2**63 - 1),
-    event_type=st.sampled_from(EventType),
-    event_time=moments,
-    event_time_raw=texts,
-    subscription_id=texts,
-    messages=st.lists(message_infos, max_size=3).map(tuple),
-    ingested_at=moments,
-    display_name=st.none() | texts,
-    source=st.none() | texts,
-)
 
 
 class TestCodecProperties:
