@@ -227,6 +227,7 @@ async def _worker_burst(
         "backpressure_s": round(
             _delta(before, metrics, "cumi_worker_backpressure_seconds_total"), 2
         ),
+        "gc_collections": _delta(before, metrics, "python_gc_collections_total"),
     }
 
 

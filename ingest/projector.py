@@ -47,6 +47,7 @@ from aiokafka.errors import KafkaError, ProducerFenced
 
 from ingest.errors import BrokerError, ConfigError, DecodeError
 from ingest.events import MailboxEvent, MailboxSnapshot
+from ingest.gc_tuning import streaming_collector
 from ingest.log_reader import decode_log_record
 from ingest.metrics import (
     PROJECTOR_EVENTS,
@@ -586,7 +587,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     logging.getLogger().setLevel(settings.log_level)
     try:
-        return asyncio.run(serve(settings))
+        with streaming_collector():
+            return asyncio.run(serve(settings))
     except ConfigError as e:
         log.error("configuration error: %s", e)
         return EXIT_CONFIG

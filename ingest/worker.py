@@ -28,6 +28,7 @@ from ingest.comet import CometSession, LossReason
 from ingest.credentials import CredentialsProvider, build_provider
 from ingest.cumi_rest import Backoff, CumiRestClient, Endpoint
 from ingest.errors import ConfigError
+from ingest.gc_tuning import streaming_collector
 from ingest.metrics import WORKER_READY, WORKER_REGISTRY, init_worker_label_values
 from ingest.normalizer import TimeZones
 from ingest.ops_http import OpsServer
@@ -259,7 +260,8 @@ def run(args: argparse.Namespace) -> int:
     # the library logs every client open/close at INFO and each failed request at WARNING
     logging.getLogger("aiocometd_ng").setLevel(logging.ERROR)
     try:
-        return asyncio.run(Worker(settings).run(handle_signals=True))
+        with streaming_collector():
+            return asyncio.run(Worker(settings).run(handle_signals=True))
     except ConfigError as e:
         log.error("configuration error: %s", e)
         return 2

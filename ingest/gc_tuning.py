@@ -1,0 +1,35 @@
+"""The cyclic garbage collector's setting for the streaming services (worker, projector).
+
+CPython's default first-generation threshold (700) starts a collection every 700 container
+objects allocated and not yet freed. An ingest worker decodes a Bayeux payload of up to 1,000
+events into ≈ 3,000 containers at once and keeps them while the payload is processed, so the
+default collected many times per payload, each time walking the same live payloads (and
+promoting them into the older generations, whose passes then walked them again): 3 to 4 µs per
+event on the reference machine, ≈ 10 % of the worker's CPU, and more with a larger heap.
+Almost nothing on this path forms reference cycles; reference counting frees it all.
+
+At 50,000 the collector still runs, on the same rule, but only once that many containers have
+piled up net of those freed — a bound on the cyclic garbage that can wait for it (tens of MB at
+worst), not a leak. The older generations keep their default ratios. docs/benchmarks.md has the
+measurement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+from collections.abc import Iterator
+
+STREAMING_GEN0_THRESHOLD = 50_000
+
+
+@contextlib.contextmanager
+def streaming_collector(gen0_threshold: int = STREAMING_GEN0_THRESHOLD) -> Iterator[None]:
+    """Raise the first generation's threshold to at least `gen0_threshold` while inside; restore
+    the previous thresholds on the way out (tests and embedding callers share the process)."""
+    before = gc.get_threshold()
+    gc.set_threshold(max(before[0], gen0_threshold), *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
