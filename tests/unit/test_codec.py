@@ -188,6 +188,22 @@ class TestFastEventWriter:
         fastavro.schemaless_writer(out, schema, codec._event_to_avro(record))
         assert codec.encode(record)[codec.HEADER_SIZE :] == out.getvalue()
 
+    def test_same_bytes_across_the_repeated_strings_cache_filling_and_emptying(self) -> None:
+        """More distinct values of the cached fields than the cache holds: every event is still
+        fastavro's bytes (a stale or cleared entry would show)."""
+        schema = fastavro.parse_schema(codec.load_schema("mailbox_event.avsc"))
+        count = codec._REPEATED_MAX + 50
+        for i in [*range(count), *range(0, count, 97)]:  # new values, then some seen before
+            info = MessageInfo(f"m{i}", caller_ani=f"+1555{i}", sender=None if i % 3 else "s")
+            record = event(
+                usn=i, event_time_raw=f"raw {i % 7}", source=f"w{i % 5}", messages=(info,)
+            )
+            out = io.BytesIO()
+            fastavro.schemaless_writer(out, schema, codec._event_to_avro(record))
+            assert codec.encode(record)[codec.HEADER_SIZE :] == out.getvalue(), i
+            assert codec.encode(record)[codec.HEADER_SIZE :] == out.getvalue(), i  # from cache
+        assert len(codec._REPEATED) <= codec._REPEATED_MAX
+
     def test_bound_to_the_schema_it_was_written_for(self) -> None:
         writer = codec._registry().writers[MailboxEvent]
         assert writer.fast is not None, "mailbox_event.avsc changed: update _fast_event_writer"
