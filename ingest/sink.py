@@ -41,7 +41,7 @@ from prometheus_client import Histogram
 
 from ingest import codec
 from ingest.errors import BrokerError, InvalidEvent
-from ingest.events import DeadLetter, MailboxEvent, MailboxSnapshot, RejectReason
+from ingest.events import DeadLetter, EventType, MailboxEvent, MailboxSnapshot, RejectReason
 from ingest.metrics import (
     WORKER_ACK_LATENCY,
     WORKER_BACKPRESSURE_SECONDS,
@@ -173,13 +173,14 @@ class Sink:
         self._producer: AIOKafkaProducer | None = None
         self._retries: asyncio.Queue[_Batch] = asyncio.Queue()
         self._partitions: dict[str, list[int]] = {}
-        self._partition_of: dict[tuple[str, bytes], int] = {}
+        self._partition_of: dict[str, dict[bytes, int]] = {}
         self._spread = 0  # round-robin for records without a key
         self._retry_task: asyncio.Task[None] | None = None
         self._retry_base = retry_base
         self._retry_cap = retry_cap
         self._rng = random.Random()
-        self._published_by_type: dict[str, Any] = {}
+        self._by_event_type: dict[EventType, tuple[Any, list[tuple[str, bytes]]]] = {}
+        self._last_event_time: tuple[dt.datetime | None, int] = (None, 0)
         self._dead_by_reason: dict[str, Any] = {}
         self._closing = False
         self._submitting: set[asyncio.Future[None]] = set()
@@ -388,24 +389,28 @@ class Sink:
         if key is None:
             self._spread += 1
             return partitions[self._spread % len(partitions)]
-        found = self._partition_of.get((topic, key))
+        known = self._partition_of.setdefault(topic, {})
+        found = known.get(key)
         if found is None:
-            found = partitions[key_partition(key, len(partitions))]
-            self._partition_of[topic, key] = found
+            found = known[key] = partitions[key_partition(key, len(partitions))]
         return found
 
     def _event_record(self, event: MailboxEvent) -> tuple[str, Record, Any, int | None]:
-        label = self._published_by_type.get(event.event_type)
-        if label is None:
+        kind = self._by_event_type.get(event.event_type)
+        if kind is None:  # the metric child and the headers, once per EventType
             label = WORKER_EVENTS_PUBLISHED.labels(event.event_type.value)
-            self._published_by_type[event.event_type] = label
+            kind = self._by_event_type[event.event_type] = (label, codec.kafka_headers(event))
         value = codec.encode(event)
         if len(value) > MAX_EVENT_BYTES:
             detail = f"encoded event of {len(value)} bytes exceeds {MAX_EVENT_BYTES}"
             raise InvalidEvent(RejectReason.TOO_LARGE, detail)
-        timestamp = codec.timestamp_ms(event)
-        record: Record = (event.mailbox_id.encode(), value, timestamp, codec.kafka_headers(event))
-        return self._kafka.events_topic, record, label, timestamp // 1000
+        # the normalizer hands events of the same EventTime text the same datetime object
+        if event.event_time is not self._last_event_time[0]:
+            self._last_event_time = (event.event_time, codec.timestamp_ms(event))
+        timestamp = self._last_event_time[1]
+        # the headers list is shared by the records of one EventType: nothing here mutates it
+        record: Record = (event.mailbox_id.encode(), value, timestamp, kind[1])
+        return self._kafka.events_topic, record, kind[0], timestamp // 1000
 
     def _dead_letter_record(
         self, message: Mapping[str, Any], error: Exception, now: dt.datetime
