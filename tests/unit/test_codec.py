@@ -194,7 +194,7 @@ class TestFastEventWriter:
         schema = fastavro.parse_schema(codec.load_schema("mailbox_event.avsc"))
         count = codec._REPEATED_MAX + 50
         for i in [*range(count), *range(0, count, 97)]:  # new values, then some seen before
-            info = MessageInfo(f"m{i}", caller_ani=f"+1555{i}", sender=None if i % 3 else "s")
+            info = MessageInfo(f"m{i}", msg_type=f"t{i}", priority=None if i % 3 else "p")
             record = event(
                 usn=i, event_time_raw=f"raw {i % 7}", source=f"w{i % 5}", messages=(info,)
             )
