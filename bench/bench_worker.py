@@ -87,7 +87,7 @@ PUBLISHED = "cumi_worker_events_published_total"
 @dataclass(frozen=True, slots=True)
 class Options:
     events: int = 100_000
-    rounds: int = 3
+    rounds: int = 8
     mailboxes: int = 1_000
     rate: float = 2_000.0
     duration: float = 30.0
