@@ -10,21 +10,15 @@ machine that cannot run the broker can never produce a green run.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
 
 from ingest.broker import LocalBroker
 from ingest.errors import LocalBrokerError
 from ingest.topics import TopicNames, default_specs, ensure_topics
-
-log = logging.getLogger(__name__)
 
 pytest_plugins = [
     f"fixtures.{module.stem}"
@@ -80,17 +74,7 @@ async def fresh_topics(
     )
     yield names
     if _local_kafka.running:
-        await _delete_topics(kafka_bootstrap, names.all())
+        # at module level it would be imported before pytest_plugins registers it (no rewrite)
+        from fixtures.producing import delete_topics  # noqa: PLC0415 - see the line above
 
-
-async def _delete_topics(bootstrap: str, topics: tuple[str, ...]) -> None:
-    """Keeps a long session's broker small (file handles, memory); failures only cost that."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
-    try:
-        await admin.start()
-        await admin.delete_topics(list(topics))
-    except KafkaError as e:
-        log.info("could not delete test topics %s: %s", topics, e)
-    finally:
-        with contextlib.suppress(KafkaError):
-            await admin.close()
+        await delete_topics(kafka_bootstrap, names.all())

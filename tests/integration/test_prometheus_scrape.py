@@ -30,8 +30,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 import yaml
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from fixtures.producing import delete_topics
 from fixtures.simulator import FAST
 from fixtures.worker import worker_env
 
@@ -256,18 +255,6 @@ async def drained(prometheus: Prometheus, stats: Stats) -> str | None:
     return None
 
 
-async def delete_topics(bootstrap: str, names: TopicNames) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
-    try:
-        await admin.start()
-        await admin.delete_topics(list(names.all()))
-    except KafkaError:
-        pass  # only costs the long session's broker a few files
-    finally:
-        with contextlib.suppress(KafkaError):
-            await admin.close()
-
-
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Run]:
     """Simulator → `ingest worker` → Kafka → `ingest projector`, scraped by Prometheus, after
@@ -322,7 +309,7 @@ async def run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) ->
             await prometheus.stop()
             await projector.stop()
             await worker.stop()
-            await delete_topics(kafka_bootstrap, topics)
+            await delete_topics(kafka_bootstrap, topics.all())
 
 
 def dashboard_panels() -> list[dict[str, Any]]:

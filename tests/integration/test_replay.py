@@ -12,8 +12,15 @@ from dataclasses import dataclass
 
 import pytest
 import pytest_asyncio
-from aiokafka.admin import AIOKafkaAdminClient
-from fixtures.producing import REPO, Placement, fold, generate, produce, state_differences
+from fixtures.producing import (
+    REPO,
+    Placement,
+    delete_topics,
+    fold,
+    generate,
+    produce,
+    state_differences,
+)
 
 from ingest import codec
 from ingest.events import LogRecord
@@ -58,12 +65,7 @@ async def event_log(kafka_bootstrap: str) -> AsyncIterator[Log]:
         kafka_bootstrap, names.events, stream.records, stream.values, batched=False
     )
     yield Log(kafka_bootstrap, names.events, stream.records, placements)
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_topics(list(names.all()))
-    finally:
-        await admin.close()
+    await delete_topics(kafka_bootstrap, names.all())
 
 
 def moment(record: LogRecord) -> int:

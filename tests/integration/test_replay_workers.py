@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from aiokafka.admin import AIOKafkaAdminClient
-from fixtures.producing import fold, generate, produce, state_differences
+from fixtures.producing import delete_topics, fold, generate, produce, state_differences
 
 from ingest import replay as replay_module
 from ingest.events import LogRecord
@@ -34,12 +33,7 @@ async def event_log(kafka_bootstrap: str) -> AsyncIterator[Log]:
     stream = generate(events=6000, mailboxes=30, seed=11)
     await produce(kafka_bootstrap, names.events, stream.records, stream.values)
     yield Log(kafka_bootstrap, names.events, stream.records)
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_topics(list(names.all()))
-    finally:
-        await admin.close()
+    await delete_topics(kafka_bootstrap, names.all())
 
 
 @pytest.fixture

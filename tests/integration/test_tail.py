@@ -26,9 +26,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
+from fixtures.producing import delete_topics
 from fixtures.simulator import FAST
 from fixtures.vendor import vendor_example
 from fixtures.worker import read_topic, running_worker, settle, worker_env
@@ -84,7 +83,7 @@ async def pipeline(
         truth,
         stats.emitted_total + stats.duplicates,
     )
-    await _delete_topics(kafka_bootstrap, topics)
+    await delete_topics(kafka_bootstrap, topics.all())
 
 
 async def _write_state(bootstrap: str, topic: str, events: list[Record]) -> None:
@@ -120,17 +119,6 @@ async def _write_registry(bootstrap: str, topic: str) -> None:
     async with AIOKafkaProducer(bootstrap_servers=bootstrap) as producer:
         await producer.send_and_wait(topic, FOREIGN, key=b"abell")
         await producer.send_and_wait(topic, None, key=b"abell")
-
-
-async def _delete_topics(bootstrap: str, topics: TopicNames) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_topics(list(topics.all()))
-    except KafkaError:
-        pass  # only costs broker disk until the session ends
-    finally:
-        await admin.close()
 
 
 async def run_tail(bootstrap: str, options: TailOptions) -> list[str]:
