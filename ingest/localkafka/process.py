@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 _POLL_S = 0.05
+_EXEC_WAIT_S = 2.0
 
 
 def spawn(argv: Sequence[str], output: Path, *, detach: bool) -> int:
@@ -26,7 +27,7 @@ def spawn(argv: Sequence[str], output: Path, *, detach: bool) -> int:
     """
     fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
-        return os.posix_spawn(
+        pid = os.posix_spawn(
             argv[0],
             list(argv),
             dict(os.environ),
@@ -39,6 +40,32 @@ def spawn(argv: Sequence[str], output: Path, *, detach: bool) -> int:
         )
     finally:
         os.close(fd)
+    _wait_for_exec(pid, list(argv))
+    return pid
+
+
+def _wait_for_exec(pid: int, argv: list[str]) -> None:
+    """Return once /proc shows `argv` for `pid` (or it died), within _EXEC_WAIT_S.
+
+    posix_spawn returns as soon as the child starts exec, while the kernel still builds the new
+    program's memory: /proc/<pid>/cmdline reads empty for that moment, so `runs()` called right
+    after `spawn()` could say False about a process that is starting fine.
+    """
+    deadline = time.monotonic() + _EXEC_WAIT_S
+    while time.monotonic() < deadline:
+        if command_line(pid) == argv or _is_zombie(pid) or not _exists(pid):
+            return
+        time.sleep(0.001)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def _is_zombie(pid: int) -> bool:
@@ -59,13 +86,7 @@ def exited(pid: int) -> bool:
     else:
         if reaped == pid:
             return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False  # exists, owned by someone else
-    return _is_zombie(pid)
+    return not _exists(pid) or _is_zombie(pid)
 
 
 def command_line(pid: int) -> list[str]:

@@ -211,6 +211,22 @@ class TestTools:
 class TestProcess:
     """Processes are handled by pid: spawn, watch, SIGTERM, SIGKILL."""
 
+    def test_runs_holds_as_soon_as_spawn_returns(self, tmp_path: Path) -> None:
+        # the kernel shows an empty command line while exec builds the new program; spawn waits
+        # that moment out (under load 14-41 of 300 spawns lost the race before it did)
+        for _ in range(100):
+            pid = process.spawn(["/bin/sleep", "30"], tmp_path / "out", detach=False)
+            try:
+                assert process.runs(pid, "sleep", "30")
+            finally:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+
+    def test_spawn_returns_for_a_program_that_exits_at_once(self, tmp_path: Path) -> None:
+        pid = process.spawn(["/bin/sh", "-c", "exit 3"], tmp_path / "out", detach=False)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 3
+
     async def test_terminate_stops_a_process_with_sigterm(self, tmp_path: Path) -> None:
         pid = process.spawn(["/bin/sleep", "30"], tmp_path / "out", detach=False)
         assert process.runs(pid, "sleep", "30")
