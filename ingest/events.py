@@ -174,6 +174,8 @@ class MessageStateRecord:
     """Folder before the change at `usn`: events sharing a USN are resolved together from it."""
     base_read: bool
     """Read flag before the change at `usn`."""
+    base_read_usn: int = -1
+    """USN at which `base_read` was last asserted first-hand (an event, or a listing); -1: never."""
     caller_ani: str | None = None
     sender: str | None = None
     msg_type: str | None = None

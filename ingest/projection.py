@@ -20,10 +20,13 @@ Events are *state assertions* about messages, applied per mailbox in USN order:
   DELETED_MESSAGE_CREATE and _UNDELETE keep the known flag (unread for a message never seen).
 - Events about messages never seen are applied (after Notifier downtime only the latest status of
   each message comes). A message in neither folder is kept as a GONE tombstone with its USN.
-- A snapshot at USN S is the server's truth as of S: messages changed after S keep their state
-  (but one whose read flag no event ever asserted takes the listed flag: the listing is at least
-  as new as S and the later change kept the flag), every other listed message takes the listed
-  folder and read flag at USN S, and every other message is dropped. Then S becomes the mailbox's
+- A snapshot at USN S is the server's truth as of S: messages changed after S keep their state,
+  every other listed message takes the listed folder and read flag at USN S, and every other
+  message is dropped. A message changed after S whose read flag was last asserted first-hand at
+  or before S (`read_known_usn`) takes the listed flag, though: its later changes kept the flag
+  (e.g. a delete), so the flag is still what it was at S, which the listing shows, while the
+  projection's own flag may predate a gap (the message was read while no one listened, then
+  deleted just after the repair read S). Then S becomes the mailbox's
   `snapshot_usn`: every event at or below it is STALE, which keeps dropped messages dropped (so
   snapshots also compact tombstones). An older snapshot than the last applied one is STALE, the
   same one again a DUPLICATE.
@@ -84,7 +87,14 @@ def resolve(
 ) -> tuple[Folder, bool]:
     """Folder and read flag of a message after one change (all events at one USN), given its
     folder and read flag before the change. Order-free: the change is a set of EventTypes."""
-    types = frozenset(applied)
+    folder, read, _ = _resolve_change(base_folder, base_read, frozenset(applied))
+    return folder, read
+
+
+def _resolve_change(
+    base_folder: Folder, base_read: bool, types: frozenset[EventType]
+) -> tuple[Folder, bool, bool]:
+    """`resolve`, and whether the change asserted the read flag (else it kept `base_read`)."""
     to_inbox = [_TO_INBOX[t] for t in types if t in _TO_INBOX]
     to_deleted = [_TO_DELETED[t] for t in types if t in _TO_DELETED]
     in_inbox = bool(to_inbox) or (base_folder is Folder.INBOX and not to_deleted)
@@ -101,23 +111,23 @@ def resolve(
     else:
         folder, asserted = Folder.GONE, to_inbox + to_deleted
     flags = [flag for flag in asserted if flag is not None]
-    return folder, (all(flags) if flags else base_read)
+    return folder, (all(flags) if flags else base_read), bool(flags)
 
 
 _ALONE = {t: frozenset((t,)) for t in EventType}
 """The change made of one EventType (shared: frozensets are immutable)."""
-_RESOLVED: dict[tuple[Folder, bool, frozenset[EventType]], tuple[Folder, bool]] = {}
+_RESOLVED: dict[tuple[Folder, bool, frozenset[EventType]], tuple[Folder, bool, bool]] = {}
 """`resolve`'s answers: at most 3 * 2 * 2**9 of them, and the fold asks for the same few a million
 times (the dict lookup is a tenth of resolving again)."""
 
 
 def _resolved(
     base_folder: Folder, base_read: bool, applied: frozenset[EventType]
-) -> tuple[Folder, bool]:
+) -> tuple[Folder, bool, bool]:
     key = (base_folder, base_read, applied)
     answer = _RESOLVED.get(key)
     if answer is None:
-        answer = _RESOLVED[key] = resolve(base_folder, base_read, applied)
+        answer = _RESOLVED[key] = _resolve_change(base_folder, base_read, applied)
     return answer
 
 
@@ -132,6 +142,9 @@ class MessageState:
     """EventTypes applied at `usn`."""
     base_folder: Folder = Folder.GONE
     base_read: bool = False
+    base_read_usn: int = -1
+    """USN at which `base_read` was last asserted first-hand (an event saying read or unread, or
+    a listing); -1: never, `base_read` is the default."""
     caller_ani: str | None = None
     sender: str | None = None
     msg_type: str | None = None
@@ -148,10 +161,11 @@ class MessageState:
                 return _DUPLICATE
             applied = self.applied = applied | {event_type}
         else:
+            self.base_read_usn = self.read_known_usn()
             self.base_folder, self.base_read = self.folder, self.read
             applied = self.applied = _ALONE[event_type]
             self.usn = usn
-        self.folder, self.read = _resolved(self.base_folder, self.base_read, applied)
+        self.folder, self.read, _ = _resolved(self.base_folder, self.base_read, applied)
         return _APPLIED
 
     def take_info(self, info: MessageInfo) -> None:
@@ -163,25 +177,21 @@ class MessageState:
         self.receive_time = info.receive_time or self.receive_time
         self.receive_time_raw = info.receive_time_raw or self.receive_time_raw
 
-    def read_unknown(self) -> bool:
-        """Whether the read flag is only the default: the message came from nowhere (never seen,
-        or a tombstone) into a folder by a change asserting no flag (DELETED_MESSAGE_CREATE or
-        _UNDELETE alone), e.g. it arrived during a gap and was deleted just after the repair's
-        listing began."""
-        if self.base_folder is not Folder.GONE or self.folder is Folder.GONE:
-            return False
-        asserted = _TO_DELETED if self.folder is Folder.DELETED else _TO_INBOX
-        return all(asserted.get(t) is None for t in self.applied)
+    def read_known_usn(self) -> int:
+        """USN at which the read flag was last asserted first-hand: the latest change if it said
+        read or unread, else whatever its base flag came from."""
+        _, _, asserted = _resolved(self.base_folder, self.base_read, self.applied)
+        return self.usn if asserted else self.base_read_usn
 
-    def learn_read(self, read: bool) -> None:
-        """The read flag the message had before its latest change (from a listing)."""
-        self.base_read = read
-        self.folder, self.read = _resolved(self.base_folder, self.base_read, self.applied)
+    def learn_read(self, read: bool, usn: int) -> None:
+        """The read flag the message had before its latest change, from a listing at `usn`."""
+        self.base_read, self.base_read_usn = read, usn
+        self.folder, self.read, _ = _resolved(self.base_folder, self.base_read, self.applied)
 
     def take_listing(self, folder: Folder, listed: SnapshotMessage, usn: int) -> None:
         self.folder = self.base_folder = folder
         self.read = self.base_read = listed.read
-        self.usn = usn
+        self.usn = self.base_read_usn = usn
         self.applied = frozenset()
         self.caller_ani = listed.caller_id or self.caller_ani
         self.sender = listed.sender or self.sender
@@ -212,6 +222,7 @@ class MessageState:
             applied=tuple(sorted(self.applied)),
             base_folder=self.base_folder,
             base_read=self.base_read,
+            base_read_usn=self.base_read_usn,
             caller_ani=self.caller_ani,
             sender=self.sender,
             msg_type=self.msg_type,
@@ -229,6 +240,7 @@ class MessageState:
             applied=frozenset(record.applied),
             base_folder=record.base_folder,
             base_read=record.base_read,
+            base_read_usn=record.base_read_usn,
             caller_ani=record.caller_ani,
             sender=record.sender,
             msg_type=record.msg_type,
@@ -306,8 +318,8 @@ class MailboxState:
             message = self.messages.setdefault(message_id, MessageState())
             if message.usn <= snapshot.usn:
                 message.take_listing(folder, entry, snapshot.usn)
-            elif message.read_unknown():  # newer events moved it but never said read or unread
-                message.learn_read(entry.read)
+            elif message.read_known_usn() <= snapshot.usn:  # no event after S said read/unread
+                message.learn_read(entry.read, snapshot.usn)
         self.snapshot_usn = snapshot.usn
         self.snapshots_applied += 1
         self._advance(snapshot.usn, snapshot.taken_at)

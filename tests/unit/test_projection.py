@@ -261,6 +261,44 @@ class TestSnapshots:
     def test_listed_in_both_folders(self) -> None:
         assert folders(fold(snap(3, {"a": True}, {"a": False}))) == state({}, {"a": False}, 3)
 
+    def test_flag_carried_by_a_later_change_comes_from_the_listing(self) -> None:
+        # seen in CI: "a" was read during a gap (SAVED lost), the repair read S = 20, then "a"
+        # was deleted at 21 and that event was published before the snapshot; the delete keeps
+        # the flag, so the flag is the listed one, not the pre-gap "unread"
+        projection = fold(ev(NEW, 10, "a"), ev(DM, 21, "a"), ev(DMC, 21, "a"))
+        projection.apply(snap(20, {"0:a": True}, {"0:a": True}))
+        assert folders(projection) == state({}, {"a": True}, 21)
+        assert projection.apply(ev(DMD, 22, "a")) is Outcome.APPLIED  # later changes still apply
+        assert folders(projection) == state({}, {}, 22)
+
+    def test_flag_asserted_after_its_usn_wins_over_the_listing(self) -> None:
+        # the listing (taken at S = 20) predates "read at 21": the delete at 22 carries *that* flag
+        projection = fold(ev(NEW, 10, "a"), ev(SAVED, 21, "a"), ev(DM, 22, "a"), ev(DMC, 22, "a"))
+        projection.apply(snap(20, {"0:a": False}, {}))
+        assert folders(projection) == state({}, {"a": True}, 22)
+
+    def test_a_second_snapshot_corrects_a_flag_learnt_from_the_first(self) -> None:
+        projection = fold(ev(NEW, 10, "a"), ev(DM, 31, "a"), ev(DMC, 31, "a"))
+        projection.apply(snap(20, {}, {"0:a": False}))
+        projection.apply(snap(30, {}, {"0:a": True}))  # still no event after 30 said read or unread
+        assert folders(projection) == state({}, {"a": True}, 31)
+
+    def test_learnt_flag_survives_the_state_topic(self) -> None:
+        records = (ev(NEW, 10, "a"), ev(DM, 21, "a"), ev(DMC, 21, "a"), snap(20, {"0:a": True}, {}))
+        mailbox = fold(*records).mailboxes["abell"]
+        record = codec.decode(codec.encode(mailbox.to_record()))
+        assert record.messages[0].base_read_usn == 20  # type: ignore[union-attr]
+        restored = Projection()
+        restored.load(record)  # type: ignore[arg-type]
+        for later in (ev(DMR, 40, "zz"), snap(30, {}, {"0:a": True, "0:zz": True})):
+            restored.apply(later)
+        assert (
+            restored.mailboxes
+            == fold(
+                *records, ev(DMR, 40, "zz"), snap(30, {}, {"0:a": True, "0:zz": True})
+            ).mailboxes
+        )
+
     def test_keeps_info_of_known_messages(self) -> None:
         projection = fold(ev(NEW, 1, "a"), snap(4, {"a": True}, {}))
         assert projection.mailboxes["abell"].messages["a"].sender == "sender of a"
