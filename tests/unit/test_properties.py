@@ -59,7 +59,7 @@ def ev(event_type: EventType, usn: int, *message_ids: str) -> MailboxEvent:
 
 
 @st.composite
-def histories(draw: st.DrawFn) -> list[Change]:
+def histories(draw: st.DrawFn, most: int = 25) -> list[Change]:
     truth: Truth = {}
     changes: list[Change] = []
     usn = draw(st.integers(0, 100))
@@ -68,7 +68,7 @@ def histories(draw: st.DrawFn) -> list[Change]:
         truth.update(updates)
         changes.append(Change(usn, tuple(events), frozenset(updates), dict(truth)))
 
-    for serial in range(draw(st.integers(1, 25))):
+    for serial in range(draw(st.integers(1, most))):
         usn += draw(st.integers(1, 3))
         inbox = sorted(m for m, (folder, _) in truth.items() if folder == "inbox")
         deleted = sorted(m for m, (folder, _) in truth.items() if folder == "deleted")
@@ -222,6 +222,40 @@ class TestProjectionProperties:
         events = events_of(changes)
         at = data.draw(st.integers(len(events_of(changes[: taken + 1])), len(events)))
         log: list[MailboxEvent | MailboxSnapshot] = [*events[:at], snapshot, *events[at:]]
+        assert fold(log) == expected(changes)
+
+    # short histories, many of them: the hard cases need a message seen before the gap, marked in
+    # it and deleted after S, which random changes rarely line up (the rule before base_read_usn
+    # failed here for 5 of 8 seeds; test_projection.TestSnapshots pins those cases down)
+    @settings(MODEST, max_examples=1500)
+    @given(histories(most=6), st.data())
+    def test_gap_then_repair(self, changes: list[Change], data: st.DataObject) -> None:
+        """What gap repair sees: the events of a window are lost (nobody listened), the worker
+        subscribes again (events flow from change `active` on), then reads the mailbox USN S: the
+        USN of change `taken`, which is at least the change before `active`. It lists Inbox (as of
+        change `inbox_at`) and Deleted (`deleted_at`, later: a torn listing). The snapshot lands
+        anywhere among the events that followed the gap."""
+        gap = data.draw(st.integers(0, len(changes) - 1))
+        active = data.draw(st.integers(gap, len(changes) - 1))
+        taken = data.draw(st.integers(max(active - 1, 0), len(changes) - 1))
+        inbox_at = data.draw(st.integers(taken, len(changes) - 1))
+        deleted_at = data.draw(st.integers(inbox_at, len(changes) - 1))
+        inbox, deleted = changes[inbox_at].truth, changes[deleted_at].truth
+        snapshot = MailboxSnapshot(
+            mailbox_id="abell",
+            usn=changes[taken].usn,
+            taken_at=T0,
+            reason="server-restart",
+            inbox=tuple(
+                SnapshotMessage(f"0:{m}", r) for m, (f, r) in inbox.items() if f == "inbox"
+            ),
+            deleted=tuple(
+                SnapshotMessage(f"0:{m}", r) for m, (f, r) in deleted.items() if f == "deleted"
+            ),
+        )
+        before, after = events_of(changes[:gap]), events_of(changes[active:])
+        at = data.draw(st.integers(0, len(after)))
+        log: list[MailboxEvent | MailboxSnapshot] = [*before, *after[:at], snapshot, *after[at:]]
         assert fold(log) == expected(changes)
 
     @MODEST
