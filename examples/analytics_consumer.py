@@ -124,6 +124,9 @@ class Message:
     read: bool
     usn: int
     """USN of the last change applied to this message: older assertions about it are stale."""
+    read_usn: int = -1
+    """USN at which an event (or a listing) last said read or unread: a delete only carries the
+    flag along, so a snapshot newer than this knows the flag better than we do."""
 
 
 @dataclass
@@ -137,6 +140,14 @@ def _leave(folder: str, event_folder: str) -> str:
     # only leaves `event_folder`: with a same-USN pair the other event may already have moved it
     return GONE if folder in (event_folder, GONE) else folder
 
+
+ASSERTS_READ = {
+    "NEW_MESSAGE",
+    "SAVED_MESSAGE",
+    "UNREAD_MESSAGE",
+    "DELETED_MESSAGE_READ",
+    "DELETED_MESSAGE_UNREAD",
+}
 
 # EventType → (folder, read) after it, from (folder, read) before it (None: unknown message)
 EFFECTS: dict[str, Callable[[str, bool], tuple[str, bool]]] = {
@@ -180,11 +191,15 @@ class Analytics:
             if known is not None and event["usn"] < known.usn:
                 continue  # stale: the message changed since (a repeat, or a late re-send)
             folder, read = effect(known.folder if known else GONE, known.read if known else False)
-            mailbox.messages[info["message_id"]] = Message(folder, read, event["usn"])
+            read_usn = known.read_usn if known else -1
+            if event["event_type"] in ASSERTS_READ:
+                read_usn = event["usn"]
+            mailbox.messages[info["message_id"]] = Message(folder, read, event["usn"], read_usn)
 
     def apply_snapshot(self, snapshot: dict[str, Any]) -> None:
         """The server's folders at USN `usn`: messages changed later (higher USN) keep their
-        state, every other known message takes the listing's (absent from it: gone)."""
+        state, every other known message takes the listing's (absent from it: gone). A message
+        changed later but whose read flag no event after `usn` stated takes the listed flag."""
         self.counts["snapshots"] += 1
         mailbox = self.mailboxes.setdefault(snapshot["mailbox_id"], Mailbox())
         usn = snapshot["usn"]
@@ -196,7 +211,9 @@ class Analytics:
             self._received(snapshot["mailbox_id"], message_id, entry["arrival_time"])
             known = mailbox.messages.get(message_id)
             if known is None or known.usn <= usn:
-                mailbox.messages[message_id] = Message(folder, entry["read"], usn)
+                mailbox.messages[message_id] = Message(folder, entry["read"], usn, usn)
+            elif known.read_usn <= usn:
+                known.read, known.read_usn = entry["read"], usn
         for message_id, known in mailbox.messages.items():
             if message_id not in listed and known.usn <= usn:
                 known.folder, known.usn = GONE, usn

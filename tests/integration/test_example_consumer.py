@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import datetime as dt
+import importlib.util
 import io
 import json
 import os
@@ -224,3 +225,28 @@ class TestStandalone:
             if isinstance(node, ast.ImportFrom) and node.module
         }
         assert roots - sys.stdlib_module_names == {"aiokafka", "fastavro"}
+
+    def test_a_gap_repair_gives_the_flag_a_delete_carried(self) -> None:
+        # read during a gap (that event lost), listed read at S = 20, deleted at 21 before the
+        # snapshot record: the delete carries the listed flag (ingest.projection's rule, same case)
+        spec = importlib.util.spec_from_file_location("analytics_consumer", EXAMPLE)
+        assert spec is not None and spec.loader is not None
+        example = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = example  # dataclasses look their module up
+        spec.loader.exec_module(example)
+
+        def event(event_type: str, usn: int) -> dict[str, Any]:
+            info = {"message_id": "m", "receive_time": None}
+            return {"mailbox_id": "abell", "usn": usn, "event_type": event_type, "messages": [info]}
+
+        listed = [{"message_id": "m", "read": True, "arrival_time": None}]
+        analytics = example.Analytics()
+        for usn, event_type in (
+            (10, "NEW_MESSAGE"),
+            (21, "DELETED_MESSAGE"),
+            (21, "DELETED_MESSAGE_CREATE"),
+        ):
+            analytics.apply_event(event(event_type, usn))
+        analytics.apply_snapshot({"mailbox_id": "abell", "usn": 20, "inbox": listed, "deleted": []})
+        message = analytics.mailboxes["abell"].messages["m"]
+        assert (message.folder, message.read) == (example.DELETED, True)
