@@ -145,6 +145,9 @@ class MessageState:
     base_read_usn: int = -1
     """USN at which `base_read` was last asserted first-hand (an event saying read or unread, or
     a listing); -1: never, `base_read` is the default."""
+    read_asserted: bool = field(default=False, compare=False, repr=False)
+    """Whether the change at `usn` said read or unread: derived from the above (not stored), kept
+    to spare a `resolve` lookup per event."""
     caller_ani: str | None = None
     sender: str | None = None
     msg_type: str | None = None
@@ -161,11 +164,14 @@ class MessageState:
                 return _DUPLICATE
             applied = self.applied = applied | {event_type}
         else:
-            self.base_read_usn = self.read_known_usn()
+            if self.read_asserted:
+                self.base_read_usn = self.usn
             self.base_folder, self.base_read = self.folder, self.read
             applied = self.applied = _ALONE[event_type]
             self.usn = usn
-        self.folder, self.read, _ = _resolved(self.base_folder, self.base_read, applied)
+        self.folder, self.read, self.read_asserted = _resolved(
+            self.base_folder, self.base_read, applied
+        )
         return _APPLIED
 
     def take_info(self, info: MessageInfo) -> None:
@@ -180,8 +186,7 @@ class MessageState:
     def read_known_usn(self) -> int:
         """USN at which the read flag was last asserted first-hand: the latest change if it said
         read or unread, else whatever its base flag came from."""
-        _, _, asserted = _resolved(self.base_folder, self.base_read, self.applied)
-        return self.usn if asserted else self.base_read_usn
+        return self.usn if self.read_asserted else self.base_read_usn
 
     def learn_read(self, read: bool, usn: int) -> None:
         """The read flag the message had before its latest change, from a listing at `usn`."""
@@ -193,6 +198,7 @@ class MessageState:
         self.read = self.base_read = listed.read
         self.usn = self.base_read_usn = usn
         self.applied = frozenset()
+        self.read_asserted = False
         self.caller_ani = listed.caller_id or self.caller_ani
         self.sender = listed.sender or self.sender
         self.msg_type = listed.msg_type or self.msg_type
@@ -233,14 +239,17 @@ class MessageState:
 
     @classmethod
     def from_record(cls, record: MessageStateRecord) -> MessageState:
+        applied = frozenset(record.applied)
+        _, _, read_asserted = _resolved(record.base_folder, record.base_read, applied)
         return cls(
             folder=record.folder,
             read=record.read,
             usn=record.usn,
-            applied=frozenset(record.applied),
+            applied=applied,
             base_folder=record.base_folder,
             base_read=record.base_read,
             base_read_usn=record.base_read_usn,
+            read_asserted=read_asserted,
             caller_ani=record.caller_ani,
             sender=record.sender,
             msg_type=record.msg_type,
