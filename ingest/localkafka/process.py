@@ -40,20 +40,21 @@ def spawn(argv: Sequence[str], output: Path, *, detach: bool) -> int:
         )
     finally:
         os.close(fd)
-    _wait_for_exec(pid, list(argv))
+    _wait_for_exec(pid)
     return pid
 
 
-def _wait_for_exec(pid: int, argv: list[str]) -> None:
-    """Return once /proc shows `argv` for `pid` (or it died), within _EXEC_WAIT_S.
+def _wait_for_exec(pid: int) -> None:
+    """Return once /proc shows a command line for `pid` (or it died), within _EXEC_WAIT_S.
 
     posix_spawn returns as soon as the child starts exec, while the kernel still builds the new
     program's memory: /proc/<pid>/cmdline reads empty for that moment, so `runs()` called right
-    after `spawn()` could say False about a process that is starting fine.
+    after `spawn()` could say False about a process that is starting fine. (Not a comparison with
+    argv: a script's command line names its interpreter first.)
     """
     deadline = time.monotonic() + _EXEC_WAIT_S
     while time.monotonic() < deadline:
-        if command_line(pid) == argv or _is_zombie(pid) or not _exists(pid):
+        if command_line(pid) or _is_zombie(pid) or not _exists(pid):
             return
         time.sleep(0.001)
 

@@ -222,6 +222,17 @@ class TestProcess:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
 
+    def test_runs_holds_for_a_script_as_soon_as_spawn_returns(self, tmp_path: Path) -> None:
+        script = tmp_path / "wait.sh"
+        script.write_text("#!/bin/sh\nexec /bin/sleep 30\n")
+        script.chmod(0o755)
+        pid = process.spawn([str(script)], tmp_path / "out", detach=False)
+        try:  # the interpreter (running the script) or sleep: either way, one of the two needles
+            assert process.runs(pid, "wait.sh") or process.runs(pid, "sleep", "30")
+        finally:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
     def test_spawn_returns_for_a_program_that_exits_at_once(self, tmp_path: Path) -> None:
         pid = process.spawn(["/bin/sh", "-c", "exit 3"], tmp_path / "out", detach=False)
         _, status = os.waitpid(pid, 0)
