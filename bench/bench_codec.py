@@ -24,10 +24,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from bench import machine, record
-from ingest import codec, jsonload
-from ingest.cumi_time import parse_cumi_time
+from ingest.cumi import jsonload
+from ingest.cumi.normalizer import TimeZones, parse_event
+from ingest.cumi.timestamps import parse_cumi_time
+from ingest.eventlog import codec
 from ingest.events import EventType
-from ingest.normalizer import TimeZones, parse_event
 
 ZONES = TimeZones(receive_time=ZoneInfo("America/Los_Angeles"))
 START = dt.datetime(2024, 3, 1, 8, 0, 0)

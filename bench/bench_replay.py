@@ -6,8 +6,9 @@ processes hits them alike:
 - **raw**: a plain `AIOKafkaConsumer` (read_committed, the replay's fetch settings) reading every
   partition from the beginning to the end offsets, touching each record's value — the ceiling
   for anything written in Python on aiokafka;
-- **replay**: `ingest.replay.replay(bootstrap, topic)` — fetch, decode (`ingest.log_reader`) and
-  fold (`ingest.projection`) every record into the state of every mailbox, one process;
+- **replay**: `ingest.state.replay.replay(bootstrap, topic)` — fetch, decode
+  (`ingest.eventlog.reader`) and fold (`ingest.state.projection`) every record into the state of
+  every mailbox, one process;
 - **replay x N**: the same with `workers=N` processes, each folding a group of partitions;
 - **rebuild** (once, `--projector`): a real `ingest projector` process under a fresh consumer
   group and a fresh state topic catching up from offset 0 with its transactions — the time until
@@ -44,13 +45,13 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench import machine, record
-from ingest import codec
-from ingest.broker import LocalBroker
+from ingest.eventlog import codec
+from ingest.eventlog.topics import TopicSpec, ensure_topics
 from ingest.events import LogRecord, MailboxSnapshot, SnapshotMessage
-from ingest.projection import Projection
-from ingest.replay import replay
-from ingest.state_store import describe_topic
-from ingest.topics import TopicSpec, ensure_topics
+from ingest.localkafka.node import LocalBroker
+from ingest.state.projection import Projection
+from ingest.state.replay import replay
+from ingest.state.store import describe_topic
 
 # the test suite's stream generator and producer (tests/ is not a package on the path)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

@@ -33,9 +33,9 @@ from typing import Any
 import aiohttp
 
 from bench import record
-from ingest.broker import LocalBroker
+from ingest.eventlog.topics import TopicNames, default_specs, ensure_topics
+from ingest.localkafka.node import LocalBroker
 from ingest.simulator import Simulator, SimulatorConfig
-from ingest.topics import TopicNames, default_specs, ensure_topics
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fixtures.worker_group import ScaleOut, scale_out_env

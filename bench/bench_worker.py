@@ -71,14 +71,14 @@ from bench.worker_rig import (
     total,
     worker_env,
 )
-from ingest import codec
-from ingest.broker import LocalBroker, ensure_runtime
+from ingest.eventlog import codec
+from ingest.eventlog.sink import Sink
+from ingest.eventlog.topics import key_partition
 from ingest.events import MailboxEvent
+from ingest.localkafka.node import LocalBroker, ensure_runtime
 from ingest.localkafka.runtime import KafkaRuntime
 from ingest.settings import Settings
 from ingest.simulator.users import UserTable
-from ingest.sink import Sink
-from ingest.topics import key_partition
 
 SEED = 1
 PUBLISHED = "cumi_worker_events_published_total"

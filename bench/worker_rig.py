@@ -34,9 +34,9 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 from prometheus_client.parser import text_string_to_metric_families
 
+from ingest.eventlog.topics import TopicNames, TopicSpec, default_specs, ensure_topics
 from ingest.localkafka.runtime import KafkaRuntime
 from ingest.simulator import Simulator, SimulatorConfig
-from ingest.topics import TopicNames, TopicSpec, default_specs, ensure_topics
 
 Metrics = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 PublishKey = tuple[str, int, str]

@@ -1,10 +1,10 @@
 """Domain records of the event log: what a CUMI notification *means* once normalized.
 
-These are the in-memory forms of the Avro records in `schemas/` (field for field); `ingest.codec`
-converts between the two. A `MailboxEvent` is a *state assertion* about one or more messages of
-one mailbox (DESIGN.md §2): it can repeat, and after Notifier downtime it carries only the latest
-status. A `MailboxSnapshot` is the server's folder listing taken by gap repair; it replaces the
-projected state.
+These are the in-memory forms of the Avro records in `schemas/` (field for field);
+`ingest.eventlog.codec` converts between the two. A `MailboxEvent` is a *state assertion* about one
+or more messages of one mailbox (DESIGN.md §2): it can repeat, and after Notifier downtime it
+carries only the latest status. A `MailboxSnapshot` is the server's folder listing taken by gap
+repair; it replaces the projected state.
 """
 
 from __future__ import annotations

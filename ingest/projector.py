@@ -3,12 +3,12 @@
     ingest projector [--config FILE]
 
 A consumer group member on the events topic (read_committed, no auto-commit). Records are decoded
-and applied through `ingest.projection` — the same fold as `ingest fold` and `ingest replay` —
+and applied through `ingest.state.projection` — the same fold as `ingest fold` and `ingest replay` —
 into one `Projection` per owned events partition. Every `CUMI_PROJECTOR_COMMIT_INTERVAL_MS` (or
 `CUMI_PROJECTOR_COMMIT_MAX_RECORDS` records) each partition with changes commits one transaction:
 the changed mailboxes' state records to the same partition of the compacted state topic *and* the
 group's offset of that events partition. A crash at any point therefore restarts from a state and
-an offset that belong together (see `ingest.state_store` for co-partitioning and zombie fencing).
+an offset that belong together (see `ingest.state.store` for co-partitioning and zombie fencing).
 
 Rebalancing (aiokafka's eager protocol: revoke everything, then assign):
 - revoked: the open changes of every owned partition are committed (finished, not lost), and
@@ -46,10 +46,12 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 
 from ingest.errors import BrokerError, ConfigError, DecodeError
+from ingest.eventlog.reader import decode_log_record
+from ingest.eventlog.topics import TopicSpec, ensure_topics
 from ingest.events import MailboxEvent, MailboxSnapshot
-from ingest.gc_tuning import streaming_collector
-from ingest.log_reader import decode_log_record
-from ingest.metrics import (
+from ingest.ops.gc_tuning import streaming_collector
+from ingest.ops.http import OpsServer
+from ingest.ops.metrics import (
     PROJECTOR_EVENTS,
     PROJECTOR_LAG,
     PROJECTOR_MAILBOXES,
@@ -65,18 +67,16 @@ from ingest.metrics import (
     PROJECTOR_TRANSACTION_SECONDS,
     PROJECTOR_TRANSACTIONS,
 )
-from ingest.ops_http import OpsServer
-from ingest.projection import MailboxState, Projection
-from ingest.read_api import routes as read_api_routes
 from ingest.settings import KafkaSettings, SettingsSource, load_kafka, load_worker
-from ingest.state_store import (
+from ingest.state.projection import MailboxState, Projection
+from ingest.state.read_api import routes as read_api_routes
+from ingest.state.store import (
     Fenced,
     StateReader,
     StateWriter,
     TransactionFailed,
     describe_topic,
 )
-from ingest.topics import TopicSpec, ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ class Projector:
         self._task: asyncio.Task[None] | None = None
         self._started = False
 
-    # -- the read side (ingest.read_api) ---------------------------------------------------
+    # -- the read side (ingest.state.read_api) ---------------------------------------------------
 
     def find(self, mailbox_id: str) -> tuple[int, MailboxState] | None:
         for number, owned in self.partitions.items():

@@ -73,7 +73,7 @@ class MailboxSource(enum.StrEnum):
     FILE = "file"
     """CUMI_MAILBOXES_FILE: a fixed list; every worker given the file watches all of it."""
     REGISTRY = "registry"
-    """The registry topic, shared by the workers of one consumer group (ingest.assignment)."""
+    """The registry topic, shared by one consumer group of workers (ingest.mailboxes.assignment)."""
 
 
 class CredentialsProviderKind(enum.StrEnum):

@@ -4,7 +4,7 @@ Wiring (DESIGN.md §1): the ops HTTP server (/metrics, health) → the Kafka sin
 cluster) → the CUMI REST client and the credentials provider → gap repair → the subscription
 manager, which runs CometD sessions whose event payloads flow into the sink. The mailboxes are a
 file's list (CUMI_MAILBOX_SOURCE=file) or this worker's share of the registry topic, which changes
-while it runs (registry: ingest.assignment).
+while it runs (registry: ingest.mailboxes.assignment).
 
 Shutdown (SIGTERM/SIGINT): stop receiving (the CometD session is closed), stop gap repair, wait —
 bounded by CUMI_SHUTDOWN_TIMEOUT_SECONDS — until Kafka has acknowledged everything in flight, flush
@@ -23,19 +23,19 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from ingest.assignment import CredentialRefs, RegistryAssignment
-from ingest.comet import CometSession, LossReason
-from ingest.credentials import CredentialsProvider, build_provider
-from ingest.cumi_rest import Backoff, CumiRestClient, Endpoint
+from ingest.cumi.credentials import CredentialsProvider, build_provider
+from ingest.cumi.gap_repair import Reconciler
+from ingest.cumi.normalizer import TimeZones
+from ingest.cumi.rest import Backoff, CumiRestClient, Endpoint
+from ingest.cumi.session import CometSession, LossReason
+from ingest.cumi.subscriptions import RepairReason, SubscriptionManager, SubscriptionPolicy
 from ingest.errors import ConfigError
-from ingest.gc_tuning import streaming_collector
-from ingest.metrics import WORKER_READY, WORKER_REGISTRY, init_worker_label_values
-from ingest.normalizer import TimeZones
-from ingest.ops_http import OpsServer
-from ingest.reconcile import Reconciler
+from ingest.eventlog.sink import Sink
+from ingest.mailboxes.assignment import CredentialRefs, RegistryAssignment
+from ingest.ops.gc_tuning import streaming_collector
+from ingest.ops.http import OpsServer
+from ingest.ops.metrics import WORKER_READY, WORKER_REGISTRY, init_worker_label_values
 from ingest.settings import CredentialsProviderKind, MailboxSource, Settings
-from ingest.sink import Sink
-from ingest.subscriptions import RepairReason, SubscriptionManager, SubscriptionPolicy
 
 log = logging.getLogger(__name__)
 

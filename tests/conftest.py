@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from ingest.broker import LocalBroker
 from ingest.errors import LocalBrokerError
-from ingest.topics import TopicNames, default_specs, ensure_topics
+from ingest.eventlog.topics import TopicNames, default_specs, ensure_topics
+from ingest.localkafka.node import LocalBroker
 
 pytest_plugins = [
     f"fixtures.{module.stem}"

@@ -3,7 +3,7 @@
 It formats a storage directory, runs `kafka.Kafka` from the jars `ingest broker fetch` cached, and
 is ready only when the log says `Kafka Server started`, a metadata request lists the node and every
 partition's leader answers. Ports are free ones chosen once; `stop()` then `start()` reuses them
-and the data, so tests can stop the broker mid-stream. Import it from `ingest.broker`.
+and the data, so tests can stop the broker mid-stream. Import it from `ingest.commands.broker`.
 """
 
 from __future__ import annotations

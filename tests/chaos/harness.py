@@ -42,14 +42,14 @@ from fixtures.worker import worker_env
 from chaos.observe import Ledger, MalformedInjector, TopicReader
 from chaos.processes import Service
 from chaos.schedule import DISRUPTIVE, Fault, Step, plan
-from ingest.broker import LocalBroker
+from ingest.eventlog.topics import TopicNames
 from ingest.events import MailboxRegistryEntry, MailboxSnapshot
-from ingest.projection import MailboxState, diff_states
-from ingest.registry import apply_changes
+from ingest.localkafka.node import LocalBroker
+from ingest.mailboxes.registry import apply_changes
 from ingest.settings import SettingsSource, load_kafka
 from ingest.simulator import Simulator
-from ingest.state_store import read_state_topic
-from ingest.topics import TopicNames
+from ingest.state.projection import MailboxState, diff_states
+from ingest.state.store import read_state_topic
 
 log = logging.getLogger(__name__)
 

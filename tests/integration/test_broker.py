@@ -15,9 +15,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from fixtures.worker import read_topic
 
-from ingest.broker import LocalBroker
 from ingest.errors import LocalBrokerError
-from ingest.topics import TopicNames, default_specs, ensure_topics
+from ingest.eventlog.topics import TopicNames, default_specs, ensure_topics
+from ingest.localkafka.node import LocalBroker
 
 pytestmark = pytest.mark.integration
 
@@ -117,7 +117,7 @@ class TestTopics:
         assert described[names.state]["cleanup.policy"] == "compact"
         assert described[names.registry]["cleanup.policy"] == "compact"
 
-        with caplog.at_level(logging.WARNING, logger="ingest.topics"):
+        with caplog.at_level(logging.WARNING, logger="ingest.eventlog.topics"):
             again = await ensure_topics(kafka_bootstrap, default_specs(names, events_partitions=4))
         assert again == []
         mismatches = [r.getMessage() for r in caplog.records if "partitions" in r.getMessage()]

@@ -8,8 +8,8 @@ import time
 import pytest
 from fixtures.simulator import MakeSimulator
 
-from ingest.credentials import Credential, DelegateCredentials, MissingCredentials
-from ingest.cumi_rest import Backoff, CumiRestClient, Folder
+from ingest.cumi.credentials import Credential, DelegateCredentials, MissingCredentials
+from ingest.cumi.rest import Backoff, CumiRestClient, Folder
 from ingest.errors import AuthError, TransportError
 from ingest.simulator import Op, Simulator
 

@@ -22,11 +22,11 @@ from aiokafka import AIOKafkaProducer
 from fixtures.simulator import MakeSimulator
 from fixtures.worker import running_worker, settle, worker_env
 
-from ingest import codec
-from ingest.normalizer import parse_event
+from ingest.cumi.normalizer import parse_event
+from ingest.eventlog import codec
+from ingest.eventlog.topics import TopicNames
 from ingest.simulator import Simulator
 from ingest.simulator.mailbox import Message
-from ingest.topics import TopicNames
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "analytics_consumer.py"
@@ -228,7 +228,7 @@ class TestStandalone:
 
     def test_a_gap_repair_gives_the_flag_a_delete_carried(self) -> None:
         # read during a gap (that event lost), listed read at S = 20, deleted at 21 before the
-        # snapshot record: the delete carries the listed flag (ingest.projection's rule, same case)
+        # snapshot record: the delete carries the listed flag (the projection's rule, same case)
         spec = importlib.util.spec_from_file_location("analytics_consumer", EXAMPLE)
         assert spec is not None and spec.loader is not None
         example = importlib.util.module_from_spec(spec)

@@ -18,11 +18,11 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from fixtures.worker import read_topic
 
-from ingest import codec
+from ingest.cumi.normalizer import dead_letter_for, parse_event
 from ingest.errors import InvalidEvent
+from ingest.eventlog import codec
+from ingest.eventlog.topics import TopicNames
 from ingest.events import EventType, MailboxEvent, RecordKind
-from ingest.normalizer import dead_letter_for, parse_event
-from ingest.topics import TopicNames
 
 pytestmark = pytest.mark.integration
 

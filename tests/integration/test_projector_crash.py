@@ -22,9 +22,9 @@ from fixtures.producing import (
     wait_committed,
 )
 
-from ingest.projection import Projection, diff_states
-from ingest.state_store import read_state_topic
-from ingest.topics import TopicNames
+from ingest.eventlog.topics import TopicNames
+from ingest.state.projection import Projection, diff_states
+from ingest.state.store import read_state_topic
 
 pytestmark = pytest.mark.integration
 log = logging.getLogger(__name__)

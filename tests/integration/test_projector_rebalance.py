@@ -22,8 +22,8 @@ from fixtures.producing import (
     wait_committed,
 )
 
-from ingest.state_store import read_state_topic
-from ingest.topics import TopicNames
+from ingest.eventlog.topics import TopicNames
+from ingest.state.store import read_state_topic
 
 pytestmark = pytest.mark.integration
 

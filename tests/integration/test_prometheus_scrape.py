@@ -34,10 +34,10 @@ from fixtures.producing import delete_topics
 from fixtures.simulator import FAST
 from fixtures.worker import worker_env
 
+from ingest.eventlog.topics import TopicNames, default_specs, ensure_topics
 from ingest.events import EventType
 from ingest.simulator import Simulator
 from ingest.simulator.stats import Stats
-from ingest.topics import TopicNames, default_specs, ensure_topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 

@@ -22,11 +22,11 @@ from fixtures.producing import (
     state_differences,
 )
 
-from ingest import codec
+from ingest.eventlog import codec
+from ingest.eventlog.topics import TopicNames, default_specs, ensure_topics
 from ingest.events import LogRecord
-from ingest.replay import UntilOffset, UntilTime, UntilUsn, replay
-from ingest.state_store import partition_for
-from ingest.topics import TopicNames, default_specs, ensure_topics
+from ingest.state.replay import UntilOffset, UntilTime, UntilUsn, replay
+from ingest.state.store import partition_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 

@@ -11,10 +11,10 @@ import pytest
 import pytest_asyncio
 from fixtures.producing import delete_topics, fold, generate, produce, state_differences
 
-from ingest import replay as replay_module
+from ingest.eventlog.topics import TopicNames, default_specs, ensure_topics
 from ingest.events import LogRecord
-from ingest.replay import replay
-from ingest.topics import TopicNames, default_specs, ensure_topics
+from ingest.state import replay as replay_module
+from ingest.state.replay import replay
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 

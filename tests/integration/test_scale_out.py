@@ -42,13 +42,14 @@ from aiokafka import AIOKafkaProducer
 from fixtures.simulator import MakeSimulator
 from fixtures.worker_group import ScaleOut, now_ms, scale_out_env
 
-from ingest import codec, registry
-from ingest.assignment import RegistryAssignment
+from ingest.cumi.subscriptions import RepairReason
+from ingest.eventlog import codec
+from ingest.eventlog.topics import TopicNames
 from ingest.events import MailboxRegistryEntry
-from ingest.registry import RegistryWriter, apply_changes, ensure_registry_topic
+from ingest.mailboxes import registry
+from ingest.mailboxes.assignment import RegistryAssignment
+from ingest.mailboxes.registry import RegistryWriter, apply_changes, ensure_registry_topic
 from ingest.settings import KafkaSettings, SettingsSource, load_kafka
-from ingest.subscriptions import RepairReason
-from ingest.topics import TopicNames
 
 pytestmark = pytest.mark.integration
 
@@ -201,7 +202,8 @@ class TestGroupAssignment:
         def shared(members: Iterable[RegistryAssignment]) -> bool:
             """Steady state: every wanted mailbox watched by exactly one member. (Right after a
             rebalance the old owner may still watch what the new one already has: it learns of
-            its assignment a moment later — an overlap by design, see ingest.assignment.)"""
+            its assignment a moment later — an overlap by design, see
+            ingest.mailboxes.assignment.)"""
             return (
                 all(m.ready for m in members)
                 and union(*pair) == wanted

@@ -23,17 +23,17 @@ from fixtures.simulator import MakeSimulator
 from fixtures.tls import TlsFiles
 from fixtures.worker import decode_all, fold_records, read_topic, running_worker, settle, worker_env
 
-from ingest.comet import CometSession
-from ingest.credentials import Credential
-from ingest.cumi_rest import Backoff, CumiRestClient
+from ingest.cumi.credentials import Credential
+from ingest.cumi.rest import Backoff, CumiRestClient
+from ingest.cumi.session import CometSession
 from ingest.errors import TransportError
+from ingest.eventlog.topics import TopicNames, TopicSpec, ensure_topics
 from ingest.localkafka.config import free_ports
 from ingest.localkafka.node import LocalBroker
-from ingest.projection import diff_states
 from ingest.settings import CometTransport, Settings, SettingsSource, load_kafka
 from ingest.simulator import Simulator
 from ingest.simulator.comet import bayeux_message, channel_of
-from ingest.topics import TopicNames, TopicSpec, ensure_topics
+from ingest.state.projection import diff_states
 
 pytestmark = pytest.mark.integration
 

@@ -10,11 +10,11 @@ import pytest
 from fixtures.vendor import vendor_example
 from fixtures.worker import read_topic
 
-from ingest import codec
+from ingest.eventlog import codec
+from ingest.eventlog.sink import Sink
+from ingest.eventlog.topics import TopicNames
 from ingest.events import MailboxEvent
 from ingest.settings import KafkaSettings, SettingsSource, load_kafka
-from ingest.sink import Sink
-from ingest.topics import TopicNames
 
 pytestmark = pytest.mark.integration
 

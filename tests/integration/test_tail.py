@@ -32,13 +32,19 @@ from fixtures.simulator import FAST
 from fixtures.vendor import vendor_example
 from fixtures.worker import read_topic, running_worker, settle, worker_env
 
-from ingest import codec
+from ingest.commands.tail import StartAt, TailError, TailOptions, tail
+from ingest.cumi.normalizer import parse_event
+from ingest.eventlog import codec
+from ingest.eventlog.topics import (
+    EVENTS_PARTITIONS,
+    TopicNames,
+    default_specs,
+    ensure_topics,
+    key_partition,
+)
 from ingest.events import EventType, MailboxEvent, MailboxSnapshot, RejectReason
-from ingest.normalizer import parse_event
-from ingest.projection import Projection
 from ingest.simulator import Simulator
-from ingest.tail import StartAt, TailError, TailOptions, tail
-from ingest.topics import EVENTS_PARTITIONS, TopicNames, default_specs, ensure_topics, key_partition
+from ingest.state.projection import Projection
 
 pytestmark = pytest.mark.integration
 

@@ -17,11 +17,11 @@ from fixtures.worker import (
     worker_env,
 )
 
-from ingest import codec
+from ingest.eventlog import codec
+from ingest.eventlog.topics import TopicNames
 from ingest.events import DeadLetter, MailboxEvent, MailboxSnapshot, RejectReason
-from ingest.metrics import WORKER_REGISTRY
-from ingest.projection import diff_states
-from ingest.topics import TopicNames
+from ingest.ops.metrics import WORKER_REGISTRY
+from ingest.state.projection import diff_states
 
 pytestmark = pytest.mark.integration
 

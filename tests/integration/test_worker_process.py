@@ -15,8 +15,8 @@ import pytest
 from fixtures.simulator import MakeSimulator
 from fixtures.worker import decode_all, read_topic, worker_env
 
+from ingest.eventlog.topics import TopicNames
 from ingest.events import MailboxEvent
-from ingest.topics import TopicNames
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.broker import BrokerState, read_state, write_state
+from ingest.commands.broker import BrokerState, read_state, write_state
 from ingest.errors import LocalBrokerError
 from ingest.localkafka import process
 from ingest.localkafka.config import (

@@ -17,7 +17,7 @@ import datetime as dt
 import pytest
 
 from ingest.events import EventType, MailboxEvent, MailboxSnapshot, MessageInfo, SnapshotMessage
-from ingest.projection import MailboxState, Projection
+from ingest.state.projection import MailboxState, Projection
 
 T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 E = EventType

@@ -1,4 +1,4 @@
-"""ingest.codec: Avro single-object encoding of every record type, decode by fingerprint."""
+"""ingest.eventlog.codec: single-object encoding of every record type, decode by fingerprint."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import fastavro
 import pytest
 
-from ingest import codec
 from ingest.errors import DecodeError
+from ingest.eventlog import codec
 from ingest.events import (
     DeadLetter,
     EventType,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.credentials import (
+from ingest.cumi.credentials import (
     Credential,
     DelegateCredentials,
     DirectoryCredentials,

@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from ingest.cumi_rest import (
+from ingest.cumi.rest import (
     Backoff,
     RestError,
     as_list,

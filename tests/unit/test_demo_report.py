@@ -11,8 +11,8 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from rich.console import Console
 
-from ingest.demo_probe import parse_metrics, sample_of
-from ingest.demo_report import (
+from ingest.demo.probe import parse_metrics, sample_of
+from ingest.demo.report import (
     EXIT_MATCH,
     EXIT_MISMATCH,
     MailboxCounts,
@@ -21,7 +21,7 @@ from ingest.demo_report import (
     render_verdict,
     summary_rows,
 )
-from ingest.demo_view import PlainView, Sample
+from ingest.demo.view import PlainView, Sample
 from ingest.simulator import Simulator, SimulatorConfig
 
 

@@ -13,9 +13,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from ingest.fold import FoldStats, fold_stream
-from ingest.normalizer import TimeZones
-from ingest.projection import Projection
+from ingest.commands.fold import FoldStats, fold_stream
+from ingest.cumi.normalizer import TimeZones
+from ingest.state.projection import Projection
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable  # .venv/bin/python under `make test`

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ingest.gc_tuning import STREAMING_GEN0_THRESHOLD, streaming_collector
+from ingest.ops.gc_tuning import STREAMING_GEN0_THRESHOLD, streaming_collector
 
 
 @pytest.fixture(autouse=True)

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from ingest import settings as settings_module
-from ingest.ops_http import OpsServer
+from ingest.ops.http import OpsServer
 from ingest.projector import ProjectorSettings
 from ingest.settings import SettingsSource
 from ingest.worker import load_mailboxes

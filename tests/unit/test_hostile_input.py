@@ -28,11 +28,8 @@ from chaos.report import record, soak
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest import codec
-from ingest.errors import InvalidEvent
-from ingest.events import EventType, MailboxEvent, RejectReason
-from ingest.fold import fold_stream
-from ingest.normalizer import (
+from ingest.commands.fold import fold_stream
+from ingest.cumi.normalizer import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_DEPTH,
     MAX_DEAD_LETTER_RAW,
@@ -43,8 +40,11 @@ from ingest.normalizer import (
     dead_letter_for,
     parse_event,
 )
-from ingest.projection import Projection
+from ingest.errors import InvalidEvent
+from ingest.eventlog import codec
+from ingest.events import EventType, MailboxEvent, RejectReason
 from ingest.simulator.comet import event_data, format_time
+from ingest.state.projection import Projection
 
 EXAMPLES = 2_500 if soak() else 100
 FUZZ = settings(

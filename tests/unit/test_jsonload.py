@@ -1,4 +1,4 @@
-"""ingest.jsonload: orjson's speed, always the standard library's result."""
+"""ingest.cumi.jsonload: orjson's speed, always the standard library's result."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest import jsonload
+from ingest.cumi import jsonload
 
 
 def outcome(decode: object, document: bytes | str) -> tuple[str, str]:

@@ -8,10 +8,17 @@ import datetime as dt
 import pytest
 from fixtures.producing import generate
 
-from ingest import codec, log_reader
 from ingest.errors import DecodeError
+from ingest.eventlog import codec
+from ingest.eventlog import reader as log_reader
+from ingest.eventlog.reader import (
+    _FAST_EVENTS,
+    _FAST_SNAPSHOTS,
+    _HEADER,
+    _read_event,
+    decode_log_record,
+)
 from ingest.events import DeadLetter, EventType, MailboxEvent, MessageInfo
-from ingest.log_reader import _FAST_EVENTS, _FAST_SNAPSHOTS, _HEADER, _read_event, decode_log_record
 
 AT = dt.datetime(2024, 3, 1, 8, 0, 0, 123_000, tzinfo=dt.UTC)
 

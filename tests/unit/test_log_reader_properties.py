@@ -7,10 +7,10 @@ from fixtures.record_strategies import mailbox_events, records, snapshots
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest import codec
 from ingest.errors import DecodeError
+from ingest.eventlog import codec
+from ingest.eventlog.reader import _read_event, _read_snapshot, decode_log_record
 from ingest.events import MailboxEvent, MailboxSnapshot
-from ingest.log_reader import _read_event, _read_snapshot, decode_log_record
 
 CHECKS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -1,6 +1,6 @@
 """Every metric the dashboard and the alert rules query is one the code exports.
 
-The exported names come from the real registries (`ingest.metrics.WORKER_REGISTRY` and
+The exported names come from the real registries (`ingest.ops.metrics.WORKER_REGISTRY` and
 `PROJECTOR_REGISTRY`, one per process; a query may name either): each registered family
 in every sample-name form Prometheus will store (`_total`/`_created` of counters, `_bucket`/
 `_count`/`_sum`/`_created` of histograms, …), plus the series Prometheus itself makes (`up`,
@@ -25,11 +25,11 @@ import pytest
 import yaml
 from prometheus_client import Metric
 
-from ingest import metrics
-from ingest.comet import LossReason
-from ingest.cumi_rest import Endpoint
+from ingest.cumi.rest import Endpoint
+from ingest.cumi.session import LossReason
+from ingest.cumi.subscriptions import RepairReason, SubState
 from ingest.events import EventType, RejectReason
-from ingest.subscriptions import RepairReason, SubState
+from ingest.ops import metrics
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "helm" / "cumi-pipeline" / "files" / "dashboard.json"
@@ -297,7 +297,7 @@ def unknown(queries: list[tuple[str, str]], legends: dict[str, str] | None = Non
             elif ref.metric in known:
                 allowed = known[ref.metric] | TARGET_LABELS
             else:
-                problems.append(f"{where}: {ref.metric} is not exported by ingest.metrics")
+                problems.append(f"{where}: {ref.metric} is not exported by ingest.ops.metrics")
                 continue
             for label in sorted(ref.labels - allowed):
                 problems.append(f"{where}: {ref.metric} has no label {label!r}")
@@ -371,7 +371,7 @@ class TestParser:
             {"legend": "{{ event_type }} on {{pod}} in {{ zone }}"},
         )
         assert problems == [
-            "probe: cumi_worker_no_such_thing_total is not exported by ingest.metrics",
+            "probe: cumi_worker_no_such_thing_total is not exported by ingest.ops.metrics",
             "probe: cumi_worker_subscriptions has no label 'stat'",
             "grouped: no metric of the query has a label 'event_typ'",
             "legend: no metric of the query has a label 'zone'",
@@ -452,7 +452,7 @@ UNIT_SUFFIXES = ("_seconds", "_bytes")
 
 
 def cumi_wrappers() -> dict[str, Any]:
-    """The prometheus-client metric objects of ingest.metrics, by the name queried."""
+    """The prometheus-client metric objects of ingest.ops.metrics, by the name queried."""
     found = {}
     for wrapper in vars(metrics).values():
         if hasattr(wrapper, "_labelnames") and str(getattr(wrapper, "_name", "")).startswith(
@@ -512,7 +512,7 @@ def label_value_enums() -> dict[str, set[str]]:
         "`reason` (sessions)": LossReason,
         "`state`": SubState,
         "`endpoint`": Endpoint,
-        # closed sets that are literals at their call sites, listed in ingest.metrics
+        # closed sets that are literals at their call sites, listed in ingest.ops.metrics
         "`reason` (projector)": metrics.PROJECTOR_SKIP_REASONS,
         "`kind`": metrics.PRODUCER_ERROR_KINDS,
     }

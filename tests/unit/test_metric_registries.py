@@ -2,7 +2,7 @@
 
 The exposition texts come from a fresh interpreter (`generate_latest`, what `/metrics` serves), so
 no other test's increments can stand in for the zeros: a series that exists there at 0 was created
-by `ingest.metrics` itself, at import or by the worker's start-up call.
+by `ingest.ops.metrics` itself, at import or by the worker's start-up call.
 """
 
 from __future__ import annotations
@@ -15,21 +15,21 @@ from collections.abc import Mapping
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ingest import metrics
-from ingest.comet import LossReason
-from ingest.cumi_rest import Endpoint
+from ingest.cumi.rest import Endpoint
+from ingest.cumi.session import LossReason
+from ingest.cumi.subscriptions import RepairReason
 from ingest.events import EventType, RejectReason
-from ingest.projection import Outcome
-from ingest.subscriptions import RepairReason
+from ingest.ops import metrics
+from ingest.state.projection import Outcome
 
 FRESH = """
 import json
 from prometheus_client import generate_latest
-from ingest import metrics
+from ingest.ops import metrics
 texts = {"worker_at_import": generate_latest(metrics.WORKER_REGISTRY).decode()}
-from ingest.comet import LossReason
-from ingest.cumi_rest import Endpoint
-from ingest.subscriptions import RepairReason
+from ingest.cumi.session import LossReason
+from ingest.cumi.rest import Endpoint
+from ingest.cumi.subscriptions import RepairReason
 metrics.init_worker_label_values(
     session_reasons=LossReason, repair_reasons=RepairReason, endpoints=Endpoint
 )

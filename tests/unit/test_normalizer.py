@@ -1,4 +1,4 @@
-"""ingest.normalizer: raw Comet JSON → MailboxEvent, and every way a payload can be rejected."""
+"""ingest.cumi.normalizer: raw Comet JSON → MailboxEvent, and every way a payload is rejected."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ from zoneinfo import ZoneInfo
 import pytest
 from fixtures.vendor import VENDOR_EXAMPLE
 
-from ingest.errors import InvalidEvent
-from ingest.events import EventType, RejectReason
-from ingest.normalizer import (
+from ingest.cumi.normalizer import (
     DEFAULT_MAX_BYTES,
     MAX_DEAD_LETTER_RAW,
     TimeZones,
     dead_letter_for,
     parse_event,
 )
+from ingest.errors import InvalidEvent
+from ingest.events import EventType, RejectReason
 
 PACIFIC = ZoneInfo("America/Los_Angeles")
 NOW = dt.datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=dt.UTC)

@@ -1,4 +1,4 @@
-"""ingest.projection: folder state from state-assertion events, per DESIGN.md §3."""
+"""ingest.state.projection: folder state from state-assertion events, per DESIGN.md §3."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from ingest import codec
+from ingest.eventlog import codec
 from ingest.events import (
     EventType,
     Folder,
@@ -16,7 +16,7 @@ from ingest.events import (
     MessageInfo,
     SnapshotMessage,
 )
-from ingest.projection import MailboxState, Outcome, Projection, diff_states, resolve
+from ingest.state.projection import MailboxState, Outcome, Projection, diff_states, resolve
 
 NEW = EventType.NEW_MESSAGE
 SAVED = EventType.SAVED_MESSAGE

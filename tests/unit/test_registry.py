@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from ingest import codec
-from ingest.assignment import CredentialRefs
-from ingest.credentials import FileCredentials
+from ingest.cumi.credentials import FileCredentials
+from ingest.cumi.normalizer import parse_event
 from ingest.errors import ConfigError, DecodeError
+from ingest.eventlog import codec
+from ingest.eventlog.topics import REGISTRY_PARTITIONS, TopicNames, default_specs
 from ingest.events import MailboxEvent, MailboxRegistryEntry, RecordKind
-from ingest.normalizer import parse_event
-from ingest.registry import changes, decode_entry, parse_mailbox_file, watchable
+from ingest.mailboxes.assignment import CredentialRefs
+from ingest.mailboxes.registry import changes, decode_entry, parse_mailbox_file, watchable
 from ingest.settings import MailboxSource, Settings
-from ingest.topics import REGISTRY_PARTITIONS, TopicNames, default_specs
 
 T0 = dt.datetime(2026, 1, 2, 3, 4, 5, 678_000, tzinfo=dt.UTC)
 

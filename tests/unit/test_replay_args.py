@@ -10,8 +10,15 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
 from ingest.errors import ConfigError
-from ingest.replay import UntilOffset, UntilTime, UntilUsn, add_arguments, bound_of, parse_time
-from ingest.state_store import partition_for
+from ingest.state.replay import (
+    UntilOffset,
+    UntilTime,
+    UntilUsn,
+    add_arguments,
+    bound_of,
+    parse_time,
+)
+from ingest.state.store import partition_for
 
 
 def parse(*argv: str) -> argparse.Namespace:

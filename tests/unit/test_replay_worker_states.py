@@ -9,8 +9,8 @@ import pickle
 import pytest
 from fixtures.producing import fold, generate
 
-from ingest.projection import Projection
-from ingest.replay import _pack, _unpack, add_arguments, available_cpus
+from ingest.state.projection import Projection
+from ingest.state.replay import _pack, _unpack, add_arguments, available_cpus
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -23,7 +23,7 @@ import pytest
 from fastavro.schema import fingerprint as avro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
-from ingest import codec
+from ingest.eventlog import codec
 from ingest.events import (
     DeadLetter,
     MailboxEvent,
@@ -199,7 +199,7 @@ def schema_fingerprint(schema: dict[str, Any]) -> bytes:
 
 
 def single_object(schema: dict[str, Any], datum: Any) -> bytes:
-    """Avro single-object encoding, computed here independently of ingest.codec."""
+    """Avro single-object encoding, computed here independently of ingest.eventlog.codec."""
     out = io.BytesIO()
     out.write(b"\xc3\x01" + schema_fingerprint(schema))
     fastavro.schemaless_writer(out, parse(schema), datum)
@@ -319,7 +319,7 @@ class TestTheCheckFails:
 
 
 class TestCodecKnowsReleases:
-    """ingest.codec decodes records written with any released schema version."""
+    """ingest.eventlog.codec decodes records written with any released schema version."""
 
     @pytest.mark.parametrize(("stem", "version", "path"), release_cases())
     def test_release_fingerprint_is_known(self, stem: str, version: int, path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.credentials import Credential, DirectoryCredentials, FileCredentials
+from ingest.cumi.credentials import Credential, DirectoryCredentials, FileCredentials
 from ingest.errors import ConfigError, IngestError
 from ingest.settings import Secret, Settings
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
-from ingest import codec
+from ingest.eventlog import codec
+from ingest.eventlog.sink import Sink
 from ingest.events import EventType, MailboxEvent, MessageInfo
 from ingest.settings import Settings
-from ingest.sink import Sink
 
 T1 = dt.datetime(2026, 11, 25, 19, 0, 1, tzinfo=dt.UTC)
 T2 = dt.datetime(2026, 11, 25, 19, 0, 2, tzinfo=dt.UTC)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ingest.sink import Window
+from ingest.eventlog.sink import Window
 
 
 class TestWindow:

@@ -1,4 +1,4 @@
-"""ingest.tail without a broker: argument parsing, key → partition, record rendering."""
+"""ingest.commands.tail without a broker: argument parsing, key → partition, record rendering."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from ingest import codec, tail, topics
+from ingest.commands import tail
+from ingest.eventlog import codec, topics
 from ingest.events import (
     DeadLetter,
     EventType,

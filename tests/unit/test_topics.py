@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ingest.errors import ConfigError
-from ingest.topics import DLQ_RETENTION_MS, TopicNames, TopicSpec, default_specs
+from ingest.eventlog.topics import DLQ_RETENTION_MS, TopicNames, TopicSpec, default_specs
 
 
 class TestTopicNames:

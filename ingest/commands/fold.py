@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from typing import BinaryIO, TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from ingest.cumi.normalizer import DEFAULT_MAX_BYTES, TimeZones, parse_event
 from ingest.errors import InvalidEvent
 from ingest.events import RejectReason
-from ingest.normalizer import DEFAULT_MAX_BYTES, TimeZones, parse_event
-from ingest.projection import Outcome, Projection
+from ingest.state.projection import Outcome, Projection
 
 
 @dataclass(slots=True)

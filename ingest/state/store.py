@@ -33,10 +33,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError, ProducerFenced
 
-from ingest import codec
 from ingest.errors import BrokerError, DecodeError, IngestError
+from ingest.eventlog import codec
+from ingest.eventlog.topics import key_partition
 from ingest.events import MailboxStateRecord
-from ingest.topics import key_partition
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ from typing import Any
 
 import aiohttp
 
-from ingest.demo_probe import Probe, state_topic_state
-from ingest.demo_processes import (
+from ingest.demo.probe import Probe, state_topic_state
+from ingest.demo.processes import (
     Child,
     DemoError,
     free_port,
@@ -44,10 +44,10 @@ from ingest.demo_processes import (
     stop_jvm,
     write_config,
 )
-from ingest.demo_report import Endpoints, Report, Verdict, compare
-from ingest.demo_view import Sample, View, make_view
+from ingest.demo.report import Endpoints, Report, Verdict, compare
+from ingest.demo.view import Sample, View, make_view
 from ingest.errors import IngestError
-from ingest.topics import TopicNames, default_specs, ensure_topics
+from ingest.eventlog.topics import TopicNames, default_specs, ensure_topics
 
 log = logging.getLogger(__name__)
 

@@ -46,9 +46,9 @@ from aiocometd_ng.transports.long_polling import LongPollingTransport
 from aiocometd_ng.transports.registry import register_transport
 from aiocometd_ng.transports.websocket import WebSocket, WebSocketTransport
 
-from ingest import jsonload
+from ingest.cumi import jsonload
 from ingest.errors import TransportError
-from ingest.metrics import (
+from ingest.ops.metrics import (
     WORKER_CONNECT_FAILURES,
     WORKER_HANDSHAKES,
     WORKER_LAST_CONNECT,
@@ -266,7 +266,7 @@ class CometSession:
             ssl=self._ssl,
             max_pending_count=0,
             extensions=[_Tap(self)],
-            json_loads=jsonload.loads,  # the largest cost of a busy session, see ingest.jsonload
+            json_loads=jsonload.loads,  # a busy session's largest cost, see ingest.cumi.jsonload
         )
         self._client = client
         try:

@@ -14,7 +14,8 @@ Leniency, decided once here (and tested):
 - Unknown extra fields are ignored.
 
 Times: `EventTime` / `ReceiveTime` carry no zone; each is read in its configured zone
-(`TimeZones`) by `ingest.cumi_time` and stored as an aware UTC datetime next to the raw string.
+(`TimeZones`) by `ingest.cumi.timestamps` and stored as an aware UTC datetime next to the raw
+string.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from ingest import jsonload
-from ingest.cumi_time import parse_cumi_time, to_millis, utc_now_millis
+from ingest.cumi import jsonload
+from ingest.cumi.timestamps import parse_cumi_time, to_millis, utc_now_millis
 from ingest.errors import InvalidEvent
 from ingest.events import (
     DeadLetter,

@@ -12,10 +12,10 @@ log from its beginning; operators who accept a bounded replay window set `events
 The state topic has as many partitions as the events topic so that the projector instance owning
 events partition N restores its state from state partition N (same key, same default partitioner).
 The registry's partitions are the unit by which the worker group shares the mailboxes
-(ingest.assignment): 24 divides evenly among 2, 3, 4, 6, 8, 12 or 24 workers, and with any other
-count up to 24 the busiest worker carries at most one partition (~4 % of the mailboxes) more than
-another. Like the events topic's, the count must not change once the topic holds data: a key would
-move to another partition while its older records stay in the old one.
+(ingest.mailboxes.assignment): 24 divides evenly among 2, 3, 4, 6, 8, 12 or 24 workers, and with
+any other count up to 24 the busiest worker carries at most one partition (~4 % of the mailboxes)
+more than another. Like the events topic's, the count must not change once the topic holds data: a
+key would move to another partition while its older records stay in the old one.
 """
 
 from __future__ import annotations

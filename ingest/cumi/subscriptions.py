@@ -3,7 +3,7 @@
 Per mailbox: `requestnotification` (REST, through the bounded, retrying client) gives a
 subscriptionId, whose channel `/vmrest/mailbox/<id>` is then subscribed on the session — in batches,
 many subscribe messages per Bayeux request, while further `requestnotification`s are in flight.
-Once a mailbox is active, gap repair is asked for it (ingest.reconcile).
+Once a mailbox is active, gap repair is asked for it (ingest.cumi.gap_repair).
 
 Failures stay local: credentials that are missing or refused (401/403) mark that mailbox FAILED with
 one log line and a metric, and it is tried again after CUMI_AUTH_RETRY_SECONDS; a transient failure
@@ -16,9 +16,9 @@ subscription survives a lost Comet session); a refused subscribe means the subsc
 server restart) and the mailbox gets a fresh `requestnotification`. Either way its gap is repaired.
 
 The set of mailboxes can change while running (`add`, `remove`: the registry source,
-ingest.assignment): an added mailbox is subscribed by the next pass, a removed one's channel is
-unsubscribed at once, and one removed while its request or subscribe is in flight is dropped (or
-unsubscribed) when that finishes.
+ingest.mailboxes.assignment): an added mailbox is subscribed by the next pass, a removed one's
+channel is unsubscribed at once, and one removed while its request or subscribe is in flight is
+dropped (or unsubscribed) when that finishes.
 """
 
 from __future__ import annotations
@@ -34,17 +34,17 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from ingest.comet import CometSession, channel_for
-from ingest.credentials import CredentialsProvider
-from ingest.cumi_rest import CumiRestClient
+from ingest.cumi.credentials import CredentialsProvider
+from ingest.cumi.gap_repair import Reconciler
+from ingest.cumi.rest import CumiRestClient
+from ingest.cumi.session import CometSession, channel_for
 from ingest.errors import AuthError, IngestError, TransportError
-from ingest.metrics import (
+from ingest.ops.metrics import (
     WORKER_AUTH_FAILURES,
     WORKER_SESSION_RESTARTS,
     WORKER_SUBSCRIBE_SECONDS,
     WORKER_SUBSCRIPTIONS,
 )
-from ingest.reconcile import Reconciler
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ One record per mailbox, keyed by MailboxId; the value is a `MailboxRegistryEntry
 schemas/mailbox_registry.avsc: server, credentials reference, enabled) and a tombstone removes the
 mailbox. Compaction keeps the newest record per key, so reading the topic to its end, last value
 per key winning, gives the registry. Workers with `CUMI_MAILBOX_SOURCE=registry` share it through
-the Kafka group protocol (ingest.assignment); this module writes and reads it, and is
+the Kafka group protocol (ingest.mailboxes.assignment); this module writes and reads it, and is
 `ingest mailboxes`:
 
     ingest mailboxes add abell bwayne --server cuc1
@@ -37,12 +37,12 @@ from typing import Any, TextIO
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from ingest import codec
 from ingest.errors import BrokerError, ConfigError, DecodeError
+from ingest.eventlog import codec
+from ingest.eventlog.topics import REGISTRY_PARTITIONS, TopicSpec, ensure_topics
 from ingest.events import MailboxRegistryEntry
 from ingest.settings import KafkaSettings, SettingsSource, load_kafka
-from ingest.state_store import describe_topic
-from ingest.topics import REGISTRY_PARTITIONS, TopicSpec, ensure_topics
+from ingest.state.store import describe_topic
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def watchable(entry: MailboxRegistryEntry | None, server: str | None) -> bool:
 async def ensure_registry_topic(kafka: KafkaSettings) -> None:
     """Create the registry topic if it is missing: compacted, REGISTRY_PARTITIONS partitions,
     replicated like the events topic (1 if that does not exist either). An existing topic is
-    left as it is, whatever its partition count (see ingest.topics)."""
+    left as it is, whatever its partition count (see ingest.eventlog.topics)."""
     client = kafka.client_kwargs()
     events = await describe_topic(kafka.events_topic, **client)
     replication = events[1] if events else 1

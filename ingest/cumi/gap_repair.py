@@ -36,11 +36,11 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 
-from ingest.credentials import CredentialsProvider
-from ingest.cumi_rest import CumiRestClient, Folder
+from ingest.cumi.credentials import CredentialsProvider
+from ingest.cumi.rest import CumiRestClient, Folder
 from ingest.errors import AuthError, IngestError
 from ingest.events import MailboxSnapshot
-from ingest.metrics import WORKER_RECONCILE_PENDING, WORKER_RECONCILE_RUNS
+from ingest.ops.metrics import WORKER_RECONCILE_PENDING, WORKER_RECONCILE_RUNS
 
 log = logging.getLogger(__name__)
 

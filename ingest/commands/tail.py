@@ -36,8 +36,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError, for_code
 
-from ingest import codec
 from ingest.errors import ConfigError
+from ingest.eventlog import codec
+from ingest.eventlog.topics import key_partition
 from ingest.events import (
     DeadLetter,
     Folder,
@@ -49,7 +50,6 @@ from ingest.events import (
     SnapshotMessage,
 )
 from ingest.settings import KafkaSettings, SettingsSource, load_kafka
-from ingest.topics import key_partition
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """JSON decoding for the hot paths: orjson's speed with the standard library's results.
 
 Parsing the server's JSON is the largest single cost of ingesting an event (the Bayeux payload in
-the worker, the raw notification in `ingest.normalizer`): `json.loads` takes ≈ 5 µs for a typical
-notification, orjson ≈ 1.3 µs. But orjson is stricter than the standard library: it refuses
+the worker, the raw notification in `ingest.cumi.normalizer`): `json.loads` takes ≈ 5 µs for a
+typical notification, orjson ≈ 1.3 µs. But orjson is stricter than the standard library: it refuses
 `NaN`/`Infinity`, numbers beyond a double's range and lone surrogates in text, where `json.loads`
 returns values that the normalizer then rejects *field by field* with a precise reason (and, in a
 Bayeux payload holding many events, only the one bad event is dead-lettered). So anything orjson

@@ -1,11 +1,12 @@
 """Mailboxes by group membership: ingest workers share the registry through Kafka's group protocol.
 
 With `CUMI_MAILBOX_SOURCE=registry` every worker joins one consumer group (`KAFKA_WORKER_GROUP`)
-on the registry topic (ingest.registry). The registry partitions the group assigns to a worker
-define its mailboxes: the entries of those partitions that are enabled and meant for its server.
-Kafka is the coordinator — membership, failure detection (`KAFKA_WORKER_SESSION_TIMEOUT_MS`) and
-assignment are the group protocol's. No offsets are committed: a worker re-reads the compacted
-topic whenever it is given a partition, so nothing it remembered can be stale.
+on the registry topic (ingest.mailboxes.registry). The registry partitions the group assigns to a
+worker define its mailboxes: the entries of those partitions that are enabled and meant for its
+server. Kafka is the coordinator — membership, failure detection
+(`KAFKA_WORKER_SESSION_TIMEOUT_MS`) and assignment are the group protocol's. No offsets are
+committed: a worker re-reads the compacted topic whenever it is given a partition, so nothing it
+remembered can be stale.
 
 - Given a partition: read it from the beginning to the end offset seen at assignment (last value
   per key wins, a tombstone removes), then hand its mailboxes to the subscription manager:
@@ -50,19 +51,19 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 from aiokafka.errors import KafkaError
 
-from ingest.credentials import Credential, CredentialsProvider
+from ingest.cumi.credentials import Credential, CredentialsProvider
+from ingest.cumi.subscriptions import RepairReason
 from ingest.errors import BrokerError, DecodeError
 from ingest.events import MailboxRegistryEntry
-from ingest.metrics import (
+from ingest.mailboxes.registry import decode_entry, ensure_registry_topic, watchable
+from ingest.ops.metrics import (
     WORKER_ASSIGNMENT_LOAD_SECONDS,
     WORKER_REBALANCES,
     WORKER_REGISTRY_MAILBOXES,
     WORKER_REGISTRY_PARTITIONS,
     WORKER_REGISTRY_SKIPPED,
 )
-from ingest.registry import decode_entry, ensure_registry_topic, watchable
 from ingest.settings import KafkaSettings
-from ingest.subscriptions import RepairReason
 
 log = logging.getLogger(__name__)
 

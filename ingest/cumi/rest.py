@@ -29,10 +29,10 @@ from typing import Any
 
 import aiohttp
 
-from ingest.credentials import Credential, MissingCredentials
+from ingest.cumi.credentials import Credential, MissingCredentials
 from ingest.errors import AuthError, TransportError
 from ingest.events import SnapshotMessage
-from ingest.metrics import WORKER_REST_DURATION, WORKER_REST_REQUESTS, WORKER_REST_RETRIES
+from ingest.ops.metrics import WORKER_REST_DURATION, WORKER_REST_REQUESTS, WORKER_REST_RETRIES
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ class CumiRestClient:
         """Every message of a folder, all pages (deduplicated); also how many pages it took.
 
         A page may shift while it is read (a message arriving or leaving); the caller detects that
-        by the mailbox USN and lists again (see ingest.reconcile).
+        by the mailbox USN and lists again (see ingest.cumi.gap_repair).
         """
         messages: dict[str, SnapshotMessage] = {}
         page, total = 1, None

@@ -79,7 +79,7 @@ def schema_dir() -> Traversable:
     packaged = importlib.resources.files("ingest") / "schemas"
     if packaged.is_dir():
         return packaged
-    return Path(__file__).resolve().parent.parent / "schemas"
+    return Path(__file__).resolve().parents[2] / "schemas"
 
 
 def load_schema(file_name: str) -> dict[str, Any]:

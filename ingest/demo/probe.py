@@ -13,9 +13,9 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from ingest.demo_view import Sample
-from ingest.projection import MailboxState
-from ingest.state_store import read_state_topic
+from ingest.demo.view import Sample
+from ingest.state.projection import MailboxState
+from ingest.state.store import read_state_topic
 
 Metrics = Mapping[str, list[tuple[dict[str, str], float]]]
 """Sample name → (labels, value) of every sample with that name."""

@@ -17,8 +17,8 @@ from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
 
-from ingest.demo_view import Sample, View, print_timeline
-from ingest.projection import diff_states
+from ingest.demo.view import Sample, View, print_timeline
+from ingest.state.projection import diff_states
 
 EXIT_MATCH, EXIT_MISMATCH = 0, 1
 SHOWN_PROBLEMS = 20

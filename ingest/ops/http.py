@@ -34,7 +34,7 @@ class OpsServer:
         self._port = port
         self._live = dict(live or {})
         self._ready = dict(ready or {})
-        # what /metrics serves: the running process's registry (ingest.metrics has one each)
+        # what /metrics serves: the running process's registry (ingest.ops.metrics has one each)
         self._registry = registry if registry is not None else CollectorRegistry()
         self.app = web.Application()
         self.app.router.add_get("/metrics", self._metrics)

@@ -2,7 +2,7 @@
 
 `decode_log_record(value)` returns the `MailboxEvent` or `MailboxSnapshot` a record of the events
 topic holds, None for anything else (a dead letter or state record that does not belong there).
-It is `ingest.codec.decode` with one shortcut: records written with today's MailboxEvent or
+It is `ingest.eventlog.codec.decode` with one shortcut: records written with today's MailboxEvent or
 MailboxSnapshot schema are read by straight-line decoders instead of fastavro's generic reader
 plus the dict-to-dataclass step, which was most of the cost of folding the log (on the reference
 machine ≈ 40 µs per event with fastavro, ≈ 9 µs here with the caches below; ≈ 0.4 ms per snapshot
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from ingest import codec
+from ingest.eventlog import codec
 from ingest.events import (
     EventType,
     MailboxEvent,

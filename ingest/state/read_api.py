@@ -1,4 +1,4 @@
-"""The projector's read API, served next to /metrics and the health probes (`ingest.ops_http`).
+"""The projector's read API, served next to /metrics and the health probes (`ingest.ops.http`).
 
     GET /mailboxes/{mailbox_id}        one mailbox: folders, counts, counters, last USN; 404 unknown
     GET /mailboxes?limit=100&after=ID  mailboxes sorted by id with their counts, paginated
@@ -17,8 +17,8 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from ingest.events import Folder
-from ingest.projection import MailboxState
-from ingest.state_store import partition_for
+from ingest.state.projection import MailboxState
+from ingest.state.store import partition_for
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000

@@ -7,7 +7,7 @@ batch per partition (one append per record, one acknowledgement per batch); a pa
 most one queued batch besides the one in flight. When the window is full (Kafka is slow, or a
 partition's queued batch cannot be delivered and the payloads behind it wait), `submit` waits —
 and with it the CometD connect loop: the worker stops pulling from the server instead of growing
-memory (see ingest.comet), and continues where it stopped once Kafka catches up.
+memory (see ingest.cumi.session), and continues where it stopped once Kafka catches up.
 
 Records are produced by one idempotent producer (`acks=all`, `enable_idempotence=True`): aiokafka
 then retries a batch until the broker takes it, with sequence numbers that let the broker drop the
@@ -39,10 +39,12 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError,
 from aiokafka.producer.message_accumulator import BatchBuilder
 from prometheus_client import Histogram
 
-from ingest import codec
+from ingest.cumi.normalizer import MAX_DEAD_LETTER_RAW, TimeZones, dead_letter_for, parse_event
 from ingest.errors import BrokerError, InvalidEvent
+from ingest.eventlog import codec
+from ingest.eventlog.topics import key_partition
 from ingest.events import DeadLetter, EventType, MailboxEvent, MailboxSnapshot, RejectReason
-from ingest.metrics import (
+from ingest.ops.metrics import (
     WORKER_ACK_LATENCY,
     WORKER_BACKPRESSURE_SECONDS,
     WORKER_EVENT_LAG,
@@ -55,9 +57,7 @@ from ingest.metrics import (
     WORKER_QUEUE_EVENTS,
     WORKER_SNAPSHOTS_PUBLISHED,
 )
-from ingest.normalizer import MAX_DEAD_LETTER_RAW, TimeZones, dead_letter_for, parse_event
 from ingest.settings import Compression, KafkaSettings
-from ingest.topics import key_partition
 
 log = logging.getLogger(__name__)
 

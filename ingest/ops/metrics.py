@@ -31,7 +31,7 @@ from prometheus_client import (
 )
 
 from ingest.events import EventType, RejectReason
-from ingest.projection import Outcome
+from ingest.state.projection import Outcome
 
 
 def _registry() -> CollectorRegistry:
@@ -224,7 +224,7 @@ WORKER_READY = Gauge(
 )
 
 # ---------------------------------------------------------------------------------------------
-# PROJECTOR — ingest.projector, ingest.state_store, ingest.replay
+# PROJECTOR — ingest.projector, ingest.state.store, ingest.state.replay
 # `partition` is an events-topic partition number: bounded by the topic's partition count.
 # ---------------------------------------------------------------------------------------------
 

@@ -1,8 +1,8 @@
 """CUMI's zone-less time stamps, and the millisecond clock of the records.
 
 `EventTime` and `ReceiveTime` look like `11:15:40 PM 10/30/2008` and carry no zone. Each is read
-in its configured zone (`ingest.normalizer.TimeZones`) and kept as an aware UTC datetime next to
-the raw string. Local times that a DST change makes ambiguous (the repeated hour) or nonexistent
+in its configured zone (`ingest.cumi.normalizer.TimeZones`) and kept as an aware UTC datetime next
+to the raw string. Local times that a DST change makes ambiguous (the repeated hour) or nonexistent
 (the skipped hour) resolve with zoneinfo's `fold=0`: an ambiguous time is the *first* occurrence
 (the offset in force before the change); a nonexistent time is read with the offset in force
 before the gap (02:30 on a US spring-forward day in Pacific time is 10:30 UTC). Deterministic, and

@@ -4,7 +4,7 @@
     ingest replay --bootstrap HOST:PORT --all [--at TIME] [--workers N|auto]   # every mailbox
     ingest replay … --format json|table
 
-The fold is `ingest.projection`, the projector's own; only the bound differs:
+The fold is `ingest.state.projection`, the projector's own; only the bound differs:
 
 - `--at TIME` (ISO 8601, zone-less means UTC, or epoch milliseconds): each partition is read up to
   `offsets_for_times(TIME + 1 ms)`, the first record whose timestamp (the event's EventTime, a
@@ -22,7 +22,7 @@ The fold is `ingest.projection`, the projector's own; only the bound differs:
 - none of these: everything up to the end of the log when the replay started.
 
 `--mailbox` reads only the partition the producers' default partitioner puts the key in (murmur2
-of the key, `ingest.state_store.partition_for`) and decodes only that mailbox's records.
+of the key, `ingest.state.store.partition_for`) and decodes only that mailbox's records.
 """
 
 from __future__ import annotations
@@ -51,12 +51,12 @@ from rich.progress import Progress as Bar
 from rich.table import Table
 
 from ingest.errors import ConfigError, DecodeError, IngestError
+from ingest.eventlog.reader import decode_log_record
 from ingest.events import Folder
-from ingest.log_reader import decode_log_record
-from ingest.metrics import PROJECTOR_REPLAY_PROGRESS, PROJECTOR_REPLAY_RECORDS
-from ingest.projection import MailboxState, MessageState, Projection
+from ingest.ops.metrics import PROJECTOR_REPLAY_PROGRESS, PROJECTOR_REPLAY_RECORDS
 from ingest.settings import SettingsSource, load_kafka
-from ingest.state_store import describe_topic, partition_for
+from ingest.state.projection import MailboxState, MessageState, Projection
+from ingest.state.store import describe_topic, partition_for
 
 log = logging.getLogger(__name__)
 

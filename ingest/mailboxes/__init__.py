@@ -1,0 +1,1 @@
+"""Which mailboxes are watched: the mailbox registry topic and the workers' group assignment."""

@@ -1,0 +1,2 @@
+"""Operations: Prometheus metrics, the health/metrics HTTP server, logging, backoff, the clock and
+garbage-collector tuning."""
