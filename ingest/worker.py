@@ -1,6 +1,6 @@
 """`ingest worker`: CUMI Comet notifications of many mailboxes → the Kafka event log.
 
-Wiring (DESIGN.md §1): the ops HTTP server (/metrics, health) → the Kafka sink (waits for the
+Wiring (docs/design.md §1): the ops HTTP server (/metrics, health) → the Kafka sink (waits for the
 cluster) → the CUMI REST client and the credentials provider → gap repair → the subscription
 manager, which runs CometD sessions whose event payloads flow into the sink. The mailboxes are a
 file's list (CUMI_MAILBOX_SOURCE=file) or this worker's share of the registry topic, which changes
@@ -26,15 +26,16 @@ from typing import Any
 from ingest.cumi.credentials import CredentialsProvider, build_provider
 from ingest.cumi.gap_repair import Reconciler
 from ingest.cumi.normalizer import TimeZones
-from ingest.cumi.rest import Backoff, CumiRestClient, Endpoint
-from ingest.cumi.session import CometSession, LossReason
-from ingest.cumi.subscriptions import RepairReason, SubscriptionManager, SubscriptionPolicy
+from ingest.cumi.rest import CumiRestClient
+from ingest.cumi.session import CometSession
+from ingest.cumi.subscriptions import SubscriptionManager, SubscriptionPolicy
 from ingest.errors import ConfigError
 from ingest.eventlog.sink import Sink
 from ingest.mailboxes.assignment import CredentialRefs, RegistryAssignment
+from ingest.ops.backoff import Backoff
 from ingest.ops.gc_tuning import streaming_collector
 from ingest.ops.http import OpsServer
-from ingest.ops.metrics import WORKER_READY, WORKER_REGISTRY, init_worker_label_values
+from ingest.ops.metrics import WORKER_READY, WORKER_REGISTRY
 from ingest.settings import CredentialsProviderKind, MailboxSource, Settings
 
 log = logging.getLogger(__name__)
@@ -104,9 +105,6 @@ class Worker:
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
-        init_worker_label_values(
-            session_reasons=LossReason, repair_reasons=RepairReason, endpoints=Endpoint
-        )
         # evaluated at each scrape, so /metrics and /healthz/ready always agree
         WORKER_READY.set_function(lambda: 1.0 if self.is_ready() else 0.0)
         try:

@@ -30,9 +30,7 @@ import contextlib
 import enum
 import functools
 import logging
-import random
 import ssl
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, cast
 
@@ -48,11 +46,15 @@ from aiocometd_ng.transports.websocket import WebSocket, WebSocketTransport
 
 from ingest.cumi import jsonload
 from ingest.errors import TransportError
+from ingest.ops.backoff import Backoff
+from ingest.ops.clock import SYSTEM_CLOCK, Clock
 from ingest.ops.metrics import (
     WORKER_CONNECT_FAILURES,
     WORKER_HANDSHAKES,
     WORKER_LAST_CONNECT,
+    WORKER_SESSION_RESTARTS,
     WORKER_STALLS,
+    init_label_values,
 )
 from ingest.settings import CometTransport
 
@@ -187,6 +189,9 @@ class LossReason(enum.StrEnum):
     STALL = "stall"
 
 
+init_label_values(WORKER_SESSION_RESTARTS, LossReason)
+
+
 class _Tap(Extension):
     """The extension hook: sees every payload the library sends and receives."""
 
@@ -218,9 +223,8 @@ class CometSession:
         stall_timeout: float = 90.0,
         request_timeout: float = 30.0,
         subscribe_timeout: float = 30.0,
-        reconnect_base: float = 0.5,
-        reconnect_cap: float = 30.0,
-        rng: random.Random | None = None,
+        reconnect: Backoff | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._url = url
         self._on_events = on_events
@@ -233,9 +237,8 @@ class CometSession:
         self._stall_timeout = stall_timeout
         self._request_timeout = request_timeout
         self._subscribe_timeout = subscribe_timeout
-        self._reconnect_base = reconnect_base
-        self._reconnect_cap = reconnect_cap
-        self._rng = rng or random.Random()
+        self._reconnect = reconnect or Backoff(base=0.5, cap=30.0)
+        self._clock = clock
         self._client: Client | None = None
         self._lost: asyncio.Future[LossReason] | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -244,7 +247,7 @@ class CometSession:
         self._connect_failures = 0
         self._awaiting_connect = False
         self._delivering = False
-        self._last_alive = time.monotonic()
+        self._last_alive = clock.monotonic()
         self._client_id: str | None = None
         self._stopped = False
         self._gap = False
@@ -419,14 +422,11 @@ class CometSession:
             self._connect_failures += 1
             WORKER_CONNECT_FAILURES.inc()
         self._awaiting_connect = True
-        ceiling = min(
-            self._reconnect_cap, self._reconnect_base * 2 ** min(self._connect_failures, 16)
-        )
         # read by the library's _connect_done when this connect fails
-        transport._reconnect_timeout = self._rng.uniform(ceiling / 2, ceiling)
+        transport._reconnect_timeout = self._reconnect.delay(self._connect_failures + 1)
 
     async def _on_incoming(self, payload: list[dict[str, Any]]) -> None:
-        received = time.monotonic()
+        received = self._clock.monotonic()
         events: EventBatch = []
         keep: list[dict[str, Any]] = []
         for message in payload:
@@ -465,7 +465,7 @@ class CometSession:
         if message.get("successful"):
             self._connect_failures = 0
             self._mark_alive()
-            WORKER_LAST_CONNECT.set(time.time())
+            WORKER_LAST_CONNECT.set(self._clock.wall())
             if self._gap:
                 self._gap = False
                 if self.on_gap is not None:
@@ -496,7 +496,7 @@ class CometSession:
             waiter.set_result(error)
 
     def _mark_alive(self) -> None:
-        self._last_alive = time.monotonic()
+        self._last_alive = self._clock.monotonic()
 
     async def _watch(self) -> None:
         """Stall watchdog: no successful connect (or payload) for stall_timeout → session lost.
@@ -505,10 +505,10 @@ class CometSession:
         """
         interval = max(0.05, min(5.0, self._stall_timeout / 4))
         while not self.is_lost:
-            await asyncio.sleep(interval)
+            await self._clock.sleep(interval)
             if self._delivering:
                 self._mark_alive()
                 continue
-            if time.monotonic() - self._last_alive > self._stall_timeout:
+            if self._clock.monotonic() - self._last_alive > self._stall_timeout:
                 WORKER_STALLS.inc()
                 self.lose(LossReason.STALL)

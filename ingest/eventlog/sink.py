@@ -29,7 +29,6 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import random
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -44,6 +43,8 @@ from ingest.errors import BrokerError, InvalidEvent
 from ingest.eventlog import codec
 from ingest.eventlog.topics import key_partition
 from ingest.events import DeadLetter, EventType, MailboxEvent, MailboxSnapshot, RejectReason
+from ingest.ops.backoff import Backoff
+from ingest.ops.clock import SYSTEM_CLOCK, Clock
 from ingest.ops.metrics import (
     WORKER_ACK_LATENCY,
     WORKER_BACKPRESSURE_SECONDS,
@@ -164,6 +165,7 @@ class Sink:
         retry_base: float = 0.2,
         retry_cap: float = 10.0,
         drain_timeout: float = 20.0,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._drain_timeout = drain_timeout
         self._kafka = kafka
@@ -176,9 +178,8 @@ class Sink:
         self._partition_of: dict[str, dict[bytes, int]] = {}
         self._spread = 0  # round-robin for records without a key
         self._retry_task: asyncio.Task[None] | None = None
-        self._retry_base = retry_base
-        self._retry_cap = retry_cap
-        self._rng = random.Random()
+        self._backoff = Backoff(retry_base, retry_cap)
+        self._clock = clock
         self._by_event_type: dict[EventType, tuple[Any, list[tuple[str, bytes]]]] = {}
         self._last_event_time: tuple[dt.datetime | None, int] = (None, 0)
         self._dead_by_reason: dict[str, Any] = {}
@@ -205,9 +206,9 @@ class Sink:
                     raise BrokerError(
                         f"Kafka unreachable at {self._kafka.bootstrap_servers}"
                     ) from e
-                delay = self._backoff(attempt)
+                delay = self._backoff.delay(attempt)
                 log.warning("Kafka not reachable (%s); retrying in %.1f s", type(e).__name__, delay)
-                await asyncio.sleep(delay)
+                await self._clock.sleep(delay)
                 continue
             try:
                 # the default partitioner's choice, computed once per key (see _partition)
@@ -338,7 +339,7 @@ class Sink:
 
     def _batches(self, messages: list[dict[str, Any]], received: float) -> list[_Batch]:
         """Parse, encode and group one payload's records into record batches, in order."""
-        now = dt.datetime.now(dt.UTC)  # of the dead letters; events take the normalizer's clock
+        now = self._clock.utc_now()  # of the dead letters; events take the normalizer's
         open_batches: dict[tuple[str, int], _Batch] = {}
         ready: list[_Batch] = []
         for message in messages:
@@ -458,7 +459,7 @@ class Sink:
                 attempt += 1
                 WORKER_BACKPRESSURE_SECONDS.inc(time.monotonic() - started)
                 WORKER_PRODUCER_ERRORS.labels("buffer-timeout").inc()
-                await asyncio.sleep(self._backoff(attempt))
+                await self._clock.sleep(self._backoff.delay(attempt))
                 continue
             except ProducerClosed as e:
                 self._fail(e)
@@ -494,7 +495,7 @@ class Sink:
             label.inc(n)
         observe_many(WORKER_ACK_LATENCY, time.monotonic() - batch.received, count)
         if batch.event_seconds:
-            wall = time.time()
+            wall = self._clock.wall()
             for second, n in batch.event_seconds.items():
                 observe_many(WORKER_EVENT_LAG, max(0.0, wall - second), n)
             WORKER_LAST_EVENT.set(wall)
@@ -504,7 +505,7 @@ class Sink:
         while True:
             batch = await self._retries.get()
             try:
-                await asyncio.sleep(self._backoff(1))
+                await self._clock.sleep(self._backoff.delay(1))
                 await self._send(batch)
             except BrokerError:  # fatal: the worker is stopping
                 self.window.release(len(batch.records))
@@ -519,7 +520,3 @@ class Sink:
             WORKER_PRODUCER_ERRORS.labels("fatal").inc()
             log.error("Kafka producer failed for good: %r; the worker becomes unhealthy", error)
             self.failed.set()
-
-    def _backoff(self, attempt: int) -> float:
-        ceiling = min(self._retry_cap, self._retry_base * 2 ** min(attempt, 16))
-        return self._rng.uniform(ceiling / 2, ceiling)

@@ -1,4 +1,4 @@
-"""Per-mailbox folder state from the event log (DESIGN.md §3): a pure state machine, no I/O.
+"""Per-mailbox folder state from the event log (docs/design.md §4): a pure state machine, no I/O.
 
 Events are *state assertions* about messages, applied per mailbox in USN order:
 
@@ -37,7 +37,6 @@ The mailbox USN is the highest USN applied.
 from __future__ import annotations
 
 import datetime as dt
-import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,17 +49,9 @@ from ingest.events import (
     MailboxStateRecord,
     MessageInfo,
     MessageStateRecord,
+    Outcome,
     SnapshotMessage,
 )
-
-
-class Outcome(enum.StrEnum):
-    """What applying one record did."""
-
-    APPLIED = "applied"
-    DUPLICATE = "duplicate"
-    STALE = "stale"
-
 
 # The members as plain globals for the hot paths: `Outcome.APPLIED` is a lookup through the enum
 # machinery, ≈ 0.15 µs each on the reference machine, several per event.
@@ -346,8 +337,8 @@ class MailboxState:
         return {mid: m for mid, m in self.messages.items() if m.folder is folder}
 
     def to_json(self, detail: bool = False) -> dict[str, Any]:
-        """`{"inbox": {id: {"read": bool}}, "deleted": {…}, "usn": int}` (DESIGN.md §4); `detail`
-        adds message info and USNs, the tombstones (`gone`) and the counters."""
+        """`{"inbox": {id: {"read": bool}}, "deleted": {…}, "usn": int}` (docs/topics.md);
+        `detail` adds message info and USNs, the tombstones (`gone`) and the counters."""
         folders: dict[Folder, dict[str, Any]] = {folder: {} for folder in Folder}
         for message_id in sorted(self.messages):
             message = self.messages[message_id]
