@@ -33,6 +33,12 @@ class EventType(enum.StrEnum):
     DELETED_MESSAGE_UNDELETE = "DELETED_MESSAGE_UNDELETE"
 
 
+def bare_message_id(message_id: str) -> str:
+    """A message's id as the pipeline keys it. Folder listings name messages `0:<guid>` and some
+    Comet events do too, others send the bare `<guid>`: the prefix is dropped everywhere."""
+    return message_id[2:] if message_id.startswith("0:") else message_id
+
+
 class RecordKind(enum.StrEnum):
     """What a record is; sent as the `cumi.kind` Kafka header. The events topic carries EVENT and
     SNAPSHOT, the dead-letter topic DEAD_LETTER, the state topic STATE, the registry REGISTRY."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 from collections.abc import Coroutine, Sequence
@@ -32,6 +31,7 @@ from ingest.cumi.subscriptions import SubscriptionManager, SubscriptionPolicy
 from ingest.errors import ConfigError
 from ingest.eventlog.sink import Sink
 from ingest.mailboxes.assignment import CredentialRefs, RegistryAssignment
+from ingest.mailboxes.mailbox_file import watched_aliases
 from ingest.ops.backoff import Backoff
 from ingest.ops.gc_tuning import streaming_collector
 from ingest.ops.http import OpsServer
@@ -39,30 +39,6 @@ from ingest.ops.metrics import WORKER_READY, WORKER_REGISTRY
 from ingest.settings import CredentialsProviderKind, MailboxSource, Settings
 
 log = logging.getLogger(__name__)
-
-
-def load_mailboxes(path: Path) -> list[str]:
-    """A JSON array of aliases (`.json`), or one alias per line with `#` comments."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"CUMI_MAILBOXES_FILE: cannot read {str(path)!r}: {e.strerror}") from e
-    if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except ValueError as e:
-            raise ConfigError(f"CUMI_MAILBOXES_FILE: {str(path)!r} is not JSON: {e}") from e
-        if isinstance(data, dict):  # a users file keyed by alias works too
-            data = list(data)
-        if not isinstance(data, list) or not all(isinstance(a, str) and a for a in data):
-            raise ConfigError(f"CUMI_MAILBOXES_FILE: {str(path)!r} must be a JSON array of aliases")
-        aliases = [a.strip() for a in data]
-    else:
-        lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
-        aliases = [line for line in lines if line]
-    if not aliases:
-        raise ConfigError(f"CUMI_MAILBOXES_FILE: {str(path)!r} lists no mailboxes")
-    return list(dict.fromkeys(aliases))
 
 
 class Worker:
@@ -95,7 +71,7 @@ class Worker:
         aliases = self.aliases
         if aliases is None and s.cumi.mailbox_source is MailboxSource.FILE:
             assert s.cumi.mailboxes_file is not None  # validated by the settings
-            aliases = load_mailboxes(s.cumi.mailboxes_file)
+            aliases = watched_aliases(s.cumi.mailboxes_file)
         log.info(
             "ingest worker starting for %s; settings %s",
             f"{len(aliases)} mailboxes" if aliases is not None else "registered mailboxes",

@@ -37,6 +37,7 @@ from ingest.events import (
     MailboxEvent,
     MessageInfo,
     RejectReason,
+    bare_message_id,
     fast_constructor,
 )
 from ingest.ops.clock import SYSTEM_CLOCK, to_millis
@@ -194,8 +195,7 @@ def _plain_message(item: Any, zone: dt.tzinfo) -> MessageInfo | None:
     message_id = item.get("MessageId")
     if message_id.__class__ is not str or not message_id.isascii() or message_id == "null":
         return None
-    if message_id.startswith("0:"):
-        message_id = message_id[2:]
+    message_id = bare_message_id(message_id)
     if not message_id.strip():
         return None
     texts: list[str | None] = []
@@ -411,9 +411,7 @@ def _message(item: object, index: int, zone: dt.tzinfo) -> MessageInfo:
         detail = f"expected an object, got {_json_type(item)}"
         raise InvalidEvent(RejectReason.BAD_TYPE, detail, where)
     prefix = where + "."
-    message_id = _required_str(item, "MessageId", prefix)
-    if message_id.startswith("0:"):
-        message_id = message_id[2:]
+    message_id = bare_message_id(_required_str(item, "MessageId", prefix))
     if not message_id.strip():
         raise InvalidEvent(RejectReason.BAD_VALUE, "empty MessageId", prefix + "MessageId")
     receive_raw = _optional_str(item, "ReceiveTime", prefix)

@@ -31,7 +31,7 @@ import aiohttp
 
 from ingest.cumi.credentials import Credential, MissingCredentials
 from ingest.errors import AuthError, TransportError
-from ingest.events import SnapshotMessage
+from ingest.events import SnapshotMessage, bare_message_id
 from ingest.ops.backoff import Backoff
 from ingest.ops.clock import SYSTEM_CLOCK, Clock
 from ingest.ops.metrics import (
@@ -325,7 +325,7 @@ def parse_message(item: Any) -> SnapshotMessage | None:
     raw_id = item.get("MsgId") or item.get("MessageId")
     if not isinstance(raw_id, str) or not raw_id:
         return None
-    message_id = raw_id[2:] if raw_id.startswith("0:") else raw_id
+    message_id = bare_message_id(raw_id)
     arrival = _int(item.get("ArrivalTime"))
     return SnapshotMessage(
         message_id=message_id,

@@ -327,6 +327,17 @@ PROJECTOR_SKIP_REASONS = ("undecodable", "unexpected_kind")
 TRANSACTION_OUTCOMES = ("committed", "aborted")
 
 
+def observe_many(histogram: Histogram, value: float, count: int) -> None:
+    """`count` observations of one value at the cost of one (prometheus-client has no bulk call;
+    this does what `Histogram.observe` does, `count` times at once). Uses the histogram's private
+    `_sum`, `_buckets`, `_upper_bounds` (prometheus-client pinned; docs/design.md §7)."""
+    histogram._sum.inc(value * count)
+    for i, bound in enumerate(histogram._upper_bounds):
+        if value <= bound:
+            histogram._buckets[i].inc(count)
+            break
+
+
 def init_label_values(counter: Counter, *values: Iterable[str]) -> None:
     """Create `counter`'s series for every combination of `values` (one iterable per label
     name, in order), at 0: `.labels()` without an increment."""

@@ -51,6 +51,7 @@ from ingest.events import (
     MessageStateRecord,
     Outcome,
     SnapshotMessage,
+    bare_message_id,
 )
 
 # The members as plain globals for the hot paths: `Outcome.APPLIED` is a lookup through the enum
@@ -310,7 +311,7 @@ class MailboxState:
         listed: dict[str, tuple[Folder, SnapshotMessage]] = {}
         for folder, listing in ((Folder.INBOX, snapshot.inbox), (Folder.DELETED, snapshot.deleted)):
             for entry in listing:  # listed in both (a race in the listing): Deleted wins
-                listed[_strip_listing_prefix(entry.message_id)] = (folder, entry)
+                listed[bare_message_id(entry.message_id)] = (folder, entry)
         for message_id, message in list(self.messages.items()):
             if message.usn <= snapshot.usn and message_id not in listed:
                 del self.messages[message_id]
@@ -452,8 +453,3 @@ def _placements(mailbox: Mapping[str, Any]) -> dict[str, list[str]]:
 
 def _describe(placement: list[str]) -> str:
     return " and ".join(placement) if placement else "absent"
-
-
-def _strip_listing_prefix(message_id: str) -> str:
-    """Folder listings name messages `0:<guid>`, Comet events `<guid>`."""
-    return message_id[2:] if message_id.startswith("0:") else message_id
