@@ -42,10 +42,10 @@ from aiokafka import AIOKafkaProducer
 from fixtures.simulator import MakeSimulator
 from fixtures.worker_group import ScaleOut, now_ms, scale_out_env
 
+from ingest.commands import mailboxes as mailboxes_command
 from ingest.eventlog import codec
 from ingest.eventlog.topics import TopicNames
 from ingest.events import MailboxRegistryEntry, RepairReason
-from ingest.mailboxes import registry
 from ingest.mailboxes.assignment import RegistryAssignment
 from ingest.mailboxes.registry import RegistryWriter, apply_changes, ensure_registry_topic
 from ingest.settings import KafkaSettings, SettingsSource, load_kafka
@@ -284,9 +284,9 @@ class TestMailboxesCommand:
         async def mailboxes(*args: str) -> list[dict[str, object]]:
             # the sub-command itself: `ingest.cli.main` would also reconfigure logging
             parser = argparse.ArgumentParser()
-            registry.add_arguments(parser)
+            mailboxes_command.add_arguments(parser)
             parsed = parser.parse_args(["--bootstrap", kafka_bootstrap, *args])
-            assert await asyncio.to_thread(registry.run, parsed) == 0
+            assert await asyncio.to_thread(mailboxes_command.run, parsed) == 0
             out, err = capsys.readouterr()
             said.append(err)
             return [json.loads(line) for line in out.splitlines()]
