@@ -7,7 +7,7 @@ CACHE ?= $(HOME)/.cache/cumi-pipeline
 export CUMI_CACHE_DIR := $(CACHE)
 export PATH := $(CURDIR)/$(BIN):$(CACHE)/bin:$(PATH)
 
-.PHONY: install tools lint typecheck test test-unit test-integration demo bench soak clean
+.PHONY: install tools lint typecheck test test-unit test-integration test-reference demo bench soak clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,15 @@ lint: install
 	$(BIN)/ruff format --check ingest tests bench
 	$(BIN)/mypy
 
-test: tools lint  ## the whole suite; starts its own Kafka broker
+test: tools lint  ## the whole suite; starts its own Kafka broker; then the reference paths
 	$(BIN)/pytest -p no:cacheprovider --durations=25 tests
+	$(MAKE) --no-print-directory test-reference
+
+# the fast paths off (ingest/speedups.py): the unit suite and the log/fold end-to-end tests again
+REFERENCE_TESTS := tests/unit tests/integration/test_replay.py tests/integration/test_worker.py \
+	tests/integration/test_projector_service.py tests/integration/test_kafka_roundtrip.py
+test-reference: tools
+	CUMI_NO_SPEEDUPS=1 $(BIN)/pytest -p no:cacheprovider $(REFERENCE_TESTS)
 
 test-unit: install
 	$(BIN)/pytest -p no:cacheprovider tests/unit

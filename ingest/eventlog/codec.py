@@ -29,6 +29,7 @@ import fastavro
 from fastavro.schema import fingerprint as avro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
+from ingest import speedups
 from ingest.errors import DecodeError
 from ingest.events import (
     DeadLetter,
@@ -227,7 +228,11 @@ def _registry() -> _Registry:
         if parsed["name"] != full_name:
             raise DecodeError(f"{file_name} defines {parsed['name']}, expected {full_name}")
         fp = schema_fingerprint(schema)
-        fast = _fast_event_writer(MAGIC + fp) if fp == _FAST_EVENT_FINGERPRINT else None
+        fast = (
+            _fast_event_writer(MAGIC + fp)
+            if fp == _FAST_EVENT_FINGERPRINT and speedups.ENABLED
+            else None
+        )
         writers[cls] = _Writer(parsed, fp, MAGIC + fp, kind, _TO_AVRO[cls], fast)
         readers[fp] = _Reader(full_name, parsed, parsed, _FROM_AVRO[cls])
         current[full_name] = (parsed, _FROM_AVRO[cls])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from ingest import speedups
 from ingest.eventlog import codec
 from ingest.events import (
     EventType,
@@ -26,8 +27,8 @@ from ingest.events import (
     MessageInfo,
     RepairReason,
     SnapshotMessage,
-    fast_constructor,
 )
+from ingest.speedups import fast_constructor
 
 _EVENT_FINGERPRINT = bytes.fromhex("5be9f43649860e88")
 """The MailboxEvent schema the event reader below was written for."""
@@ -340,5 +341,5 @@ def _optional_moment(data: bytes, pos: int) -> tuple[dt.datetime | None, int]:
     return _moment(millis), pos
 
 
-_FAST_EVENTS = _events_readable()
-_FAST_SNAPSHOTS = _snapshots_readable()
+_FAST_EVENTS = speedups.ENABLED and _events_readable()
+_FAST_SNAPSHOTS = speedups.ENABLED and _snapshots_readable()

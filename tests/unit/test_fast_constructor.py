@@ -7,13 +7,14 @@ import datetime as dt
 
 import pytest
 
+from ingest import speedups
 from ingest.events import (
     EventType,
     MailboxEvent,
     MessageInfo,
     SnapshotMessage,
-    fast_constructor,
 )
+from ingest.speedups import fast_constructor
 
 T0 = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 INFO = MessageInfo("m1", "+1408", None, "Voice", "Normal-Priority", T0, "03:04:05 AM 01/02/2024")
@@ -38,6 +39,9 @@ def test_same_record_as_the_class_builds(cls: type, values: tuple[object, ...]) 
 
 
 def test_every_field_is_required() -> None:
+    if not speedups.ENABLED:  # the reference path is the class itself, defaults and all
+        assert fast_constructor(MessageInfo) is MessageInfo
+        return
     with pytest.raises(TypeError):
         fast_constructor(MessageInfo)("m1")
 
