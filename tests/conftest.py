@@ -6,6 +6,12 @@ so they are importable as `fixtures.<name>`.
 
 The broker fixtures never skip: without Java or Maven they fail every test that needs Kafka, so a
 machine that cannot run the broker can never produce a green run.
+
+The folders say what a test needs: tests/unit nothing but Python (no CLI, no broker, no socket
+beyond binding a loopback port), tests/tools a CLI from `make tools` (marker `tools`),
+tests/integration and tests/conformance sockets and the broker (marker `integration`; the
+conformance test with the Node CometD client is `tools` too). `pytest_collection_modifyitems`
+refuses a marker in the wrong folder.
 """
 
 from __future__ import annotations
@@ -26,8 +32,27 @@ pytest_plugins = [
     if not module.name.startswith("_")
 ]
 
+TESTS = Path(__file__).parent
+FOLDER_MARKERS = {"unit": set[str](), "tools": {"tools"}}
+"""Markers each folder's tests must carry exactly (of `integration` and `tools`)."""
+
 FRESH_TOPIC_PARTITIONS = 12
 """Events/state partitions of `fresh_topics`: the production default, so keying is exercised."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Fail the run if a test's markers contradict its folder (a unit test needing a tool, a
+    tool test without the marker that `-m tools` selects)."""
+    wrong = []
+    for item in items:
+        folder = item.path.relative_to(TESTS).parts[0] if item.path.is_relative_to(TESTS) else ""
+        if folder not in FOLDER_MARKERS:
+            continue
+        marks = {mark.name for mark in item.iter_markers()} & {"integration", "tools"}
+        if marks != FOLDER_MARKERS[folder]:
+            wrong.append(f"{item.nodeid}: {sorted(marks)} in tests/{folder}")
+    if wrong:
+        raise pytest.UsageError("markers contradict the folder:\n" + "\n".join(wrong))
 
 
 @pytest.fixture(scope="session")

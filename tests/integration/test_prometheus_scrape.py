@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -32,6 +31,7 @@ import pytest_asyncio
 import yaml
 from fixtures.producing import delete_topics
 from fixtures.simulator import FAST
+from fixtures.tools import tool
 from fixtures.worker import worker_env
 
 from ingest.eventlog.topics import TopicNames, default_specs, ensure_topics
@@ -39,7 +39,11 @@ from ingest.events import EventType
 from ingest.simulator import Simulator
 from ingest.simulator.stats import Stats
 
-pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.tools,
+    pytest.mark.asyncio(loop_scope="module"),
+]
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "helm" / "cumi-pipeline" / "files" / "alerts.yaml"
@@ -61,15 +65,6 @@ QUIET_PANELS: set[str] = set()
 SELECT = 'job="cumi-pipeline"'
 
 Vector = list[dict[str, Any]]
-
-
-def binary(name: str) -> str:
-    """A CLI from `make tools`: $CUMI_CACHE_DIR/bin first, then PATH, then the default cache."""
-    cache = Path(os.environ.get("CUMI_CACHE_DIR", Path.home() / ".cache" / "cumi-pipeline"))
-    for candidate in (cache / "bin" / name, shutil.which(name)):
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    pytest.fail(f"{name} not found in {cache / 'bin'} or on PATH: run `make tools`")
 
 
 def free_port() -> int:
@@ -159,7 +154,7 @@ class Prometheus:
         config_file = workdir / "prometheus.yml"
         config_file.write_text(yaml.safe_dump(config))
         argv = [
-            binary("prometheus"),
+            tool("prometheus"),
             f"--config.file={config_file}",
             f"--storage.tsdb.path={workdir / 'tsdb'}",
             f"--web.listen-address=127.0.0.1:{self.port}",
