@@ -24,8 +24,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from chaos.report import record, soak
-from hypothesis import HealthCheck, given, settings
+from chaos.report import record
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingest.commands.fold import fold_stream
@@ -46,12 +46,8 @@ from ingest.events import EventType, MailboxEvent, RejectReason
 from ingest.simulator.comet import event_data, format_time
 from ingest.state.projection import Projection
 
-EXAMPLES = 2_500 if soak() else 100
-FUZZ = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+EXAMPLES = settings().max_examples
+"""Inputs per fuzz test: the profile's (tests/conftest.py), 100, or 2,500 under the soak."""
 NOW = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
 REASONS = frozenset(RejectReason)
 MAX_DETAIL = 400
@@ -247,7 +243,6 @@ class TestParserFuzz:
     def test_hostile_events_agree_across_mapping_text_and_bytes(self) -> None:
         inputs = Inputs("parse_event: hostile events as mapping, text and bytes")
 
-        @FUZZ
         @given(hostile_events())
         def check(event: dict[str, Any]) -> None:
             text = json.dumps(event)  # ASCII-escaped: lone surrogates survive the trip
@@ -267,7 +262,6 @@ class TestParserFuzz:
         zones = TimeZones(receive_time=ZoneInfo("America/Los_Angeles"))
         taken = Counter[str]()
 
-        @FUZZ
         @given(valid_events(ascii_names) | valid_events() | hostile_events())
         def check(event: dict[str, Any]) -> None:
             if not isinstance(event.get("data", {}), dict):
@@ -290,7 +284,6 @@ class TestParserFuzz:
     def test_valid_events_are_accepted(self) -> None:
         inputs = Inputs("parse_event: generated valid events")
 
-        @FUZZ
         @given(valid_events())
         def check(event: dict[str, Any]) -> None:
             outcome = classify(json.dumps(event).encode())
@@ -303,7 +296,6 @@ class TestParserFuzz:
     def test_damaged_wire_bytes(self) -> None:
         inputs = Inputs("parse_event: hostile events damaged on the wire")
 
-        @FUZZ
         @given(hostile_wire())
         def check(raw: bytes) -> None:
             inputs.saw(classify(raw))
@@ -314,7 +306,6 @@ class TestParserFuzz:
     def test_arbitrary_bytes_text_and_json(self) -> None:
         inputs = Inputs("parse_event: arbitrary bytes, text and JSON values")
 
-        @FUZZ
         @given(st.binary(max_size=400) | st.text(max_size=400) | json_values)
         def check(raw: Any) -> None:
             if isinstance(raw, bytes | str):
@@ -393,7 +384,6 @@ class TestFoldFuzz:
     def test_hostile_streams(self) -> None:
         inputs = Inputs("ingest fold: hostile JSON-lines streams")
 
-        @FUZZ
         @given(fold_chunks)
         def check(chunks: list[bytes]) -> None:
             data = b"\n".join(chunks)

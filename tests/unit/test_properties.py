@@ -18,7 +18,7 @@ from typing import Any
 import fastavro
 from fixtures.record_strategies import mailbox_events
 from fixtures.vendor import vendor_example
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingest.cumi.normalizer import parse_event
@@ -27,7 +27,8 @@ from ingest.eventlog import codec
 from ingest.events import EventType, MailboxEvent, MailboxSnapshot, MessageInfo, SnapshotMessage
 from ingest.state.projection import Outcome, Projection
 
-MODEST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+MODEST = settings(max_examples=60)
+"""Histories are costly to fold several ways: fewer examples than the profile's 100."""
 T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 E = EventType
 
