@@ -10,7 +10,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiocometd_ng import Client, ConnectionType
+from aiocometd_ng.client import Client
+from aiocometd_ng.constants import ConnectionType
 from fixtures.simulator import (
     aiocometd_websocket,
     cometd_client,

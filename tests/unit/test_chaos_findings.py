@@ -54,7 +54,8 @@ def fold(*records: MailboxEvent | MailboxSnapshot) -> dict[str, object]:
     projection = Projection()
     for record in records:
         projection.apply(record)
-    return projection.to_json()["abell"]
+    folded: dict[str, object] = projection.to_json()["abell"]
+    return folded
 
 
 DELETE_AT_106 = (event(E.DELETED_MESSAGE, 106), event(E.DELETED_MESSAGE_CREATE, 106))

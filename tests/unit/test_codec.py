@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import importlib.resources
 import io
 import json
 import shutil
@@ -112,7 +113,10 @@ def state() -> MailboxStateRecord:
     )
 
 
-RECORDS = [event(), event(messages=(MessageInfo("only"),), display_name=None, source=None)]
+RECORDS: list[codec.Record] = [
+    event(),
+    event(messages=(MessageInfo("only"),), display_name=None, source=None),
+]
 RECORDS += [snapshot(), dead_letter(), state(), MailboxStateRecord("empty", 0, ())]
 
 
@@ -375,5 +379,5 @@ class TestSchemaLocation:
 
     def test_packaged_wins(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         (tmp_path / "schemas").mkdir()
-        monkeypatch.setattr(codec.importlib.resources, "files", lambda package: tmp_path)
+        monkeypatch.setattr(importlib.resources, "files", lambda package: tmp_path)
         assert codec.schema_dir() == tmp_path / "schemas"

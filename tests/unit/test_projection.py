@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 
@@ -201,13 +202,9 @@ class TestDuplicatesAndStale:
     def test_stale_event_keeps_info(self) -> None:
         projection = fold(*ARRIVED)
         old = ev(NEW, 1)
-        old = MailboxEvent(**{**_fields(old), "messages": (MessageInfo("m", sender="x"),)})
+        old = dataclasses.replace(old, messages=(MessageInfo("m", sender="x"),))
         projection.apply(old)
         assert projection.mailboxes["abell"].messages["m"].sender == "sender of m"
-
-
-def _fields(event: MailboxEvent) -> dict[str, object]:
-    return {name: getattr(event, name) for name in event.__slots__}
 
 
 class TestMultiMessageEvents:

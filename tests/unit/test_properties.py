@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,7 +114,7 @@ def events_of(changes: list[Change]) -> list[MailboxEvent]:
     return [event for change in changes for event in change.events]
 
 
-def fold(records: list[MailboxEvent | MailboxSnapshot]) -> dict[str, Any]:
+def fold(records: Sequence[MailboxEvent | MailboxSnapshot]) -> dict[str, Any]:
     projection = Projection()
     for record in records:
         projection.apply(record)
@@ -299,7 +300,7 @@ VALID = vendor_example()
 @st.composite
 def mutated_events(draw: st.DrawFn) -> dict[str, Any]:
     """The vendor example with a few fields (or message fields) replaced by arbitrary JSON."""
-    event = json.loads(json.dumps(VALID))
+    event = vendor_example()  # a fresh copy to mutate
     for _ in range(draw(st.integers(1, 3))):
         value = draw(json_values | st.from_regex(r"\d{1,2}:\d\d:\d\d [AP]M \d{1,2}/\d{1,2}/\d{4}"))
         infos = event["MessageInfo"]
