@@ -12,6 +12,7 @@ from fixtures.worker import (
     decode_all,
     decode_as,
     fold_records,
+    metric,
     read_topic,
     running_worker,
     settle,
@@ -21,14 +22,9 @@ from fixtures.worker import (
 from ingest.eventlog import codec
 from ingest.eventlog.topics import TopicNames
 from ingest.events import DeadLetter, MailboxEvent, MailboxSnapshot, RejectReason
-from ingest.ops.metrics import WORKER_REGISTRY
 from ingest.state.projection import diff_states
 
 pytestmark = pytest.mark.integration
-
-
-def metric(name: str, **labels: str) -> float:
-    return WORKER_REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 class TestCleanRun:
