@@ -68,7 +68,7 @@ class TimeZones:
 
 
 def parse_event(
-    raw: bytes | str | Mapping[str, Any],
+    raw: bytes | bytearray | memoryview | str | Mapping[str, Any],
     *,
     zones: TimeZones = TimeZones(),
     source: str | None = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import importlib.resources
 import io
 import json
 import shutil
@@ -25,6 +26,7 @@ from ingest.events import (
     MailboxStateRecord,
     MessageInfo,
     MessageStateRecord,
+    RepairReason,
     SnapshotMessage,
 )
 
@@ -63,7 +65,7 @@ def snapshot() -> MailboxSnapshot:
         mailbox_id="abell",
         usn=3000,
         taken_at=T0,
-        reason="session-lost",
+        reason=RepairReason.SESSION_LOST,
         inbox=(
             SnapshotMessage("m1", read=True, arrival_time=T0, sender="Bob", msg_type="Voice"),
             SnapshotMessage("m2", read=False),
@@ -113,7 +115,10 @@ def state() -> MailboxStateRecord:
     )
 
 
-RECORDS = [event(), event(messages=(MessageInfo("only"),), display_name=None, source=None)]
+RECORDS: list[codec.Record] = [
+    event(),
+    event(messages=(MessageInfo("only"),), display_name=None, source=None),
+]
 RECORDS += [snapshot(), dead_letter(), state(), MailboxStateRecord("empty", 0, ())]
 
 
@@ -377,5 +382,5 @@ class TestSchemaLocation:
 
     def test_packaged_wins(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         (tmp_path / "schemas").mkdir()
-        monkeypatch.setattr(codec.importlib.resources, "files", lambda package: tmp_path)
+        monkeypatch.setattr(importlib.resources, "files", lambda package: tmp_path)
         assert codec.schema_dir() == tmp_path / "schemas"

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from typing import TYPE_CHECKING
 
 import pytest
 
 from ingest import speedups
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 from ingest.events import (
     EventType,
     MailboxEvent,
@@ -29,7 +34,9 @@ CASES: list[tuple[type, tuple[object, ...]]] = [
 
 
 @pytest.mark.parametrize(("cls", "values"), CASES, ids=[c[0].__name__ for c in CASES])
-def test_same_record_as_the_class_builds(cls: type, values: tuple[object, ...]) -> None:
+def test_same_record_as_the_class_builds(
+    cls: type[DataclassInstance], values: tuple[object, ...]
+) -> None:
     fast, slow = fast_constructor(cls)(*values), cls(*values)
     assert type(fast) is cls
     assert fast == slow and hash(fast) == hash(slow) and repr(fast) == repr(slow)

@@ -49,7 +49,7 @@ class TestStreamingCollector:
             gc.set_threshold(threshold, 10, 10)
             before = gc.get_stats()[0]["collections"]
             for _ in range(10):
-                payload = [{"data": {"MessageInfo": [{}]}} for _ in range(1_000)]
+                payload: list[object] = [{"data": {"MessageInfo": [{}]}} for _ in range(1_000)]
                 del payload
             counts.append(gc.get_stats()[0]["collections"] - before)
         assert counts[0] >= 10
