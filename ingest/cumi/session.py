@@ -62,6 +62,8 @@ CHANNEL_PREFIX = "/vmrest/mailbox/"
 EventBatch = list[dict[str, Any]]
 OnEvents = Callable[[EventBatch, float], Awaitable[None]]
 """(event messages of one server payload, monotonic receive time) → returns when admitted."""
+ClientFactory = Callable[..., Client]
+"""Builds the library's client: `Client` itself (unit tests pass a fake, tests/fakes/bayeux.py)."""
 
 
 LONG_POLL_MARGIN = 15.0
@@ -221,6 +223,8 @@ class CometSession:
         reconnect_base: float = 0.5,
         reconnect_cap: float = 30.0,
         rng: random.Random | None = None,
+        client_factory: ClientFactory = Client,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._url = url
         self._on_events = on_events
@@ -236,6 +240,8 @@ class CometSession:
         self._reconnect_base = reconnect_base
         self._reconnect_cap = reconnect_cap
         self._rng = rng or random.Random()
+        self._client_factory = client_factory
+        self._clock = clock
         self._client: Client | None = None
         self._lost: asyncio.Future[LossReason] | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -244,7 +250,7 @@ class CometSession:
         self._connect_failures = 0
         self._awaiting_connect = False
         self._delivering = False
-        self._last_alive = time.monotonic()
+        self._last_alive = clock()
         self._client_id: str | None = None
         self._stopped = False
         self._gap = False
@@ -259,7 +265,7 @@ class CometSession:
         _install_transport_fixes()
         loop = asyncio.get_running_loop()
         self._lost = loop.create_future()
-        client = Client(
+        client = self._client_factory(
             self._url,
             [self._connection],
             connection_timeout=0,  # see the module docstring; the watchdog replaces it
@@ -426,7 +432,7 @@ class CometSession:
         transport._reconnect_timeout = self._rng.uniform(ceiling / 2, ceiling)
 
     async def _on_incoming(self, payload: list[dict[str, Any]]) -> None:
-        received = time.monotonic()
+        received = self._clock()
         events: EventBatch = []
         keep: list[dict[str, Any]] = []
         for message in payload:
@@ -496,7 +502,7 @@ class CometSession:
             waiter.set_result(error)
 
     def _mark_alive(self) -> None:
-        self._last_alive = time.monotonic()
+        self._last_alive = self._clock()
 
     async def _watch(self) -> None:
         """Stall watchdog: no successful connect (or payload) for stall_timeout → session lost.
@@ -509,6 +515,6 @@ class CometSession:
             if self._delivering:
                 self._mark_alive()
                 continue
-            if time.monotonic() - self._last_alive > self._stall_timeout:
+            if self._clock() - self._last_alive > self._stall_timeout:
                 WORKER_STALLS.inc()
                 self.lose(LossReason.STALL)

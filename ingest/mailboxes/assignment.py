@@ -71,6 +71,10 @@ _POLL_MS = 200
 """How long one poll waits for registry records; also the latency of acting on an assignment."""
 _RETRY_S = 1.0
 
+ConsumerFactory = Callable[..., AIOKafkaConsumer]
+"""Builds the group consumer: `AIOKafkaConsumer` itself (unit tests pass a fake)."""
+EnsureTopic = Callable[[KafkaSettings], Awaitable[None]]
+
 
 class MailboxTarget(Protocol):
     """What the assignment drives: the subscription manager."""
@@ -123,6 +127,9 @@ class RegistryAssignment:
         server: str | None = None,
         credentials: CredentialRefs | None = None,
         reconcile_on_start: bool = True,
+        consumer_factory: ConsumerFactory = AIOKafkaConsumer,
+        ensure_topic: EnsureTopic = ensure_registry_topic,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._kafka = kafka
         self._topic = kafka.registry_topic
@@ -133,6 +140,9 @@ class RegistryAssignment:
         self._server = server
         self._credentials = credentials
         self._reconcile_on_start = reconcile_on_start
+        self._consumer_factory = consumer_factory
+        self._ensure_topic = ensure_topic
+        self._clock = clock
         self._consumer: AIOKafkaConsumer | None = None
         # aiokafka's sticky assignor keeps a member's previous assignment in class attributes:
         # a class of its own per member, or two members in one process would share it
@@ -192,8 +202,8 @@ class RegistryAssignment:
 
     async def _run(self) -> None:
         try:
-            await self._retrying(lambda: ensure_registry_topic(self._kafka), "the registry topic")
-            consumer = AIOKafkaConsumer(
+            await self._retrying(lambda: self._ensure_topic(self._kafka), "the registry topic")
+            consumer = self._consumer_factory(
                 group_id=self._group_id,
                 client_id=f"cumi-worker-{self._group_id}",
                 enable_auto_commit=False,
@@ -305,7 +315,7 @@ class RegistryAssignment:
                 for alias in part.entries:
                     self._dirty.setdefault(alias, part.reason)
         if self._assigned_at is not None and self.ready:
-            elapsed = time.monotonic() - self._assigned_at
+            elapsed = self._clock() - self._assigned_at
             self._assigned_at = None
             WORKER_ASSIGNMENT_LOAD_SECONDS.observe(elapsed)
             log.info(
@@ -363,7 +373,7 @@ class RegistryAssignment:
     def _check_revocation(self) -> None:
         if self._revoked_at is None or not self._partitions:
             return
-        waited = time.monotonic() - self._revoked_at
+        waited = self._clock() - self._revoked_at
         # the assignment of a rebalance comes within its timeout (plus a SyncGroup round trip)
         if waited < 2 * self.rebalance_timeout_s:
             return
@@ -395,7 +405,7 @@ class RegistryAssignment:
 
     def on_revoked(self) -> None:
         """Keep watching (see the module docstring); the assignment decides."""
-        self._revoked_at = time.monotonic()
+        self._revoked_at = self._clock()
 
     def on_assigned(self, consumer: AIOKafkaConsumer, assigned: Iterable[TopicPartition]) -> None:
         """Seek kept partitions to where this worker was, new ones to their beginning; the poll
@@ -423,7 +433,7 @@ class RegistryAssignment:
             consumer.seek(tp, part.position)
         WORKER_REGISTRY_PARTITIONS.set(len(self._partitions))
         if new:
-            self._assigned_at = time.monotonic()
+            self._assigned_at = self._clock()
         log.info(
             "registry assignment #%d: %d partitions (new %s, lost %s)",
             self._assignments,
