@@ -42,5 +42,12 @@ async def eventually(check: Callable[[], bool], what: str, within: float = 2.0) 
 
 
 def sample(name: str, **labels: str) -> float:
-    """A sample of the worker's metrics registry (0 if it has not been set yet)."""
-    return WORKER_REGISTRY.get_sample_value(name, labels) or 0.0
+    """A sample of the worker's metrics registry: 0 for labels not seen yet, an error for a
+    name the registry does not have (a typo must not read as 0)."""
+    value = WORKER_REGISTRY.get_sample_value(name, labels)
+    if value is not None:
+        return value
+    families = {family.name for family in WORKER_REGISTRY.collect()}
+    names = families | {f"{family}_total" for family in families}  # a counter's family drops it
+    assert name in names, f"no metric {name} in the worker registry"
+    return 0.0

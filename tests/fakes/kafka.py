@@ -90,6 +90,14 @@ class FakeConsumer:
         """End a waiting poll now (after the test moved a fake clock)."""
         self._changed.set()
 
+    async def polled(self, count: int = 2) -> None:
+        """Return once the poll loop has made `count` more polls (each woken at once)."""
+        target = self.polls + count
+        async with asyncio.timeout(2.0):
+            while self.polls < target:
+                self.wake()
+                await asyncio.sleep(0.001)
+
     # -- what the consumer does ------------------------------------------------------------------
 
     def subscribe(self, topics: Iterable[str], *, listener: Any) -> None:
