@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from ingest.cumi.credentials import Credential, MissingCredentials
 from ingest.cumi.gap_repair import Reconciler
 from ingest.cumi.rest import CumiRestClient, Folder, FolderInfo
-from ingest.cumi.session import CometSession, EventBatch
+from ingest.cumi.session import CometSession, EventBatch, LossReason
 from ingest.errors import TransportError
 from ingest.events import MailboxSnapshot, SnapshotMessage
 from ingest.settings import Secret
@@ -167,8 +167,12 @@ class FakeReconciler(Reconciler):
     def __init__(self) -> None:
         super().__init__(FakeRestClient(), FakeCredentials(), FakeSink().publish_snapshot)
         self.log: list[tuple[str, str, str | None]] = []
+        self.error: Exception | None = None
+        """Raised by the next `request` (a bug in the caller's path)."""
 
     def request(self, alias: str, reason: str) -> None:
+        if self.error is not None:
+            raise self.error
         self.log.append(("request", alias, reason))
 
     def cancel(self, alias: str) -> None:
@@ -247,6 +251,8 @@ class FakeSession(CometSession):
             return dict.fromkeys(channels, "session closed")
         results = {channel: self._sessions.reply(channel) for channel in channels}
         self.subscribed.update(ch for ch, error in results.items() if error is None)
+        if any(error and error.startswith("402") for error in results.values()):
+            self.lose(LossReason.UNKNOWN_CLIENT)  # as the real session's subscribe-reply tap
         return results
 
     async def unsubscribe_many(self, channels: Iterable[str]) -> bool:

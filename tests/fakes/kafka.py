@@ -44,6 +44,7 @@ class FakeConsumer:
         self.stopped = False
         self.start_error: BaseException | None = None
         self.end_offset_errors: list[KafkaError] = []
+        self.position_errors: list[KafkaError] = []
         self.polls = 0
         self.generation = 0
         self._assigned: set[TopicPartition] = set()
@@ -126,6 +127,8 @@ class FakeConsumer:
     async def position(self, tp: TopicPartition) -> int:
         """Past the last record, the position moves on to the high watermark (the fetcher skips
         trailing control records and compacted-away offsets)."""
+        if self.position_errors:
+            raise self.position_errors.pop(0)
         position = self._positions.get(tp, 0)
         if not [r for r in self.logs[tp.partition] if r.offset >= position]:
             return max(position, self.ends[tp.partition])

@@ -28,8 +28,14 @@ TIMEOUT_MS = 1_000
 STAMP = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
-def entry(alias: str, **fields: object) -> MailboxRegistryEntry:
-    return MailboxRegistryEntry(alias, STAMP, **fields)  # type: ignore[arg-type]
+def entry(
+    alias: str,
+    *,
+    server: str | None = None,
+    credentials_ref: str | None = None,
+    enabled: bool = True,
+) -> MailboxRegistryEntry:
+    return MailboxRegistryEntry(alias, STAMP, server, credentials_ref, enabled)
 
 
 class Member:
@@ -130,6 +136,32 @@ class TestLoading:
             m.consumer.assign(0)
             await m.loaded()
             assert m.assignment.watched == {"a"}
+
+    async def test_position_failure_retried(self) -> None:
+        """The position could not be read: asked again on the next poll."""
+        m = Member()
+        m.consumer.put(0, entry("a"))
+        m.consumer.ends[0] += 1
+        m.consumer.position_errors.append(KafkaConnectionError("down"))
+        async with m:
+            m.consumer.assign(0)
+            await m.loaded()
+            assert m.consumer.position_errors == []
+
+    async def test_loading_resumes_after_a_rebalance(self) -> None:
+        """A rebalance begun before the partition was read: loading waits (no position asked of
+        a partition not assigned right now) and completes once it is assigned again."""
+        m = Member()
+        m.consumer.put(0, entry("a"))
+        m.consumer.ends[0] += 1
+        async with m:
+            m.consumer.assign(0)
+            m.consumer.revoke()
+            await m.consumer.polled()
+            assert not m.assignment.ready
+            m.consumer.assign(0)
+            await m.loaded()
+            assert m.target.added() == [(frozenset("a"), RepairReason.STARTUP)]
 
     async def test_empty_partition_loaded_at_once(self) -> None:
         """Nothing to read: ready, nothing to hand over."""

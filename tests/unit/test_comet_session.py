@@ -10,14 +10,23 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
+import aiohttp
 import pytest
+from aiocometd_ng.constants import TransportState
 from aiocometd_ng.exceptions import TransportError as CometTransportError
+from aiohttp.client_reqrep import ConnectionKey
 from fakes import FakeClock, eventually, sample
 from fakes.bayeux import FakeBayeux, FakeTransport, event
 
-from ingest.cumi.session import CometSession, EventBatch, LossReason
+from ingest.cumi.session import (
+    LONG_POLL_MARGIN,
+    CometSession,
+    EventBatch,
+    LossReason,
+    _LongPolling,
+)
 from ingest.errors import TransportError
 
 STALL = 0.2
@@ -438,3 +447,124 @@ class TestWatchdog:
         assert not session.is_lost
         clock.advance(STALL * 0.5)
         assert await reason(session) is LossReason.STALL
+
+
+def long_polling(extensions: list[Any] | None = None) -> _LongPolling:
+    """The session's fixed long-polling transport, with no HTTP session (nothing is sent)."""
+    return _LongPolling(
+        url="https://cuc.invalid/vmevents/cometd",
+        incoming_queue=asyncio.Queue(),
+        http_session=cast(aiohttp.ClientSession, None),
+        extensions=extensions,
+    )
+
+
+async def broken(cause: BaseException) -> dict[str, Any]:
+    raise CometTransportError("exchange failed") from cause
+
+
+def refused() -> aiohttp.ClientConnectorError:
+    key = ConnectionKey("127.0.0.1", 1, False, True, None, None, None)
+    return aiohttp.ClientConnectorError(key, ConnectionRefusedError(111, "refused"))
+
+
+class _Following(_LongPolling):
+    """Keeps what _connect_done decided instead of scheduling the next exchange."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            url="https://cuc.invalid/vmevents/cometd",
+            incoming_queue=asyncio.Queue(),
+            http_session=cast(aiohttp.ClientSession, None),
+        )
+        self.followed: list[tuple[str, float | None]] = []
+
+    def _follow_advice(self, reconnect_advice: str, reconnect_timeout: float | None) -> None:
+        self.followed.append((reconnect_advice, reconnect_timeout))
+
+
+def finished(result: dict[str, Any] | BaseException) -> asyncio.Future[dict[str, Any]]:
+    future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+    return future
+
+
+class TestTransportFixes:
+    """The session's corrections to aiocometd-ng's transports (see _Fixes)."""
+
+    @pytest.mark.parametrize(
+        ("channel", "cause", "gap"),
+        [
+            ("/meta/connect", aiohttp.ServerDisconnectedError(), True),
+            ("/meta/connect", refused(), False),
+            ("/meta/subscribe", aiohttp.ServerDisconnectedError(), False),
+        ],
+        ids=["connect-broken", "connect-never-sent", "subscribe-broken"],
+    )
+    async def test_only_a_connect_broken_mid_exchange_is_a_gap(
+        self,
+        session: CometSession,
+        server: FakeBayeux,
+        channel: str,
+        cause: BaseException,
+        gap: bool,
+    ) -> None:
+        """A connect that failed after it was sent may have lost events: the tap hears of it
+        (on_gap after the next good connect). One that never connected, or a failed subscribe,
+        carried none."""
+        gaps: list[int] = []
+        session.on_gap = lambda: gaps.append(1)
+        transport = long_polling(server.clients[0].options["extensions"])
+        with pytest.raises(CometTransportError):
+            await transport._guarded([{"channel": channel}], broken(cause))
+        await server.transport.connect()
+        assert gaps == ([1] if gap else [])
+
+    @pytest.mark.parametrize(
+        ("advice", "expected"),
+        [({"timeout": 30_000}, 30 + LONG_POLL_MARGIN), ({"timeout": True}, None), ({}, None)],
+    )
+    async def test_request_timeout_is_the_long_poll_plus_a_margin(
+        self, advice: dict[str, Any], expected: float | None
+    ) -> None:
+        """The server's advised long-poll (ms) plus a fixed margin; no advice, no timeout."""
+        transport = long_polling()
+        transport._reconnect_advice = advice
+        assert transport.request_timeout == expected
+
+    async def test_interval_advice_is_milliseconds(self) -> None:
+        """After a good connect the next waits advice.interval milliseconds."""
+        transport = _Following()
+        transport._reconnect_advice = {"interval": 2_500}
+        transport._connect_done(finished({"successful": True}))
+        assert transport.followed == [("retry", 2.5)]
+        assert transport.state is TransportState.CONNECTED
+
+    async def test_handshake_advice_not_followed(self) -> None:
+        """reconnect: handshake ends the transport (the manager builds a new session)."""
+        transport = _Following()
+        reply = {"successful": False, "advice": {"reconnect": "handshake"}}
+        transport._connect_done(finished(reply))
+        assert transport.followed == []
+        assert transport.state is TransportState.SERVER_DISCONNECTED
+
+    async def test_failed_exchange_waits_the_session_backoff(self) -> None:
+        """A failed exchange retries after the delay the session set (_reconnect_timeout)."""
+        transport = _Following()
+        transport._reconnect_timeout = 7.5
+        transport._connect_done(finished(CometTransportError("reset")))
+        assert transport.followed == [("retry", 7.5)]
+        assert transport.state is TransportState.CONNECTING
+
+    async def test_cancelled_or_closing_connect_ends_quietly(self) -> None:
+        """Closing while a connect is pending neither raises nor schedules another."""
+        transport = _Following()
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        future.cancel()
+        transport._connect_done(future)
+        transport._state = TransportState.DISCONNECTING
+        transport._connect_done(finished(CometTransportError("closed")))
+        assert transport.followed == []
