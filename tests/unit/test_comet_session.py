@@ -165,13 +165,15 @@ class TestTap:
         and other channels stay in the payload for the library (events are not queued twice)."""
         other = {"channel": "/service/echo", "data": {"x": 1}}
         no_data = {"channel": "/vmrest/mailbox/s1", "successful": True}
-        left = await wire.connect(event("s1", 1), other, event("s2", 2), no_data)
+        no_channel = {"data": {"x": 2}}
+        left = await wire.connect(event("s1", 1), other, event("s2", 2), no_data, no_channel)
         ((events, received),) = recorder.batches
         assert [e["channel"] for e in events] == ["/vmrest/mailbox/s1", "/vmrest/mailbox/s2"]
         assert received == clock.now
-        assert [m["channel"] for m in left] == [
+        assert [m.get("channel") for m in left] == [
             "/service/echo",
             "/vmrest/mailbox/s1",
+            None,
             "/meta/connect",
         ]
 
