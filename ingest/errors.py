@@ -51,5 +51,11 @@ class BrokerError(IngestError):
     retriable = True
 
 
+class TopicMissing(BrokerError):
+    """A topic the command or service needs does not exist (create it: `docs/operations.md`)."""
+
+    retriable = False
+
+
 class LocalBrokerError(IngestError):
     """The local development broker could not be fetched, formatted or started."""

@@ -2,7 +2,7 @@
 
 These are the in-memory forms of the Avro records in `schemas/` (field for field);
 `ingest.eventlog.codec` converts between the two. A `MailboxEvent` is a *state assertion* about one
-or more messages of one mailbox (DESIGN.md §2): it can repeat, and after Notifier downtime it
+or more messages of one mailbox (docs/design.md §3): it can repeat, and after Notifier downtime it
 carries only the latest status. A `MailboxSnapshot` is the server's folder listing taken by gap
 repair; it replaces the projected state.
 """
@@ -33,6 +33,12 @@ class EventType(enum.StrEnum):
     DELETED_MESSAGE_UNDELETE = "DELETED_MESSAGE_UNDELETE"
 
 
+def bare_message_id(message_id: str) -> str:
+    """A message's id as the pipeline keys it. Folder listings name messages `0:<guid>` and some
+    Comet events do too, others send the bare `<guid>`: the prefix is dropped everywhere."""
+    return message_id[2:] if message_id.startswith("0:") else message_id
+
+
 class RecordKind(enum.StrEnum):
     """What a record is; sent as the `cumi.kind` Kafka header. The events topic carries EVENT and
     SNAPSHOT, the dead-letter topic DEAD_LETTER, the state topic STATE, the registry REGISTRY."""
@@ -42,6 +48,48 @@ class RecordKind(enum.StrEnum):
     DEAD_LETTER = "dead_letter"
     STATE = "state"
     REGISTRY = "registry"
+
+
+class RepairReason(enum.StrEnum):
+    """Why gap repair took a mailbox's snapshot: the `reason` of a MailboxSnapshot, a metric label.
+
+    The schema keeps it as a string whose doc lists exactly these values (a test holds the two
+    together), so that a newer release may add a reason without breaking older readers: a value
+    this release does not know decodes to a member-like value of its own (`_missing_`), kept as
+    text, never written by this release.
+    """
+
+    STARTUP = "startup"
+    """The worker started: nothing was listening before."""
+    SESSION_LOST = "session-lost"
+    """The CometD session was lost (the server forgot the client, or it stalled)."""
+    SERVER_RESTART = "server-restart"
+    """The server forgot the mailbox's subscription: it restarted."""
+    RESUBSCRIBE = "resubscribe"
+    """The mailbox is subscribed again after a failure (backoff, refused credentials)."""
+    CONNECT_FAILED = "connect-failed"
+    """A /meta/connect failed mid-exchange: the events it carried may be lost."""
+    ASSIGNED = "assigned"
+    """The worker group gave this worker the mailbox (another worker left, failed or joined)."""
+    REGISTERED = "registered"
+    """The mailbox was added to (or re-enabled in) the registry while this worker owned it."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> RepairReason | None:
+        if not isinstance(value, str):
+            return None
+        unknown = str.__new__(cls, value)
+        unknown._name_ = value
+        unknown._value_ = value
+        return unknown
+
+
+class Outcome(enum.StrEnum):
+    """What applying one record to the projection did; a metric label."""
+
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    STALE = "stale"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +156,7 @@ class MailboxSnapshot:
     usn: int
     """The mailbox-level USN the listings were taken at (folder resource `USN`)."""
     taken_at: dt.datetime
-    reason: str
-    """Why the snapshot was taken: startup, session-lost, server-restart, resubscribe …"""
+    reason: RepairReason
     inbox: tuple[SnapshotMessage, ...]
     deleted: tuple[SnapshotMessage, ...]
     source: str | None = None

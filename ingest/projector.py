@@ -47,7 +47,7 @@ from aiokafka.errors import KafkaError, ProducerFenced
 
 from ingest.errors import BrokerError, ConfigError, DecodeError
 from ingest.eventlog.reader import decode_log_record
-from ingest.eventlog.topics import TopicSpec, ensure_topics
+from ingest.eventlog.topics import TopicSpec, describe_topic, ensure_topics
 from ingest.events import MailboxEvent, MailboxSnapshot
 from ingest.ops.gc_tuning import streaming_collector
 from ingest.ops.http import OpsServer
@@ -70,13 +70,7 @@ from ingest.ops.metrics import (
 from ingest.settings import KafkaSettings, SettingsSource, load_kafka, load_worker
 from ingest.state.projection import MailboxState, Projection
 from ingest.state.read_api import routes as read_api_routes
-from ingest.state.store import (
-    Fenced,
-    StateReader,
-    StateWriter,
-    TransactionFailed,
-    describe_topic,
-)
+from ingest.state.store import Fenced, StateReader, StateWriter, TransactionFailed
 
 log = logging.getLogger(__name__)
 

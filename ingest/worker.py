@@ -1,6 +1,6 @@
 """`ingest worker`: CUMI Comet notifications of many mailboxes → the Kafka event log.
 
-Wiring (DESIGN.md §1): the ops HTTP server (/metrics, health) → the Kafka sink (waits for the
+Wiring (docs/design.md §1): the ops HTTP server (/metrics, health) → the Kafka sink (waits for the
 cluster) → the CUMI REST client and the credentials provider → gap repair → the subscription
 manager, which runs CometD sessions whose event payloads flow into the sink. The mailboxes are a
 file's list (CUMI_MAILBOX_SOURCE=file) or this worker's share of the registry topic, which changes
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 from collections.abc import Coroutine, Sequence
@@ -26,42 +25,20 @@ from typing import Any
 from ingest.cumi.credentials import CredentialsProvider, build_provider
 from ingest.cumi.gap_repair import Reconciler
 from ingest.cumi.normalizer import TimeZones
-from ingest.cumi.rest import Backoff, CumiRestClient, Endpoint
-from ingest.cumi.session import CometSession, LossReason
-from ingest.cumi.subscriptions import RepairReason, SubscriptionManager, SubscriptionPolicy
+from ingest.cumi.rest import CumiRestClient
+from ingest.cumi.session import CometSession
+from ingest.cumi.subscriptions import SubscriptionManager, SubscriptionPolicy
 from ingest.errors import ConfigError
 from ingest.eventlog.sink import Sink
 from ingest.mailboxes.assignment import CredentialRefs, RegistryAssignment
+from ingest.mailboxes.mailbox_file import watched_aliases
+from ingest.ops.backoff import Backoff
 from ingest.ops.gc_tuning import streaming_collector
 from ingest.ops.http import OpsServer
-from ingest.ops.metrics import WORKER_READY, WORKER_REGISTRY, init_worker_label_values
+from ingest.ops.metrics import WORKER_READY, WORKER_REGISTRY
 from ingest.settings import CredentialsProviderKind, MailboxSource, Settings
 
 log = logging.getLogger(__name__)
-
-
-def load_mailboxes(path: Path) -> list[str]:
-    """A JSON array of aliases (`.json`), or one alias per line with `#` comments."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"CUMI_MAILBOXES_FILE: cannot read {str(path)!r}: {e.strerror}") from e
-    if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except ValueError as e:
-            raise ConfigError(f"CUMI_MAILBOXES_FILE: {str(path)!r} is not JSON: {e}") from e
-        if isinstance(data, dict):  # a users file keyed by alias works too
-            data = list(data)
-        if not isinstance(data, list) or not all(isinstance(a, str) and a for a in data):
-            raise ConfigError(f"CUMI_MAILBOXES_FILE: {str(path)!r} must be a JSON array of aliases")
-        aliases = [a.strip() for a in data]
-    else:
-        lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
-        aliases = [line for line in lines if line]
-    if not aliases:
-        raise ConfigError(f"CUMI_MAILBOXES_FILE: {str(path)!r} lists no mailboxes")
-    return list(dict.fromkeys(aliases))
 
 
 class Worker:
@@ -94,7 +71,7 @@ class Worker:
         aliases = self.aliases
         if aliases is None and s.cumi.mailbox_source is MailboxSource.FILE:
             assert s.cumi.mailboxes_file is not None  # validated by the settings
-            aliases = load_mailboxes(s.cumi.mailboxes_file)
+            aliases = watched_aliases(s.cumi.mailboxes_file)
         log.info(
             "ingest worker starting for %s; settings %s",
             f"{len(aliases)} mailboxes" if aliases is not None else "registered mailboxes",
@@ -104,9 +81,6 @@ class Worker:
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
-        init_worker_label_values(
-            session_reasons=LossReason, repair_reasons=RepairReason, endpoints=Endpoint
-        )
         # evaluated at each scrape, so /metrics and /healthz/ready always agree
         WORKER_READY.set_function(lambda: 1.0 if self.is_ready() else 0.0)
         try:

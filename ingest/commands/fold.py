@@ -2,7 +2,7 @@
 
 Each line is normalized exactly like the worker does it (`parse_event`; a Bayeux envelope is
 fine too) and applied exactly like the projector does it (`Projection`). The final state goes to
-stdout as JSON (DESIGN.md §4); every invalid line is reported on stderr as
+stdout as JSON (docs/topics.md); every invalid line is reported on stderr as
 `line N: <reason> (field X): <detail>` and counted, followed by a one-line summary.
 
 Time zones default to the worker's settings (`CUMI_EVENT_TIME_ZONE`, `CUMI_SERVER_TIME_ZONE`),
@@ -25,8 +25,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ingest.cumi.normalizer import DEFAULT_MAX_BYTES, TimeZones, parse_event
 from ingest.errors import InvalidEvent
-from ingest.events import RejectReason
-from ingest.state.projection import Outcome, Projection
+from ingest.events import Outcome, RejectReason
+from ingest.state.projection import Projection
 
 
 @dataclass(slots=True)

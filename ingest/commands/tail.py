@@ -33,12 +33,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError, for_code
+from aiokafka.errors import KafkaError
 
-from ingest.errors import ConfigError
+from ingest.errors import ConfigError, TopicMissing
 from ingest.eventlog import codec
-from ingest.eventlog.topics import key_partition
+from ingest.eventlog.topics import key_partition, topic_partitions
 from ingest.events import (
     DeadLetter,
     Folder,
@@ -153,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     write = _stdout_writer(flush=options.follow)
     try:
         asyncio.run(_main(options, kafka.client_kwargs(), write))
-    except TailError as e:
+    except TopicMissing as e:
         print(f"ingest tail: {e}", file=sys.stderr)
         return 2
     except KafkaError as e:
@@ -228,10 +227,6 @@ def _stdout_writer(*, flush: bool) -> Callable[[str], None]:
 # --- reading ------------------------------------------------------------------------------------
 
 
-class TailError(Exception):
-    """A request this command cannot serve (unknown topic); reported without a traceback."""
-
-
 async def _main(
     options: TailOptions, client_kwargs: Mapping[str, Any], write: Callable[[str], None]
 ) -> None:
@@ -276,22 +271,6 @@ async def tail(
         return await _pump(consumer, end, options, write, stop)
     finally:
         await consumer.stop()
-
-
-async def topic_partitions(topic: str, client_kwargs: Mapping[str, Any]) -> list[int]:
-    """The partition ids of `topic`. Asked of the admin API: a consumer only learns the metadata
-    of topics it is already assigned, and assigning needs the partition count (`--mailbox`)."""
-    admin = AIOKafkaAdminClient(**client_kwargs)
-    await admin.start()
-    try:
-        (described,) = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    if described["error_code"] == _UNKNOWN_TOPIC or not described["partitions"]:
-        raise TailError(f"topic {topic!r} does not exist")
-    if described["error_code"]:
-        raise for_code(described["error_code"])(f"describing topic {topic}")
-    return sorted(p["partition"] for p in described["partitions"])
 
 
 def _assign(

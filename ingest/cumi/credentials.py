@@ -1,7 +1,7 @@
 """Per-mailbox CUMI credentials behind one small port, `CredentialsProvider`.
 
-`requestnotification` acts for the authenticated user (DESIGN.md §2), so every mailbox needs its
-own credentials — either the user's own (HTTP Basic or a Bearer token, from a secrets file or a
+`requestnotification` acts for the authenticated user (docs/design.md §3), so every mailbox needs
+its own credentials — either the user's own (HTTP Basic or a Bearer token, from a secrets file or a
 directory of files as Kubernetes mounts a Secret), or a delegate service account plus the user's
 `userobjectid` (resolved from the alias once, then cached). Secrets are held as `Secret` and never
 logged.

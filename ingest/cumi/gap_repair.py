@@ -31,15 +31,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
-import random
 from collections.abc import Awaitable, Callable
 
 from ingest.cumi.credentials import CredentialsProvider
 from ingest.cumi.rest import CumiRestClient, Folder
 from ingest.errors import AuthError, IngestError
-from ingest.events import MailboxSnapshot
+from ingest.events import MailboxSnapshot, RepairReason
+from ingest.ops.backoff import Backoff
+from ingest.ops.clock import SYSTEM_CLOCK, Clock
 from ingest.ops.metrics import WORKER_RECONCILE_PENDING, WORKER_RECONCILE_RUNS
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,8 @@ class Reconciler:
         stable_attempts: int = 3,
         max_attempts: int = 5,
         retry_base: float = 1.0,
+        retry_cap: float = 60.0,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._rest = rest
         self._credentials = credentials
@@ -71,17 +73,19 @@ class Reconciler:
         self._page_size = page_size
         self._stable_attempts = stable_attempts
         self._max_attempts = max_attempts
-        self._retry_base = retry_base
+        self._backoff = Backoff(retry_base, retry_cap)
+        self._clock = clock
         self._queue: asyncio.Queue[str] = asyncio.Queue()
-        self._wanted: dict[str, str] = {}  # alias → reason, queued or waiting for a retry
-        self._running: dict[str, str] = {}  # alias → reason of a listing in progress
-        self._again: dict[str, str] = {}  # requested again while running: list once more after
+        self._wanted: dict[str, RepairReason] = {}  # alias → reason, queued or waiting for a retry
+        self._running: dict[str, RepairReason] = {}  # alias → reason of a listing in progress
+        self._again: dict[
+            str, RepairReason
+        ] = {}  # requested again while running: list once more after
         self._attempts: dict[str, int] = {}
-        self._timers: set[asyncio.TimerHandle] = set()
+        self._timers: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._idle = asyncio.Event()
         self._idle.set()
-        self._rng = random.Random()
         self.published = 0
 
     async def start(self) -> None:
@@ -92,9 +96,10 @@ class Reconciler:
             ]
 
     async def stop(self) -> None:
-        for timer in self._timers:
+        timers, self._timers = self._timers, set()
+        for timer in timers:
             timer.cancel()
-        self._timers.clear()
+        await asyncio.gather(*timers, return_exceptions=True)
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
@@ -113,7 +118,7 @@ class Reconciler:
     def pending(self) -> int:
         return len(self._wanted) + len(self._running)
 
-    def request(self, alias: str, reason: str) -> None:
+    def request(self, alias: str, reason: RepairReason) -> None:
         """Repair `alias` soon. Asked again while listing, it is listed once more afterwards."""
         if alias in self._running:
             self._again[alias] = reason
@@ -156,7 +161,7 @@ class Reconciler:
                     self.request(alias, again)
                 self._changed()
 
-    async def _repair(self, alias: str, reason: str) -> None:
+    async def _repair(self, alias: str, reason: RepairReason) -> None:
         try:
             snapshot = await self.snapshot(alias, reason)
             await self._publish(snapshot)
@@ -176,7 +181,7 @@ class Reconciler:
                 )
                 return
             self._attempts[alias] = attempt
-            delay = self._rng.uniform(0.5, 1.0) * self._retry_base * 2**attempt
+            delay = self._backoff.delay(attempt)
             log.warning("gap repair of mailbox %s failed (%s); retry in %.1f s", alias, e, delay)
             self._wanted[alias] = reason
             self._retry_later(alias, delay)
@@ -186,17 +191,16 @@ class Reconciler:
         WORKER_RECONCILE_RUNS.labels(reason, "success").inc()
 
     def _retry_later(self, alias: str, delay: float) -> None:
-        loop = asyncio.get_running_loop()
-
-        def fire() -> None:
-            self._timers.discard(handle)
+        async def fire() -> None:
+            await self._clock.sleep(delay)
             if alias in self._wanted:
                 self._queue.put_nowait(alias)
 
-        handle = loop.call_later(delay, fire)
-        self._timers.add(handle)
+        timer = asyncio.create_task(fire(), name=f"reconcile-retry-{alias}")
+        self._timers.add(timer)
+        timer.add_done_callback(self._timers.discard)
 
-    async def snapshot(self, alias: str, reason: str) -> MailboxSnapshot:
+    async def snapshot(self, alias: str, reason: RepairReason) -> MailboxSnapshot:
         """Read one mailbox's folders (see the module docstring for the USN rule)."""
         credential = await self._credentials.credential_for(alias)
         rest, size = self._rest, self._page_size
@@ -217,14 +221,9 @@ class Reconciler:
         return MailboxSnapshot(
             mailbox_id=alias,
             usn=before.usn,
-            taken_at=_now_ms(),
+            taken_at=self._clock.utc_now(),
             reason=reason,
             inbox=tuple(inbox),
             deleted=tuple(deleted),
             source=self._source,
         )
-
-
-def _now_ms() -> dt.datetime:
-    now = dt.datetime.now(dt.UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)

@@ -29,7 +29,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from ingest.cumi import jsonload
-from ingest.cumi.timestamps import parse_cumi_time, to_millis, utc_now_millis
+from ingest.cumi.timestamps import parse_cumi_time
 from ingest.errors import InvalidEvent
 from ingest.events import (
     DeadLetter,
@@ -37,8 +37,10 @@ from ingest.events import (
     MailboxEvent,
     MessageInfo,
     RejectReason,
+    bare_message_id,
     fast_constructor,
 )
+from ingest.ops.clock import SYSTEM_CLOCK, to_millis
 
 UTC = ZoneInfo("UTC")
 DEFAULT_MAX_BYTES = 1024 * 1024
@@ -56,7 +58,7 @@ _MAILBOX_ID_IN_TEXT = re.compile(rb'"MailboxId"\s*:\s*"([^"\\]{1,256})"')
 
 @dataclass(frozen=True, slots=True)
 class TimeZones:
-    """The zones the server's zone-less time stamps are written in (DESIGN.md §2)."""
+    """The zones the server's zone-less time stamps are written in (docs/design.md §3)."""
 
     event_time: dt.tzinfo = UTC
     """Zone of `EventTime`; Cisco's example suggests UTC."""
@@ -81,7 +83,7 @@ def parse_event(
     """
     obj = _load(raw, max_bytes, max_depth)
     data, channel = _unwrap(obj)
-    ingested_at = to_millis(now()) if now else utc_now_millis()
+    ingested_at = to_millis(now()) if now else SYSTEM_CLOCK.utc_now()
     event = _plain_event(data, zones, source, ingested_at)
     if event is None:
         event = _checked_event(data, channel, zones, source, ingested_at)
@@ -193,8 +195,7 @@ def _plain_message(item: Any, zone: dt.tzinfo) -> MessageInfo | None:
     message_id = item.get("MessageId")
     if message_id.__class__ is not str or not message_id.isascii() or message_id == "null":
         return None
-    if message_id.startswith("0:"):
-        message_id = message_id[2:]
+    message_id = bare_message_id(message_id)
     if not message_id.strip():
         return None
     texts: list[str | None] = []
@@ -241,7 +242,7 @@ def dead_letter_for(
         raw=payload,
         reason=reason,
         detail=detail,
-        received_at=to_millis(received_at or dt.datetime.now(dt.UTC)),
+        received_at=to_millis(received_at) if received_at else SYSTEM_CLOCK.utc_now(),
         field=field,
         source=source,
         mailbox_id=_guess_mailbox_id(raw),
@@ -410,9 +411,7 @@ def _message(item: object, index: int, zone: dt.tzinfo) -> MessageInfo:
         detail = f"expected an object, got {_json_type(item)}"
         raise InvalidEvent(RejectReason.BAD_TYPE, detail, where)
     prefix = where + "."
-    message_id = _required_str(item, "MessageId", prefix)
-    if message_id.startswith("0:"):
-        message_id = message_id[2:]
+    message_id = bare_message_id(_required_str(item, "MessageId", prefix))
     if not message_id.strip():
         raise InvalidEvent(RejectReason.BAD_VALUE, "empty MessageId", prefix + "MessageId")
     receive_raw = _optional_str(item, "ReceiveTime", prefix)

@@ -1,12 +1,13 @@
 """The CUMI REST client: `requestnotification`, the users lookup, folder resources and listings.
 
 Unity Connection throttles REST server-wide (about 5 concurrent requests, HTTP 503 when its queue
-grows, DESIGN.md §2), so every request of the worker passes one semaphore (CUMI_REST_CONCURRENCY,
-default 4: one slot stays free for other clients). Transient failures — 503, 429, other 5xx,
-timeouts, connection errors — are retried with exponential backoff and full jitter, at least as long
-as a `Retry-After` asks, and the concurrency slot is released while waiting. After
-CUMI_REST_MAX_ATTEMPTS the caller gets a `TransportError`. 401/403 raise `AuthError` at once: the
-credentials of that one mailbox are wrong, and retrying would only lock the account.
+grows, docs/design.md §3), so every request of the worker passes one semaphore
+(CUMI_REST_CONCURRENCY, default 4: one slot stays free for other clients). Transient failures —
+503, 429, other 5xx, timeouts, connection errors — are retried with the backoff policy
+(ingest.ops.backoff), at least as long as a `Retry-After` asks, and the concurrency slot is
+released while waiting. After CUMI_REST_MAX_ATTEMPTS the caller gets a `TransportError`. 401/403
+raise `AuthError` at once: the credentials of that one mailbox are wrong, and retrying would only
+lock the account.
 
 The client is credential-agnostic: each call takes the `Credential` of the mailbox it acts for.
 """
@@ -19,7 +20,6 @@ import email.utils
 import enum
 import json
 import logging
-import random
 import re
 import ssl
 import time
@@ -31,8 +31,15 @@ import aiohttp
 
 from ingest.cumi.credentials import Credential, MissingCredentials
 from ingest.errors import AuthError, TransportError
-from ingest.events import SnapshotMessage
-from ingest.ops.metrics import WORKER_REST_DURATION, WORKER_REST_REQUESTS, WORKER_REST_RETRIES
+from ingest.events import SnapshotMessage, bare_message_id
+from ingest.ops.backoff import Backoff
+from ingest.ops.clock import SYSTEM_CLOCK, Clock
+from ingest.ops.metrics import (
+    WORKER_REST_DURATION,
+    WORKER_REST_REQUESTS,
+    WORKER_REST_RETRIES,
+    init_label_values,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +63,9 @@ class Endpoint(enum.StrEnum):
     MESSAGES = "messages"
 
 
+init_label_values(WORKER_REST_RETRIES, Endpoint)
+
+
 class RestError(TransportError):
     """The server answered with a permanent error (4xx other than 401/403/429): not retried."""
 
@@ -74,17 +84,6 @@ class FolderInfo:
     message_count: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Exponential backoff with full jitter: attempt n waits uniform(0, min(cap, base·2ⁿ))."""
-
-    base: float = 0.2
-    cap: float = 30.0
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        return rng.uniform(0.0, min(self.cap, self.base * (2 ** min(attempt, 30))))
-
-
 def retry_after_seconds(value: str | None, now: dt.datetime | None = None) -> float | None:
     """A Retry-After header (delta seconds or an HTTP date) as seconds to wait, bounded."""
     if not value:
@@ -98,7 +97,7 @@ def retry_after_seconds(value: str | None, now: dt.datetime | None = None) -> fl
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
-    delta = (when - (now or dt.datetime.now(dt.UTC))).total_seconds()
+    delta = (when - (now or SYSTEM_CLOCK.utc_now())).total_seconds()
     return min(max(delta, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
@@ -114,7 +113,7 @@ class CumiRestClient:
         timeout_seconds: float = 30.0,
         max_attempts: int = 8,
         backoff: Backoff | None = None,
-        rng: random.Random | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._base = base_url.rstrip("/")
         self._ssl = ssl_context
@@ -123,7 +122,7 @@ class CumiRestClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._max_attempts = max_attempts
         self._backoff = backoff or Backoff()
-        self._rng = rng or random.Random()
+        self._clock = clock
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -242,13 +241,13 @@ class CumiRestClient:
                 raise RestError(f"CUMI answered {status} to {endpoint.value}", status)
             if status:
                 failure = f"HTTP {status}"
-            wait = self._backoff.delay(attempt, self._rng)
-            hinted = retry_after_seconds(retry_after)
+            wait = self._backoff.delay(attempt + 1)
+            hinted = retry_after_seconds(retry_after, self._clock.utc_now())
             if hinted is not None:
                 wait = max(wait, hinted)
             if attempt + 1 < self._max_attempts:
                 WORKER_REST_RETRIES.labels(endpoint.value).inc()
-                await asyncio.sleep(wait)
+                await self._clock.sleep(wait)
         raise TransportError(
             f"CUMI {endpoint.value} failed after {self._max_attempts} attempts: {failure}"
         )
@@ -326,7 +325,7 @@ def parse_message(item: Any) -> SnapshotMessage | None:
     raw_id = item.get("MsgId") or item.get("MessageId")
     if not isinstance(raw_id, str) or not raw_id:
         return None
-    message_id = raw_id[2:] if raw_id.startswith("0:") else raw_id
+    message_id = bare_message_id(raw_id)
     arrival = _int(item.get("ArrivalTime"))
     return SnapshotMessage(
         message_id=message_id,

@@ -17,10 +17,7 @@ the library queues it:
 A lost session is not repaired here: the subscription manager throws it away and builds a new one
 (a fresh handshake, subscriptions again, gap repair). Failed connects are retried by the library
 after a delay that this module sets to a jittered exponential backoff (the library's own is a fixed
-one second). Two library defects are fixed by subclassing its transports (installed in its global
-registry, `_install_transport_fixes`): closing while a long-poll is pending no longer logs a
-CancelledError traceback from `TransportBase._connect_done`, and the WebSocket transport no longer
-passes aiohttp the deprecated float `receive_timeout`.
+one second). The library's transports are corrected by `ingest.cumi.cometd_fixes`.
 """
 
 from __future__ import annotations
@@ -28,31 +25,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import functools
 import logging
-import random
 import ssl
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, cast
+from typing import Any
 
-import aiohttp
 from aiocometd_ng.client import Client
-from aiocometd_ng.constants import ConnectionType, TransportState
+from aiocometd_ng.constants import ConnectionType
 from aiocometd_ng.exceptions import AiocometdException
-from aiocometd_ng.extensions import Extension
-from aiocometd_ng.transports.base import TransportBase
-from aiocometd_ng.transports.long_polling import LongPollingTransport
-from aiocometd_ng.transports.registry import register_transport
-from aiocometd_ng.transports.websocket import WebSocket, WebSocketTransport
 
 from ingest.cumi import jsonload
+from ingest.cumi.cometd_fixes import ConnectFailureListener, install_transport_fixes, transport_of
 from ingest.errors import TransportError
+from ingest.ops.backoff import Backoff
+from ingest.ops.clock import SYSTEM_CLOCK, Clock
 from ingest.ops.metrics import (
     WORKER_CONNECT_FAILURES,
     WORKER_HANDSHAKES,
     WORKER_LAST_CONNECT,
+    WORKER_SESSION_RESTARTS,
     WORKER_STALLS,
+    init_label_values,
 )
 from ingest.settings import CometTransport
 
@@ -64,115 +57,6 @@ OnEvents = Callable[[EventBatch, float], Awaitable[None]]
 """(event messages of one server payload, monotonic receive time) → returns when admitted."""
 ClientFactory = Callable[..., Client]
 """Builds the library's client: `Client` itself (unit tests pass a fake, tests/fakes/bayeux.py)."""
-
-
-LONG_POLL_MARGIN = 15.0
-"""Seconds a connect may take beyond the server's advised long-poll timeout before the client gives
-up. The library allows 20 %: with short timeouts a slow, large response was cut off mid-body —
-after the server had already counted its events as delivered."""
-
-
-class _Fixes(TransportBase):
-    """Corrections to aiocometd-ng's transports (the concrete classes below mix them in):
-
-    - close: cancelling a pending connect (or WebSocket receive) made its done-callback re-raise
-      CancelledError into the event loop, which logged a traceback;
-    - `advice.interval` is in milliseconds (Bayeux), the library slept that many seconds;
-    - the request timeout leaves a fixed margin over the long-poll (see LONG_POLL_MARGIN);
-    - `reconnect: handshake` advice is not followed: the session is lost (this module's tap saw
-      it) and the subscription manager replaces the whole client;
-    - a failed connect exchange that may have carried events is reported to the tap (a gap).
-    """
-
-    @property
-    def request_timeout(self) -> float | None:
-        timeout = self.reconnect_advice.get("timeout")
-        if isinstance(timeout, int | float) and not isinstance(timeout, bool):
-            return timeout / 1000 + LONG_POLL_MARGIN
-        return None
-
-    def _connect_done(self, future: asyncio.Future[Any]) -> None:
-        if future.cancelled():
-            return
-        reconnect = "retry"
-        interval = self.reconnect_advice.get("interval")
-        delay = interval / 1000 if isinstance(interval, int | float) else None
-        try:
-            result = future.result()
-            advice = result.get("advice") if isinstance(result, dict) else None
-            if not result.get("successful", True) and isinstance(advice, dict):
-                reconnect = advice.get("reconnect", reconnect)
-            self._state = TransportState.CONNECTED
-        except Exception as error:
-            log.debug("connect failed: %r", error)
-            delay = self._reconnect_timeout
-            if self.state != TransportState.DISCONNECTING:
-                self._state = TransportState.CONNECTING
-        if self.state == TransportState.DISCONNECTING:
-            return
-        if reconnect == "handshake":
-            self._state = TransportState.SERVER_DISCONNECTED
-            return
-        self._follow_advice(reconnect, delay)
-
-    async def _guarded(
-        self, payload: list[dict[str, Any]], exchange: Awaitable[dict[str, Any]]
-    ) -> dict[str, Any]:
-        try:
-            return await exchange
-        except Exception as error:
-            is_connect = bool(payload) and payload[0].get("channel") == "/meta/connect"
-            # a connection that never opened carried nothing; anything else may have lost events
-            never_sent = isinstance(error.__cause__, aiohttp.ClientConnectorError)
-            if is_connect and not never_sent:
-                for extension in self._extensions:
-                    if isinstance(extension, _Tap):
-                        extension.connect_failed(error)
-            raise
-
-
-class _LongPolling(_Fixes, LongPollingTransport):
-    async def _send_final_payload(
-        self, payload: list[dict[str, Any]], *, headers: dict[str, Any]
-    ) -> dict[str, Any]:
-        send = LongPollingTransport._send_final_payload(self, payload, headers=headers)
-        return await self._guarded(payload, send)
-
-
-class _WebSocket(_Fixes, WebSocketTransport):
-    async def _send_final_payload(
-        self, payload: list[dict[str, Any]], *, headers: dict[str, Any]
-    ) -> dict[str, Any]:
-        send = WebSocketTransport._send_final_payload(self, payload, headers=headers)
-        return await self._guarded(payload, send)
-
-    async def _get_socket(self, headers: dict[str, str]) -> WebSocket:
-        # the library passes a float `receive_timeout`, deprecated by aiohttp 3.10+
-        timeout = aiohttp.ClientWSTimeout(ws_receive=self.request_timeout)
-        return await self._socket_factory(
-            self.endpoint, ssl=self.ssl, headers=headers, timeout=timeout, autoping=True
-        )
-
-    def _receive_done(self, future: asyncio.Task[None]) -> None:
-        if future.cancelled():
-            self._receive_task = None
-        else:
-            super()._receive_done(future)
-
-
-@functools.cache
-def _install_transport_fixes() -> None:
-    """Make the library create the fixed transports above (its registry is global; the fixed
-    classes behave the same for any other user of the library in this process)."""
-    register_transport(ConnectionType.LONG_POLLING)(_LongPolling)
-    register_transport(ConnectionType.WEBSOCKET)(_WebSocket)
-
-
-def _transport_of(client: Client | None) -> TransportBase | None:
-    """The library's transport; its private parts are used knowingly (aiocometd-ng is pinned)."""
-    if client is None:
-        return None
-    return cast(TransportBase | None, client._transport)
 
 
 def channel_for(subscription_id: str) -> str:
@@ -189,7 +73,10 @@ class LossReason(enum.StrEnum):
     STALL = "stall"
 
 
-class _Tap(Extension):
+init_label_values(WORKER_SESSION_RESTARTS, LossReason)
+
+
+class _Tap(ConnectFailureListener):
     """The extension hook: sees every payload the library sends and receives."""
 
     def __init__(self, session: CometSession) -> None:
@@ -220,11 +107,9 @@ class CometSession:
         stall_timeout: float = 90.0,
         request_timeout: float = 30.0,
         subscribe_timeout: float = 30.0,
-        reconnect_base: float = 0.5,
-        reconnect_cap: float = 30.0,
-        rng: random.Random | None = None,
+        reconnect: Backoff | None = None,
         client_factory: ClientFactory = Client,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._url = url
         self._on_events = on_events
@@ -237,9 +122,7 @@ class CometSession:
         self._stall_timeout = stall_timeout
         self._request_timeout = request_timeout
         self._subscribe_timeout = subscribe_timeout
-        self._reconnect_base = reconnect_base
-        self._reconnect_cap = reconnect_cap
-        self._rng = rng or random.Random()
+        self._reconnect = reconnect or Backoff(base=0.5, cap=30.0)
         self._client_factory = client_factory
         self._clock = clock
         self._client: Client | None = None
@@ -250,7 +133,7 @@ class CometSession:
         self._connect_failures = 0
         self._awaiting_connect = False
         self._delivering = False
-        self._last_alive = clock()
+        self._last_alive = clock.monotonic()
         self._client_id: str | None = None
         self._stopped = False
         self._gap = False
@@ -262,7 +145,7 @@ class CometSession:
 
     async def start(self) -> None:
         """Handshake and the first connect; raises TransportError if the server can't be had."""
-        _install_transport_fixes()
+        install_transport_fixes()
         loop = asyncio.get_running_loop()
         self._lost = loop.create_future()
         client = self._client_factory(
@@ -281,7 +164,7 @@ class CometSession:
             WORKER_HANDSHAKES.labels("failure").inc()
             await self.stop()
             raise TransportError(f"CometD handshake with {self._url} failed: {e!r}") from e
-        transport = _transport_of(client)
+        transport = transport_of(client)
         self._client_id = transport.client_id if transport is not None else None
         self._mark_alive()
         self._watchdog = asyncio.create_task(self._watch(), name="comet-watchdog")
@@ -303,7 +186,7 @@ class CometSession:
         client, self._client = self._client, None
         if client is None:
             return
-        transport = _transport_of(client)
+        transport = transport_of(client)
         try:
             async with asyncio.timeout(5.0):
                 if not client.closed:
@@ -353,7 +236,7 @@ class CometSession:
         if not channels:
             return {}
         client = self._client
-        transport = _transport_of(client)
+        transport = transport_of(client)
         if transport is None or self.is_lost:
             return dict.fromkeys(channels, "session closed")
         loop = asyncio.get_running_loop()
@@ -383,7 +266,7 @@ class CometSession:
         it); False if the session is gone or the request failed — then nothing is delivered on
         those channels to this session anyway, or the next lost session drops them."""
         channels = list(dict.fromkeys(channels))
-        transport = _transport_of(self._client)
+        transport = transport_of(self._client)
         if not channels or transport is None or self.is_lost:
             return not channels
         messages = [
@@ -418,21 +301,18 @@ class CometSession:
     def _backoff_reconnects(self) -> None:
         """Before each connect: if the last one failed, the library's next retry waits longer."""
         client = self._client
-        transport = _transport_of(client)
+        transport = transport_of(client)
         if transport is None:
             return
         if self._awaiting_connect:  # the previous connect never got a reply
             self._connect_failures += 1
             WORKER_CONNECT_FAILURES.inc()
         self._awaiting_connect = True
-        ceiling = min(
-            self._reconnect_cap, self._reconnect_base * 2 ** min(self._connect_failures, 16)
-        )
         # read by the library's _connect_done when this connect fails
-        transport._reconnect_timeout = self._rng.uniform(ceiling / 2, ceiling)
+        transport._reconnect_timeout = self._reconnect.delay(self._connect_failures + 1)
 
     async def _on_incoming(self, payload: list[dict[str, Any]]) -> None:
-        received = self._clock()
+        received = self._clock.monotonic()
         events: EventBatch = []
         keep: list[dict[str, Any]] = []
         for message in payload:
@@ -471,7 +351,7 @@ class CometSession:
         if message.get("successful"):
             self._connect_failures = 0
             self._mark_alive()
-            WORKER_LAST_CONNECT.set(time.time())
+            WORKER_LAST_CONNECT.set(self._clock.wall())
             if self._gap:
                 self._gap = False
                 if self.on_gap is not None:
@@ -502,7 +382,7 @@ class CometSession:
             waiter.set_result(error)
 
     def _mark_alive(self) -> None:
-        self._last_alive = self._clock()
+        self._last_alive = self._clock.monotonic()
 
     async def _watch(self) -> None:
         """Stall watchdog: no successful connect (or payload) for stall_timeout → session lost.
@@ -511,10 +391,10 @@ class CometSession:
         """
         interval = max(0.05, min(5.0, self._stall_timeout / 4))
         while not self.is_lost:
-            await asyncio.sleep(interval)
+            await self._clock.sleep(interval)
             if self._delivering:
                 self._mark_alive()
                 continue
-            if self._clock() - self._last_alive > self._stall_timeout:
+            if self._clock.monotonic() - self._last_alive > self._stall_timeout:
                 WORKER_STALLS.inc()
                 self.lose(LossReason.STALL)

@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import enum
 import logging
-import random
 import sys
 import time
 from collections import Counter
@@ -39,6 +38,9 @@ from ingest.cumi.gap_repair import Reconciler
 from ingest.cumi.rest import CumiRestClient
 from ingest.cumi.session import CometSession, channel_for
 from ingest.errors import AuthError, IngestError, TransportError
+from ingest.events import RepairReason
+from ingest.ops.backoff import Backoff
+from ingest.ops.clock import SYSTEM_CLOCK, Clock, wait_event
 from ingest.ops.metrics import (
     WORKER_AUTH_FAILURES,
     WORKER_SESSION_RESTARTS,
@@ -56,20 +58,6 @@ class SubState(enum.StrEnum):
     ACTIVE = "active"
     BACKOFF = "backoff"
     FAILED = "failed"
-
-
-class RepairReason(enum.StrEnum):
-    """Why a mailbox's snapshot was taken (the `reason` of MailboxSnapshot)."""
-
-    STARTUP = "startup"
-    SESSION_LOST = "session-lost"
-    SERVER_RESTART = "server-restart"
-    RESUBSCRIBE = "resubscribe"
-    CONNECT_FAILED = "connect-failed"
-    ASSIGNED = "assigned"
-    """The worker group gave this worker the mailbox (another worker left, failed or joined)."""
-    REGISTERED = "registered"
-    """The mailbox was added to (or re-enabled in) the registry while this worker owned it."""
 
 
 @dataclass(slots=True)
@@ -130,8 +118,14 @@ class SubscriptionManager:
         *,
         reconciler: Reconciler | None,
         policy: SubscriptionPolicy | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._policy = policy or SubscriptionPolicy()
+        self._clock = clock
+        p = self._policy
+        self._session_backoff = Backoff(p.session_backoff_base, p.session_backoff_cap)
+        self._mailbox_backoff = Backoff(p.retry_base, p.retry_cap)
+        self._auth_backoff = Backoff.fixed(p.auth_retry_seconds)
         repair = RepairReason.STARTUP if self._policy.reconcile_on_start else None
         self.mailboxes = {a: Mailbox(a, repair=repair) for a in dict.fromkeys(aliases)}
         self._counts: Counter[SubState] = Counter({SubState.PENDING: len(self.mailboxes)})
@@ -139,7 +133,6 @@ class SubscriptionManager:
         self._credentials = credentials
         self._factory = session_factory
         self._reconciler = reconciler
-        self._rng = random.Random()
         self._session: CometSession | None = None
         self.ready = asyncio.Event()
         """Set while a session is up and every mailbox has had its subscription attempt."""
@@ -222,14 +215,14 @@ class SubscriptionManager:
                 await session.start()
             except TransportError as e:
                 losses += 1
-                delay = self._session_backoff(losses)
+                delay = self._session_backoff.delay(losses)
                 log.warning("CometD session could not start (%s); retry in %.1f s", e, delay)
-                await asyncio.sleep(delay)
+                await self._clock.sleep(delay)
                 continue
             self.sessions_started += 1
             self._session = session
             session.on_gap = self._repair_active
-            started = time.monotonic()
+            started = self._clock.monotonic()
             try:
                 reason = await self._serve(session)
             finally:
@@ -238,10 +231,10 @@ class SubscriptionManager:
                 await session.stop()
                 self._after_loss()
             WORKER_SESSION_RESTARTS.labels(reason.value).inc()
-            losses = 1 if time.monotonic() - started > 60 else losses + 1
-            delay = self._session_backoff(losses)
+            losses = 1 if self._clock.monotonic() - started > 60 else losses + 1
+            delay = self._session_backoff.delay(losses)
             log.warning("CometD session lost (%s); new session in %.1f s", reason.value, delay)
-            await asyncio.sleep(delay)
+            await self._clock.sleep(delay)
 
     def _repair_active(self) -> None:
         """A connect failed mid-exchange: its events may be lost, so repair every active mailbox."""
@@ -249,13 +242,8 @@ class SubscriptionManager:
             return
         active = [m.alias for m in self.mailboxes.values() if m.state is SubState.ACTIVE]
         for alias in active:
-            self._reconciler.request(alias, RepairReason.CONNECT_FAILED.value)
+            self._reconciler.request(alias, RepairReason.CONNECT_FAILED)
         log.warning("a CometD connect failed mid-exchange: gap repair of %d mailboxes", len(active))
-
-    def _session_backoff(self, losses: int) -> float:
-        p = self._policy
-        ceiling = min(p.session_backoff_cap, p.session_backoff_base * 2 ** min(losses - 1, 16))
-        return self._rng.uniform(0.0, ceiling)
 
     def _after_loss(self) -> None:
         """Every mailbox that was (being) subscribed must be subscribed again, and repaired."""
@@ -290,7 +278,7 @@ class SubscriptionManager:
             self.ready.set()
             if self._counts[SubState.PENDING]:
                 continue  # added during the pass
-            now = time.monotonic()
+            now = self._clock.monotonic()
             waiting = [
                 m for m in self.mailboxes.values() if m.state in (SubState.BACKOFF, SubState.FAILED)
             ]
@@ -302,8 +290,8 @@ class SubscriptionManager:
                     self._set(mailbox, SubState.PENDING)
                 continue
             next_due = min((m.retry_at for m in waiting), default=now + 60.0)
-            with contextlib.suppress(TimeoutError):  # woken early by `add`
-                await asyncio.wait_for(self._wake.wait(), max(0.05, min(60.0, next_due - now)))
+            # woken early by `add`
+            await wait_event(self._clock, self._wake, max(0.05, min(60.0, next_due - now)))
 
     # -- one pass --------------------------------------------------------------------------------
 
@@ -420,7 +408,7 @@ class SubscriptionManager:
             self._set(mailbox, SubState.ACTIVE)
             mailbox.failures = 0
             if mailbox.repair is not None and self._reconciler is not None and not mailbox.removed:
-                self._reconciler.request(mailbox.alias, mailbox.repair.value)
+                self._reconciler.request(mailbox.alias, mailbox.repair)
             mailbox.repair = None
             sweep.finish()
         elif session.is_lost:
@@ -440,8 +428,8 @@ class SubscriptionManager:
             sweep.finish()
 
     def _auth_failed(self, mailbox: Mailbox, error: AuthError) -> None:
-        delay = self._policy.auth_retry_seconds * self._rng.uniform(0.9, 1.1)
-        mailbox.retry_at = time.monotonic() + delay
+        delay = self._auth_backoff.delay(1)
+        mailbox.retry_at = self._clock.monotonic() + delay
         mailbox.failures += 1
         self._set(mailbox, SubState.FAILED)
         self._credentials.forget(mailbox.alias)
@@ -455,10 +443,8 @@ class SubscriptionManager:
 
     def _back_off(self, mailbox: Mailbox, why: str) -> None:
         mailbox.failures += 1
-        p = self._policy
-        ceiling = min(p.retry_cap, p.retry_base * 2 ** min(mailbox.failures, 16))
-        delay = self._rng.uniform(ceiling / 2, ceiling)
-        mailbox.retry_at = time.monotonic() + delay
+        delay = self._mailbox_backoff.delay(mailbox.failures)
+        mailbox.retry_at = self._clock.monotonic() + delay
         self._set(mailbox, SubState.BACKOFF)
         log.info("mailbox %s: %s; retry in %.1f s", mailbox.alias, why, delay)
 

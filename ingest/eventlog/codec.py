@@ -41,6 +41,7 @@ from ingest.events import (
     MessageInfo,
     MessageStateRecord,
     RecordKind,
+    RepairReason,
     SnapshotMessage,
 )
 
@@ -338,6 +339,7 @@ def _snapshot_to_avro(snapshot: MailboxSnapshot) -> dict[str, Any]:
 def _snapshot_from_avro(datum: dict[str, Any]) -> MailboxSnapshot:
     datum["inbox"] = tuple(SnapshotMessage(**m) for m in datum["inbox"])
     datum["deleted"] = tuple(SnapshotMessage(**m) for m in datum["deleted"])
+    datum["reason"] = RepairReason(datum["reason"])
     return MailboxSnapshot(**datum)
 
 

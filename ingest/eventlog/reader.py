@@ -24,6 +24,7 @@ from ingest.events import (
     MailboxEvent,
     MailboxSnapshot,
     MessageInfo,
+    RepairReason,
     SnapshotMessage,
     fast_constructor,
 )
@@ -251,7 +252,9 @@ def _read_snapshot(data: bytes) -> MailboxSnapshot:
     source, pos = _optional_string(data, pos)
     if pos != len(data):
         raise ValueError("not exactly one MailboxSnapshot")
-    return MailboxSnapshot(mailbox_id, usn, _moment(millis), reason, inbox, deleted, source)
+    return MailboxSnapshot(
+        mailbox_id, usn, _moment(millis), RepairReason(reason), inbox, deleted, source
+    )
 
 
 def _listing(data: bytes, pos: int) -> tuple[tuple[SnapshotMessage, ...], int]:

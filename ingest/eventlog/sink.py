@@ -26,45 +26,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
-import json
 import logging
-import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, ProducerClosed
 from aiokafka.producer.message_accumulator import BatchBuilder
-from prometheus_client import Histogram
 
-from ingest.cumi.normalizer import MAX_DEAD_LETTER_RAW, TimeZones, dead_letter_for, parse_event
-from ingest.errors import BrokerError, InvalidEvent
-from ingest.eventlog import codec
-from ingest.eventlog.topics import key_partition
-from ingest.events import DeadLetter, EventType, MailboxEvent, MailboxSnapshot, RejectReason
+from ingest.cumi.normalizer import TimeZones
+from ingest.errors import BrokerError
+from ingest.eventlog.records import Record, RecordWriter
+from ingest.eventlog.topics import Partitioner
+from ingest.events import MailboxSnapshot
+from ingest.ops.backoff import Backoff
+from ingest.ops.clock import SYSTEM_CLOCK, Clock
 from ingest.ops.metrics import (
     WORKER_ACK_LATENCY,
     WORKER_BACKPRESSURE_SECONDS,
     WORKER_EVENT_LAG,
-    WORKER_EVENTS_DEAD_LETTERED,
-    WORKER_EVENTS_PUBLISHED,
     WORKER_EVENTS_RECEIVED,
     WORKER_LAST_EVENT,
     WORKER_PRODUCER_ERRORS,
     WORKER_QUEUE_CAPACITY,
     WORKER_QUEUE_EVENTS,
-    WORKER_SNAPSHOTS_PUBLISHED,
+    observe_many,
 )
 from ingest.settings import Compression, KafkaSettings
 
 log = logging.getLogger(__name__)
-
-MAX_EVENT_BYTES = MAX_DEAD_LETTER_RAW
-"""An encoded event larger than this is dead-lettered as too_large. A real notification encodes
-to well under 4 KiB; the Comet transport decodes payloads of any size, and one record beyond
-Kafka's message limit (1 MB by default) would fail the producer for good."""
 
 
 class Window:
@@ -106,10 +97,6 @@ class Window:
         await self._empty.wait()
 
 
-Record = tuple[bytes | None, bytes, int, list[tuple[str, bytes]]]
-"""key, value, timestamp (ms), headers."""
-
-
 class _Batch:
     """Records of one payload for one partition: one record batch, one acknowledgement.
 
@@ -141,16 +128,6 @@ class _Batch:
         return True
 
 
-def observe_many(histogram: Histogram, value: float, count: int) -> None:
-    """`count` observations of one value at the cost of one (prometheus-client has no bulk call;
-    this does what `Histogram.observe` does, `count` times at once)."""
-    histogram._sum.inc(value * count)
-    for i, bound in enumerate(histogram._upper_bounds):
-        if value <= bound:
-            histogram._buckets[i].inc(count)
-            break
-
-
 class Sink:
     """One idempotent producer for the events and dead-letter topics, with the in-flight window."""
 
@@ -164,6 +141,7 @@ class Sink:
         retry_base: float = 0.2,
         retry_cap: float = 10.0,
         drain_timeout: float = 20.0,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._drain_timeout = drain_timeout
         self._kafka = kafka
@@ -172,16 +150,13 @@ class Sink:
         self.window = Window(capacity)
         self._producer: AIOKafkaProducer | None = None
         self._retries: asyncio.Queue[_Batch] = asyncio.Queue()
-        self._partitions: dict[str, list[int]] = {}
-        self._partition_of: dict[str, dict[bytes, int]] = {}
-        self._spread = 0  # round-robin for records without a key
+        self._partition = Partitioner()
+        self._records = RecordWriter(
+            kafka.events_topic, kafka.dlq_topic, source=source, zones=zones
+        )
         self._retry_task: asyncio.Task[None] | None = None
-        self._retry_base = retry_base
-        self._retry_cap = retry_cap
-        self._rng = random.Random()
-        self._by_event_type: dict[EventType, tuple[Any, list[tuple[str, bytes]]]] = {}
-        self._last_event_time: tuple[dt.datetime | None, int] = (None, 0)
-        self._dead_by_reason: dict[str, Any] = {}
+        self._backoff = Backoff(retry_base, retry_cap)
+        self._clock = clock
         self._closing = False
         self._submitting: set[asyncio.Future[None]] = set()
         self._last_submitted: asyncio.Future[None] | None = None
@@ -205,14 +180,14 @@ class Sink:
                     raise BrokerError(
                         f"Kafka unreachable at {self._kafka.bootstrap_servers}"
                     ) from e
-                delay = self._backoff(attempt)
+                delay = self._backoff.delay(attempt)
                 log.warning("Kafka not reachable (%s); retrying in %.1f s", type(e).__name__, delay)
-                await asyncio.sleep(delay)
+                await self._clock.sleep(delay)
                 continue
             try:
-                # the default partitioner's choice, computed once per key (see _partition)
+                # the default partitioner's choice, computed once per key
                 for topic in (self._kafka.events_topic, self._kafka.dlq_topic):
-                    self._partitions[topic] = sorted(await producer.partitions_for(topic))
+                    self._partition.learn(topic, await producer.partitions_for(topic))
             except KafkaError as e:
                 await producer.stop()
                 raise BrokerError(
@@ -338,15 +313,11 @@ class Sink:
 
     def _batches(self, messages: list[dict[str, Any]], received: float) -> list[_Batch]:
         """Parse, encode and group one payload's records into record batches, in order."""
-        now = dt.datetime.now(dt.UTC)  # of the dead letters; events take the normalizer's clock
+        now = self._clock.utc_now()  # of the dead letters; events take the normalizer's
         open_batches: dict[tuple[str, int], _Batch] = {}
         ready: list[_Batch] = []
         for message in messages:
-            try:
-                event = parse_event(message, zones=self._zones, source=self._source)
-                topic, record, label, second = self._event_record(event)
-            except Exception as e:  # InvalidEvent, or the encoder refused a valid-looking event
-                topic, record, label, second = self._dead_letter_record(message, e, now)
+            topic, record, label, second = self._records.for_message(message, now)
             partition = self._partition(topic, record[0])
             batch = open_batches.get((topic, partition))
             if batch is None or not batch.add(record, label, second):
@@ -363,16 +334,10 @@ class Sink:
         """A gap-repair snapshot, on the events topic in line with the mailbox's events."""
         await self.window.acquire(1)
         try:
-            key = snapshot.mailbox_id.encode()
-            record: Record = (
-                key,
-                codec.encode(snapshot),
-                codec.timestamp_ms(snapshot),
-                codec.kafka_headers(snapshot),
-            )
-            topic = self._kafka.events_topic
-            batch = _Batch(topic, self._partition(topic, key), time.monotonic(), self._builder())
-            if not batch.add(record, WORKER_SNAPSHOTS_PUBLISHED.labels(snapshot.reason), None):
+            topic, record, label, _ = self._records.for_snapshot(snapshot)
+            partition = self._partition(topic, record[0])
+            batch = _Batch(topic, partition, self._clock.monotonic(), self._builder())
+            if not batch.add(record, label, None):
                 raise BrokerError(f"a snapshot of {len(record[1])} bytes exceeds KAFKA_BATCH_BYTES")
             await self._send(batch)
         except BaseException:
@@ -382,52 +347,6 @@ class Sink:
     def _builder(self) -> BatchBuilder:
         assert self._producer is not None
         return self._producer.create_batch()
-
-    def _partition(self, topic: str, key: bytes | None) -> int:
-        """What Kafka's default partitioner picks (murmur2 of the key), cached per key."""
-        partitions = self._partitions[topic]
-        if key is None:
-            self._spread += 1
-            return partitions[self._spread % len(partitions)]
-        known = self._partition_of.setdefault(topic, {})
-        found = known.get(key)
-        if found is None:
-            found = known[key] = partitions[key_partition(key, len(partitions))]
-        return found
-
-    def _event_record(self, event: MailboxEvent) -> tuple[str, Record, Any, int | None]:
-        kind = self._by_event_type.get(event.event_type)
-        if kind is None:  # the metric child and the headers, once per EventType
-            label = WORKER_EVENTS_PUBLISHED.labels(event.event_type.value)
-            kind = self._by_event_type[event.event_type] = (label, codec.kafka_headers(event))
-        value = codec.encode(event)
-        if len(value) > MAX_EVENT_BYTES:
-            detail = f"encoded event of {len(value)} bytes exceeds {MAX_EVENT_BYTES}"
-            raise InvalidEvent(RejectReason.TOO_LARGE, detail)
-        # the normalizer hands events of the same EventTime text the same datetime object
-        if event.event_time is not self._last_event_time[0]:
-            self._last_event_time = (event.event_time, codec.timestamp_ms(event))
-        timestamp = self._last_event_time[1]
-        # the headers list is shared by the records of one EventType: nothing here mutates it
-        record: Record = (event.mailbox_id.encode(), value, timestamp, kind[1])
-        return self._kafka.events_topic, record, kind[0], timestamp // 1000
-
-    def _dead_letter_record(
-        self, message: Mapping[str, Any], error: Exception, now: dt.datetime
-    ) -> tuple[str, Record, Any, int | None]:
-        raw = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
-        letter: DeadLetter = dead_letter_for(raw, error, self._source, now)
-        label = self._dead_by_reason.get(letter.reason)
-        if label is None:
-            label = WORKER_EVENTS_DEAD_LETTERED.labels(letter.reason)
-            self._dead_by_reason[letter.reason] = label
-        record: Record = (
-            letter.mailbox_id.encode() if letter.mailbox_id else None,
-            codec.encode(letter),
-            int(letter.received_at.timestamp() * 1000),
-            codec.kafka_headers(letter),
-        )
-        return self._kafka.dlq_topic, record, label, None
 
     # -- the way out -----------------------------------------------------------------------------
 
@@ -458,7 +377,7 @@ class Sink:
                 attempt += 1
                 WORKER_BACKPRESSURE_SECONDS.inc(time.monotonic() - started)
                 WORKER_PRODUCER_ERRORS.labels("buffer-timeout").inc()
-                await asyncio.sleep(self._backoff(attempt))
+                await self._clock.sleep(self._backoff.delay(attempt))
                 continue
             except ProducerClosed as e:
                 self._fail(e)
@@ -494,7 +413,7 @@ class Sink:
             label.inc(n)
         observe_many(WORKER_ACK_LATENCY, time.monotonic() - batch.received, count)
         if batch.event_seconds:
-            wall = time.time()
+            wall = self._clock.wall()
             for second, n in batch.event_seconds.items():
                 observe_many(WORKER_EVENT_LAG, max(0.0, wall - second), n)
             WORKER_LAST_EVENT.set(wall)
@@ -504,7 +423,7 @@ class Sink:
         while True:
             batch = await self._retries.get()
             try:
-                await asyncio.sleep(self._backoff(1))
+                await self._clock.sleep(self._backoff.delay(1))
                 await self._send(batch)
             except BrokerError:  # fatal: the worker is stopping
                 self.window.release(len(batch.records))
@@ -519,7 +438,3 @@ class Sink:
             WORKER_PRODUCER_ERRORS.labels("fatal").inc()
             log.error("Kafka producer failed for good: %r; the worker becomes unhealthy", error)
             self.failed.set()
-
-    def _backoff(self, attempt: int) -> float:
-        ceiling = min(self._retry_cap, self._retry_base * 2 ** min(attempt, 16))
-        return self._rng.uniform(ceiling / 2, ceiling)

@@ -32,7 +32,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, for_code
 from aiokafka.partitioner import murmur2
 
-from ingest.errors import BrokerError, ConfigError
+from ingest.errors import BrokerError, ConfigError, TopicMissing
 
 log = logging.getLogger(__name__)
 
@@ -252,3 +252,65 @@ def key_partition(key: bytes, partition_count: int) -> int:
     key in: murmur2 of the key, sign bit cleared, modulo the count. Readers use it to find a
     mailbox's records (key = MailboxId) without reading the other partitions."""
     return int((murmur2(key) & 0x7FFFFFFF) % partition_count)
+
+
+def partition_for(mailbox_id: str, partition_count: int) -> int:
+    """The partition of a mailbox's records (key = MailboxId, see `key_partition`)."""
+    return key_partition(mailbox_id.encode(), partition_count)
+
+
+class Partitioner:
+    """The default partitioner's choice for each key, computed once per key and topic; records
+    without a key go round-robin. Fed the topics' partition ids by the producer's metadata."""
+
+    def __init__(self) -> None:
+        self._partitions: dict[str, list[int]] = {}
+        self._of_key: dict[str, dict[bytes, int]] = {}
+        self._spread = 0
+
+    def learn(self, topic: str, partitions: Iterable[int]) -> None:
+        self._partitions[topic] = sorted(partitions)
+        self._of_key.pop(topic, None)
+
+    def __call__(self, topic: str, key: bytes | None) -> int:
+        partitions = self._partitions[topic]
+        if key is None:
+            self._spread += 1
+            return partitions[self._spread % len(partitions)]
+        known = self._of_key.setdefault(topic, {})
+        found = known.get(key)
+        if found is None:
+            found = known[key] = partitions[key_partition(key, len(partitions))]
+        return found
+
+
+async def describe_topic(topic: str, **client_kwargs: Any) -> tuple[int, int] | None:
+    """(partitions, replication factor) of `topic`, None if it does not exist."""
+    admin = AIOKafkaAdminClient(**client_kwargs)
+    try:
+        await admin.start()
+        (description,) = await admin.describe_topics([topic])
+    except KafkaError as e:
+        raise BrokerError(f"describing topic {topic}: {e!r}") from e
+    finally:
+        await admin.close()
+    partitions = description.get("partitions") or []
+    if description["error_code"] != 0 or not partitions:
+        return None
+    return len(partitions), len(partitions[0].get("replicas") or [1])
+
+
+async def topic_partitions(
+    topic: str, client_kwargs: Mapping[str, Any], *, within_s: float = 0.0
+) -> list[int]:
+    """The partition ids of `topic`, asked of the admin API (a consumer learns the metadata only of
+    topics it is assigned, and assigning needs the ids). A topic just created may take a moment to
+    show: `within_s` waits that long for it. Raises `TopicMissing` if it does not exist."""
+    deadline = time.monotonic() + within_s
+    while True:
+        described = await describe_topic(topic, **client_kwargs)
+        if described is not None:
+            return list(range(described[0]))
+        if time.monotonic() >= deadline:
+            raise TopicMissing(f"topic {topic!r} does not exist")
+        await asyncio.sleep(0.1)

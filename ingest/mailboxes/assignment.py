@@ -42,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -52,10 +51,11 @@ from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitio
 from aiokafka.errors import KafkaError
 
 from ingest.cumi.credentials import Credential, CredentialsProvider
-from ingest.cumi.subscriptions import RepairReason
 from ingest.errors import BrokerError, DecodeError
-from ingest.events import MailboxRegistryEntry
+from ingest.events import MailboxRegistryEntry, RepairReason
 from ingest.mailboxes.registry import decode_entry, ensure_registry_topic, watchable
+from ingest.ops.backoff import Backoff
+from ingest.ops.clock import SYSTEM_CLOCK, Clock
 from ingest.ops.metrics import (
     WORKER_ASSIGNMENT_LOAD_SECONDS,
     WORKER_REBALANCES,
@@ -129,9 +129,11 @@ class RegistryAssignment:
         reconcile_on_start: bool = True,
         consumer_factory: ConsumerFactory = AIOKafkaConsumer,
         ensure_topic: EnsureTopic = ensure_registry_topic,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._kafka = kafka
+        self._clock = clock
+        self._retry = Backoff(base=_RETRY_S, cap=30.0)
         self._topic = kafka.registry_topic
         self._target = target
         self._group_id = group_id
@@ -142,7 +144,6 @@ class RegistryAssignment:
         self._reconcile_on_start = reconcile_on_start
         self._consumer_factory = consumer_factory
         self._ensure_topic = ensure_topic
-        self._clock = clock
         self._consumer: AIOKafkaConsumer | None = None
         # aiokafka's sticky assignor keeps a member's previous assignment in class attributes:
         # a class of its own per member, or two members in one process would share it
@@ -235,13 +236,16 @@ class RegistryAssignment:
             self.failed.set()
 
     async def _retrying(self, step: Callable[[], Awaitable[None]], what: str) -> None:
+        attempt = 0
         while True:
             try:
                 await step()
                 return
             except (KafkaError, BrokerError, OSError) as e:
-                log.warning("%s: %s; retrying in %.0f s", what, e, _RETRY_S)
-                await asyncio.sleep(_RETRY_S)
+                attempt += 1
+                delay = self._retry.delay(attempt)
+                log.warning("%s: %s; retrying in %.1f s", what, e, delay)
+                await self._clock.sleep(delay)
 
     async def _poll(self, consumer: AIOKafkaConsumer) -> None:
         await self._resolve_ends(consumer)
@@ -250,7 +254,7 @@ class RegistryAssignment:
         except KafkaError as e:
             log.warning("reading the registry: %s", e)
             batch = {}
-            await asyncio.sleep(_RETRY_S)
+            await self._clock.sleep(self._retry.delay(1))
         for tp, records in batch.items():
             part = self._partitions.get(tp.partition)
             if part is None:
@@ -315,7 +319,7 @@ class RegistryAssignment:
                 for alias in part.entries:
                     self._dirty.setdefault(alias, part.reason)
         if self._assigned_at is not None and self.ready:
-            elapsed = self._clock() - self._assigned_at
+            elapsed = self._clock.monotonic() - self._assigned_at
             self._assigned_at = None
             WORKER_ASSIGNMENT_LOAD_SECONDS.observe(elapsed)
             log.info(
@@ -373,7 +377,7 @@ class RegistryAssignment:
     def _check_revocation(self) -> None:
         if self._revoked_at is None or not self._partitions:
             return
-        waited = self._clock() - self._revoked_at
+        waited = self._clock.monotonic() - self._revoked_at
         # the assignment of a rebalance comes within its timeout (plus a SyncGroup round trip)
         if waited < 2 * self.rebalance_timeout_s:
             return
@@ -405,7 +409,7 @@ class RegistryAssignment:
 
     def on_revoked(self) -> None:
         """Keep watching (see the module docstring); the assignment decides."""
-        self._revoked_at = self._clock()
+        self._revoked_at = self._clock.monotonic()
 
     def on_assigned(self, consumer: AIOKafkaConsumer, assigned: Iterable[TopicPartition]) -> None:
         """Seek kept partitions to where this worker was, new ones to their beginning; the poll
@@ -433,7 +437,7 @@ class RegistryAssignment:
             consumer.seek(tp, part.position)
         WORKER_REGISTRY_PARTITIONS.set(len(self._partitions))
         if new:
-            self._assigned_at = self._clock()
+            self._assigned_at = self._clock.monotonic()
         log.info(
             "registry assignment #%d: %d partitions (new %s, lost %s)",
             self._assignments,

@@ -12,19 +12,14 @@ the Kafka group protocol (ingest.mailboxes.assignment); this module writes and r
     ingest mailboxes list [--json] [--all]
     ingest mailboxes import mailboxes.txt [--prune]
 
-`import` reads the formats of CUMI_MAILBOXES_FILE (one alias per line, `#` comments; a JSON array
-of aliases) and a JSON object keyed by alias whose values may set `server`, `credentials_ref` and
-`enabled` (other keys are ignored, so the credentials file works as is — its secrets are never
-read into a record), or JSON lines as `list --json` prints them; a `.json` file or one starting
-with `[` or `{` is JSON. It writes only what changes; `--prune` also removes registered mailboxes
-the file does not list.
+`import` reads the one mailbox-list format (`ingest.mailboxes.mailbox_file`). It writes only
+what changes; `--prune` also removes registered mailboxes the file does not list.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
 import logging
 import os
@@ -37,12 +32,19 @@ from typing import Any, TextIO
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from ingest.errors import BrokerError, ConfigError, DecodeError
+from ingest.errors import BrokerError, ConfigError, DecodeError, TopicMissing
 from ingest.eventlog import codec
-from ingest.eventlog.topics import REGISTRY_PARTITIONS, TopicSpec, ensure_topics
+from ingest.eventlog.topics import (
+    REGISTRY_PARTITIONS,
+    TopicSpec,
+    describe_topic,
+    ensure_topics,
+    topic_partitions,
+)
 from ingest.events import MailboxRegistryEntry
+from ingest.mailboxes.mailbox_file import parse_mailbox_file
+from ingest.ops.clock import SYSTEM_CLOCK
 from ingest.settings import KafkaSettings, SettingsSource, load_kafka
-from ingest.state.store import describe_topic
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +52,6 @@ Registry = dict[str, MailboxRegistryEntry]
 """MailboxId → its entry (enabled or not); removed mailboxes are absent."""
 
 _READ_TIMEOUT_S = 60.0
-
-
-def now_ms() -> dt.datetime:
-    """The current UTC time at the millisecond resolution of Avro's timestamp-millis."""
-    now = dt.datetime.now(dt.UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 def watchable(entry: MailboxRegistryEntry | None, server: str | None) -> bool:
@@ -101,10 +97,13 @@ def decode_entry(key: bytes | None, value: bytes | None) -> MailboxRegistryEntry
 
 async def read_registry(kafka: KafkaSettings) -> Registry:
     """The whole registry: every partition read to the end offsets seen at the start."""
+    try:
+        partitions = await topic_partitions(kafka.registry_topic, kafka.client_kwargs(), within_s=5)
+    except TopicMissing as e:
+        raise TopicMissing(f"{e} (`ingest mailboxes add` makes it)") from e
     consumer = AIOKafkaConsumer(enable_auto_commit=False, **kafka.client_kwargs())
     await consumer.start()
     try:
-        partitions = await _partitions(consumer, kafka.registry_topic)
         tps = [TopicPartition(kafka.registry_topic, p) for p in partitions]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
@@ -124,18 +123,6 @@ async def read_registry(kafka: KafkaSettings) -> Registry:
         return registry
     finally:
         await consumer.stop()
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[int]:
-    for _ in range(50):  # metadata of a just-created topic may lag a moment
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions:
-            return sorted(partitions)
-        await consumer._client.force_metadata_update()
-        await asyncio.sleep(0.1)
-    raise BrokerError(
-        f"the registry topic {topic} does not exist (`ingest mailboxes add` makes it)"
-    )
 
 
 def _apply(
@@ -248,66 +235,6 @@ def changes(
     return puts, removes
 
 
-def parse_mailbox_file(
-    path: Path, *, server: str | None, credentials_ref: str | None, enabled: bool = True
-) -> dict[str, MailboxRegistryEntry]:
-    """Entries from a mailbox list (see the module docstring); the options are the defaults of
-    fields a JSON object entry does not set."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"cannot read {str(path)!r}: {e.strerror}") from e
-    stamp = now_ms()
-    defaults = MailboxRegistryEntry(
-        "-", stamp, server=server, credentials_ref=credentials_ref, enabled=enabled
-    )
-    if path.suffix.lower() == ".json" or text.lstrip().startswith(("[", "{")):
-        data = _json_or_lines(text, path)
-        if not isinstance(data, dict | list):
-            raise ConfigError(f"{str(path)!r} must hold a JSON array or object")
-        items = data.items() if isinstance(data, dict) else ((a, None) for a in data)
-        return dict(_json_entry(alias, fields, defaults, path) for alias, fields in items)
-    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
-    return {alias: replace(defaults, mailbox_id=alias) for alias in lines if alias}
-
-
-def _json_or_lines(text: str, path: Path) -> Any:
-    """A JSON document, or JSON lines of entries as `list --json` prints them (keyed by their
-    `mailbox_id` then, so that `list --json --all` output imports into another registry)."""
-    try:
-        return json.loads(text)
-    except ValueError as e:
-        error = e
-    lines = [line for line in text.splitlines() if line.strip()]
-    try:
-        entries = [json.loads(line) for line in lines]
-    except ValueError:
-        raise ConfigError(f"{str(path)!r} is not valid JSON: {error}") from error
-    if not all(isinstance(e, dict) and isinstance(e.get("mailbox_id"), str) for e in entries):
-        raise ConfigError(f"{str(path)!r}: JSON lines must be objects with a mailbox_id")
-    return {e["mailbox_id"]: e for e in entries}
-
-
-def _json_entry(
-    alias: Any, fields: Any, defaults: MailboxRegistryEntry, path: Path
-) -> tuple[str, MailboxRegistryEntry]:
-    if not isinstance(alias, str) or not alias.strip():
-        raise ConfigError(f"{str(path)!r}: mailbox ids must be non-empty strings")
-    values: dict[str, Any] = {}
-    if isinstance(fields, Mapping):
-        for name in ("server", "credentials_ref"):
-            if name in fields:
-                if fields[name] is not None and not isinstance(fields[name], str):
-                    raise ConfigError(f"{str(path)!r}: {alias}: {name} must be a string or null")
-                values[name] = fields[name]
-        if "enabled" in fields:
-            if not isinstance(fields["enabled"], bool):
-                raise ConfigError(f"{str(path)!r}: {alias}: enabled must be true or false")
-            values["enabled"] = fields["enabled"]
-    alias = alias.strip()
-    return alias, replace(defaults, mailbox_id=alias, **values)
-
-
 async def apply_changes(
     kafka: KafkaSettings, puts: Iterable[MailboxRegistryEntry], removes: Iterable[str]
 ) -> None:
@@ -398,7 +325,7 @@ async def _run(
     server = args.server if args.server is not None else default_server
     options = {"server": server, "credentials_ref": args.credentials_ref}
     if args.action == "add":
-        stamp = now_ms()
+        stamp = SYSTEM_CLOCK.utc_now()
         wanted = {
             a: MailboxRegistryEntry(a, stamp, enabled=not args.disabled, **options)
             for a in args.aliases

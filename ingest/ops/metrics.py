@@ -10,9 +10,11 @@ Two dedicated registries (not the global default): each process serves only its 
 process and platform collectors, so neither shows the other's metrics as zeros. Keeping clear of
 the default registry also spares the test process duplicate-registration errors.
 
-Labelled counters are created at 0 for every known label value at import (and, for the worker's
-enums that live in modules importing this one, by `init_worker_label_values`), because a series
-born at its first increment hides that increment from `increase()` and `rate()`.
+Labelled counters are created at 0 for every known label value at import, because a series born
+at its first increment hides that increment from `increase()` and `rate()`. The closed sets are
+the domain enums of `ingest.events` and the tuples below; the two that belong to the CUMI client
+(`LossReason` of the CometD session, `Endpoint` of the REST client) are initialised by their own
+modules with `init_label_values`, so that this module imports nothing above the domain.
 """
 
 from __future__ import annotations
@@ -30,8 +32,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 
-from ingest.events import EventType, RejectReason
-from ingest.state.projection import Outcome
+from ingest.events import EventType, Outcome, RejectReason, RepairReason
 
 
 def _registry() -> CollectorRegistry:
@@ -326,6 +327,17 @@ PROJECTOR_SKIP_REASONS = ("undecodable", "unexpected_kind")
 TRANSACTION_OUTCOMES = ("committed", "aborted")
 
 
+def observe_many(histogram: Histogram, value: float, count: int) -> None:
+    """`count` observations of one value at the cost of one (prometheus-client has no bulk call;
+    this does what `Histogram.observe` does, `count` times at once). Uses the histogram's private
+    `_sum`, `_buckets`, `_upper_bounds` (prometheus-client pinned; docs/design.md §7)."""
+    histogram._sum.inc(value * count)
+    for i, bound in enumerate(histogram._upper_bounds):
+        if value <= bound:
+            histogram._buckets[i].inc(count)
+            break
+
+
 def init_label_values(counter: Counter, *values: Iterable[str]) -> None:
     """Create `counter`'s series for every combination of `values` (one iterable per label
     name, in order), at 0: `.labels()` without an increment."""
@@ -333,23 +345,13 @@ def init_label_values(counter: Counter, *values: Iterable[str]) -> None:
         counter.labels(*combination)
 
 
-def init_worker_label_values(
-    *, session_reasons: Iterable[str], repair_reasons: Iterable[str], endpoints: Iterable[str]
-) -> None:
-    """The worker's label values whose enums live in modules that import this one (comet's
-    LossReason, subscriptions' RepairReason, cumi_rest's Endpoint); the worker calls it at start."""
-    repair = list(repair_reasons)
-    init_label_values(WORKER_SESSION_RESTARTS, session_reasons)
-    init_label_values(WORKER_SNAPSHOTS_PUBLISHED, repair)
-    init_label_values(WORKER_RECONCILE_RUNS, repair, RECONCILE_OUTCOMES)
-    init_label_values(WORKER_REST_RETRIES, endpoints)
-
-
 init_label_values(WORKER_EVENTS_PUBLISHED, EventType)
 init_label_values(WORKER_EVENTS_DEAD_LETTERED, RejectReason)
 init_label_values(WORKER_PRODUCER_ERRORS, PRODUCER_ERROR_KINDS)
 init_label_values(WORKER_HANDSHAKES, HANDSHAKE_OUTCOMES)
 init_label_values(WORKER_REGISTRY_SKIPPED, REGISTRY_SKIP_REASONS)
+init_label_values(WORKER_SNAPSHOTS_PUBLISHED, RepairReason)
+init_label_values(WORKER_RECONCILE_RUNS, RepairReason, RECONCILE_OUTCOMES)
 init_label_values(PROJECTOR_EVENTS, EventType, Outcome)
 init_label_values(PROJECTOR_SNAPSHOTS, Outcome)
 init_label_values(PROJECTOR_SKIPPED, PROJECTOR_SKIP_REASONS)

@@ -1,4 +1,4 @@
-"""Per-mailbox folder state from the event log (DESIGN.md §3): a pure state machine, no I/O.
+"""Per-mailbox folder state from the event log (docs/design.md §4): a pure state machine, no I/O.
 
 Events are *state assertions* about messages, applied per mailbox in USN order:
 
@@ -37,7 +37,6 @@ The mailbox USN is the highest USN applied.
 from __future__ import annotations
 
 import datetime as dt
-import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,17 +49,10 @@ from ingest.events import (
     MailboxStateRecord,
     MessageInfo,
     MessageStateRecord,
+    Outcome,
     SnapshotMessage,
+    bare_message_id,
 )
-
-
-class Outcome(enum.StrEnum):
-    """What applying one record did."""
-
-    APPLIED = "applied"
-    DUPLICATE = "duplicate"
-    STALE = "stale"
-
 
 # The members as plain globals for the hot paths: `Outcome.APPLIED` is a lookup through the enum
 # machinery, ≈ 0.15 µs each on the reference machine, several per event.
@@ -319,7 +311,7 @@ class MailboxState:
         listed: dict[str, tuple[Folder, SnapshotMessage]] = {}
         for folder, listing in ((Folder.INBOX, snapshot.inbox), (Folder.DELETED, snapshot.deleted)):
             for entry in listing:  # listed in both (a race in the listing): Deleted wins
-                listed[_strip_listing_prefix(entry.message_id)] = (folder, entry)
+                listed[bare_message_id(entry.message_id)] = (folder, entry)
         for message_id, message in list(self.messages.items()):
             if message.usn <= snapshot.usn and message_id not in listed:
                 del self.messages[message_id]
@@ -346,8 +338,8 @@ class MailboxState:
         return {mid: m for mid, m in self.messages.items() if m.folder is folder}
 
     def to_json(self, detail: bool = False) -> dict[str, Any]:
-        """`{"inbox": {id: {"read": bool}}, "deleted": {…}, "usn": int}` (DESIGN.md §4); `detail`
-        adds message info and USNs, the tombstones (`gone`) and the counters."""
+        """`{"inbox": {id: {"read": bool}}, "deleted": {…}, "usn": int}` (docs/topics.md);
+        `detail` adds message info and USNs, the tombstones (`gone`) and the counters."""
         folders: dict[Folder, dict[str, Any]] = {folder: {} for folder in Folder}
         for message_id in sorted(self.messages):
             message = self.messages[message_id]
@@ -461,8 +453,3 @@ def _placements(mailbox: Mapping[str, Any]) -> dict[str, list[str]]:
 
 def _describe(placement: list[str]) -> str:
     return " and ".join(placement) if placement else "absent"
-
-
-def _strip_listing_prefix(message_id: str) -> str:
-    """Folder listings name messages `0:<guid>`, Comet events `<guid>`."""
-    return message_id[2:] if message_id.startswith("0:") else message_id

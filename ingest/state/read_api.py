@@ -16,9 +16,9 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from ingest.eventlog.topics import partition_for
 from ingest.events import Folder
 from ingest.state.projection import MailboxState
-from ingest.state.store import partition_for
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000

@@ -22,7 +22,7 @@ The fold is `ingest.state.projection`, the projector's own; only the bound diffe
 - none of these: everything up to the end of the log when the replay started.
 
 `--mailbox` reads only the partition the producers' default partitioner puts the key in (murmur2
-of the key, `ingest.state.store.partition_for`) and decodes only that mailbox's records.
+of the key, `ingest.eventlog.topics.partition_for`) and decodes only that mailbox's records.
 """
 
 from __future__ import annotations
@@ -52,11 +52,11 @@ from rich.table import Table
 
 from ingest.errors import ConfigError, DecodeError, IngestError
 from ingest.eventlog.reader import decode_log_record
+from ingest.eventlog.topics import describe_topic, partition_for
 from ingest.events import Folder
 from ingest.ops.metrics import PROJECTOR_REPLAY_PROGRESS, PROJECTOR_REPLAY_RECORDS
 from ingest.settings import SettingsSource, load_kafka
 from ingest.state.projection import MailboxState, MessageState, Projection
-from ingest.state.store import describe_topic, partition_for
 
 log = logging.getLogger(__name__)
 

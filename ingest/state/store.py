@@ -30,12 +30,11 @@ from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError, ProducerFenced
 
 from ingest.errors import BrokerError, DecodeError, IngestError
 from ingest.eventlog import codec
-from ingest.eventlog.topics import key_partition
+from ingest.eventlog.topics import describe_topic
 from ingest.events import MailboxStateRecord
 
 log = logging.getLogger(__name__)
@@ -52,28 +51,6 @@ class Fenced(IngestError):
 class TransactionFailed(BrokerError):
     """A state transaction was aborted (or could not be committed). Nothing of it is visible; the
     partition's in-memory state is ahead of the committed one and must be restored."""
-
-
-def partition_for(mailbox_id: str, partition_count: int) -> int:
-    """The partition the producers' default partitioner (aiokafka's, the same as Java's) puts a
-    mailbox's records in: murmur2 of the UTF-8 key, sign bit cleared, modulo the count."""
-    return key_partition(mailbox_id.encode(), partition_count)
-
-
-async def describe_topic(topic: str, **client_kwargs: Any) -> tuple[int, int] | None:
-    """(partitions, replication factor) of `topic`, None if it does not exist."""
-    admin = AIOKafkaAdminClient(**client_kwargs)
-    try:
-        await admin.start()
-        (description,) = await admin.describe_topics([topic])
-    except KafkaError as e:
-        raise BrokerError(f"describing topic {topic}: {e!r}") from e
-    finally:
-        await admin.close()
-    partitions = description.get("partitions") or []
-    if description["error_code"] != 0 or not partitions:
-        return None
-    return len(partitions), len(partitions[0].get("replicas") or [1])
 
 
 def transactional_id(prefix: str, events_topic: str, partition: int) -> str:

@@ -27,13 +27,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ingest.errors import DecodeError
 from ingest.eventlog import codec
+from ingest.eventlog.topics import describe_topic
 from ingest.events import DeadLetter, MailboxEvent, MailboxSnapshot, RejectReason
 from ingest.simulator import Simulator
 from ingest.simulator.comet import CHANNEL_PREFIX, bayeux_message, event_data, format_time
 from ingest.simulator.faults import MalformedKind, malformed
 from ingest.simulator.mailbox import Mailbox, Message
 from ingest.state.projection import Projection
-from ingest.state.store import describe_topic
 
 EventKey = tuple[str, int, str, tuple[str, ...]]
 """(MailboxId, USN, EventType, sorted message ids): what makes two events the same event."""

@@ -18,7 +18,7 @@ from ingest.cumi.gap_repair import Reconciler
 from ingest.cumi.rest import CumiRestClient, Folder, FolderInfo
 from ingest.cumi.session import CometSession, EventBatch, LossReason
 from ingest.errors import TransportError
-from ingest.events import MailboxSnapshot, SnapshotMessage
+from ingest.events import MailboxSnapshot, RepairReason, SnapshotMessage
 from ingest.settings import Secret
 
 _SCHEME = "Fake "
@@ -166,11 +166,11 @@ class FakeReconciler(Reconciler):
 
     def __init__(self) -> None:
         super().__init__(FakeRestClient(), FakeCredentials(), FakeSink().publish_snapshot)
-        self.log: list[tuple[str, str, str | None]] = []
+        self.log: list[tuple[str, str, RepairReason | None]] = []
         self.error: Exception | None = None
         """Raised by the next `request` (a bug in the caller's path)."""
 
-    def request(self, alias: str, reason: str) -> None:
+    def request(self, alias: str, reason: RepairReason) -> None:
         if self.error is not None:
             raise self.error
         self.log.append(("request", alias, reason))
@@ -178,7 +178,7 @@ class FakeReconciler(Reconciler):
     def cancel(self, alias: str) -> None:
         self.log.append(("cancel", alias, None))
 
-    def requests(self) -> list[tuple[str, str | None]]:
+    def requests(self) -> list[tuple[str, RepairReason | None]]:
         return [(alias, reason) for op, alias, reason in self.log if op == "request"]
 
 

@@ -17,9 +17,8 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
-from ingest.cumi.subscriptions import RepairReason
 from ingest.eventlog import codec
-from ingest.events import MailboxRegistryEntry
+from ingest.events import MailboxRegistryEntry, RepairReason
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +44,8 @@ class FakeConsumer:
         self.start_error: BaseException | None = None
         self.end_offset_errors: list[KafkaError] = []
         self.position_errors: list[KafkaError] = []
+        self.poll_errors: list[KafkaError] = []
+        """Raised by the next polls (getmany), one each."""
         self.polls = 0
         self.generation = 0
         self._assigned: set[TopicPartition] = set()
@@ -138,6 +139,8 @@ class FakeConsumer:
         self, *, timeout_ms: int, max_records: int
     ) -> dict[TopicPartition, list[FakeRecord]]:
         self.polls += 1
+        if self.poll_errors:
+            raise self.poll_errors.pop(0)
         batch = self._fetch()
         if not batch:
             self._changed.clear()

@@ -9,8 +9,9 @@ import pytest
 from fixtures.simulator import MakeSimulator
 
 from ingest.cumi.credentials import Credential, DelegateCredentials, MissingCredentials
-from ingest.cumi.rest import Backoff, CumiRestClient, Folder
+from ingest.cumi.rest import CumiRestClient, Folder
 from ingest.errors import AuthError, TransportError
+from ingest.ops.backoff import Backoff
 from ingest.simulator import Op, Simulator
 
 pytestmark = pytest.mark.integration

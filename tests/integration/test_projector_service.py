@@ -14,10 +14,10 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from fixtures.producing import fold, generate, produce, state_differences, wait_committed
 
 from ingest.errors import ConfigError
-from ingest.eventlog.topics import TopicNames
+from ingest.eventlog.topics import TopicNames, partition_for
 from ingest.ops.metrics import PROJECTOR_REGISTRY
 from ingest.projector import Projector, ProjectorSettings
-from ingest.state.store import partition_for, read_state_topic
+from ingest.state.store import read_state_topic
 
 pytestmark = pytest.mark.integration
 

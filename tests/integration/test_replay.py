@@ -23,10 +23,9 @@ from fixtures.producing import (
 )
 
 from ingest.eventlog import codec
-from ingest.eventlog.topics import TopicNames, default_specs, ensure_topics
+from ingest.eventlog.topics import TopicNames, default_specs, ensure_topics, partition_for
 from ingest.events import LogRecord
 from ingest.state.replay import UntilOffset, UntilTime, UntilUsn, replay
-from ingest.state.store import partition_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 

@@ -42,10 +42,9 @@ from aiokafka import AIOKafkaProducer
 from fixtures.simulator import MakeSimulator
 from fixtures.worker_group import ScaleOut, now_ms, scale_out_env
 
-from ingest.cumi.subscriptions import RepairReason
 from ingest.eventlog import codec
 from ingest.eventlog.topics import TopicNames
-from ingest.events import MailboxRegistryEntry
+from ingest.events import MailboxRegistryEntry, RepairReason
 from ingest.mailboxes import registry
 from ingest.mailboxes.assignment import RegistryAssignment
 from ingest.mailboxes.registry import RegistryWriter, apply_changes, ensure_registry_topic

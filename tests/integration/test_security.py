@@ -24,12 +24,13 @@ from fixtures.tls import TlsFiles
 from fixtures.worker import decode_all, fold_records, read_topic, running_worker, settle, worker_env
 
 from ingest.cumi.credentials import Credential
-from ingest.cumi.rest import Backoff, CumiRestClient
+from ingest.cumi.rest import CumiRestClient
 from ingest.cumi.session import CometSession
 from ingest.errors import TransportError
 from ingest.eventlog.topics import TopicNames, TopicSpec, ensure_topics
 from ingest.localkafka.config import free_ports
 from ingest.localkafka.node import LocalBroker
+from ingest.ops.backoff import Backoff
 from ingest.settings import CometTransport, Settings, SettingsSource, load_kafka
 from ingest.simulator import Simulator
 from ingest.simulator.comet import bayeux_message, channel_of

@@ -32,8 +32,9 @@ from fixtures.simulator import FAST
 from fixtures.vendor import vendor_example
 from fixtures.worker import read_topic, running_worker, settle, worker_env
 
-from ingest.commands.tail import StartAt, TailError, TailOptions, tail
+from ingest.commands.tail import StartAt, TailOptions, tail
 from ingest.cumi.normalizer import parse_event
+from ingest.errors import TopicMissing
 from ingest.eventlog import codec
 from ingest.eventlog.topics import (
     EVENTS_PARTITIONS,
@@ -341,7 +342,7 @@ class TestCommandLine:
         assert [json.loads(line)["value"]["usn"] for line in out.splitlines()] == [1, 2, 3]
 
     async def test_unknown_topic_is_an_error(self, kafka_bootstrap: str) -> None:
-        with pytest.raises(TailError, match="topic 'no-such-topic' does not exist"):
+        with pytest.raises(TopicMissing, match="topic 'no-such-topic' does not exist"):
             await run_tail(kafka_bootstrap, TailOptions("no-such-topic"))
 
     async def test_follow_prints_new_records_until_sigterm(

@@ -14,9 +14,8 @@ from fixtures.simulator import MakeSimulator
 from fixtures.worker import decode_all, fold_records, read_topic, running_worker, settle, worker_env
 
 from ingest.cumi.normalizer import MAX_DEAD_LETTER_RAW
-from ingest.cumi.subscriptions import RepairReason
 from ingest.eventlog.topics import TopicNames
-from ingest.events import DeadLetter, MailboxSnapshot, RejectReason
+from ingest.events import DeadLetter, MailboxSnapshot, RejectReason, RepairReason
 from ingest.simulator import Simulator
 from ingest.simulator.comet import bayeux_message, channel_of, event_data
 from ingest.state.projection import diff_states

@@ -1,8 +1,9 @@
 """The registry assignment (ingest.mailboxes.assignment) against a fake group consumer.
 
 The fake consumer holds the registry topic in memory and lets the test play the group protocol
-(revoke, assign); the fake target records what the subscription manager would be told. A fake
-clock moves the revocation deadline.
+(revoke, assign); the fake target records what the subscription manager would be told. The
+assignment's clock is a FakeClock: it moves the revocation deadline, and retry waits last until the
+test moves it.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from fakes import FakeClock, eventually, sample
 from fakes.cumi import FakeCredentials
 from fakes.kafka import FakeConsumer, FakeTarget
 
-from ingest.cumi.subscriptions import RepairReason
+from ingest.errors import BrokerError
 from ingest.eventlog import codec
-from ingest.events import MailboxRegistryEntry
+from ingest.events import MailboxRegistryEntry, RepairReason
 from ingest.mailboxes.assignment import CredentialRefs, RegistryAssignment
 from ingest.settings import SettingsSource, load_kafka
 
@@ -48,6 +49,8 @@ class Member:
         self.target = FakeTarget()
         self.consumer = FakeConsumer(KAFKA.registry_topic, partitions=4)
         self.topics_ensured = 0
+        self.topic_errors: list[Exception] = []
+        """Raised by the next attempts to ensure the registry topic, one each."""
         self.assignment = RegistryAssignment(
             KAFKA,
             self.target,
@@ -62,6 +65,8 @@ class Member:
         )
 
     async def _ensure_topic(self, kafka: object) -> None:
+        if self.topic_errors:
+            raise self.topic_errors.pop(0)
         self.topics_ensured += 1
 
     async def __aenter__(self) -> Member:
@@ -343,6 +348,60 @@ class TestRebalance:
             m.clock.advance(10 * TIMEOUT_MS / 1000)
             await m.consumer.polled()
             assert m.target.watched == {"a"}
+
+
+def backoff(delay: float, attempt: int) -> bool:
+    """`delay` is what retry `attempt` of the assignment's backoff (1 s doubling) may wait."""
+    ceiling = min(30.0, 2.0 ** (attempt - 1))
+    return ceiling / 2 <= delay <= ceiling
+
+
+class TestRetries:
+    """Kafka failures are waited out on the clock, with a growing delay; nothing is fatal."""
+
+    @pytest.mark.parametrize(
+        "error",
+        [KafkaConnectionError("down"), BrokerError("no leader"), OSError("unreachable")],
+        ids=["kafka", "broker", "os"],
+    )
+    async def test_registry_topic_retried_until_it_exists(self, error: Exception) -> None:
+        """The registry topic could not be ensured: tried again after a backoff that grows;
+        the group is joined only once the topic is there."""
+        m = Member()
+        m.topic_errors = [error, error]
+        await m.assignment.start()
+        try:
+            assert backoff(await m.clock.skip(), 1)
+            assert not m.consumer.started
+            assert backoff(await m.clock.skip(), 2)
+            await m.until(lambda: m.consumer.started, "group joined")
+            assert m.topics_ensured == 1
+            assert not m.assignment.failed.is_set()
+        finally:
+            await m.assignment.stop()
+
+    async def test_stop_during_a_retry_wait(self) -> None:
+        """stop() while the topic retry waits ends it at once (no consumer ever made)."""
+        m = Member()
+        m.topic_errors = [KafkaConnectionError("down")]
+        await m.assignment.start()
+        await m.clock.waiting()
+        await m.assignment.stop()
+        assert m.clock.pending() == []
+        assert m.consumer.options == {}
+
+    async def test_failed_poll_waits_then_reads_on(self) -> None:
+        """A poll that fails waits a retry delay on the clock, then reading goes on."""
+        m = Member()
+        m.consumer.put(0, entry("a"))
+        async with m:
+            m.consumer.poll_errors.append(KafkaConnectionError("down"))
+            m.consumer.assign(0)
+            await m.consumer.polled(1)
+            assert backoff(await m.clock.skip(), 1)
+            await m.loaded()
+            assert m.assignment.watched == {"a"}
+            assert not m.assignment.failed.is_set()
 
 
 class TestLifecycle:

@@ -1,8 +1,8 @@
 """CometSession (ingest.cumi.session) driven through a fake aiocometd-ng client and transport.
 
 The test plays the server on the fake transport: connect exchanges (with events), subscribe
-replies, a connect broken mid-exchange. A fake clock stands for the monotonic clock, so the stall
-watchdog is moved by `advance`, and its ticks are seen as reads of that clock.
+replies, a connect broken mid-exchange. The session's clock is a FakeClock: the stall watchdog
+sleeps on it, so each `advance` past its period makes it look at the time exactly once.
 """
 
 from __future__ import annotations
@@ -20,17 +20,13 @@ from aiohttp.client_reqrep import ConnectionKey
 from fakes import FakeClock, eventually, sample
 from fakes.bayeux import FakeBayeux, FakeTransport, event
 
-from ingest.cumi.session import (
-    LONG_POLL_MARGIN,
-    CometSession,
-    EventBatch,
-    LossReason,
-    _LongPolling,
-)
+from ingest.cumi.cometd_fixes import LONG_POLL_MARGIN, _LongPolling
+from ingest.cumi.session import CometSession, EventBatch, LossReason
 from ingest.errors import TransportError
+from ingest.ops.backoff import Backoff
 
 STALL = 0.2
-"""Watchdog timeout (fake seconds); the watchdog looks every 0.05 real seconds."""
+"""Watchdog timeout (fake seconds); the watchdog looks every 0.05 fake seconds."""
 
 
 class Recorder:
@@ -70,7 +66,7 @@ def new_session(
         "stall_timeout": STALL,
         "subscribe_timeout": 0.05,
         "request_timeout": 0.1,
-        "rng": random.Random(7),
+        "reconnect": Backoff(base=0.5, cap=30.0, rng=random.Random(7)),
     }
     return CometSession(
         "https://cuc.invalid/vmevents/cometd",
@@ -100,10 +96,15 @@ async def reason(session: CometSession) -> LossReason:
         return await session.wait_lost()
 
 
-async def ticks(clock: FakeClock, count: int = 2) -> None:
-    """Wait until the watchdog has looked at the clock `count` more times."""
-    target = clock.reads + count
-    await eventually(lambda: clock.reads >= target, f"{count} watchdog ticks")
+async def later(clock: FakeClock, seconds: float) -> None:
+    """Once the watchdog sleeps, move the clock on by `seconds` (it wakes and looks once)."""
+    await clock.waiting()
+    clock.advance(seconds)
+
+
+async def looked(clock: FakeClock) -> None:
+    """The watchdog has looked at the clock and sleeps again (so the session was not lost)."""
+    await clock.waiting()
 
 
 class TestLifecycle:
@@ -401,7 +402,7 @@ class TestWatchdog:
     async def test_stall_loses_the_session(self, session: CometSession, clock: FakeClock) -> None:
         """The clock past stall_timeout without a connect: lost, counted."""
         stalls = sample("cumi_worker_stalls_total")
-        clock.advance(STALL + 0.01)
+        await later(clock, STALL + 0.01)
         assert await reason(session) is LossReason.STALL
         assert sample("cumi_worker_stalls_total") == stalls + 1
 
@@ -410,23 +411,23 @@ class TestWatchdog:
     ) -> None:
         """Each successful connect restarts the stall timer."""
         for _ in range(3):
-            clock.advance(STALL * 0.75)
+            await later(clock, STALL * 0.75)
             await wire.connect()
-            await ticks(clock)
+            await looked(clock)
             assert not session.is_lost
-        clock.advance(STALL * 0.75)
-        await ticks(clock)
+        await later(clock, STALL * 0.75)
+        await looked(clock)
         assert not session.is_lost  # 0.75 of the timeout since the last connect
-        clock.advance(STALL * 0.5)
+        await later(clock, STALL * 0.5)
         assert await reason(session) is LossReason.STALL
 
     async def test_failed_connects_do_not_keep_it_alive(
         self, session: CometSession, wire: FakeTransport, clock: FakeClock
     ) -> None:
         """Unsuccessful replies (the server answering errors) are no sign of life."""
-        clock.advance(STALL * 0.75)
+        await later(clock, STALL * 0.75)
         await wire.connect(successful=False, error="500::busy", advice={"reconnect": "retry"})
-        clock.advance(STALL * 0.5)
+        await later(clock, STALL * 0.5)
         assert await reason(session) is LossReason.STALL
 
     async def test_time_blocked_in_on_events_does_not_count(
@@ -438,16 +439,16 @@ class TestWatchdog:
         receiving = asyncio.ensure_future(wire.connect(event("s1")))
         async with asyncio.timeout(2):
             await recorder.entered.wait()
-        clock.advance(STALL * 10)
-        await ticks(clock)
+        await later(clock, STALL * 10)
+        await looked(clock)
         assert not session.is_lost
         recorder.gate.set()
         async with asyncio.timeout(2):
             await receiving
-        clock.advance(STALL * 0.75)
-        await ticks(clock)
+        await later(clock, STALL * 0.75)
+        await looked(clock)
         assert not session.is_lost
-        clock.advance(STALL * 0.5)
+        await later(clock, STALL * 0.5)
         assert await reason(session) is LossReason.STALL
 
 

@@ -23,10 +23,10 @@ import pytest
 import yaml
 
 from ingest import settings as settings_module
+from ingest.mailboxes.mailbox_file import watched_aliases
 from ingest.ops.http import OpsServer
 from ingest.projector import ProjectorSettings
 from ingest.settings import SettingsSource
-from ingest.worker import load_mailboxes
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "cumi-pipeline"
@@ -543,7 +543,7 @@ class TestWorkloads:
         configmap = one(docs, "ConfigMap", "worker")
         path = tmp_path / key
         path.write_text(configmap["data"][key])
-        assert load_mailboxes(path) == aliases
+        assert watched_aliases(path) == aliases
         env = workload(docs, "worker").env
         assert env["CUMI_MAILBOXES_FILE"].endswith("/" + key)  # same suffix, same format
 

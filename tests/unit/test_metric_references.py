@@ -27,8 +27,8 @@ from prometheus_client import Metric
 
 from ingest.cumi.rest import Endpoint
 from ingest.cumi.session import LossReason
-from ingest.cumi.subscriptions import RepairReason, SubState
-from ingest.events import EventType, RejectReason
+from ingest.cumi.subscriptions import SubState
+from ingest.events import EventType, RejectReason, RepairReason
 from ingest.ops import metrics
 
 REPO = Path(__file__).resolve().parents[2]

@@ -17,22 +17,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ingest.cumi.rest import Endpoint
 from ingest.cumi.session import LossReason
-from ingest.cumi.subscriptions import RepairReason
-from ingest.events import EventType, RejectReason
+from ingest.events import EventType, Outcome, RejectReason, RepairReason
 from ingest.ops import metrics
-from ingest.state.projection import Outcome
 
 FRESH = """
 import json
 from prometheus_client import generate_latest
 from ingest.ops import metrics
 texts = {"worker_at_import": generate_latest(metrics.WORKER_REGISTRY).decode()}
-from ingest.cumi.session import LossReason
-from ingest.cumi.rest import Endpoint
-from ingest.cumi.subscriptions import RepairReason
-metrics.init_worker_label_values(
-    session_reasons=LossReason, repair_reasons=RepairReason, endpoints=Endpoint
-)
+import ingest.cumi.session  # their label values: LossReason, Endpoint
+import ingest.cumi.rest
 texts["worker"] = generate_latest(metrics.WORKER_REGISTRY).decode()
 texts["projector"] = generate_latest(metrics.PROJECTOR_REGISTRY).decode()
 print(json.dumps(texts))

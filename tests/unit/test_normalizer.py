@@ -82,7 +82,7 @@ class TestVendorExample:
         assert message.receive_time == dt.datetime(2008, 10, 30, 16, 15, 40, tzinfo=dt.UTC)
 
     def test_receive_time_in_server_zone_matches_event_time(self) -> None:
-        """Cisco's two times differ by exactly the Pacific daylight offset (DESIGN.md §2)."""
+        """Cisco's two times differ by exactly the Pacific daylight offset (docs/design.md §3)."""
         event = parse_event(VENDOR_EXAMPLE, zones=TimeZones(receive_time=PACIFIC))
         assert event.messages[0].receive_time == event.event_time
 

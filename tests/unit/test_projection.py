@@ -1,4 +1,4 @@
-"""ingest.state.projection: folder state from state-assertion events, per DESIGN.md §3."""
+"""ingest.state.projection: folder state from state-assertion events, per docs/design.md §4."""
 
 from __future__ import annotations
 

@@ -24,8 +24,15 @@ from hypothesis import strategies as st
 from ingest.cumi.normalizer import parse_event
 from ingest.errors import InvalidEvent
 from ingest.eventlog import codec
-from ingest.events import EventType, MailboxEvent, MailboxSnapshot, MessageInfo, SnapshotMessage
-from ingest.state.projection import Outcome, Projection
+from ingest.events import (
+    EventType,
+    MailboxEvent,
+    MailboxSnapshot,
+    MessageInfo,
+    Outcome,
+    SnapshotMessage,
+)
+from ingest.state.projection import Projection
 
 MODEST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)

@@ -16,7 +16,8 @@ from ingest.eventlog import codec
 from ingest.eventlog.topics import REGISTRY_PARTITIONS, TopicNames, default_specs
 from ingest.events import MailboxEvent, MailboxRegistryEntry, RecordKind
 from ingest.mailboxes.assignment import CredentialRefs
-from ingest.mailboxes.registry import changes, decode_entry, parse_mailbox_file, watchable
+from ingest.mailboxes.mailbox_file import parse_mailbox_file
+from ingest.mailboxes.registry import changes, decode_entry, watchable
 from ingest.settings import MailboxSource, Settings
 
 T0 = dt.datetime(2026, 1, 2, 3, 4, 5, 678_000, tzinfo=dt.UTC)

@@ -10,6 +10,7 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
 from ingest.errors import ConfigError
+from ingest.eventlog.topics import partition_for
 from ingest.state.replay import (
     UntilOffset,
     UntilTime,
@@ -18,7 +19,6 @@ from ingest.state.replay import (
     bound_of,
     parse_time,
 )
-from ingest.state.store import partition_for
 
 
 def parse(*argv: str) -> argparse.Namespace:

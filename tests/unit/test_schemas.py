@@ -23,6 +23,7 @@ from ingest.events import (
     MessageInfo,
     MessageStateRecord,
     RejectReason,
+    RepairReason,
     SnapshotMessage,
 )
 
@@ -125,3 +126,21 @@ class TestPythonMirrors:
         (reason,) = [f for f in schema["fields"] if f["name"] == "reason"]
         for member in RejectReason:
             assert member.value in reason["doc"], member
+
+    def test_repair_reasons_documented_exactly(self) -> None:
+        """The snapshot's `reason` doc lists every RepairReason, and nothing else."""
+        schema = json.loads((ROOT / "schemas" / "mailbox_snapshot.avsc").read_text())
+        (reason,) = [f for f in schema["fields"] if f["name"] == "reason"]
+        listed = reason["doc"].split("one of: ", 1)[1].split(".", 1)[0].split(" | ")
+        assert listed == [member.value for member in RepairReason]
+
+
+class TestRepairReason:
+    """A reason a newer release wrote decodes, kept as text, without becoming a member."""
+
+    def test_unknown_reason_kept_as_text(self) -> None:
+        unknown = RepairReason("operator-request")
+        assert unknown == "operator-request"
+        assert isinstance(unknown, RepairReason)
+        assert unknown not in list(RepairReason)
+        assert RepairReason("startup") is RepairReason.STARTUP

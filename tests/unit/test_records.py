@@ -1,5 +1,5 @@
-"""The sink's record for an event: key, Avro value, Kafka timestamp and headers, whatever the
-per-EventType and per-EventTime shortcuts it takes on the way."""
+"""ingest.eventlog.records: the record for a Comet message — key, Avro value, Kafka timestamp and
+headers, whatever the per-EventType and per-EventTime shortcuts it takes — or its dead letter."""
 
 from __future__ import annotations
 
@@ -7,22 +7,15 @@ import dataclasses
 import datetime as dt
 
 from ingest.eventlog import codec
-from ingest.eventlog.sink import Sink
-from ingest.events import EventType, MailboxEvent, MessageInfo
-from ingest.settings import Settings
+from ingest.eventlog.records import RecordWriter
+from ingest.events import DeadLetter, EventType, MailboxEvent, MessageInfo, RejectReason
 
 T1 = dt.datetime(2026, 11, 25, 19, 0, 1, tzinfo=dt.UTC)
 T2 = dt.datetime(2026, 11, 25, 19, 0, 2, tzinfo=dt.UTC)
 
 
-def _sink() -> Sink:
-    env = {
-        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",
-        "CUMI_SERVER_URL": "http://127.0.0.1:1",
-        "CUMI_MAILBOXES_FILE": __file__,
-        "CUMI_CREDENTIALS_FILE": __file__,
-    }
-    return Sink(Settings.load(env).kafka)  # never started: no broker is needed to build records
+def _writer() -> RecordWriter:
+    return RecordWriter("events", "dlq", source="test")
 
 
 def _event(mailbox: str, event_type: EventType, event_time: dt.datetime) -> MailboxEvent:
@@ -42,7 +35,7 @@ class TestEventRecord:
     """Every record equals what the codec says, in any order of EventTimes and EventTypes."""
 
     def test_records_match_the_codec(self) -> None:
-        sink = _sink()
+        writer = _writer()
         same_moment_other_object = T1 + dt.timedelta(0)
         assert same_moment_other_object is not T1
         events = [
@@ -54,10 +47,25 @@ class TestEventRecord:
             dataclasses.replace(_event("f", EventType.DELETED_MESSAGE, T2), usn=8),
         ]
         for event in events:
-            topic, (key, value, timestamp, headers), _, second = sink._event_record(event)
-            assert topic == sink._kafka.events_topic
+            topic, (key, value, timestamp, headers), _, second = writer.for_event(event)
+            assert topic == "events"
             assert key == event.mailbox_id.encode()
             assert value == codec.encode(event)
             assert timestamp == codec.timestamp_ms(event), event.mailbox_id
             assert second == timestamp // 1000
             assert headers == codec.kafka_headers(event), event.mailbox_id
+
+
+class TestDeadLetterRecord:
+    """Whatever the parser or the encoder refuses becomes a dead letter with the raw payload."""
+
+    def test_unparsable_message_becomes_a_keyed_dead_letter(self) -> None:
+        message = {"channel": "/vmrest/mailbox/s1", "data": {"MailboxId": "abell", "USN": "x"}}
+        topic, (key, value, timestamp, _), _, second = _writer().for_message(message, T1)
+        letter = codec.decode(value)
+        assert topic == "dlq"
+        assert isinstance(letter, DeadLetter)
+        assert letter.reason in set(RejectReason)
+        assert b'"USN":"x"' in letter.raw
+        assert key == b"abell"
+        assert (timestamp, second) == (int(T1.timestamp() * 1000), None)

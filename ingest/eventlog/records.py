@@ -1,0 +1,107 @@
+"""What the worker writes for a Comet message: the event record, or the dead letter that says why
+not — with the Kafka key, timestamp and headers, and the metric child its acknowledgement counts.
+
+`RecordWriter.for_message` never raises for bad input: anything `parse_event` rejects, or the
+encoder refuses, becomes a dead-letter record with the raw payload and the reason (nothing is
+dropped). The sink (`ingest.eventlog.sink`) decides where and when the records go.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from ingest.cumi.normalizer import MAX_DEAD_LETTER_RAW, TimeZones, dead_letter_for, parse_event
+from ingest.errors import InvalidEvent
+from ingest.eventlog import codec
+from ingest.events import DeadLetter, EventType, MailboxEvent, MailboxSnapshot, RejectReason
+from ingest.ops.metrics import (
+    WORKER_EVENTS_DEAD_LETTERED,
+    WORKER_EVENTS_PUBLISHED,
+    WORKER_SNAPSHOTS_PUBLISHED,
+)
+
+MAX_EVENT_BYTES = MAX_DEAD_LETTER_RAW
+"""An encoded event larger than this is dead-lettered as too_large. A real notification encodes
+to well under 4 KiB; the Comet transport decodes payloads of any size, and one record beyond
+Kafka's message limit (1 MB by default) would fail the producer for good."""
+
+Record = tuple[bytes | None, bytes, int, list[tuple[str, bytes]]]
+"""key, value, timestamp (ms), headers."""
+
+Labelled = tuple[str, Record, Any, int | None]
+"""(topic, record, the metric child to increment on acknowledgement, event second or None)."""
+
+
+class RecordWriter:
+    """Comet messages → records for the events or the dead-letter topic."""
+
+    def __init__(
+        self,
+        events_topic: str,
+        dlq_topic: str,
+        *,
+        source: str | None = None,
+        zones: TimeZones | None = None,
+    ) -> None:
+        self.events_topic = events_topic
+        self.dlq_topic = dlq_topic
+        self._source = source
+        self._zones = zones or TimeZones()
+        self._by_event_type: dict[EventType, tuple[Any, list[tuple[str, bytes]]]] = {}
+        self._last_event_time: tuple[dt.datetime | None, int] = (None, 0)
+        self._dead_by_reason: dict[str, Any] = {}
+
+    def for_message(self, message: Mapping[str, Any], now: dt.datetime) -> Labelled:
+        """The record of one Comet message; `now` stamps a dead letter's `received_at`."""
+        try:
+            event = parse_event(message, zones=self._zones, source=self._source)
+            return self.for_event(event)
+        except Exception as e:  # InvalidEvent, or the encoder refused a valid-looking event
+            return self.for_dead_letter(message, e, now)
+
+    def for_event(self, event: MailboxEvent) -> Labelled:
+        kind = self._by_event_type.get(event.event_type)
+        if kind is None:  # the metric child and the headers, once per EventType
+            label = WORKER_EVENTS_PUBLISHED.labels(event.event_type.value)
+            kind = self._by_event_type[event.event_type] = (label, codec.kafka_headers(event))
+        value = codec.encode(event)
+        if len(value) > MAX_EVENT_BYTES:
+            detail = f"encoded event of {len(value)} bytes exceeds {MAX_EVENT_BYTES}"
+            raise InvalidEvent(RejectReason.TOO_LARGE, detail)
+        # the normalizer hands events of the same EventTime text the same datetime object
+        if event.event_time is not self._last_event_time[0]:
+            self._last_event_time = (event.event_time, codec.timestamp_ms(event))
+        timestamp = self._last_event_time[1]
+        # the headers list is shared by the records of one EventType: nothing here mutates it
+        record: Record = (event.mailbox_id.encode(), value, timestamp, kind[1])
+        return self.events_topic, record, kind[0], timestamp // 1000
+
+    def for_dead_letter(
+        self, message: Mapping[str, Any], error: Exception, now: dt.datetime
+    ) -> Labelled:
+        raw = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+        letter: DeadLetter = dead_letter_for(raw, error, self._source, now)
+        label = self._dead_by_reason.get(letter.reason)
+        if label is None:
+            label = WORKER_EVENTS_DEAD_LETTERED.labels(letter.reason)
+            self._dead_by_reason[letter.reason] = label
+        record: Record = (
+            letter.mailbox_id.encode() if letter.mailbox_id else None,
+            codec.encode(letter),
+            int(letter.received_at.timestamp() * 1000),
+            codec.kafka_headers(letter),
+        )
+        return self.dlq_topic, record, label, None
+
+    def for_snapshot(self, snapshot: MailboxSnapshot) -> Labelled:
+        """A gap-repair snapshot: the events topic, keyed like the mailbox's events."""
+        record: Record = (
+            snapshot.mailbox_id.encode(),
+            codec.encode(snapshot),
+            codec.timestamp_ms(snapshot),
+            codec.kafka_headers(snapshot),
+        )
+        return self.events_topic, record, WORKER_SNAPSHOTS_PUBLISHED.labels(snapshot.reason), None
