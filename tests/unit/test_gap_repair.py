@@ -366,7 +366,6 @@ class TestFailures:
         assert rest.count("folder:inbox", "alice") == 1
         assert [s.mailbox_id for s in sink.snapshots] == ["bob"]
 
-    @pytest.mark.xfail(strict=True, reason="cancel() during a listing is undone when it fails")
     async def test_cancel_while_listing_survives_a_failure(
         self, reconciler: Reconciler, rest: FakeRestClient, sink: FakeSink, clock: FakeClock
     ) -> None:
@@ -383,7 +382,6 @@ class TestFailures:
         assert rest.count("list:inbox", "alice") == 1
         assert sink.snapshots == []
 
-    @pytest.mark.xfail(strict=True, reason="the failed listing is re-queued for its old reason")
     async def test_cancelled_then_asked_again_while_listing_lists_again(
         self, reconciler: Reconciler, rest: FakeRestClient, sink: FakeSink, clock: FakeClock
     ) -> None:
@@ -400,7 +398,6 @@ class TestFailures:
         assert clock.pending() == []
         assert [s.reason for s in sink.snapshots] == ["session-lost"]
 
-    @pytest.mark.xfail(strict=True, reason="a non-IngestError kills the _work task silently")
     async def test_unexpected_error_logged_counted_and_worker_kept(
         self,
         rest: FakeRestClient,

@@ -542,7 +542,6 @@ class TestSupervisor:
             assert m.reconciler.log == []
 
     @pytest.mark.parametrize("where", ["request-worker", "subscribe-batcher"])
-    @pytest.mark.xfail(strict=True, reason="a pass whose task raises waits forever")
     async def test_a_bug_in_the_pass_ends_run_and_stops_the_session(self, where: str) -> None:
         """An unexpected error in a task of the pass (here: the REST client or the repair queue
         raising a non-IngestError) is not a lost session and must not hang the pass: run()
