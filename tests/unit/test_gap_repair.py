@@ -80,7 +80,7 @@ async def retry(clock: FakeClock) -> float:
 
 
 def within_backoff(delay: float, attempt: int) -> bool:
-    ceiling = RETRY_BASE * 2 ** (attempt - 1)
+    ceiling: float = RETRY_BASE * 2.0 ** (attempt - 1)
     return ceiling / 2 <= delay <= ceiling
 
 

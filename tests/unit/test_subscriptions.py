@@ -262,7 +262,7 @@ class TestFailures:
             assert backoff(await m.retry(), 2)
             await m.until(lambda: m.state("b") is SubState.ACTIVE, "b subscribed after all")
             assert m.rest.count("requestnotification", "b") == 3
-            assert m.reconciler.requests().count(("b", "startup")) == 1
+            assert m.reconciler.requests().count(("b", RepairReason.STARTUP)) == 1
 
     async def test_refused_subscribe_backs_off_then_requests_anew(self) -> None:
         """A subscribe refused (not 403): BACKOFF, the subscription id dropped; the retry asks
@@ -273,7 +273,7 @@ class TestFailures:
             await m.until(lambda: m.state("b") is SubState.ACTIVE, "b subscribed after all")
             assert m.manager.mailboxes["b"].subscription_id == subscription_id("b", 2)
             assert m.session.subscribes().count(ch("b", 2)) == 1
-            assert m.reconciler.requests().count(("b", "startup")) == 1
+            assert m.reconciler.requests().count(("b", RepairReason.STARTUP)) == 1
 
     async def test_fresh_subscription_refused_403_requested_again_at_once(self) -> None:
         """A 403 on a subscribe, the first failure: the id is unknown to the server, so a new
@@ -324,7 +324,7 @@ class TestSessionLoss:
             assert set(m.states().values()) == {SubState.ACTIVE}
             for alias in ALIASES:
                 assert m.reconciler.log.index(("cancel", alias, None)) < m.reconciler.log.index(
-                    ("request", alias, "session-lost")
+                    ("request", alias, RepairReason.SESSION_LOST)
                 )
         after = sample("cumi_worker_session_restarts_total", reason="unknown-client")
         assert after == restarts + 1
@@ -383,7 +383,7 @@ class TestSessionLoss:
             assert m.state("b") is SubState.ACTIVE
             assert ch("b") in m.session.subscribed
             assert m.rest.count("requestnotification", "b") == 1
-            assert m.reconciler.requests().count(("b", "startup")) == 1
+            assert m.reconciler.requests().count(("b", RepairReason.STARTUP)) == 1
 
     async def test_failed_mailboxes_keep_waiting_across_a_loss(self) -> None:
         """A FAILED mailbox is not retried early because the session was replaced."""
