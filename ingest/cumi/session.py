@@ -55,6 +55,8 @@ CHANNEL_PREFIX = "/vmrest/mailbox/"
 EventBatch = list[dict[str, Any]]
 OnEvents = Callable[[EventBatch, float], Awaitable[None]]
 """(event messages of one server payload, monotonic receive time) → returns when admitted."""
+ClientFactory = Callable[..., Client]
+"""Builds the library's client: `Client` itself (unit tests pass a fake, tests/fakes/bayeux.py)."""
 
 
 def channel_for(subscription_id: str) -> str:
@@ -106,6 +108,7 @@ class CometSession:
         request_timeout: float = 30.0,
         subscribe_timeout: float = 30.0,
         reconnect: Backoff | None = None,
+        client_factory: ClientFactory = Client,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._url = url
@@ -120,6 +123,7 @@ class CometSession:
         self._request_timeout = request_timeout
         self._subscribe_timeout = subscribe_timeout
         self._reconnect = reconnect or Backoff(base=0.5, cap=30.0)
+        self._client_factory = client_factory
         self._clock = clock
         self._client: Client | None = None
         self._lost: asyncio.Future[LossReason] | None = None
@@ -144,7 +148,7 @@ class CometSession:
         install_transport_fixes()
         loop = asyncio.get_running_loop()
         self._lost = loop.create_future()
-        client = Client(
+        client = self._client_factory(
             self._url,
             [self._connection],
             connection_timeout=0,  # see the module docstring; the watchdog replaces it

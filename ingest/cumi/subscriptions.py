@@ -106,6 +106,17 @@ class _Pass:
             self.done.set()
 
 
+async def _swept_or_broken(sweep: _Pass, tasks: list[asyncio.Task[None]]) -> None:
+    """Wait for the pass to be done, or for one of its tasks to end first: a task ends early only
+    by an error, which would leave its mailboxes unfinished and the pass waiting forever."""
+    done = asyncio.ensure_future(sweep.done.wait())
+    try:
+        await asyncio.wait({done, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        done.cancel()
+        await asyncio.gather(done, return_exceptions=True)
+
+
 class SubscriptionManager:
     """Runs sessions (from `session_factory`) until cancelled; see the module docstring."""
 
@@ -315,14 +326,14 @@ class SubscriptionManager:
             for _ in range(self._policy.request_workers)
         ]
         batcher = asyncio.create_task(self._subscribe_worker(session, subscribes, requests, sweep))
+        tasks = [*workers, batcher]
         try:
-            await sweep.done.wait()
+            await _swept_or_broken(sweep, tasks)
         finally:
             for _ in workers:
                 requests.put_nowait(None)
             subscribes.put_nowait(None)
-            tasks = [*workers, batcher]
-            if not sweep.done.is_set():  # lost session or shutdown: don't work the queues off
+            if not sweep.done.is_set():  # lost session, shutdown or a bug: leave the queues
                 for task in tasks:
                     task.cancel()
             results = await asyncio.gather(*tasks, return_exceptions=True)
