@@ -1,4 +1,5 @@
-"""The local development Kafka broker: `LocalBroker` for code and tests, `ingest broker` for people.
+"""The local development Kafka broker: `LocalBroker` (and the three-node `LocalCluster`) for code
+and tests, `ingest broker` for people.
 
     ingest broker fetch                 # jars from Maven Central into the cache (once)
     ingest broker start [--foreground]  # prints the bootstrap address, e.g. 127.0.0.1:40123
@@ -27,10 +28,18 @@ from pathlib import Path
 
 from ingest.errors import LocalBrokerError
 from ingest.localkafka import process
+from ingest.localkafka.cluster import LocalCluster
 from ingest.localkafka.node import READY_TIMEOUT_S, STOP_TIMEOUT_S, LocalBroker, ensure_runtime
 from ingest.localkafka.runtime import cache_root, kafka_version
 
-__all__ = ["LocalBroker", "LocalBrokerError", "add_arguments", "ensure_runtime", "run"]
+__all__ = [
+    "LocalBroker",
+    "LocalBrokerError",
+    "LocalCluster",
+    "add_arguments",
+    "ensure_runtime",
+    "run",
+]
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,11 @@
 """`LocalBroker`: one real Kafka node (KRaft broker + controller) on 127.0.0.1.
 
 It formats a storage directory, runs `kafka.Kafka` from the jars `ingest broker fetch` cached, and
-is ready only when the log says `Kafka Server started`, a metadata request lists the node and every
-partition's leader answers. Ports are free ones chosen once; `stop()` then `start()` reuses them
-and the data, so tests can stop the broker mid-stream. Import it from `ingest.commands.broker`.
+is ready only when the log says `Kafka Server started`, a metadata request lists the node and the
+partitions it has to serve answer: every partition when it runs alone; in a quorum
+(`LocalCluster`) only those it leads or is next in line for, since others may lead the rest or be
+down. Ports are free ones chosen once; `stop()` then `start()` reuses them and the data, so tests
+can stop the broker mid-stream. Import it from `ingest.commands.broker`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import shutil
 import tempfile
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Coroutine
 from pathlib import Path
 from types import TracebackType
@@ -27,7 +30,10 @@ from aiokafka.errors import KafkaError
 from ingest.errors import LocalBrokerError
 from ingest.localkafka import process
 from ingest.localkafka.config import (
+    HEAP_OPTIONS,
+    QUORUM_HEAP_OPTIONS,
     BrokerPorts,
+    Quorum,
     choose_ports,
     java_command,
     port_is_free,
@@ -55,7 +61,7 @@ def ensure_runtime(cache_dir: str | os.PathLike[str] | None = None) -> KafkaRunt
     if not runtime.class_archive.exists():
         with locked(runtime.home):
             if not runtime.class_archive.exists():
-                _run_sync(_train_class_archive(runtime))
+                run_sync(_train_class_archive(runtime))
     return runtime
 
 
@@ -80,7 +86,7 @@ async def _train_class_archive(runtime: KafkaRuntime) -> None:
         partial.rename(runtime.class_archive)
 
 
-def _run_sync(coro: Coroutine[Any, Any, _T]) -> _T:
+def run_sync(coro: Coroutine[Any, Any, _T]) -> _T:
     """Run a coroutine to completion from synchronous code.
 
     A thread of its own keeps asyncio.run() from replacing (and then clearing) this thread's
@@ -90,17 +96,52 @@ def _run_sync(coro: Coroutine[Any, Any, _T]) -> _T:
         return pool.submit(asyncio.run, coro).result()
 
 
-class _PortTaken(LocalBrokerError):
+class PortTaken(LocalBrokerError):
     """Another process bound one of the chosen ports between choosing and binding it."""
 
 
-class LocalBroker:
+class LocalKafka(ABC):
+    """What a local broker and a local cluster share: `async with` (start, then stop and clean
+    up) and blocking `start_sync()` / `stop_sync()` for fixtures wider than one test."""
+
+    @abstractmethod
+    async def start(self) -> None: ...
+
+    @abstractmethod
+    async def stop(self) -> None: ...
+
+    @abstractmethod
+    def cleanup(self) -> None: ...
+
+    def start_sync(self) -> None:
+        """`start()` for synchronous callers (a pytest session fixture)."""
+        run_sync(self.start())
+
+    def stop_sync(self) -> None:
+        run_sync(self.stop())
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+        self.cleanup()
+
+
+class LocalBroker(LocalKafka):
     """One Kafka node on 127.0.0.1: `async with LocalBroker() as broker: … broker.bootstrap …`.
 
     `data_dir`: kept across stop/start; a temporary one (deleted by `cleanup()` / `async with`)
     when not given. `port`: the client port, free one when not given; an existing data dir's
     previous ports are reused when still free. `detach`: the JVM gets a session of its own and
-    survives this process (`ingest broker start`).
+    survives this process (`ingest broker start`). `quorum`: the node's place among several voters
+    (`LocalCluster` builds it); the controller port is the quorum's then.
     """
 
     def __init__(
@@ -114,6 +155,7 @@ class LocalBroker:
         stop_timeout: float = STOP_TIMEOUT_S,
         detach: bool = False,
         runtime: KafkaRuntime | None = None,
+        quorum: Quorum | None = None,
     ) -> None:
         self._cache_dir = cache_dir
         self._owns_data_dir = data_dir is None
@@ -123,6 +165,9 @@ class LocalBroker:
         self._detach = detach
         self._runtime = runtime
         self._pid: int | None = None
+        self._quorum = quorum
+        if quorum is not None and controller_port is None:
+            controller_port = quorum.controller_port
         # explicit ports are never changed; chosen ones only until the first successful start
         self._ports_pinned = port is not None or controller_port is not None
         saved = read_ports(self.server_properties)
@@ -145,6 +190,10 @@ class LocalBroker:
     @property
     def port(self) -> int:
         return self._ports.port
+
+    @property
+    def node_id(self) -> int:
+        return 1 if self._quorum is None else self._quorum.node_id
 
     @property
     def data_dir(self) -> Path:
@@ -185,7 +234,7 @@ class LocalBroker:
         for attempt in range(1, _START_ATTEMPTS + 1):
             try:
                 await self._launch(runtime)
-            except _PortTaken:
+            except PortTaken:
                 if self._ports_pinned or attempt == _START_ATTEMPTS:
                     raise
                 log.warning("port %s was taken meanwhile, trying other ports", self.bootstrap)
@@ -210,6 +259,16 @@ class LocalBroker:
                 "Kafka at %s ignored SIGTERM for %.0f s: killed", self.bootstrap, self._stop_timeout
             )
 
+    async def kill(self) -> None:
+        """SIGKILL: a crash, with no controlled shutdown and no clean-shutdown marker, so the next
+        start recovers the logs. Idempotent; keeps the data (what reached the page cache)."""
+        pid = self._pid
+        if pid is None:
+            return
+        await process.kill(pid)
+        self._pid = None
+        log.info("Kafka at %s killed", self.bootstrap)
+
     async def restart(self) -> None:
         """Stop, then start on the same ports with the same data."""
         await self.stop()
@@ -229,26 +288,6 @@ class LocalBroker:
         if self._owns_data_dir:
             shutil.rmtree(self._data_dir, ignore_errors=True)
 
-    def start_sync(self) -> None:
-        """`start()` for synchronous callers (a pytest session fixture)."""
-        _run_sync(self.start())
-
-    def stop_sync(self) -> None:
-        _run_sync(self.stop())
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-        self.cleanup()
-
     # -- internals --------------------------------------------------------------------------
 
     async def _prepare(self, runtime: KafkaRuntime) -> None:
@@ -260,7 +299,7 @@ class LocalBroker:
         self._write_server_properties()
         if (self._kraft_dir / "meta.properties").exists():
             return
-        cluster_id = random_cluster_id()
+        cluster_id = random_cluster_id() if self._quorum is None else self._quorum.cluster_id
         argv = self._java(runtime, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c")
         argv.append(str(self.server_properties))
         pid = process.spawn(argv, self.stdout_path, detach=False)
@@ -277,7 +316,7 @@ class LocalBroker:
         return self._data_dir / "kraft"
 
     def _write_server_properties(self) -> None:
-        text = render_server_properties(self._ports, self._kraft_dir)
+        text = render_server_properties(self._ports, self._kraft_dir, self._quorum)
         self.server_properties.write_text(text, encoding="utf-8")
 
     def _java(self, runtime: KafkaRuntime, main_class: str, *args: str) -> list[str]:
@@ -289,6 +328,7 @@ class LocalBroker:
             logs_dir=self.log_path.parent,
             log4j_config=self._data_dir / "log4j2.properties",
             class_archive=archive,
+            heap=HEAP_OPTIONS if self._quorum is None else QUORUM_HEAP_OPTIONS,
         )
 
     async def _launch(self, runtime: KafkaRuntime) -> None:
@@ -324,13 +364,13 @@ class LocalBroker:
             new = server_log.poll() + stdout.poll()
             if _BIND_FAILED in new:
                 line = next(x for x in new.splitlines() if _BIND_FAILED in x)
-                raise _PortTaken(f"a port of the broker at {self.bootstrap} is in use: {line}")
+                raise PortTaken(f"a port of the broker at {self.bootstrap} is in use: {line}")
             started_line = started_line or STARTED_LINE in new
             if process.exited(pid):
                 raise LocalBrokerError(
                     self._failure(f"Kafka exited while starting at {self.bootstrap}")
                 )
-            if started_line and await _serves_clients(self.bootstrap, self.port):
+            if started_line and await self._serves_clients():
                 return
             if time.monotonic() >= deadline:
                 raise LocalBrokerError(
@@ -339,6 +379,11 @@ class LocalBroker:
                     )
                 )
             await asyncio.sleep(_POLL_S)
+
+    async def _serves_clients(self) -> bool:
+        return await _serves_clients(
+            self.bootstrap, self.port, self.node_id, alone=self._quorum is None
+        )
 
     def _failure(self, what: str) -> str:
         return (
@@ -369,12 +414,15 @@ def _both_free(ports: BrokerPorts) -> bool:
     return port_is_free(ports.port) and port_is_free(ports.controller_port)
 
 
-async def _serves_clients(bootstrap: str, port: int) -> bool:
-    """Whether the metadata lists this node and the leader of every partition answers.
+async def _serves_clients(bootstrap: str, port: int, node_id: int, *, alone: bool) -> bool:
+    """Whether the metadata lists this node and the partitions it must serve answer.
 
     After a restart the metadata answers before the partitions' logs are loaded: clients would
     start with NotLeaderForPartition errors. Asking each partition's end offset (aiokafka retries
     until its leader answers) waits that out, so `start()` returning means ready for clients.
+    Alone, that is every partition. In a quorum it is only those this node leads or that wait for
+    it (no leader, this node in sync): a partition led elsewhere is not this node's to answer for,
+    and one whose in-sync replicas are all down would keep a restarted node from ever being ready.
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
     try:
@@ -386,10 +434,14 @@ async def _serves_clients(bootstrap: str, port: int) -> bool:
         return False
     finally:
         await admin.close()
-    if not any(int(b["port"]) == port for b in cluster.get("brokers", [])):
+    brokers = cluster.get("brokers", [])
+    if not any(int(b["port"]) == port and int(b["node_id"]) == node_id for b in brokers):
         return False
     partitions = [
-        TopicPartition(t["topic"], p["partition"]) for t in topics for p in t["partitions"]
+        TopicPartition(t["topic"], p["partition"])
+        for t in topics
+        for p in t["partitions"]
+        if alone or _waits_for(p, node_id)
     ]
     if not partitions:
         return True
@@ -405,3 +457,10 @@ async def _serves_clients(bootstrap: str, port: int) -> bool:
     finally:
         await consumer.stop()
     return True
+
+
+def _waits_for(partition: dict[str, Any], node_id: int) -> bool:
+    """Whether a partition (metadata) is this node's to serve: it leads it, or it has no leader
+    and this node is in sync, so the controller will elect it once it is registered."""
+    leader = int(partition["leader"])
+    return leader == node_id or (leader < 0 and node_id in partition["isr"])

@@ -128,9 +128,14 @@ async def terminate(pid: int, grace_s: float) -> bool:
     _signal(pid, signal.SIGTERM)
     if await wait_exit(pid, grace_s):
         return True
-    _signal(pid, signal.SIGKILL)
-    await wait_exit(pid, 10.0)
+    await kill(pid)
     return False
+
+
+async def kill(pid: int, within_s: float = 10.0) -> None:
+    """SIGKILL and wait until `pid` is gone (a process in uninterruptible I/O takes a moment)."""
+    _signal(pid, signal.SIGKILL)
+    await wait_exit(pid, within_s)
 
 
 def tail(path: Path, lines: int = 30) -> str:

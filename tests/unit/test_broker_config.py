@@ -20,6 +20,7 @@ from ingest.localkafka.config import (
     HEAP_OPTIONS,
     JVM_OPTIONS_ENV,
     BrokerPorts,
+    Quorum,
     choose_ports,
     free_ports,
     java_command,
@@ -82,6 +83,59 @@ class TestServerProperties:
         path.write_text(render_server_properties(BrokerPorts(40011, 40012), tmp_path))
         assert read_ports(path) == BrokerPorts(40011, 40012)
         assert read_ports(tmp_path / "missing.properties") is None
+
+
+class TestQuorumProperties:
+    """A node of a three-node quorum: its own id, every voter, replication 3, min in-sync 2."""
+
+    quorum = Quorum(node_id=2, controller_ports=(41001, 41002, 41003), cluster_id="abc")
+
+    def render(self, tmp_path: Path) -> dict[str, str]:
+        ports = BrokerPorts(port=40002, controller_port=41002)
+        return parse_properties(render_server_properties(ports, tmp_path, self.quorum))
+
+    def test_node_id_and_voters(self, tmp_path: Path) -> None:
+        props = self.render(tmp_path)
+        assert props["node.id"] == "2"
+        assert props["controller.quorum.voters"] == (
+            "1@127.0.0.1:41001,2@127.0.0.1:41002,3@127.0.0.1:41003"
+        )
+        assert props["listeners"] == "PLAINTEXT://127.0.0.1:40002,CONTROLLER://127.0.0.1:41002"
+
+    def test_replication_three_and_two_in_sync_everywhere(self, tmp_path: Path) -> None:
+        props = self.render(tmp_path)
+        for key in (
+            "default.replication.factor",
+            "offsets.topic.replication.factor",
+            "transaction.state.log.replication.factor",
+            "share.coordinator.state.topic.replication.factor",
+        ):
+            assert props[key] == "3", key
+        for key in (
+            "min.insync.replicas",
+            "transaction.state.log.min.isr",
+            "share.coordinator.state.topic.min.isr",
+        ):
+            assert props[key] == "2", key
+        assert props["unclean.leader.election.enable"] == "false"
+        assert int(props["broker.session.timeout.ms"]) > 2 * int(
+            props["broker.heartbeat.interval.ms"]
+        )
+
+    def test_a_single_node_gets_none_of_the_quorum_settings(self, tmp_path: Path) -> None:
+        props = parse_properties(render_server_properties(BrokerPorts(1, 2), tmp_path))
+        assert "broker.session.timeout.ms" not in props
+
+    @pytest.mark.parametrize(("size", "replication", "in_sync"), [(1, 1, 1), (2, 2, 1), (5, 3, 2)])
+    def test_replication_follows_the_size(self, size: int, replication: int, in_sync: int) -> None:
+        quorum = Quorum(1, tuple(range(41001, 41001 + size)), cluster_id="abc")
+        assert (quorum.replication_factor, quorum.min_insync_replicas) == (replication, in_sync)
+
+    def test_a_port_the_quorum_does_not_list_is_refused(self, tmp_path: Path) -> None:
+        with pytest.raises(LocalBrokerError, match="quorum expects 41002"):
+            render_server_properties(BrokerPorts(40002, 41009), tmp_path, self.quorum)
+        with pytest.raises(LocalBrokerError, match="not one of 3 voters"):
+            Quorum(node_id=4, controller_ports=(1, 2, 3), cluster_id="abc")
 
 
 class TestPorts:
