@@ -17,8 +17,7 @@ import tempfile
 import time
 from collections.abc import Coroutine
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -94,7 +93,7 @@ class _PortTaken(LocalBrokerError):
     """Another process bound one of the chosen ports between choosing and binding it."""
 
 
-class LocalBroker:
+class LocalBroker(process.LocalService):
     """One Kafka node on 127.0.0.1: `async with LocalBroker() as broker: … broker.bootstrap …`.
 
     `data_dir`: kept across stop/start; a temporary one (deleted by `cleanup()` / `async with`)
@@ -164,13 +163,8 @@ class LocalBroker:
         """The JVM's stdout and stderr: crashes before logging starts end up here."""
         return self._data_dir / "kafka.out"
 
-    @property
-    def pid(self) -> int | None:
-        return self._pid
-
-    @property
-    def running(self) -> bool:
-        return self._pid is not None and not process.exited(self._pid)
+    def describe(self) -> str:
+        return f"Kafka at {self.bootstrap}"
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -194,26 +188,8 @@ class LocalBroker:
                 break
         self._ports_pinned = True
 
-    async def stop(self) -> None:
-        """SIGTERM (controlled shutdown), SIGKILL after `stop_timeout` s. Idempotent; keeps data."""
-        pid = self._pid
-        if pid is None:
-            return
-        started = time.monotonic()
-        clean = await process.terminate(pid, self._stop_timeout)
-        # forgotten only now: a stop() cancelled half-way leaves the pid for the next stop()
-        self._pid = None
-        if clean:
-            log.info("Kafka at %s stopped in %.1f s", self.bootstrap, time.monotonic() - started)
-        else:
-            log.warning(
-                "Kafka at %s ignored SIGTERM for %.0f s: killed", self.bootstrap, self._stop_timeout
-            )
-
-    async def restart(self) -> None:
-        """Stop, then start on the same ports with the same data."""
-        await self.stop()
-        await self.start()
+    # stop() (SIGTERM: controlled shutdown; keeps the data), restart() (same ports, same data)
+    # and `async with` come from process.LocalService
 
     def detach(self) -> int:
         """Forget the running JVM without stopping it (it keeps running); returns its pid."""
@@ -235,19 +211,6 @@ class LocalBroker:
 
     def stop_sync(self) -> None:
         _run_sync(self.stop())
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-        self.cleanup()
 
     # -- internals --------------------------------------------------------------------------
 
