@@ -116,7 +116,9 @@ class LocalCometdServer(process.LocalService):
         return self._log_dir / "server.log"
 
     def describe(self) -> str:
-        return f"the reference CometD server at {self.base_url}"
+        # no port yet while a first start is under way
+        where = self.base_url if self._port is not None else HOST
+        return f"the reference CometD server at {where}"
 
     def rss_bytes(self) -> int | None:
         """The JVM's resident memory right now, None when not running."""

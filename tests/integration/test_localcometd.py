@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -19,7 +24,9 @@ from aiocometd_ng.exceptions import ServerError
 from fixtures.refcometd import jar_client, mailbox_channel
 from fixtures.simulator import aiocometd_websocket
 
+from ingest.errors import LocalBrokerError
 from ingest.localcometd import LocalCometdServer
+from ingest.localcometd.runtime import fetch
 
 pytestmark = pytest.mark.integration
 
@@ -344,3 +351,33 @@ class TestLifecycle:
         assert not ref_cometd.running
         await ref_cometd.start()
         assert (await ref_cometd.state()).sessions == 0
+
+    async def test_a_taken_port_is_one_clear_error(self, ref_cometd: LocalCometdServer) -> None:
+        second = LocalCometdServer(port=ref_cometd.port)
+        try:
+            with pytest.raises(LocalBrokerError, match=f"port {ref_cometd.port} is in use"):
+                await second.start()
+            assert not second.running
+        finally:
+            await second.stop()
+            second.cleanup()
+
+    async def test_fetch_again_needs_neither_maven_nor_javac(self, tmp_path: Path) -> None:
+        """Once fetched and compiled, a fetch with only `java` on PATH is a no-op."""
+        await asyncio.to_thread(fetch)
+        java = shutil.which("java")
+        assert java is not None
+        (tmp_path / "java").symlink_to(java)
+        env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"} | {"PATH": str(tmp_path)}
+        fetched = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "ingest.localcometd", "fetch"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert fetched.returncode == 0, fetched.stderr
+        assert "reference CometD server 9.0.0 on Jetty 12.1.14" in fetched.stdout
+        assert "fetching" not in fetched.stderr
