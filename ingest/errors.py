@@ -52,4 +52,5 @@ class BrokerError(IngestError):
 
 
 class LocalBrokerError(IngestError):
-    """The local development broker could not be fetched, formatted or started."""
+    """A local development service (the Kafka broker, the reference CometD server of the
+    conformance tests) could not be fetched, built, formatted or started."""

@@ -134,7 +134,7 @@ class LocalKafka(ABC):
         self.cleanup()
 
 
-class LocalBroker(LocalKafka):
+class LocalBroker(process.LocalService, LocalKafka):
     """One Kafka node on 127.0.0.1: `async with LocalBroker() as broker: … broker.bootstrap …`.
 
     `data_dir`: kept across stop/start; a temporary one (deleted by `cleanup()` / `async with`)
@@ -213,13 +213,8 @@ class LocalBroker(LocalKafka):
         """The JVM's stdout and stderr: crashes before logging starts end up here."""
         return self._data_dir / "kafka.out"
 
-    @property
-    def pid(self) -> int | None:
-        return self._pid
-
-    @property
-    def running(self) -> bool:
-        return self._pid is not None and not process.exited(self._pid)
+    def describe(self) -> str:
+        return f"Kafka at {self.bootstrap}"
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -243,21 +238,8 @@ class LocalBroker(LocalKafka):
                 break
         self._ports_pinned = True
 
-    async def stop(self) -> None:
-        """SIGTERM (controlled shutdown), SIGKILL after `stop_timeout` s. Idempotent; keeps data."""
-        pid = self._pid
-        if pid is None:
-            return
-        started = time.monotonic()
-        clean = await process.terminate(pid, self._stop_timeout)
-        # forgotten only now: a stop() cancelled half-way leaves the pid for the next stop()
-        self._pid = None
-        if clean:
-            log.info("Kafka at %s stopped in %.1f s", self.bootstrap, time.monotonic() - started)
-        else:
-            log.warning(
-                "Kafka at %s ignored SIGTERM for %.0f s: killed", self.bootstrap, self._stop_timeout
-            )
+    # stop() (SIGTERM: controlled shutdown; keeps the data), restart() (same ports, same data)
+    # and `async with` come from process.LocalService
 
     async def kill(self) -> None:
         """SIGKILL: a crash, with no controlled shutdown and no clean-shutdown marker, so the next
@@ -268,11 +250,6 @@ class LocalBroker(LocalKafka):
         await process.kill(pid)
         self._pid = None
         log.info("Kafka at %s killed", self.bootstrap)
-
-    async def restart(self) -> None:
-        """Stop, then start on the same ports with the same data."""
-        await self.stop()
-        await self.start()
 
     def detach(self) -> int:
         """Forget the running JVM without stopping it (it keeps running); returns its pid."""

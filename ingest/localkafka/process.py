@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+log = logging.getLogger(__name__)
 
 _POLL_S = 0.05
 _EXEC_WAIT_S = 2.0
@@ -172,3 +177,66 @@ class LogWatcher:
         end = chunk.rfind(b"\n") + 1
         self._offset += end
         return chunk[:end].decode(errors="replace")
+
+
+class LocalService:
+    """What the local JVM services (the Kafka node, the reference CometD server) share: the pid
+    of the JVM they started, `running`, an idempotent `stop()`, `restart()` and `async with`.
+
+    Subclasses set `_pid` when they spawn, `_stop_timeout`, and define `start()`, `describe()`
+    (for logs) and `cleanup()` (`async with` calls it after stopping).
+    """
+
+    _pid: int | None = None
+    _stop_timeout: float = 30.0
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    def cleanup(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid
+
+    @property
+    def running(self) -> bool:
+        return self._pid is not None and not exited(self._pid)
+
+    async def stop(self) -> None:
+        """SIGTERM (a clean shutdown), SIGKILL after `_stop_timeout` s. Idempotent."""
+        pid = self._pid
+        if pid is None:
+            return
+        started = time.monotonic()
+        clean = await terminate(pid, self._stop_timeout)
+        # forgotten only now: a stop() cancelled half-way leaves the pid for the next stop()
+        self._pid = None
+        if clean:
+            log.info("%s stopped in %.1f s", self.describe(), time.monotonic() - started)
+        else:
+            log.warning(
+                "%s ignored SIGTERM for %.0f s: killed", self.describe(), self._stop_timeout
+            )
+
+    async def restart(self) -> None:
+        """Stop, then start again (the subclass keeps its ports and data)."""
+        await self.stop()
+        await self.start()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+        self.cleanup()

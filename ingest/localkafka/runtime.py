@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -127,12 +127,12 @@ def _probe_java(path: Path) -> Java | str:
         return f"cannot read the Java version from `{path} -version`"
     major, version = parsed
     if major < MIN_JAVA:
-        return f"{path} is Java {version}; Kafka 4 needs Java {MIN_JAVA} or newer"
+        return f"{path} is Java {version}; Java {MIN_JAVA} or newer is needed"
     return Java(path=path, major=major, version=version)
 
 
-def check_tools(*, need_maven: bool) -> Java:
-    """The Java to run Kafka with; one LocalBrokerError naming everything missing otherwise."""
+def check_tools(*, need_maven: bool, what: str = "the local Kafka broker") -> Java:
+    """The Java to run `what` with; one LocalBrokerError naming everything missing otherwise."""
     problems: list[str] = []
     java_path = _java_candidate()
     java: Java | None = None
@@ -148,7 +148,7 @@ def check_tools(*, need_maven: bool) -> Java:
         problems.append("mvn (Apache Maven) not found on PATH")
     if problems or java is None:
         raise LocalBrokerError(
-            f"the local Kafka broker needs Java >= {MIN_JAVA} and Maven: "
+            f"{what} needs Java >= {MIN_JAVA} and Maven: "
             + "; ".join(problems)
             + f". Install them, e.g. `{INSTALL_HINT}`."
         )
@@ -199,11 +199,6 @@ def fetch_jars(cache_dir: str | os.PathLike[str] | None = None) -> KafkaRuntime:
 
 
 def _download(home: Path) -> None:
-    home.mkdir(parents=True, exist_ok=True)
-    pom = home / "pom.xml"
-    pom.write_text(resource_text("pom.xml"), encoding="utf-8")
-    partial = home / "lib.partial"
-    shutil.rmtree(partial, ignore_errors=True)
     log.info(
         "fetching the Apache Kafka %s runtime from Maven Central into %s "
         "(first run only, typically under a minute)",
@@ -211,6 +206,28 @@ def _download(home: Path) -> None:
         home,
     )
     started = time.monotonic()
+    jars = copy_dependencies(
+        home, resource_text("pom.xml"), _REQUIRED_JAR_PREFIXES, what="the Kafka runtime"
+    )
+    # class-data archives record the jars they were made from; the JVM ignores stale ones
+    for archive in home.glob("classes-*.jsa"):
+        archive.unlink()
+    # written last: its presence means the folder is complete
+    (home / ".complete").write_text(json.dumps(_marker_content()), encoding="utf-8")
+    log.info("Kafka runtime ready: %d jars in %.1f s", jars, time.monotonic() - started)
+
+
+def copy_dependencies(home: Path, pom_text: str, required: Sequence[str], *, what: str) -> int:
+    """Let Maven copy the runtime classpath `pom_text` describes into `<home>/lib`; jar count.
+
+    The jars land in lib.partial first and replace lib only once every `required` jar-name prefix
+    is there, so an interrupted or incomplete fetch never leaves a half classpath behind.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    pom = home / "pom.xml"
+    pom.write_text(pom_text, encoding="utf-8")
+    partial = home / "lib.partial"
+    shutil.rmtree(partial, ignore_errors=True)
     _run_maven(
         [
             "mvn",
@@ -220,23 +237,19 @@ def _download(home: Path) -> None:
             "dependency:copy-dependencies",
             "-DincludeScope=runtime",
             f"-DoutputDirectory={partial}",
-        ]
+        ],
+        what=what,
     )
     jars = sorted(p.name for p in partial.glob("*.jar"))
-    missing = [p for p in _REQUIRED_JAR_PREFIXES if not any(j.startswith(p) for j in jars)]
+    missing = [p for p in required if not any(j.startswith(p) for j in jars)]
     if missing:
         raise LocalBrokerError(f"Maven finished but {partial} lacks {', '.join(missing)}*.jar")
     shutil.rmtree(home / "lib", ignore_errors=True)
     partial.rename(home / "lib")
-    # class-data archives record the jars they were made from; the JVM ignores stale ones
-    for archive in home.glob("classes-*.jsa"):
-        archive.unlink()
-    # written last: its presence means the folder is complete
-    (home / ".complete").write_text(json.dumps(_marker_content()), encoding="utf-8")
-    log.info("Kafka runtime ready: %d jars in %.1f s", len(jars), time.monotonic() - started)
+    return len(jars)
 
 
-def _run_maven(argv: list[str]) -> None:
+def _run_maven(argv: list[str], *, what: str) -> None:
     """Run Maven, logging a heartbeat while it downloads; its output's tail goes into the error."""
     tail: list[str] = []
     downloads = 0
@@ -260,5 +273,5 @@ def _run_maven(argv: list[str]) -> None:
         returncode = proc.wait()
     if returncode != 0:
         raise LocalBrokerError(
-            f"Maven failed (exit {returncode}) fetching the Kafka runtime:\n" + "\n".join(tail)
+            f"Maven failed (exit {returncode}) fetching {what}:\n" + "\n".join(tail)
         )

@@ -248,7 +248,7 @@ class TestTools:
         java.chmod(0o755)
         monkeypatch.setenv("PATH", str(tmp_path))
         monkeypatch.delenv("JAVA_HOME", raising=False)
-        with pytest.raises(LocalBrokerError, match=r"Java 11\.0\.2; Kafka 4 needs Java 17"):
+        with pytest.raises(LocalBrokerError, match=r"Java 11\.0\.2; Java 17 or newer is needed"):
             check_tools(need_maven=False)
 
     def test_cache_root_follows_the_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
