@@ -53,3 +53,10 @@ class BrokerError(IngestError):
 
 class LocalBrokerError(IngestError):
     """The local development broker could not be fetched, formatted or started."""
+
+
+class LocalRegistryError(LocalBrokerError):
+    """The local development schema registry could not be fetched or started.
+
+    A kind of LocalBrokerError because both share the Java/Maven checks, which raise that.
+    """

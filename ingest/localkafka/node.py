@@ -9,16 +9,14 @@ and the data, so tests can stop the broker mid-stream. Import it from `ingest.br
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Coroutine
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Self
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -46,7 +44,6 @@ STARTED_LINE = "Kafka Server started"
 _BIND_FAILED = "Address already in use"
 _START_ATTEMPTS = 3
 _POLL_S = 0.1
-_T = TypeVar("_T")
 
 
 def ensure_runtime(cache_dir: str | os.PathLike[str] | None = None) -> KafkaRuntime:
@@ -55,7 +52,7 @@ def ensure_runtime(cache_dir: str | os.PathLike[str] | None = None) -> KafkaRunt
     if not runtime.class_archive.exists():
         with locked(runtime.home):
             if not runtime.class_archive.exists():
-                _run_sync(_train_class_archive(runtime))
+                process.run_sync(_train_class_archive(runtime))
     return runtime
 
 
@@ -78,16 +75,6 @@ async def _train_class_archive(runtime: KafkaRuntime) -> None:
             await broker.stop()
     if partial.exists():
         partial.rename(runtime.class_archive)
-
-
-def _run_sync(coro: Coroutine[Any, Any, _T]) -> _T:
-    """Run a coroutine to completion from synchronous code.
-
-    A thread of its own keeps asyncio.run() from replacing (and then clearing) this thread's
-    current event loop, which pytest-asyncio sets up around fixtures and tests.
-    """
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="local-broker") as pool:
-        return pool.submit(asyncio.run, coro).result()
 
 
 class _PortTaken(LocalBrokerError):
@@ -231,10 +218,10 @@ class LocalBroker:
 
     def start_sync(self) -> None:
         """`start()` for synchronous callers (a pytest session fixture)."""
-        _run_sync(self.start())
+        process.run_sync(self.start())
 
     def stop_sync(self) -> None:
-        _run_sync(self.stop())
+        process.run_sync(self.stop())
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -1,0 +1,246 @@
+"""`LocalRegistry`: one real Apicurio Registry on 127.0.0.1, spoken to through its Confluent API.
+
+It runs the runner jar `fetch()` cached, with in-memory storage (schemas do not survive a stop),
+and is ready when `GET <url>/subjects` answers 200. The port is a free one chosen once and kept
+across stop/start; another process taking it before the first start only means another port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import aiohttp
+
+from ingest.errors import LocalRegistryError
+from ingest.localkafka import process
+from ingest.localkafka.config import HOST, free_ports, port_is_free
+from ingest.localregistry.runtime import RegistryRuntime, fetch
+
+log = logging.getLogger(__name__)
+
+CCOMPAT_PATH = "/apis/ccompat/v7"
+"""Where Apicurio 2.x serves the Confluent Schema Registry API (its v7 flavour)."""
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 15.0
+# measured: ~200 MB RSS idle with these; the in-memory store of a few schemas needs little heap
+HEAP_OPTIONS = ("-Xms32m", "-Xmx256m")
+JVM_OPTIONS = ("-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true")
+JVM_OPTIONS_ENV = "CUMI_REGISTRY_JVM_OPTS"
+"""Extra JVM options, appended last (e.g. `-Xmx512m`)."""
+# Quarkus' own defaults keep a pool of 20 H2 connections and listen on every interface
+QUARKUS_OPTIONS = (
+    f"-Dquarkus.http.host={HOST}",
+    "-Dquarkus.datasource.jdbc.initial-size=2",
+    "-Dquarkus.datasource.jdbc.min-size=2",
+    "-Dquarkus.datasource.jdbc.max-size=10",
+)
+_PORT_TAKEN = "seems to be in use by another process"
+_START_ATTEMPTS = 3
+_POLL_S = 0.1
+_PROBE_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
+
+
+def registry_command(runtime: RegistryRuntime, port: int) -> list[str]:
+    """The full `java … -jar <runner jar>` command line for a registry on `port`."""
+    return [
+        str(runtime.java.path),
+        *HEAP_OPTIONS,
+        *JVM_OPTIONS,
+        *QUARKUS_OPTIONS,
+        f"-Dquarkus.http.port={port}",
+        *os.environ.get(JVM_OPTIONS_ENV, "").split(),
+        "-jar",
+        str(runtime.runner_jar),
+    ]
+
+
+class _PortTaken(LocalRegistryError):
+    """Another process bound the chosen port between choosing and binding it."""
+
+
+class LocalRegistry:
+    """Apicurio Registry on 127.0.0.1: `async with LocalRegistry() as registry: … registry.url …`.
+
+    `port`: free one when not given. `work_dir`: where its output goes (a temporary one, deleted
+    by `cleanup()` / `async with`, when not given). `detach`: the JVM gets a session of its own and
+    survives this process (`python -m ingest.localregistry start`).
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | os.PathLike[str] | None = None,
+        port: int | None = None,
+        *,
+        work_dir: str | os.PathLike[str] | None = None,
+        ready_timeout: float = READY_TIMEOUT_S,
+        stop_timeout: float = STOP_TIMEOUT_S,
+        detach: bool = False,
+        runtime: RegistryRuntime | None = None,
+    ) -> None:
+        self._cache_dir = cache_dir
+        self._owns_work_dir = work_dir is None
+        self._work_dir = Path(work_dir or tempfile.mkdtemp(prefix="cumi-registry-")).absolute()
+        self._ready_timeout = ready_timeout
+        self._stop_timeout = stop_timeout
+        self._detach = detach
+        self._runtime = runtime
+        self._pid: int | None = None
+        # an explicit port is never changed; a chosen one only until the first successful start
+        self._port_pinned = port is not None
+        self._port = port if port is not None else free_ports(1)[0]
+
+    # -- what callers read ------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The Confluent-compatible base URL, for `schema.registry.url` / `SchemaRegistryClient`."""
+        return f"http://{HOST}:{self._port}{CCOMPAT_PATH}"
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def work_dir(self) -> Path:
+        return self._work_dir
+
+    @property
+    def log_path(self) -> Path:
+        """The JVM's stdout and stderr, where Quarkus logs."""
+        return self._work_dir / "registry.out"
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid
+
+    @property
+    def running(self) -> bool:
+        return self._pid is not None and not process.exited(self._pid)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the registry and return once its Confluent API answers. No-op when running."""
+        if self.running:
+            return
+        if self._runtime is None:
+            self._runtime = await asyncio.to_thread(fetch, self._cache_dir)
+        self._work_dir.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            if not self._port_pinned and not port_is_free(self._port):
+                self._port = free_ports(1)[0]
+            try:
+                await self._launch(self._runtime)
+            except _PortTaken:
+                if self._port_pinned or attempt == _START_ATTEMPTS:
+                    raise
+                log.warning("port %d was taken meanwhile, trying another", self._port)
+                self._port = free_ports(1)[0]
+            else:
+                break
+        self._port_pinned = True
+
+    async def stop(self) -> None:
+        """SIGTERM, SIGKILL after `stop_timeout` s. Idempotent. In-memory schemas are lost."""
+        pid = self._pid
+        if pid is None:
+            return
+        clean = await process.terminate(pid, self._stop_timeout)
+        # forgotten only now: a stop() cancelled half-way leaves the pid for the next stop()
+        self._pid = None
+        if not clean:
+            log.warning("the registry at %s ignored SIGTERM: killed", self.url)
+
+    async def restart(self) -> None:
+        """Stop, then start on the same port (with an empty registry)."""
+        await self.stop()
+        await self.start()
+
+    def detach(self) -> int:
+        """Forget the running JVM without stopping it (it keeps running); returns its pid."""
+        if self._pid is None:
+            raise LocalRegistryError("the registry is not running")
+        pid, self._pid = self._pid, None
+        return pid
+
+    def cleanup(self) -> None:
+        """Delete the work directory if this object created it. The registry must be stopped."""
+        if self.running:
+            raise LocalRegistryError("stop the registry before cleaning up its work directory")
+        if self._owns_work_dir:
+            shutil.rmtree(self._work_dir, ignore_errors=True)
+
+    def start_sync(self) -> None:
+        """`start()` for synchronous callers (a pytest fixture)."""
+        process.run_sync(self.start())
+
+    def stop_sync(self) -> None:
+        process.run_sync(self.stop())
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+        self.cleanup()
+
+    # -- internals --------------------------------------------------------------------------
+
+    async def _launch(self, runtime: RegistryRuntime) -> None:
+        output = process.LogWatcher(self.log_path)
+        started = time.monotonic()
+        argv = registry_command(runtime, self._port)
+        pid = process.spawn(argv, self.log_path, detach=self._detach)
+        self._pid = pid
+        log.info("starting Apicurio Registry %s at %s (pid %d)", runtime.version, self.url, pid)
+        try:
+            await self._wait_ready(pid, output, started + self._ready_timeout)
+        except BaseException:
+            await process.terminate(pid, 5.0)
+            self._pid = None
+            raise
+        log.info("registry ready at %s in %.1f s", self.url, time.monotonic() - started)
+
+    async def _wait_ready(self, pid: int, output: process.LogWatcher, deadline: float) -> None:
+        async with aiohttp.ClientSession(timeout=_PROBE_TIMEOUT) as session:
+            while True:
+                if _PORT_TAKEN in output.poll():
+                    raise _PortTaken(f"port {self._port} is in use")
+                if process.exited(pid):
+                    raise LocalRegistryError(self._failure("the registry exited while starting"))
+                if await _answers(session, f"{self.url}/subjects"):
+                    return
+                if time.monotonic() >= deadline:
+                    raise LocalRegistryError(
+                        self._failure(f"not ready after {self._ready_timeout:.0f} s")
+                    )
+                await asyncio.sleep(_POLL_S)
+
+    def _failure(self, what: str) -> str:
+        tail = process.tail(self.log_path)
+        return f"{what} ({self.url}).\n--- {self.log_path} (tail) ---\n{tail}"
+
+
+async def _answers(session: aiohttp.ClientSession, url: str) -> bool:
+    """Whether `url` answers 200 with a JSON list (the subjects: Apicurio's API, not a stranger)."""
+    try:
+        async with session.get(url) as response:
+            if response.status != 200:
+                return False
+            return isinstance(await response.json(content_type=None), list)
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return False
