@@ -13,20 +13,15 @@ it).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import datetime as dt
-import json
 import logging
 import shutil
-import signal
 import socket
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from ingest.errors import LocalBrokerError
-from ingest.localkafka import process
+from ingest.localkafka import background, process
 from ingest.localkafka.node import READY_TIMEOUT_S, STOP_TIMEOUT_S, LocalBroker, ensure_runtime
 from ingest.localkafka.runtime import cache_root, kafka_version
 
@@ -56,8 +51,12 @@ class BrokerState:
             data_dir=str(broker.data_dir),
             log=str(broker.log_path),
             kafka_version=kafka_version(),
-            started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            started_at=background.now(),
         )
+
+    @property
+    def address(self) -> str:
+        return self.bootstrap
 
     def is_alive(self) -> bool:
         # the data dir on the command line tells our broker from a process that reused the pid
@@ -71,17 +70,10 @@ def state_path(args: argparse.Namespace) -> Path:
 
 
 def read_state(path: Path) -> BrokerState | None:
-    try:
-        return BrokerState(**json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError):
-        return None
+    return background.read_state(path, BrokerState)
 
 
-def write_state(path: Path, state: BrokerState) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(asdict(state), indent=2) + "\n", encoding="utf-8")
-    partial.replace(path)
+write_state = background.write_state
 
 
 # -- command line --------------------------------------------------------------------------------
@@ -141,68 +133,29 @@ def _fetch(args: argparse.Namespace) -> int:
 
 def _start(args: argparse.Namespace) -> int:
     path = state_path(args)
-    state = read_state(path)
-    if state is not None and state.is_alive():
-        log.info("already running (pid %d, data %s)", state.pid, state.data_dir)
-        print(state.bootstrap)
-        return 0
-    data_dir = args.data_dir or path.parent / "data"
-    if args.fresh:
-        shutil.rmtree(data_dir, ignore_errors=True)
-    broker = LocalBroker(
-        args.cache_dir,
-        data_dir,
-        args.port,
-        ready_timeout=args.timeout,
-        detach=not args.foreground,
-    )
-    if args.foreground:
-        try:
-            return asyncio.run(_run_foreground(broker, path))
-        finally:
-            path.unlink(missing_ok=True)
-    asyncio.run(broker.start())
-    write_state(path, BrokerState.of(broker, broker.detach()))
-    log.info("running in the background; log %s; `ingest broker stop` stops it", broker.log_path)
-    print(broker.bootstrap)
-    return 0
 
+    def make() -> LocalBroker:
+        data_dir = args.data_dir or path.parent / "data"
+        if args.fresh:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        return LocalBroker(
+            args.cache_dir,
+            data_dir,
+            args.port,
+            ready_timeout=args.timeout,
+            detach=not args.foreground,
+        )
 
-async def _run_foreground(broker: LocalBroker, path: Path) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with broker:
-        pid = broker.pid
-        if pid is not None:
-            write_state(path, BrokerState.of(broker, pid))
-        print(broker.bootstrap, flush=True)
-        while broker.running and not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
-        crashed = not broker.running
-        if crashed:
-            log.error("Kafka exited on its own; see %s", broker.log_path)
-    return 1 if crashed else 0
+    return background.start(path, BrokerState, make, BrokerState.of, foreground=args.foreground)
 
 
 def _stop(args: argparse.Namespace) -> int:
-    path = state_path(args)
-    state = read_state(path)
-    if state is None or not state.is_alive():
-        path.unlink(missing_ok=True)
-        print("not running")
-        return 0
-    clean = asyncio.run(process.terminate(state.pid, args.timeout))
-    path.unlink(missing_ok=True)
-    print(f"stopped {state.bootstrap}" + ("" if clean else " (killed after SIGTERM timed out)"))
-    return 0
+    return background.stop(state_path(args), BrokerState, args.timeout)
 
 
 def _status(args: argparse.Namespace) -> int:
-    state = read_state(state_path(args))
-    if state is None or not state.is_alive():
+    state = background.running_state(state_path(args), BrokerState)
+    if state is None:
         print("not running")
         return 1
     answers = _accepts_connections(state.bootstrap)

@@ -118,6 +118,13 @@ class LocalRegistry:
         return self._work_dir / "registry.out"
 
     @property
+    def runner_jar(self) -> Path:
+        """The jar the JVM runs (known once `start()` fetched the runtime)."""
+        if self._runtime is None:
+            raise LocalRegistryError("the registry's runtime is not fetched yet: start() first")
+        return self._runtime.runner_jar
+
+    @property
     def pid(self) -> int | None:
         return self._pid
 
