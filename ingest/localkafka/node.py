@@ -11,12 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -33,7 +30,14 @@ from ingest.localkafka.config import (
     read_ports,
     render_server_properties,
 )
-from ingest.localkafka.runtime import KafkaRuntime, fetch_jars, locked, resource_text
+from ingest.localkafka.jvm import LocalJvm
+from ingest.localkafka.runtime import (
+    KafkaRuntime,
+    fetch_jars,
+    kafka_version,
+    locked,
+    resource_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,7 @@ READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 30.0
 FORMAT_TIMEOUT_S = 120.0
 STARTED_LINE = "Kafka Server started"
+_JVM_MAIN = "kafka.Kafka"
 _BIND_FAILED = "Address already in use"
 _START_ATTEMPTS = 3
 _POLL_S = 0.1
@@ -81,14 +86,16 @@ class _PortTaken(LocalBrokerError):
     """Another process bound one of the chosen ports between choosing and binding it."""
 
 
-class LocalBroker:
+class LocalBroker(LocalJvm):
     """One Kafka node on 127.0.0.1: `async with LocalBroker() as broker: … broker.bootstrap …`.
 
     `data_dir`: kept across stop/start; a temporary one (deleted by `cleanup()` / `async with`)
     when not given. `port`: the client port, free one when not given; an existing data dir's
     previous ports are reused when still free. `detach`: the JVM gets a session of its own and
-    survives this process (`ingest broker start`).
+    survives this process (`ingest broker start`). `restart()` keeps the ports and the data.
     """
+
+    name = "Kafka"
 
     def __init__(
         self,
@@ -102,14 +109,12 @@ class LocalBroker:
         detach: bool = False,
         runtime: KafkaRuntime | None = None,
     ) -> None:
+        super().__init__(
+            data_dir, temp_prefix="cumi-kafka-", stop_timeout=stop_timeout, detach=detach
+        )
         self._cache_dir = cache_dir
-        self._owns_data_dir = data_dir is None
-        self._data_dir = Path(data_dir or tempfile.mkdtemp(prefix="cumi-kafka-")).absolute()
         self._ready_timeout = ready_timeout
-        self._stop_timeout = stop_timeout
-        self._detach = detach
         self._runtime = runtime
-        self._pid: int | None = None
         # explicit ports are never changed; chosen ones only until the first successful start
         self._ports_pinned = port is not None or controller_port is not None
         saved = read_ports(self.server_properties)
@@ -126,6 +131,18 @@ class LocalBroker:
         return self._ports.bootstrap
 
     @property
+    def address(self) -> str:
+        return self.bootstrap
+
+    @property
+    def identity(self) -> tuple[str, ...]:
+        return (_JVM_MAIN, str(self._work_dir))
+
+    @property
+    def title(self) -> str:
+        return f"Kafka {kafka_version()}, data {self._work_dir}"
+
+    @property
     def ports(self) -> BrokerPorts:
         return self._ports
 
@@ -135,29 +152,21 @@ class LocalBroker:
 
     @property
     def data_dir(self) -> Path:
-        return self._data_dir
+        return self._work_dir
 
     @property
     def server_properties(self) -> Path:
-        return self._data_dir / "server.properties"
+        return self._work_dir / "server.properties"
 
     @property
     def log_path(self) -> Path:
         """Kafka's own log (Log4j 2)."""
-        return self._data_dir / "logs" / "server.log"
+        return self._work_dir / "logs" / "server.log"
 
     @property
     def stdout_path(self) -> Path:
         """The JVM's stdout and stderr: crashes before logging starts end up here."""
-        return self._data_dir / "kafka.out"
-
-    @property
-    def pid(self) -> int | None:
-        return self._pid
-
-    @property
-    def running(self) -> bool:
-        return self._pid is not None and not process.exited(self._pid)
+        return self._work_dir / "kafka.out"
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -181,67 +190,12 @@ class LocalBroker:
                 break
         self._ports_pinned = True
 
-    async def stop(self) -> None:
-        """SIGTERM (controlled shutdown), SIGKILL after `stop_timeout` s. Idempotent; keeps data."""
-        pid = self._pid
-        if pid is None:
-            return
-        started = time.monotonic()
-        clean = await process.terminate(pid, self._stop_timeout)
-        # forgotten only now: a stop() cancelled half-way leaves the pid for the next stop()
-        self._pid = None
-        if clean:
-            log.info("Kafka at %s stopped in %.1f s", self.bootstrap, time.monotonic() - started)
-        else:
-            log.warning(
-                "Kafka at %s ignored SIGTERM for %.0f s: killed", self.bootstrap, self._stop_timeout
-            )
-
-    async def restart(self) -> None:
-        """Stop, then start on the same ports with the same data."""
-        await self.stop()
-        await self.start()
-
-    def detach(self) -> int:
-        """Forget the running JVM without stopping it (it keeps running); returns its pid."""
-        if self._pid is None:
-            raise LocalBrokerError("the broker is not running")
-        pid, self._pid = self._pid, None
-        return pid
-
-    def cleanup(self) -> None:
-        """Delete the data directory if this object created it. The broker must be stopped."""
-        if self.running:
-            raise LocalBrokerError("stop the broker before cleaning up its data directory")
-        if self._owns_data_dir:
-            shutil.rmtree(self._data_dir, ignore_errors=True)
-
-    def start_sync(self) -> None:
-        """`start()` for synchronous callers (a pytest session fixture)."""
-        process.run_sync(self.start())
-
-    def stop_sync(self) -> None:
-        process.run_sync(self.stop())
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-        self.cleanup()
-
     # -- internals --------------------------------------------------------------------------
 
     async def _prepare(self, runtime: KafkaRuntime) -> None:
         """Write the configuration and format the storage directory unless already formatted."""
-        (self._data_dir / "logs").mkdir(parents=True, exist_ok=True)
-        (self._data_dir / "log4j2.properties").write_text(
+        (self._work_dir / "logs").mkdir(parents=True, exist_ok=True)
+        (self._work_dir / "log4j2.properties").write_text(
             resource_text("log4j2.properties"), encoding="utf-8"
         )
         self._write_server_properties()
@@ -261,7 +215,7 @@ class LocalBroker:
 
     @property
     def _kraft_dir(self) -> Path:
-        return self._data_dir / "kraft"
+        return self._work_dir / "kraft"
 
     def _write_server_properties(self) -> None:
         text = render_server_properties(self._ports, self._kraft_dir)
@@ -274,7 +228,7 @@ class LocalBroker:
             main_class,
             args,
             logs_dir=self.log_path.parent,
-            log4j_config=self._data_dir / "log4j2.properties",
+            log4j_config=self._work_dir / "log4j2.properties",
             class_archive=archive,
         )
 
@@ -282,7 +236,7 @@ class LocalBroker:
         self._write_server_properties()
         server_log = process.LogWatcher(self.log_path)
         stdout = process.LogWatcher(self.stdout_path)
-        argv = self._java(runtime, "kafka.Kafka", str(self.server_properties))
+        argv = self._java(runtime, _JVM_MAIN, str(self.server_properties))
         started = time.monotonic()
         self._pid = process.spawn(argv, self.stdout_path, detach=self._detach)
         log.info("starting Kafka %s at %s (pid %d)", runtime.version, self.bootstrap, self._pid)
@@ -296,7 +250,7 @@ class LocalBroker:
             "Kafka ready at %s in %.1f s (data %s)",
             self.bootstrap,
             time.monotonic() - started,
-            self._data_dir,
+            self._work_dir,
         )
 
     async def _wait_ready(
@@ -348,7 +302,7 @@ class _TrainingBroker(LocalBroker):
             args,
             logs_dir=self.log_path.parent,
             log4j_config=self.data_dir / "log4j2.properties",
-            archive_at_exit=self._archive if main_class == "kafka.Kafka" else None,
+            archive_at_exit=self._archive if main_class == _JVM_MAIN else None,
         )
 
 

@@ -10,19 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import aiohttp
 
 from ingest.errors import LocalRegistryError
 from ingest.localkafka import process
 from ingest.localkafka.config import HOST, free_ports, port_is_free
-from ingest.localregistry.runtime import RegistryRuntime, fetch
+from ingest.localkafka.jvm import LocalJvm
+from ingest.localregistry.runtime import RegistryRuntime, apicurio_version, fetch
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +63,17 @@ class _PortTaken(LocalRegistryError):
     """Another process bound the chosen port between choosing and binding it."""
 
 
-class LocalRegistry:
+class LocalRegistry(LocalJvm):
     """Apicurio Registry on 127.0.0.1: `async with LocalRegistry() as registry: … registry.url …`.
 
     `port`: free one when not given. `work_dir`: where its output goes (a temporary one, deleted
     by `cleanup()` / `async with`, when not given). `detach`: the JVM gets a session of its own and
-    survives this process (`python -m ingest.localregistry start`).
+    survives this process (`python -m ingest.localregistry start`). `restart()` keeps the port
+    (not the schemas).
     """
+
+    name = "the schema registry"
+    error = LocalRegistryError
 
     def __init__(
         self,
@@ -83,16 +84,13 @@ class LocalRegistry:
         ready_timeout: float = READY_TIMEOUT_S,
         stop_timeout: float = STOP_TIMEOUT_S,
         detach: bool = False,
-        runtime: RegistryRuntime | None = None,
     ) -> None:
+        super().__init__(
+            work_dir, temp_prefix="cumi-registry-", stop_timeout=stop_timeout, detach=detach
+        )
         self._cache_dir = cache_dir
-        self._owns_work_dir = work_dir is None
-        self._work_dir = Path(work_dir or tempfile.mkdtemp(prefix="cumi-registry-")).absolute()
         self._ready_timeout = ready_timeout
-        self._stop_timeout = stop_timeout
-        self._detach = detach
-        self._runtime = runtime
-        self._pid: int | None = None
+        self._runtime: RegistryRuntime | None = None
         # an explicit port is never changed; a chosen one only until the first successful start
         self._port_pinned = port is not None
         self._port = port if port is not None else free_ports(1)[0]
@@ -104,13 +102,11 @@ class LocalRegistry:
         """The Confluent-compatible base URL, for `schema.registry.url` / `SchemaRegistryClient`."""
         return f"http://{HOST}:{self._port}{CCOMPAT_PATH}"
 
+    address = url
+
     @property
     def port(self) -> int:
         return self._port
-
-    @property
-    def work_dir(self) -> Path:
-        return self._work_dir
 
     @property
     def log_path(self) -> Path:
@@ -125,12 +121,13 @@ class LocalRegistry:
         return self._runtime.runner_jar
 
     @property
-    def pid(self) -> int | None:
-        return self._pid
+    def identity(self) -> tuple[str, ...]:
+        # the jar and the port tell this registry from any other process, and from another registry
+        return (str(self.runner_jar), f"-Dquarkus.http.port={self._port}")
 
     @property
-    def running(self) -> bool:
-        return self._pid is not None and not process.exited(self._pid)
+    def title(self) -> str:
+        return f"Apicurio Registry {apicurio_version()}"
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -154,56 +151,6 @@ class LocalRegistry:
             else:
                 break
         self._port_pinned = True
-
-    async def stop(self) -> None:
-        """SIGTERM, SIGKILL after `stop_timeout` s. Idempotent. In-memory schemas are lost."""
-        pid = self._pid
-        if pid is None:
-            return
-        clean = await process.terminate(pid, self._stop_timeout)
-        # forgotten only now: a stop() cancelled half-way leaves the pid for the next stop()
-        self._pid = None
-        if not clean:
-            log.warning("the registry at %s ignored SIGTERM: killed", self.url)
-
-    async def restart(self) -> None:
-        """Stop, then start on the same port (with an empty registry)."""
-        await self.stop()
-        await self.start()
-
-    def detach(self) -> int:
-        """Forget the running JVM without stopping it (it keeps running); returns its pid."""
-        if self._pid is None:
-            raise LocalRegistryError("the registry is not running")
-        pid, self._pid = self._pid, None
-        return pid
-
-    def cleanup(self) -> None:
-        """Delete the work directory if this object created it. The registry must be stopped."""
-        if self.running:
-            raise LocalRegistryError("stop the registry before cleaning up its work directory")
-        if self._owns_work_dir:
-            shutil.rmtree(self._work_dir, ignore_errors=True)
-
-    def start_sync(self) -> None:
-        """`start()` for synchronous callers (a pytest fixture)."""
-        process.run_sync(self.start())
-
-    def stop_sync(self) -> None:
-        process.run_sync(self.stop())
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-        self.cleanup()
 
     # -- internals --------------------------------------------------------------------------
 
