@@ -32,9 +32,13 @@ HEAP_OPTIONS = ("-Xms32m", "-Xmx256m")
 JVM_OPTIONS = ("-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true")
 JVM_OPTIONS_ENV = "CUMI_REGISTRY_JVM_OPTS"
 """Extra JVM options, appended last (e.g. `-Xmx512m`)."""
-# Quarkus' own defaults keep a pool of 20 H2 connections and listen on every interface
+# Quarkus' own defaults keep a pool of 20 H2 connections and listen on every interface. Apicurio
+# tells schemas apart by their bytes unless told otherwise: a serializer that strips the trailing
+# newline would register a second version with a new id. Confluent's registry compares parsed
+# schemas; the canonical hash makes Apicurio do so too (within a subject).
 QUARKUS_OPTIONS = (
     f"-Dquarkus.http.host={HOST}",
+    "-Dregistry.ccompat.use-canonical-hash=true",
     "-Dquarkus.datasource.jdbc.initial-size=2",
     "-Dquarkus.datasource.jdbc.min-size=2",
     "-Dquarkus.datasource.jdbc.max-size=10",
