@@ -27,7 +27,7 @@ CCOMPAT_PATH = "/apis/ccompat/v7"
 """Where Apicurio 2.x serves the Confluent Schema Registry API (its v7 flavour)."""
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
-# measured: ~200 MB RSS idle with these; the in-memory store of a few schemas needs little heap
+# measured: 147 MB RSS idle, ~165 MB after 700 requests; C1 only: ~1 s sooner ready, 40 MB less
 HEAP_OPTIONS = ("-Xms32m", "-Xmx256m")
 JVM_OPTIONS = ("-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true")
 JVM_OPTIONS_ENV = "CUMI_REGISTRY_JVM_OPTS"
