@@ -54,3 +54,7 @@ class BrokerError(IngestError):
 class LocalBrokerError(IngestError):
     """A local development service (the Kafka broker, the reference CometD server of the
     conformance tests) could not be fetched, built, formatted or started."""
+
+
+class LocalRegistryError(LocalBrokerError):
+    """The local development schema registry could not be fetched or started."""

@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from fixtures._jvm import started
 
-from ingest.errors import LocalBrokerError
 from ingest.eventlog.topics import TopicNames, default_specs, ensure_topics
 from ingest.localkafka.node import LocalBroker
 
@@ -34,14 +34,8 @@ FRESH_TOPIC_PARTITIONS = 12
 def _local_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
     """The session's broker, started on first use; its data and logs stay in pytest's tmp dir."""
     broker = LocalBroker(data_dir=tmp_path_factory.mktemp("kafka"))
-    try:
-        broker.start_sync()
-    except LocalBrokerError as e:
-        pytest.fail(f"the local Kafka broker is required and could not start: {e}", pytrace=False)
-    try:
+    with started(broker, "the local Kafka broker"):
         yield broker
-    finally:
-        broker.stop_sync()
 
 
 @pytest.fixture(scope="session")

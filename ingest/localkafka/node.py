@@ -11,17 +11,14 @@ can stop the broker mid-stream. Import it from `ingest.commands.broker`.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import os
-import shutil
 import tempfile
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Coroutine
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -41,7 +38,14 @@ from ingest.localkafka.config import (
     read_ports,
     render_server_properties,
 )
-from ingest.localkafka.runtime import KafkaRuntime, fetch_jars, locked, resource_text
+from ingest.localkafka.jvm import LocalJvm
+from ingest.localkafka.runtime import (
+    KafkaRuntime,
+    fetch_jars,
+    kafka_version,
+    locked,
+    resource_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +53,10 @@ READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 30.0
 FORMAT_TIMEOUT_S = 120.0
 STARTED_LINE = "Kafka Server started"
+_JVM_MAIN = "kafka.Kafka"
 _BIND_FAILED = "Address already in use"
 _START_ATTEMPTS = 3
 _POLL_S = 0.1
-_T = TypeVar("_T")
 
 
 def ensure_runtime(cache_dir: str | os.PathLike[str] | None = None) -> KafkaRuntime:
@@ -61,7 +65,7 @@ def ensure_runtime(cache_dir: str | os.PathLike[str] | None = None) -> KafkaRunt
     if not runtime.class_archive.exists():
         with locked(runtime.home):
             if not runtime.class_archive.exists():
-                run_sync(_train_class_archive(runtime))
+                process.run_sync(_train_class_archive(runtime))
     return runtime
 
 
@@ -86,16 +90,6 @@ async def _train_class_archive(runtime: KafkaRuntime) -> None:
         partial.rename(runtime.class_archive)
 
 
-def run_sync(coro: Coroutine[Any, Any, _T]) -> _T:
-    """Run a coroutine to completion from synchronous code.
-
-    A thread of its own keeps asyncio.run() from replacing (and then clearing) this thread's
-    current event loop, which pytest-asyncio sets up around fixtures and tests.
-    """
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="local-broker") as pool:
-        return pool.submit(asyncio.run, coro).result()
-
-
 class PortTaken(LocalBrokerError):
     """Another process bound one of the chosen ports between choosing and binding it."""
 
@@ -115,10 +109,10 @@ class LocalKafka(ABC):
 
     def start_sync(self) -> None:
         """`start()` for synchronous callers (a pytest session fixture)."""
-        run_sync(self.start())
+        process.run_sync(self.start())
 
     def stop_sync(self) -> None:
-        run_sync(self.stop())
+        process.run_sync(self.stop())
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -134,15 +128,18 @@ class LocalKafka(ABC):
         self.cleanup()
 
 
-class LocalBroker(process.LocalService, LocalKafka):
+class LocalBroker(LocalJvm):
     """One Kafka node on 127.0.0.1: `async with LocalBroker() as broker: … broker.bootstrap …`.
 
     `data_dir`: kept across stop/start; a temporary one (deleted by `cleanup()` / `async with`)
     when not given. `port`: the client port, free one when not given; an existing data dir's
     previous ports are reused when still free. `detach`: the JVM gets a session of its own and
     survives this process (`ingest broker start`). `quorum`: the node's place among several voters
-    (`LocalCluster` builds it); the controller port is the quorum's then.
+    (`LocalCluster` builds it); the controller port is the quorum's then. `restart()` keeps the
+    ports and the data.
     """
+
+    name = "Kafka"
 
     def __init__(
         self,
@@ -157,14 +154,12 @@ class LocalBroker(process.LocalService, LocalKafka):
         runtime: KafkaRuntime | None = None,
         quorum: Quorum | None = None,
     ) -> None:
+        super().__init__(
+            data_dir, temp_prefix="cumi-kafka-", stop_timeout=stop_timeout, detach=detach
+        )
         self._cache_dir = cache_dir
-        self._owns_data_dir = data_dir is None
-        self._data_dir = Path(data_dir or tempfile.mkdtemp(prefix="cumi-kafka-")).absolute()
         self._ready_timeout = ready_timeout
-        self._stop_timeout = stop_timeout
-        self._detach = detach
         self._runtime = runtime
-        self._pid: int | None = None
         self._quorum = quorum
         if quorum is not None and controller_port is None:
             controller_port = quorum.controller_port
@@ -184,6 +179,18 @@ class LocalBroker(process.LocalService, LocalKafka):
         return self._ports.bootstrap
 
     @property
+    def address(self) -> str:
+        return self.bootstrap
+
+    @property
+    def identity(self) -> tuple[str, ...]:
+        return (_JVM_MAIN, str(self._work_dir))
+
+    @property
+    def title(self) -> str:
+        return f"Kafka {kafka_version()}, data {self._work_dir}"
+
+    @property
     def ports(self) -> BrokerPorts:
         return self._ports
 
@@ -197,24 +204,21 @@ class LocalBroker(process.LocalService, LocalKafka):
 
     @property
     def data_dir(self) -> Path:
-        return self._data_dir
+        return self._work_dir
 
     @property
     def server_properties(self) -> Path:
-        return self._data_dir / "server.properties"
+        return self._work_dir / "server.properties"
 
     @property
     def log_path(self) -> Path:
         """Kafka's own log (Log4j 2)."""
-        return self._data_dir / "logs" / "server.log"
+        return self._work_dir / "logs" / "server.log"
 
     @property
     def stdout_path(self) -> Path:
         """The JVM's stdout and stderr: crashes before logging starts end up here."""
-        return self._data_dir / "kafka.out"
-
-    def describe(self) -> str:
-        return f"Kafka at {self.bootstrap}"
+        return self._work_dir / "kafka.out"
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -238,9 +242,6 @@ class LocalBroker(process.LocalService, LocalKafka):
                 break
         self._ports_pinned = True
 
-    # stop() (SIGTERM: controlled shutdown; keeps the data), restart() (same ports, same data)
-    # and `async with` come from process.LocalService
-
     async def kill(self) -> None:
         """SIGKILL: a crash, with no controlled shutdown and no clean-shutdown marker, so the next
         start recovers the logs. Idempotent; keeps the data (what reached the page cache)."""
@@ -251,26 +252,12 @@ class LocalBroker(process.LocalService, LocalKafka):
         self._pid = None
         log.info("Kafka at %s killed", self.bootstrap)
 
-    def detach(self) -> int:
-        """Forget the running JVM without stopping it (it keeps running); returns its pid."""
-        if self._pid is None:
-            raise LocalBrokerError("the broker is not running")
-        pid, self._pid = self._pid, None
-        return pid
-
-    def cleanup(self) -> None:
-        """Delete the data directory if this object created it. The broker must be stopped."""
-        if self.running:
-            raise LocalBrokerError("stop the broker before cleaning up its data directory")
-        if self._owns_data_dir:
-            shutil.rmtree(self._data_dir, ignore_errors=True)
-
     # -- internals --------------------------------------------------------------------------
 
     async def _prepare(self, runtime: KafkaRuntime) -> None:
         """Write the configuration and format the storage directory unless already formatted."""
-        (self._data_dir / "logs").mkdir(parents=True, exist_ok=True)
-        (self._data_dir / "log4j2.properties").write_text(
+        (self._work_dir / "logs").mkdir(parents=True, exist_ok=True)
+        (self._work_dir / "log4j2.properties").write_text(
             resource_text("log4j2.properties"), encoding="utf-8"
         )
         self._write_server_properties()
@@ -290,7 +277,7 @@ class LocalBroker(process.LocalService, LocalKafka):
 
     @property
     def _kraft_dir(self) -> Path:
-        return self._data_dir / "kraft"
+        return self._work_dir / "kraft"
 
     def _write_server_properties(self) -> None:
         text = render_server_properties(self._ports, self._kraft_dir, self._quorum)
@@ -303,7 +290,7 @@ class LocalBroker(process.LocalService, LocalKafka):
             main_class,
             args,
             logs_dir=self.log_path.parent,
-            log4j_config=self._data_dir / "log4j2.properties",
+            log4j_config=self._work_dir / "log4j2.properties",
             class_archive=archive,
             heap=HEAP_OPTIONS if self._quorum is None else QUORUM_HEAP_OPTIONS,
         )
@@ -312,7 +299,7 @@ class LocalBroker(process.LocalService, LocalKafka):
         self._write_server_properties()
         server_log = process.LogWatcher(self.log_path)
         stdout = process.LogWatcher(self.stdout_path)
-        argv = self._java(runtime, "kafka.Kafka", str(self.server_properties))
+        argv = self._java(runtime, _JVM_MAIN, str(self.server_properties))
         started = time.monotonic()
         self._pid = process.spawn(argv, self.stdout_path, detach=self._detach)
         log.info("starting Kafka %s at %s (pid %d)", runtime.version, self.bootstrap, self._pid)
@@ -326,7 +313,7 @@ class LocalBroker(process.LocalService, LocalKafka):
             "Kafka ready at %s in %.1f s (data %s)",
             self.bootstrap,
             time.monotonic() - started,
-            self._data_dir,
+            self._work_dir,
         )
 
     async def _wait_ready(
@@ -383,7 +370,7 @@ class _TrainingBroker(LocalBroker):
             args,
             logs_dir=self.log_path.parent,
             log4j_config=self.data_dir / "log4j2.properties",
-            archive_at_exit=self._archive if main_class == "kafka.Kafka" else None,
+            archive_at_exit=self._archive if main_class == _JVM_MAIN else None,
         )
 
 

@@ -1,4 +1,4 @@
-"""The broker's JVM as an operating-system process: spawn, watch, stop.
+"""The local JVMs (Kafka broker, schema registry) as operating-system processes: spawn, watch, stop.
 
 Processes are handled by pid, not by `subprocess.Popen` or asyncio subprocess transports, because
 a broker outlives the code that started it: `ingest broker start` exits and leaves it running, a
@@ -8,20 +8,22 @@ pytest session starts it from one event loop and tests stop and start it from ot
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self, TypeVar
 
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.05
 _EXEC_WAIT_S = 2.0
+_T = TypeVar("_T")
 
 
 def spawn(argv: Sequence[str], output: Path, *, detach: bool) -> int:
@@ -240,3 +242,14 @@ class LocalService:
     ) -> None:
         await self.stop()
         self.cleanup()
+
+
+def run_sync(coro: Coroutine[Any, Any, _T]) -> _T:
+    """Run a coroutine to completion from synchronous code (a pytest session fixture).
+
+    A thread of its own keeps asyncio.run() from replacing (and then clearing) this thread's
+    current event loop, which pytest-asyncio sets up around fixtures and tests. Safe for the
+    services here because they hold their JVM by pid, not by an event loop's transport.
+    """
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="local-jvm") as pool:
+        return pool.submit(asyncio.run, coro).result()

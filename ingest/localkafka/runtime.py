@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -37,19 +37,25 @@ _POM_NS = {"m": "http://maven.apache.org/POM/4.0.0"}
 _REQUIRED_JAR_PREFIXES = ("kafka_2.13-", "kafka-tools-", "kafka-clients-", "log4j-slf4j2-impl-")
 
 
-def resource_text(name: str) -> str:
-    """A file shipped in this package (pom.xml, log4j2.properties, server.properties)."""
-    return importlib.resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+def resource_text(name: str, package: str = __package__) -> str:
+    """A file shipped in `package`, by default this one (pom.xml, log4j2.properties, …)."""
+    return importlib.resources.files(package).joinpath(name).read_text(encoding="utf-8")
+
+
+def pom_property(name: str, package: str = __package__) -> str:
+    """A plain `<properties>` value of `package`'s pom.xml: the one place a version is written."""
+    root = ET.fromstring(resource_text("pom.xml", package))
+    value = root.findtext(f"m:properties/m:{name}", namespaces=_POM_NS)
+    if not value:
+        where = package.replace(".", "/")
+        raise LocalBrokerError(f"{where}/pom.xml has no <{name}> property")
+    return value.strip()
 
 
 @cache
 def kafka_version() -> str:
-    """The Kafka version pinned in pom.xml, the single place it is written."""
-    root = ET.fromstring(resource_text("pom.xml"))
-    version = root.findtext("m:properties/m:kafka.version", namespaces=_POM_NS)
-    if not version:
-        raise LocalBrokerError("ingest/localkafka/pom.xml has no <kafka.version> property")
-    return version.strip()
+    """The Kafka version pinned in pom.xml."""
+    return pom_property("kafka.version")
 
 
 def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -155,17 +161,18 @@ def check_tools(*, need_maven: bool, what: str = "the local Kafka broker") -> Ja
     return java
 
 
-def _marker_content() -> dict[str, str]:
-    pom = resource_text("pom.xml").encode()
-    return {"kafka_version": kafka_version(), "pom_sha256": hashlib.sha256(pom).hexdigest()}
+def pom_marker(package: str = __package__, **values: str) -> dict[str, str]:
+    """What a completed fetch records: `values` and its pom's hash (a changed pom refetches)."""
+    pom = resource_text("pom.xml", package).encode()
+    return {**values, "pom_sha256": hashlib.sha256(pom).hexdigest()}
 
 
-def _is_complete(home: Path) -> bool:
+def _is_complete(home: Path, marker: Mapping[str, str], payload: str) -> bool:
     try:
-        marker = json.loads((home / ".complete").read_text(encoding="utf-8"))
+        done = json.loads((home / ".complete").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return bool(marker == _marker_content() and (home / "lib").is_dir())
+    return bool(done == marker and (home / payload).exists())
 
 
 @contextlib.contextmanager
@@ -180,21 +187,37 @@ def locked(home: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def fetch_jars(cache_dir: str | os.PathLike[str] | None = None) -> KafkaRuntime:
-    """Make sure the Kafka jars are in the cache (idempotent) and return the runtime.
+def fetch_once(
+    home: Path,
+    marker: Mapping[str, str],
+    payload: str,
+    download: Callable[[Path], None],
+    *,
+    needed_by: str,
+) -> Java:
+    """Run `download(home)` unless an earlier run completed it; return the Java to run it with.
 
-    Needs Maven only when the jars are not cached yet; always needs Java >= 17.
+    `home/payload` and a `.complete` file equal to `marker` (written last) mean complete. Needs
+    Maven only when a download is due; always needs Java >= 17.
     """
+    if _is_complete(home, marker, payload):
+        return check_tools(need_maven=False, what=needed_by)
+    java = check_tools(need_maven=True, what=needed_by)
+    with locked(home):
+        if _is_complete(home, marker, payload):
+            log.info("another process fetched %s meanwhile", home)
+        else:
+            download(home)
+            (home / ".complete").write_text(json.dumps(marker), encoding="utf-8")
+    return java
+
+
+def fetch_jars(cache_dir: str | os.PathLike[str] | None = None) -> KafkaRuntime:
+    """Make sure the Kafka jars are in the cache (idempotent) and return the runtime."""
     version = kafka_version()
     home = cache_root(cache_dir) / f"kafka-{version}"
-    if _is_complete(home):
-        return KafkaRuntime(home=home, version=version, java=check_tools(need_maven=False))
-    java = check_tools(need_maven=True)
-    with locked(home):
-        if not _is_complete(home):
-            _download(home)
-        else:
-            log.info("another process fetched the Kafka runtime meanwhile")
+    marker = pom_marker(kafka_version=version)
+    java = fetch_once(home, marker, "lib", _download, needed_by="the local Kafka broker")
     return KafkaRuntime(home=home, version=version, java=java)
 
 
@@ -212,8 +235,6 @@ def _download(home: Path) -> None:
     # class-data archives record the jars they were made from; the JVM ignores stale ones
     for archive in home.glob("classes-*.jsa"):
         archive.unlink()
-    # written last: its presence means the folder is complete
-    (home / ".complete").write_text(json.dumps(_marker_content()), encoding="utf-8")
     log.info("Kafka runtime ready: %d jars in %.1f s", jars, time.monotonic() - started)
 
 
@@ -228,7 +249,7 @@ def copy_dependencies(home: Path, pom_text: str, required: Sequence[str], *, wha
     pom.write_text(pom_text, encoding="utf-8")
     partial = home / "lib.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    _run_maven(
+    run_maven(
         [
             "mvn",
             "-B",
@@ -249,7 +270,7 @@ def copy_dependencies(home: Path, pom_text: str, required: Sequence[str], *, wha
     return len(jars)
 
 
-def _run_maven(argv: list[str], *, what: str) -> None:
+def run_maven(argv: list[str], *, what: str) -> None:
     """Run Maven, logging a heartbeat while it downloads; its output's tail goes into the error."""
     tail: list[str] = []
     downloads = 0

@@ -352,10 +352,10 @@ class TestState:
     def test_round_trip_and_garbage(self, tmp_path: Path) -> None:
         state = BrokerState(
             pid=os.getpid(),
-            bootstrap="127.0.0.1:1234",
-            data_dir=str(tmp_path),
+            address="127.0.0.1:1234",
+            title=f"Kafka 4.1.1, data {tmp_path}",
             log=str(tmp_path / "server.log"),
-            kafka_version="4.1.1",
+            identity=["kafka.Kafka", str(tmp_path)],
             started_at="2026-01-01T00:00:00+00:00",
         )
         path = tmp_path / "state" / "state.json"
