@@ -17,11 +17,11 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed  ## virtualenv with the package and its test/dev tools
 
-tools: install  ## helm, promtool, the Kafka jars the reference CometD server and the schema registry (cached outside the checkout)
+tools: install  ## helm, promtool and the dev services (Kafka, schema registry, reference CometD server)
 	bash .ci/install-tools
 	$(BIN)/ingest broker fetch
-	$(BIN)/python -m ingest.localcometd fetch
-	$(BIN)/python -m ingest.localregistry fetch
+	$(BIN)/ingest registry fetch
+	$(BIN)/python -m ingest.devservices.cometd fetch
 
 lint: install
 	$(BIN)/ruff check ingest tests bench

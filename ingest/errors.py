@@ -51,10 +51,6 @@ class BrokerError(IngestError):
     retriable = True
 
 
-class LocalBrokerError(IngestError):
-    """A local development service (the Kafka broker, the reference CometD server of the
-    conformance tests) could not be fetched, built, formatted or started."""
-
-
-class LocalRegistryError(LocalBrokerError):
-    """The local development schema registry could not be fetched or started."""
+class DevServiceError(IngestError):
+    """A local development service (ingest.devservices: the Kafka broker or cluster, the schema
+    registry, the reference CometD server) could not be fetched, built, formatted or started."""

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from fixtures._jvm import started
 
+from ingest.devservices.kafka import LocalBroker
 from ingest.eventlog.topics import TopicNames, default_specs, ensure_topics
-from ingest.localkafka.node import LocalBroker
 
 pytest_plugins = [
     f"fixtures.{module.stem}"

@@ -1,5 +1,5 @@
-"""The local development Kafka broker: `LocalBroker` (and the three-node `LocalCluster`) for code
-and tests, `ingest broker` for people.
+"""`ingest broker`: the local development Kafka broker for people (`LocalBroker` and the
+three-node `LocalCluster` for code and tests are in ingest.devservices.kafka).
 
     ingest broker fetch                 # jars from Maven Central into the cache (once)
     ingest broker start [--foreground]  # prints the bootstrap address, e.g. 127.0.0.1:40123
@@ -18,29 +18,14 @@ import shutil
 import socket
 from pathlib import Path
 
-from ingest.errors import LocalBrokerError
-from ingest.localkafka import background
-from ingest.localkafka.cluster import LocalCluster
-from ingest.localkafka.node import READY_TIMEOUT_S, STOP_TIMEOUT_S, LocalBroker, ensure_runtime
-
-__all__ = [
-    "LocalBroker",
-    "LocalBrokerError",
-    "LocalCluster",
-    "add_arguments",
-    "ensure_runtime",
-    "run",
-]
-
-BrokerState = background.ServiceState
-"""What `ingest broker start` leaves behind (the shared state of the local JVM services)."""
-read_state = background.read_state
-write_state = background.write_state
+from ingest.commands import _devservice
+from ingest.devservices.kafka import LocalBroker, ensure_runtime
+from ingest.devservices.kafka.node import READY_TIMEOUT_S, STOP_TIMEOUT_S
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     timeouts = (READY_TIMEOUT_S, STOP_TIMEOUT_S)
-    start = background.add_arguments(
+    start = _devservice.add_arguments(
         parser, service="Kafka broker", folder="broker", timeouts=timeouts
     )
     start.add_argument("--port", type=int, default=None, help="client port (default: a free one)")
@@ -51,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return background.run(args, fetch=_fetch, make=_broker, answers=_accepts_connections)
+    return _devservice.run(args, fetch=_fetch, make=_broker, answers=_accepts_connections)
 
 
 def _fetch(args: argparse.Namespace) -> int:

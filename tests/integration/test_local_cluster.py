@@ -24,8 +24,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from fixtures.worker import read_topic
 
-from ingest.commands.broker import LocalCluster
-from ingest.errors import LocalBrokerError
+from ingest.devservices.kafka import LocalCluster
+from ingest.errors import DevServiceError
 
 pytestmark = pytest.mark.integration
 
@@ -201,7 +201,7 @@ def _cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Started]:
     begun = time.monotonic()
     try:
         cluster.start_sync()
-    except LocalBrokerError as e:
+    except DevServiceError as e:
         pytest.fail(f"the local Kafka cluster could not start: {e}", pytrace=False)
     try:
         yield Started(cluster, time.monotonic() - begun)

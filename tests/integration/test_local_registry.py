@@ -18,7 +18,7 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from ingest.localregistry.node import LocalRegistry
+from ingest.devservices.registry import LocalRegistry
 
 pytestmark = pytest.mark.integration
 
@@ -198,7 +198,7 @@ class TestLifecycle:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ingest.localregistry", *args],
+        [sys.executable, "-m", "ingest", "registry", *args],
         capture_output=True,
         text=True,
         timeout=180,

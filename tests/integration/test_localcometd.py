@@ -24,9 +24,9 @@ from aiocometd_ng.exceptions import ServerError
 from fixtures.refcometd import jar_client, mailbox_channel
 from fixtures.simulator import aiocometd_websocket
 
-from ingest.errors import LocalBrokerError
-from ingest.localcometd import LocalCometdServer
-from ingest.localcometd.runtime import fetch
+from ingest.devservices.cometd import LocalCometdServer
+from ingest.devservices.cometd.runtime import fetch
+from ingest.errors import DevServiceError
 
 pytestmark = pytest.mark.integration
 
@@ -355,7 +355,7 @@ class TestLifecycle:
     async def test_a_taken_port_is_one_clear_error(self, ref_cometd: LocalCometdServer) -> None:
         second = LocalCometdServer(port=ref_cometd.port)
         try:
-            with pytest.raises(LocalBrokerError, match=f"port {ref_cometd.port} is in use"):
+            with pytest.raises(DevServiceError, match=f"port {ref_cometd.port} is in use"):
                 await second.start()
             assert not second.running
         finally:
@@ -371,7 +371,7 @@ class TestLifecycle:
         env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"} | {"PATH": str(tmp_path)}
         fetched = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-m", "ingest.localcometd", "fetch"],
+            [sys.executable, "-m", "ingest.devservices.cometd", "fetch"],
             env=env,
             capture_output=True,
             text=True,

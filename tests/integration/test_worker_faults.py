@@ -9,9 +9,9 @@ import pytest
 from fixtures.simulator import MakeSimulator
 from fixtures.worker import decode_all, fold_records, read_topic, running_worker, settle, worker_env
 
+from ingest.devservices.kafka import LocalBroker
 from ingest.eventlog.topics import TopicNames
 from ingest.events import MailboxEvent, MailboxSnapshot
-from ingest.localkafka.node import LocalBroker
 from ingest.ops.metrics import WORKER_REGISTRY
 from ingest.simulator import Simulator
 from ingest.state.projection import diff_states

@@ -13,31 +13,29 @@ from pathlib import Path
 
 import pytest
 
-from ingest.commands.broker import BrokerState, read_state, write_state
-from ingest.errors import LocalBrokerError
-from ingest.localkafka import process
-from ingest.localkafka.config import (
+from ingest.devservices import process
+from ingest.devservices.background import ServiceState, read_state, write_state
+from ingest.devservices.kafka.config import (
     HEAP_OPTIONS,
     JVM_OPTIONS_ENV,
     BrokerPorts,
     Quorum,
     choose_ports,
-    free_ports,
     java_command,
-    port_is_free,
     random_cluster_id,
     read_ports,
     render_server_properties,
 )
-from ingest.localkafka.runtime import (
+from ingest.devservices.kafka.runtime import KafkaRuntime, kafka_version
+from ingest.devservices.maven import (
     INSTALL_HINT,
     Java,
-    KafkaRuntime,
     cache_root,
     check_tools,
-    kafka_version,
     parse_java_version,
 )
+from ingest.devservices.process import free_ports, port_is_free
+from ingest.errors import DevServiceError
 
 
 def parse_properties(text: str) -> dict[str, str]:
@@ -132,9 +130,9 @@ class TestQuorumProperties:
         assert (quorum.replication_factor, quorum.min_insync_replicas) == (replication, in_sync)
 
     def test_a_port_the_quorum_does_not_list_is_refused(self, tmp_path: Path) -> None:
-        with pytest.raises(LocalBrokerError, match="quorum expects 41002"):
+        with pytest.raises(DevServiceError, match="quorum expects 41002"):
             render_server_properties(BrokerPorts(40002, 41009), tmp_path, self.quorum)
-        with pytest.raises(LocalBrokerError, match="not one of 3 voters"):
+        with pytest.raises(DevServiceError, match="not one of 3 voters"):
             Quorum(node_id=4, controller_ports=(1, 2, 3), cluster_id="abc")
 
 
@@ -160,7 +158,7 @@ class TestPorts:
         assert ports.bootstrap == f"127.0.0.1:{wanted}"
 
     def test_equal_explicit_ports_are_refused(self) -> None:
-        with pytest.raises(LocalBrokerError, match="must differ"):
+        with pytest.raises(DevServiceError, match="must differ"):
             choose_ports(port=40100, controller_port=40100)
 
 
@@ -235,7 +233,7 @@ class TestTools:
     def test_missing_java_and_maven(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         monkeypatch.setenv("PATH", str(tmp_path))
         monkeypatch.delenv("JAVA_HOME", raising=False)
-        with pytest.raises(LocalBrokerError) as caught:
+        with pytest.raises(DevServiceError) as caught:
             check_tools(need_maven=True)
         message = str(caught.value)
         assert "java not found" in message
@@ -248,7 +246,7 @@ class TestTools:
         java.chmod(0o755)
         monkeypatch.setenv("PATH", str(tmp_path))
         monkeypatch.delenv("JAVA_HOME", raising=False)
-        with pytest.raises(LocalBrokerError, match=r"Java 11\.0\.2; Java 17 or newer is needed"):
+        with pytest.raises(DevServiceError, match=r"Java 11\.0\.2; Java 17 or newer is needed"):
             check_tools(need_maven=False)
 
     def test_cache_root_follows_the_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -350,7 +348,7 @@ class TestProcess:
 
 class TestState:
     def test_round_trip_and_garbage(self, tmp_path: Path) -> None:
-        state = BrokerState(
+        state = ServiceState(
             pid=os.getpid(),
             address="127.0.0.1:1234",
             title=f"Kafka 4.1.1, data {tmp_path}",

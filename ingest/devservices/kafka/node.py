@@ -5,7 +5,7 @@ is ready only when the log says `Kafka Server started`, a metadata request lists
 partitions it has to serve answer: every partition when it runs alone; in a quorum
 (`LocalCluster`) only those it leads or is next in line for, since others may lead the rest or be
 down. Ports are free ones chosen once; `stop()` then `start()` reuses them and the data, so tests
-can stop the broker mid-stream. Import it from `ingest.commands.broker`.
+can stop the broker mid-stream. The lifecycle is `LocalJvm`'s (ingest.devservices.jvm).
 """
 
 from __future__ import annotations
@@ -14,38 +14,29 @@ import asyncio
 import logging
 import os
 import tempfile
-import time
-from abc import ABC, abstractmethod
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from ingest.errors import LocalBrokerError
-from ingest.localkafka import process
-from ingest.localkafka.config import (
+from ingest.devservices import process
+from ingest.devservices.jvm import LocalJvm
+from ingest.devservices.kafka.config import (
     HEAP_OPTIONS,
     QUORUM_HEAP_OPTIONS,
     BrokerPorts,
     Quorum,
     choose_ports,
     java_command,
-    port_is_free,
     random_cluster_id,
     read_ports,
     render_server_properties,
 )
-from ingest.localkafka.jvm import LocalJvm
-from ingest.localkafka.runtime import (
-    KafkaRuntime,
-    fetch_jars,
-    kafka_version,
-    locked,
-    resource_text,
-)
+from ingest.devservices.kafka.runtime import KafkaRuntime, fetch_jars, kafka_version, package_text
+from ingest.devservices.maven import locked
+from ingest.errors import DevServiceError
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +45,6 @@ STOP_TIMEOUT_S = 30.0
 FORMAT_TIMEOUT_S = 120.0
 STARTED_LINE = "Kafka Server started"
 _JVM_MAIN = "kafka.Kafka"
-_BIND_FAILED = "Address already in use"
-_START_ATTEMPTS = 3
-_POLL_S = 0.1
 
 
 def ensure_runtime(cache_dir: str | os.PathLike[str] | None = None) -> KafkaRuntime:
@@ -82,50 +70,12 @@ async def _train_class_archive(runtime: KafkaRuntime) -> None:
         broker = _TrainingBroker(data_dir=tmp, runtime=runtime, archive=partial)
         try:
             await broker.start()
-        except LocalBrokerError as e:
+        except DevServiceError as e:
             log.warning("class-data archive not built, starts stay slower: %s", e)
         finally:
             await broker.stop()
     if partial.exists():
         partial.rename(runtime.class_archive)
-
-
-class PortTaken(LocalBrokerError):
-    """Another process bound one of the chosen ports between choosing and binding it."""
-
-
-class LocalKafka(ABC):
-    """What a local broker and a local cluster share: `async with` (start, then stop and clean
-    up) and blocking `start_sync()` / `stop_sync()` for fixtures wider than one test."""
-
-    @abstractmethod
-    async def start(self) -> None: ...
-
-    @abstractmethod
-    async def stop(self) -> None: ...
-
-    @abstractmethod
-    def cleanup(self) -> None: ...
-
-    def start_sync(self) -> None:
-        """`start()` for synchronous callers (a pytest session fixture)."""
-        process.run_sync(self.start())
-
-    def stop_sync(self) -> None:
-        process.run_sync(self.stop())
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-        self.cleanup()
 
 
 class LocalBroker(LocalJvm):
@@ -136,10 +86,11 @@ class LocalBroker(LocalJvm):
     previous ports are reused when still free. `detach`: the JVM gets a session of its own and
     survives this process (`ingest broker start`). `quorum`: the node's place among several voters
     (`LocalCluster` builds it); the controller port is the quorum's then. `restart()` keeps the
-    ports and the data.
+    ports and the data; `kill()` is a crash (the next start recovers the logs).
     """
 
     name = "Kafka"
+    port_taken = "Address already in use"
 
     def __init__(
         self,
@@ -154,17 +105,19 @@ class LocalBroker(LocalJvm):
         runtime: KafkaRuntime | None = None,
         quorum: Quorum | None = None,
     ) -> None:
-        super().__init__(
-            data_dir, temp_prefix="cumi-kafka-", stop_timeout=stop_timeout, detach=detach
-        )
-        self._cache_dir = cache_dir
-        self._ready_timeout = ready_timeout
-        self._runtime = runtime
-        self._quorum = quorum
         if quorum is not None and controller_port is None:
             controller_port = quorum.controller_port
-        # explicit ports are never changed; chosen ones only until the first successful start
-        self._ports_pinned = port is not None or controller_port is not None
+        super().__init__(
+            data_dir,
+            temp_prefix="cumi-kafka-",
+            ready_timeout=ready_timeout,
+            stop_timeout=stop_timeout,
+            detach=detach,
+            ports_pinned=port is not None or controller_port is not None,
+        )
+        self._cache_dir = cache_dir
+        self._runtime = runtime
+        self._quorum = quorum
         saved = read_ports(self.server_properties)
         if not self._ports_pinned and saved is not None and _both_free(saved):
             self._ports = saved
@@ -183,16 +136,12 @@ class LocalBroker(LocalJvm):
         return self.bootstrap
 
     @property
-    def identity(self) -> tuple[str, ...]:
-        return (_JVM_MAIN, str(self._work_dir))
-
-    @property
-    def title(self) -> str:
-        return f"Kafka {kafka_version()}, data {self._work_dir}"
-
-    @property
     def ports(self) -> BrokerPorts:
         return self._ports
+
+    @property
+    def loopback_ports(self) -> tuple[int, ...]:
+        return (self._ports.port, self._ports.controller_port)
 
     @property
     def port(self) -> int:
@@ -220,45 +169,26 @@ class LocalBroker(LocalJvm):
         """The JVM's stdout and stderr: crashes before logging starts end up here."""
         return self._work_dir / "kafka.out"
 
-    # -- lifecycle --------------------------------------------------------------------------
+    @property
+    def identity(self) -> tuple[str, ...]:
+        # the data dir on the command line tells our broker from a process that reused the pid
+        return (_JVM_MAIN, str(self._work_dir))
 
-    async def start(self) -> None:
-        """Start the node and return once it answers metadata requests. No-op when running."""
-        if self.running:
-            return
+    @property
+    def title(self) -> str:
+        return f"Kafka {kafka_version()}, data {self._work_dir}"
+
+    # -- LocalJvm's hooks -------------------------------------------------------------------
+
+    async def _prepare(self) -> None:
+        """Fetch the runtime, write the configuration and format the storage directory unless
+        already formatted."""
         if self._runtime is None:
             self._runtime = await asyncio.to_thread(ensure_runtime, self._cache_dir)
         runtime = self._runtime
-        await self._prepare(runtime)
-        for attempt in range(1, _START_ATTEMPTS + 1):
-            try:
-                await self._launch(runtime)
-            except PortTaken:
-                if self._ports_pinned or attempt == _START_ATTEMPTS:
-                    raise
-                log.warning("port %s was taken meanwhile, trying other ports", self.bootstrap)
-                self._ports = choose_ports()
-            else:
-                break
-        self._ports_pinned = True
-
-    async def kill(self) -> None:
-        """SIGKILL: a crash, with no controlled shutdown and no clean-shutdown marker, so the next
-        start recovers the logs. Idempotent; keeps the data (what reached the page cache)."""
-        pid = self._pid
-        if pid is None:
-            return
-        await process.kill(pid)
-        self._pid = None
-        log.info("Kafka at %s killed", self.bootstrap)
-
-    # -- internals --------------------------------------------------------------------------
-
-    async def _prepare(self, runtime: KafkaRuntime) -> None:
-        """Write the configuration and format the storage directory unless already formatted."""
         (self._work_dir / "logs").mkdir(parents=True, exist_ok=True)
         (self._work_dir / "log4j2.properties").write_text(
-            resource_text("log4j2.properties"), encoding="utf-8"
+            package_text("log4j2.properties"), encoding="utf-8"
         )
         self._write_server_properties()
         if (self._kraft_dir / "meta.properties").exists():
@@ -270,10 +200,28 @@ class LocalBroker(LocalJvm):
         done = await process.wait_exit(pid, FORMAT_TIMEOUT_S)
         if not done or not (self._kraft_dir / "meta.properties").exists():
             await process.terminate(pid, 1.0)
-            raise LocalBrokerError(
+            raise DevServiceError(
                 f"formatting {self._kraft_dir} failed:\n{process.tail(self.stdout_path)}"
             )
         log.debug("formatted %s for cluster %s", self._kraft_dir, cluster_id)
+
+    def _command(self) -> list[str]:
+        if self._runtime is None:
+            raise DevServiceError("the Kafka runtime is not fetched yet: start() first")
+        self._write_server_properties()  # the ports may be new ones
+        return self._java(self._runtime, _JVM_MAIN, str(self.server_properties))
+
+    async def _ready(self, output: str) -> bool:
+        if STARTED_LINE not in output:
+            return False
+        return await _serves_clients(
+            self.bootstrap, self.port, self.node_id, alone=self._quorum is None
+        )
+
+    def _choose_ports(self) -> None:
+        self._ports = choose_ports()
+
+    # -- internals --------------------------------------------------------------------------
 
     @property
     def _kraft_dir(self) -> Path:
@@ -293,66 +241,6 @@ class LocalBroker(LocalJvm):
             log4j_config=self._work_dir / "log4j2.properties",
             class_archive=archive,
             heap=HEAP_OPTIONS if self._quorum is None else QUORUM_HEAP_OPTIONS,
-        )
-
-    async def _launch(self, runtime: KafkaRuntime) -> None:
-        self._write_server_properties()
-        server_log = process.LogWatcher(self.log_path)
-        stdout = process.LogWatcher(self.stdout_path)
-        argv = self._java(runtime, _JVM_MAIN, str(self.server_properties))
-        started = time.monotonic()
-        self._pid = process.spawn(argv, self.stdout_path, detach=self._detach)
-        log.info("starting Kafka %s at %s (pid %d)", runtime.version, self.bootstrap, self._pid)
-        try:
-            await self._wait_ready(self._pid, server_log, stdout, started + self._ready_timeout)
-        except BaseException:
-            await process.terminate(self._pid, 5.0)
-            self._pid = None
-            raise
-        log.info(
-            "Kafka ready at %s in %.1f s (data %s)",
-            self.bootstrap,
-            time.monotonic() - started,
-            self._work_dir,
-        )
-
-    async def _wait_ready(
-        self,
-        pid: int,
-        server_log: process.LogWatcher,
-        stdout: process.LogWatcher,
-        deadline: float,
-    ) -> None:
-        started_line = False
-        while True:
-            new = server_log.poll() + stdout.poll()
-            if _BIND_FAILED in new:
-                line = next(x for x in new.splitlines() if _BIND_FAILED in x)
-                raise PortTaken(f"a port of the broker at {self.bootstrap} is in use: {line}")
-            started_line = started_line or STARTED_LINE in new
-            if process.exited(pid):
-                raise LocalBrokerError(
-                    self._failure(f"Kafka exited while starting at {self.bootstrap}")
-                )
-            if started_line and await self._serves_clients():
-                return
-            if time.monotonic() >= deadline:
-                raise LocalBrokerError(
-                    self._failure(
-                        f"Kafka at {self.bootstrap} not ready after {self._ready_timeout:.0f} s"
-                    )
-                )
-            await asyncio.sleep(_POLL_S)
-
-    async def _serves_clients(self) -> bool:
-        return await _serves_clients(
-            self.bootstrap, self.port, self.node_id, alone=self._quorum is None
-        )
-
-    def _failure(self, what: str) -> str:
-        return (
-            f"{what}.\n--- {self.log_path} (tail) ---\n{process.tail(self.log_path)}\n"
-            f"--- {self.stdout_path} (tail) ---\n{process.tail(self.stdout_path, 15)}"
         )
 
 
@@ -375,7 +263,7 @@ class _TrainingBroker(LocalBroker):
 
 
 def _both_free(ports: BrokerPorts) -> bool:
-    return port_is_free(ports.port) and port_is_free(ports.controller_port)
+    return process.port_is_free(ports.port) and process.port_is_free(ports.controller_port)
 
 
 async def _serves_clients(bootstrap: str, port: int, node_id: int, *, alone: bool) -> bool:

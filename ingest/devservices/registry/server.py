@@ -10,16 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from pathlib import Path
 
 import aiohttp
 
-from ingest.errors import LocalRegistryError
-from ingest.localkafka import process
-from ingest.localkafka.config import HOST, free_ports, port_is_free
-from ingest.localkafka.jvm import LocalJvm
-from ingest.localregistry.runtime import RegistryRuntime, apicurio_version, fetch
+from ingest.devservices.jvm import LocalJvm
+from ingest.devservices.process import HOST, free_ports, port_is_free
+from ingest.devservices.registry.runtime import RegistryRuntime, apicurio_version, fetch
+from ingest.errors import DevServiceError
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +41,6 @@ QUARKUS_OPTIONS = (
     "-Dquarkus.datasource.jdbc.min-size=2",
     "-Dquarkus.datasource.jdbc.max-size=10",
 )
-_PORT_TAKEN = "seems to be in use by another process"
-_START_ATTEMPTS = 3
-_POLL_S = 0.1
 _PROBE_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
 
 
@@ -63,21 +58,17 @@ def registry_command(runtime: RegistryRuntime, port: int) -> list[str]:
     ]
 
 
-class _PortTaken(LocalRegistryError):
-    """Another process bound the chosen port between choosing and binding it."""
-
-
 class LocalRegistry(LocalJvm):
     """Apicurio Registry on 127.0.0.1: `async with LocalRegistry() as registry: … registry.url …`.
 
     `port`: free one when not given. `work_dir`: where its output goes (a temporary one, deleted
     by `cleanup()` / `async with`, when not given). `detach`: the JVM gets a session of its own and
-    survives this process (`python -m ingest.localregistry start`). `restart()` keeps the port
+    survives this process (`ingest registry start`). `restart()` keeps the port
     (not the schemas).
     """
 
     name = "the schema registry"
-    error = LocalRegistryError
+    port_taken = "seems to be in use by another process"
 
     def __init__(
         self,
@@ -90,13 +81,15 @@ class LocalRegistry(LocalJvm):
         detach: bool = False,
     ) -> None:
         super().__init__(
-            work_dir, temp_prefix="cumi-registry-", stop_timeout=stop_timeout, detach=detach
+            work_dir,
+            temp_prefix="cumi-registry-",
+            ready_timeout=ready_timeout,
+            stop_timeout=stop_timeout,
+            detach=detach,
+            ports_pinned=port is not None,
         )
         self._cache_dir = cache_dir
-        self._ready_timeout = ready_timeout
         self._runtime: RegistryRuntime | None = None
-        # an explicit port is never changed; a chosen one only until the first successful start
-        self._port_pinned = port is not None
         self._port = port if port is not None else free_ports(1)[0]
 
     # -- what callers read ------------------------------------------------------------------
@@ -106,11 +99,17 @@ class LocalRegistry(LocalJvm):
         """The Confluent-compatible base URL, for `schema.registry.url` / `SchemaRegistryClient`."""
         return f"http://{HOST}:{self._port}{CCOMPAT_PATH}"
 
-    address = url
+    @property
+    def address(self) -> str:
+        return self.url
 
     @property
     def port(self) -> int:
         return self._port
+
+    @property
+    def loopback_ports(self) -> tuple[int, ...]:
+        return (self._port,)
 
     @property
     def log_path(self) -> Path:
@@ -121,7 +120,7 @@ class LocalRegistry(LocalJvm):
     def runner_jar(self) -> Path:
         """The jar the JVM runs (known once `start()` fetched the runtime)."""
         if self._runtime is None:
-            raise LocalRegistryError("the registry's runtime is not fetched yet: start() first")
+            raise DevServiceError("the registry's runtime is not fetched yet: start() first")
         return self._runtime.runner_jar
 
     @property
@@ -133,64 +132,26 @@ class LocalRegistry(LocalJvm):
     def title(self) -> str:
         return f"Apicurio Registry {apicurio_version()}"
 
-    # -- lifecycle --------------------------------------------------------------------------
+    # -- LocalJvm's hooks -------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Start the registry and return once its Confluent API answers. No-op when running."""
-        if self.running:
-            return
+    async def _prepare(self) -> None:
         if self._runtime is None:
             self._runtime = await asyncio.to_thread(fetch, self._cache_dir)
         self._work_dir.mkdir(parents=True, exist_ok=True)
-        for attempt in range(1, _START_ATTEMPTS + 1):
-            if not self._port_pinned and not port_is_free(self._port):
-                self._port = free_ports(1)[0]
-            try:
-                await self._launch(self._runtime)
-            except _PortTaken:
-                if self._port_pinned or attempt == _START_ATTEMPTS:
-                    raise
-                log.warning("port %d was taken meanwhile, trying another", self._port)
-                self._port = free_ports(1)[0]
-            else:
-                break
-        self._port_pinned = True
+        if not self._ports_pinned and not port_is_free(self._port):
+            self._choose_ports()
 
-    # -- internals --------------------------------------------------------------------------
+    def _command(self) -> list[str]:
+        if self._runtime is None:
+            raise DevServiceError("the registry's runtime is not fetched yet: start() first")
+        return registry_command(self._runtime, self._port)
 
-    async def _launch(self, runtime: RegistryRuntime) -> None:
-        output = process.LogWatcher(self.log_path)
-        started = time.monotonic()
-        argv = registry_command(runtime, self._port)
-        pid = process.spawn(argv, self.log_path, detach=self._detach)
-        self._pid = pid
-        log.info("starting Apicurio Registry %s at %s (pid %d)", runtime.version, self.url, pid)
-        try:
-            await self._wait_ready(pid, output, started + self._ready_timeout)
-        except BaseException:
-            await process.terminate(pid, 5.0)
-            self._pid = None
-            raise
-        log.info("registry ready at %s in %.1f s", self.url, time.monotonic() - started)
-
-    async def _wait_ready(self, pid: int, output: process.LogWatcher, deadline: float) -> None:
+    async def _ready(self, output: str) -> bool:
         async with aiohttp.ClientSession(timeout=_PROBE_TIMEOUT) as session:
-            while True:
-                if _PORT_TAKEN in output.poll():
-                    raise _PortTaken(f"port {self._port} is in use")
-                if process.exited(pid):
-                    raise LocalRegistryError(self._failure("the registry exited while starting"))
-                if await _answers(session, f"{self.url}/subjects"):
-                    return
-                if time.monotonic() >= deadline:
-                    raise LocalRegistryError(
-                        self._failure(f"not ready after {self._ready_timeout:.0f} s")
-                    )
-                await asyncio.sleep(_POLL_S)
+            return await _answers(session, f"{self.url}/subjects")
 
-    def _failure(self, what: str) -> str:
-        tail = process.tail(self.log_path)
-        return f"{what} ({self.url}).\n--- {self.log_path} (tail) ---\n{tail}"
+    def _choose_ports(self) -> None:
+        self._port = free_ports(1)[0]
 
 
 async def _answers(session: aiohttp.ClientSession, url: str) -> bool:

@@ -18,7 +18,7 @@
  *
  * Usage: java -cp 'lib/*:classes' RefCometdServer [--host 127.0.0.1] [--port 0]
  * Prints "ref-cometd ready port=<port> ..." on stdout once both are served (port 0: any free one).
- * Compiled by ingest/localcometd/runtime.py into the cache; not part of the Python package's code.
+ * Compiled by ingest/devservices/cometd/runtime.py into the cache; not part of the Python package's code.
  */
 
 import java.net.InetSocketAddress;

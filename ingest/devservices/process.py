@@ -1,7 +1,8 @@
-"""The local JVMs (Kafka broker, schema registry) as operating-system processes: spawn, watch, stop.
+"""A local service's JVM as an operating-system process: spawn, watch, stop, kill; the loopback
+ports it binds.
 
 Processes are handled by pid, not by `subprocess.Popen` or asyncio subprocess transports, because
-a broker outlives the code that started it: `ingest broker start` exits and leaves it running, a
+a service outlives the code that started it: `ingest broker start` exits and leaves it running, a
 pytest session starts it from one event loop and tests stop and start it from others.
 """
 
@@ -10,17 +11,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
-log = logging.getLogger(__name__)
-
+HOST = "127.0.0.1"
+"""Every local service listens on loopback only."""
 _POLL_S = 0.05
 _EXEC_WAIT_S = 2.0
 _T = TypeVar("_T")
@@ -181,69 +181,6 @@ class LogWatcher:
         return chunk[:end].decode(errors="replace")
 
 
-class LocalService:
-    """What the local JVM services (the Kafka node, the reference CometD server) share: the pid
-    of the JVM they started, `running`, an idempotent `stop()`, `restart()` and `async with`.
-
-    Subclasses set `_pid` when they spawn, `_stop_timeout`, and define `start()`, `describe()`
-    (for logs) and `cleanup()` (`async with` calls it after stopping).
-    """
-
-    _pid: int | None = None
-    _stop_timeout: float = 30.0
-
-    def describe(self) -> str:
-        raise NotImplementedError
-
-    async def start(self) -> None:
-        raise NotImplementedError
-
-    def cleanup(self) -> None:
-        raise NotImplementedError
-
-    @property
-    def pid(self) -> int | None:
-        return self._pid
-
-    @property
-    def running(self) -> bool:
-        return self._pid is not None and not exited(self._pid)
-
-    async def stop(self) -> None:
-        """SIGTERM (a clean shutdown), SIGKILL after `_stop_timeout` s. Idempotent."""
-        pid = self._pid
-        if pid is None:
-            return
-        started = time.monotonic()
-        clean = await terminate(pid, self._stop_timeout)
-        # forgotten only now: a stop() cancelled half-way leaves the pid for the next stop()
-        self._pid = None
-        if clean:
-            log.info("%s stopped in %.1f s", self.describe(), time.monotonic() - started)
-        else:
-            log.warning(
-                "%s ignored SIGTERM for %.0f s: killed", self.describe(), self._stop_timeout
-            )
-
-    async def restart(self) -> None:
-        """Stop, then start again (the subclass keeps its ports and data)."""
-        await self.stop()
-        await self.start()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-        self.cleanup()
-
-
 def run_sync(coro: Coroutine[Any, Any, _T]) -> _T:
     """Run a coroutine to completion from synchronous code (a pytest session fixture).
 
@@ -253,3 +190,33 @@ def run_sync(coro: Coroutine[Any, Any, _T]) -> _T:
     """
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="local-jvm") as pool:
         return pool.submit(asyncio.run, coro).result()
+
+
+# -- loopback ports ------------------------------------------------------------------------------
+
+
+def free_ports(count: int, host: str = HOST) -> list[int]:
+    """`count` distinct ports the kernel considers free right now on `host`.
+
+    All sockets stay bound until every port is chosen, so the ports differ from each other. Another
+    process can still take one before the service binds it; `LocalJvm.start()` retries with new
+    ports then.
+    """
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((host, 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
+
+
+def port_is_free(port: int, host: str = HOST) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # the same option the JVM sets, so a port in TIME_WAIT after our own service counts as free
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True

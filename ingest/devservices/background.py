@@ -1,61 +1,29 @@
 """A local JVM service that one command starts in the background and the next one finds again.
 
-What `ingest broker fetch|start|stop|status` and `python -m ingest.localregistry …` share: the
-common options, the state file that remembers the detached JVM, `--foreground` runs that stop on
-Ctrl-C or SIGTERM, stopping by pid and the status line. Each command adds its own options and its
-own fetch.
+The actions behind `ingest broker` and `ingest registry` (`fetch|start|stop|status`; their
+arguments are parsed in ingest/commands/_devservice.py): the state file that remembers a detached
+JVM, `start` in the background or in the foreground (until Ctrl-C, SIGTERM or the JVM's own exit),
+`stop` by pid and the `status` line. These print for people: they are the commands' output.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import datetime as dt
 import json
 import logging
+import os
 import signal
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
 
-from ingest.errors import LocalBrokerError
-from ingest.localkafka import process
-from ingest.localkafka.runtime import cache_root
+from ingest.devservices import process
+from ingest.devservices.jvm import LocalJvm
+from ingest.devservices.maven import cache_root
 
 log = logging.getLogger(__name__)
-
-
-class Service(Protocol):
-    """The parts of `LocalJvm` (`LocalBroker`, `LocalRegistry`) the commands use."""
-
-    @property
-    def pid(self) -> int | None: ...
-
-    @property
-    def running(self) -> bool: ...
-
-    @property
-    def address(self) -> str: ...
-
-    @property
-    def log_path(self) -> Path: ...
-
-    @property
-    def identity(self) -> Sequence[str]: ...
-
-    @property
-    def title(self) -> str: ...
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    def detach(self) -> int: ...
-
-    def cleanup(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +41,7 @@ class ServiceState:
     started_at: str
 
     @classmethod
-    def of(cls, service: Service, pid: int) -> ServiceState:
+    def of(cls, service: LocalJvm, pid: int) -> ServiceState:
         return cls(
             pid=pid,
             address=service.address,
@@ -107,88 +75,17 @@ def running_state(path: Path) -> ServiceState | None:
     return state if state is not None and state.is_alive() else None
 
 
-# -- command line --------------------------------------------------------------------------------
+def state_path(
+    cache_dir: str | os.PathLike[str] | None, folder: str, state_file: Path | None = None
+) -> Path:
+    """`state_file`, else `<cache>/<folder>/state.json`."""
+    return state_file if state_file is not None else cache_root(cache_dir) / folder / "state.json"
 
 
-def add_arguments(
-    parser: argparse.ArgumentParser,
-    *,
-    service: str,
-    folder: str,
-    timeouts: tuple[float, float],
-) -> argparse.ArgumentParser:
-    """`fetch|start|stop|status` with the options every service has; returns `start`'s parser.
-
-    `folder`: the state's folder in the cache (`<cache>/<folder>/state.json`); `timeouts`: the
-    default seconds to ready and to stop.
-    """
-    ready_timeout, stop_timeout = timeouts
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=None,
-        help="download cache and state (default $CUMI_CACHE_DIR or ~/.cache/cumi-pipeline)",
-    )
-    common.add_argument(
-        "--state-file",
-        type=Path,
-        default=None,
-        help=f"where start records the background {service} (default <cache>/{folder}/state.json)",
-    )
-    common.set_defaults(state_folder=folder)
-    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    actions.add_parser(
-        "fetch", parents=[common], help=f"download the {service} into the cache (idempotent)"
-    )
-    start = actions.add_parser("start", parents=[common], help=f"start the {service} (background)")
-    start.add_argument(
-        "--foreground", action="store_true", help="stay attached; Ctrl-C or SIGTERM stops it"
-    )
-    start.add_argument("--timeout", type=float, default=ready_timeout, help="seconds to ready")
-    stop_parser = actions.add_parser(
-        "stop", parents=[common], help=f"stop the background {service}"
-    )
-    stop_parser.add_argument(
-        "--timeout", type=float, default=stop_timeout, help="seconds before SIGKILL"
-    )
-    actions.add_parser("status", parents=[common], help="running or not (exit 0 / 1)")
-    return start
+# -- actions -------------------------------------------------------------------------------------
 
 
-def state_path(args: argparse.Namespace) -> Path:
-    if args.state_file is not None:
-        return Path(args.state_file)
-    return cache_root(args.cache_dir) / str(args.state_folder) / "state.json"
-
-
-def run(
-    args: argparse.Namespace,
-    *,
-    fetch: Callable[[argparse.Namespace], int],
-    make: Callable[[argparse.Namespace, Path], Service],
-    answers: Callable[[str], bool],
-) -> int:
-    """Run the chosen action; a LocalBrokerError (LocalRegistryError too) is one line, exit 2.
-
-    `make(args, state_path)` builds the service `start` starts; `answers(address)` tells `status`
-    whether it serves clients.
-    """
-    path = state_path(args)
-    actions: dict[str, Callable[[], int]] = {
-        "fetch": lambda: fetch(args),
-        "start": lambda: start(path, lambda: make(args, path), foreground=args.foreground),
-        "stop": lambda: stop(path, args.timeout),
-        "status": lambda: status(path, answers),
-    }
-    try:
-        return actions[args.action]()
-    except LocalBrokerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-def start(path: Path, make: Callable[[], Service], *, foreground: bool) -> int:
+def start(path: Path, make: Callable[[], LocalJvm], *, foreground: bool) -> int:
     """Start the service `make()` builds unless the one in `path` runs; print its address last.
 
     In the background the JVM outlives this process and `path` remembers it; in the foreground
@@ -213,7 +110,7 @@ def start(path: Path, make: Callable[[], Service], *, foreground: bool) -> int:
     return 0
 
 
-async def _run_foreground(service: Service, path: Path) -> int:
+async def _run_foreground(service: LocalJvm, path: Path) -> int:
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

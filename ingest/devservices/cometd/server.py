@@ -13,9 +13,6 @@ import asyncio
 import logging
 import os
 import re
-import shutil
-import tempfile
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +20,13 @@ from typing import Any
 
 import aiohttp
 
-from ingest.errors import LocalBrokerError
-from ingest.localcometd.runtime import MAIN_CLASS, CometdRuntime, fetch
-from ingest.localkafka import process
+from ingest.devservices.cometd.runtime import MAIN_CLASS, WHAT, CometdRuntime, fetch, versions
+from ingest.devservices.jvm import LocalJvm
+from ingest.devservices.process import HOST
+from ingest.errors import DevServiceError
 
 log = logging.getLogger(__name__)
 
-HOST = "127.0.0.1"
 COMETD_PATH = "/vmevents/cometd"
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
@@ -43,7 +40,6 @@ JVM_OPTIONS = (
     "-Djava.awt.headless=true",
 )
 _READY = re.compile(r"^ref-cometd ready port=(\d+)", re.M)
-_BIND_FAILED = "Failed to bind"
 _POLL_S = 0.05
 
 
@@ -59,7 +55,7 @@ class RefState:
     """Every non-meta, non-service channel with its number of subscribers."""
 
 
-class LocalCometdServer(process.LocalService):
+class LocalCometdServer(LocalJvm):
     """The reference CometD server: `async with LocalCometdServer() as ref: … ref.cometd_url …`.
 
     `port`: a fixed port; by default a free one chosen by the kernel at the first start and kept
@@ -67,6 +63,9 @@ class LocalCometdServer(process.LocalService):
     `async with`, when not given). `jvm_options` are appended to the defaults, e.g.
     `-Dorg.cometd.LEVEL=DEBUG` for CometD's debug log.
     """
+
+    name = "the reference CometD server"
+    port_taken = "Failed to bind"
 
     def __init__(
         self,
@@ -79,22 +78,25 @@ class LocalCometdServer(process.LocalService):
         stop_timeout: float = STOP_TIMEOUT_S,
         runtime: CometdRuntime | None = None,
     ) -> None:
+        super().__init__(
+            log_dir,
+            temp_prefix="cumi-cometd-",
+            ready_timeout=ready_timeout,
+            stop_timeout=stop_timeout,
+            detach=False,
+            ports_pinned=port is not None,
+        )
         self._cache_dir = cache_dir
         self._port = port
-        self._owns_log_dir = log_dir is None
-        self._log_dir = Path(log_dir or tempfile.mkdtemp(prefix="cumi-cometd-")).absolute()
         self._jvm_options = tuple(jvm_options)
-        self._ready_timeout = ready_timeout
-        self._stop_timeout = stop_timeout
         self._runtime = runtime
-        self._pid: int | None = None
 
     # -- what callers read ------------------------------------------------------------------
 
     @property
     def port(self) -> int:
         if self._port is None:
-            raise LocalBrokerError("the reference CometD server has no port before its first start")
+            raise DevServiceError("the reference CometD server has no port before its first start")
         return self._port
 
     @property
@@ -111,14 +113,31 @@ class LocalCometdServer(process.LocalService):
         return f"http://{host}:{self.port}{COMETD_PATH}"
 
     @property
+    def address(self) -> str:
+        return self.cometd_url
+
+    @property
+    def loopback_ports(self) -> tuple[int, ...]:
+        return (self._port or 0,)
+
+    @property
     def log_path(self) -> Path:
         """The JVM's stdout and stderr: Jetty's log, the ready line, crashes."""
-        return self._log_dir / "server.log"
+        return self._work_dir / "server.log"
+
+    @property
+    def identity(self) -> tuple[str, ...]:
+        return (MAIN_CLASS, str(self.log_path))
+
+    @property
+    def title(self) -> str:
+        cometd, jetty = versions()
+        return f"CometD {cometd} on Jetty {jetty}"
 
     def describe(self) -> str:
         # no port yet while a first start is under way
         where = self.base_url if self._port is not None else HOST
-        return f"the reference CometD server at {where}"
+        return f"{self.name} at {where}"
 
     def rss_bytes(self) -> int | None:
         """The JVM's resident memory right now, None when not running."""
@@ -131,43 +150,38 @@ class LocalCometdServer(process.LocalService):
         match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
         return int(match.group(1)) * 1024 if match else None
 
-    # -- lifecycle --------------------------------------------------------------------------
+    # -- LocalJvm's hooks (stop(): SIGTERM, Jetty closes every connection; restart(): the same
+    # port, every session the server knew is gone) ------------------------------------------
 
-    async def start(self) -> None:
-        """Start the JVM and return once it serves Bayeux and the hook. No-op when running."""
-        if self.running:
-            return
+    async def _prepare(self) -> None:
         if self._runtime is None:
             self._runtime = await asyncio.to_thread(fetch, self._cache_dir)
-        self._log_dir.mkdir(parents=True, exist_ok=True)
-        watcher = process.LogWatcher(self.log_path)
-        argv = self._java(self._runtime)
-        started = time.monotonic()
-        self._pid = process.spawn(argv, self.log_path, detach=False)
-        log.debug("starting the reference CometD server (pid %d): %s", self._pid, argv)
-        try:
-            port = await self._wait_ready(self._pid, watcher, started + self._ready_timeout)
-        except BaseException:
-            await process.terminate(self._pid, 5.0)
-            self._pid = None
-            raise
-        self._port = port
-        log.info(
-            "reference CometD server ready at %s in %.1f s (pid %d)",
-            self.cometd_url,
-            time.monotonic() - started,
-            self._pid,
-        )
+        self._work_dir.mkdir(parents=True, exist_ok=True)
 
-    # stop() (SIGTERM: Jetty closes every connection), restart() (same port; every session the
-    # server knew is gone) and `async with` come from process.LocalService
+    def _command(self) -> list[str]:
+        if self._runtime is None:
+            raise DevServiceError(f"{WHAT} is not fetched yet: start() first")
+        return [
+            str(self._runtime.java.path),
+            *JVM_OPTIONS,
+            *self._jvm_options,
+            "-cp",
+            self._runtime.classpath,
+            MAIN_CLASS,
+            "--host",
+            HOST,
+            "--port",
+            str(self._port or 0),  # 0: the kernel chooses, the ready line tells
+        ]
 
-    def cleanup(self) -> None:
-        """Delete the log folder if this object created it. The server must be stopped."""
-        if self.running:
-            raise LocalBrokerError("stop the reference CometD server before cleaning up")
-        if self._owns_log_dir:
-            shutil.rmtree(self._log_dir, ignore_errors=True)
+    async def _ready(self, output: str) -> bool:
+        ready = _READY.search(output)
+        if ready:
+            self._port = int(ready.group(1))
+        return ready is not None
+
+    def _choose_ports(self) -> None:
+        self._port = None
 
     # -- the control hook -------------------------------------------------------------------
 
@@ -219,48 +233,9 @@ class LocalCometdServer(process.LocalService):
             http.request(method, f"{self.base_url}/_ref/{name}", json=body) as response,
         ):
             if response.status != 200:
-                raise LocalBrokerError(
+                raise DevServiceError(
                     f"the reference CometD server's hook /_ref/{name} answered "
                     f"{response.status}: {await response.text()}"
                 )
             reply: dict[str, Any] = await response.json()
             return reply
-
-    # -- internals --------------------------------------------------------------------------
-
-    def _java(self, runtime: CometdRuntime) -> list[str]:
-        return [
-            str(runtime.java.path),
-            *JVM_OPTIONS,
-            *self._jvm_options,
-            "-cp",
-            runtime.classpath,
-            MAIN_CLASS,
-            "--host",
-            HOST,
-            "--port",
-            str(self._port or 0),
-        ]
-
-    async def _wait_ready(self, pid: int, watcher: process.LogWatcher, deadline: float) -> int:
-        """The port from the ready line; LocalBrokerError if the JVM dies or the deadline passes."""
-        while True:
-            new = watcher.poll()
-            ready = _READY.search(new)
-            if ready:
-                return int(ready.group(1))
-            if _BIND_FAILED in new:
-                raise LocalBrokerError(self._failure(f"port {self._port} is in use"))
-            if process.exited(pid):
-                raise LocalBrokerError(self._failure("the JVM exited while starting"))
-            if time.monotonic() >= deadline:
-                raise LocalBrokerError(
-                    self._failure(f"not ready after {self._ready_timeout:.0f} s")
-                )
-            await asyncio.sleep(_POLL_S)
-
-    def _failure(self, what: str) -> str:
-        return (
-            f"reference CometD server: {what}.\n"
-            f"--- {self.log_path} (tail) ---\n{process.tail(self.log_path)}"
-        )

@@ -1,4 +1,4 @@
-"""`python -m ingest.localcometd fetch|run`: install, or run in the foreground until Ctrl-C.
+"""`python -m ingest.devservices.cometd fetch|run`: install, or run in the foreground until Ctrl-C.
 
 A developer tool (`make tools` runs `fetch`), deliberately not an `ingest` sub-command.
 """
@@ -10,9 +10,9 @@ import asyncio
 import logging
 import sys
 
-from ingest.errors import LocalBrokerError
-from ingest.localcometd.runtime import fetch, versions
-from ingest.localcometd.server import LocalCometdServer
+from ingest.devservices.cometd.runtime import fetch, versions
+from ingest.devservices.cometd.server import LocalCometdServer
+from ingest.errors import DevServiceError
 
 
 async def _run(port: int | None) -> None:
@@ -24,7 +24,9 @@ async def _run(port: int | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ingest.localcometd", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m ingest.devservices.cometd", description=__doc__
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("fetch", help="fetch the jars and compile the server (idempotent)")
     run = commands.add_parser("run", help="run the server on 127.0.0.1 until Ctrl-C")
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"reference CometD server {cometd} on Jetty {jetty}: {runtime.home}")
         else:
             asyncio.run(_run(args.port))
-    except LocalBrokerError as e:
+    except DevServiceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

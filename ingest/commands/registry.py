@@ -1,12 +1,13 @@
-"""The local schema registry's command line: `fetch|start|stop|status`, like `ingest broker`.
+"""`ingest registry`: the local schema registry (Apicurio, Confluent-compatible API) for people.
 
-    python -m ingest.localregistry fetch                 # the distribution from Maven Central
-    python -m ingest.localregistry start [--foreground]  # prints the Confluent-compatible base URL
-    python -m ingest.localregistry status                # exit 0 when running, 1 when not
-    python -m ingest.localregistry stop
+    ingest registry fetch                 # the distribution from Maven Central (once)
+    ingest registry start [--foreground]  # prints the Confluent-compatible base URL
+    ingest registry status                # exit 0 when running, 1 when not
+    ingest registry stop
 
 A background registry is remembered in `<cache>/registry/state.json`; its output goes to
 `<cache>/registry/registry.out`. Storage is in memory: a stop forgets every schema.
+`LocalRegistry` for code and tests is in ingest.devservices.registry.
 """
 
 from __future__ import annotations
@@ -16,21 +17,21 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ingest.localkafka import background
-from ingest.localregistry.node import READY_TIMEOUT_S, STOP_TIMEOUT_S, LocalRegistry
-from ingest.localregistry.runtime import fetch
+from ingest.commands import _devservice
+from ingest.devservices.registry import LocalRegistry, fetch
+from ingest.devservices.registry.server import READY_TIMEOUT_S, STOP_TIMEOUT_S
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     timeouts = (READY_TIMEOUT_S, STOP_TIMEOUT_S)
-    start = background.add_arguments(
+    start = _devservice.add_arguments(
         parser, service="schema registry", folder="registry", timeouts=timeouts
     )
     start.add_argument("--port", type=int, default=None, help="HTTP port (default: a free one)")
 
 
 def run(args: argparse.Namespace) -> int:
-    return background.run(args, fetch=_fetch, make=_registry, answers=_answers)
+    return _devservice.run(args, fetch=_fetch, make=_registry, answers=_answers)
 
 
 def _fetch(args: argparse.Namespace) -> int:
@@ -41,13 +42,12 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _registry(args: argparse.Namespace, state_path: Path) -> LocalRegistry:
-    detach = not args.foreground
     return LocalRegistry(
         args.cache_dir,
         args.port,
         work_dir=state_path.parent,
         ready_timeout=args.timeout,
-        detach=detach,
+        detach=not args.foreground,
     )
 
 

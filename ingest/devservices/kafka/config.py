@@ -7,19 +7,17 @@ template either way, with the node id, the voters and the replication settings f
 from __future__ import annotations
 
 import base64
-import contextlib
 import os
 import re
-import socket
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ingest.errors import LocalBrokerError
-from ingest.localkafka.runtime import KafkaRuntime, resource_text
+from ingest.devservices.kafka.runtime import KafkaRuntime, package_text
+from ingest.devservices.process import HOST, free_ports
+from ingest.errors import DevServiceError
 
-HOST = "127.0.0.1"
 HEAP_OPTIONS = ("-Xms512m", "-Xmx1g")
 QUORUM_HEAP_OPTIONS = ("-Xms256m", "-Xmx512m")
 """Heap of a node in a quorum: three JVMs share a two-core machine with the suite's own broker."""
@@ -62,7 +60,7 @@ class Quorum:
 
     def __post_init__(self) -> None:
         if not 1 <= self.node_id <= len(self.controller_ports):
-            raise LocalBrokerError(f"node {self.node_id} is not one of {self.size} voters")
+            raise DevServiceError(f"node {self.node_id} is not one of {self.size} voters")
 
     @property
     def size(self) -> int:
@@ -87,32 +85,6 @@ class Quorum:
         return max(1, self.replication_factor - 1)
 
 
-def free_ports(count: int, host: str = HOST) -> list[int]:
-    """`count` distinct ports the kernel considers free right now on `host`.
-
-    All sockets stay bound until every port is chosen, so the ports differ from each other. Another
-    process can still take one before the broker binds it; the broker retries with new ports then.
-    """
-    with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((host, 0))
-            ports.append(int(sock.getsockname()[1]))
-        return ports
-
-
-def port_is_free(port: int, host: str = HOST) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # the same option the JVM sets, so a port in TIME_WAIT after our own broker counts as free
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-        return True
-
-
 def choose_ports(port: int | None = None, controller_port: int | None = None) -> BrokerPorts:
     """Given ports where set, free ones otherwise."""
     fresh = iter(free_ports(3))
@@ -120,7 +92,7 @@ def choose_ports(port: int | None = None, controller_port: int | None = None) ->
     if controller_port is None:
         controller_port = next(p for p in fresh if p != chosen)
     if controller_port == chosen:
-        raise LocalBrokerError(f"the broker and controller ports must differ (both {chosen})")
+        raise DevServiceError(f"the broker and controller ports must differ (both {chosen})")
     controller = controller_port
     return BrokerPorts(port=chosen, controller_port=controller)
 
@@ -133,11 +105,11 @@ def render_server_properties(
     if quorum is None:
         quorum = Quorum(1, (ports.controller_port,), cluster_id="")
     elif quorum.controller_port != ports.controller_port:
-        raise LocalBrokerError(
+        raise DevServiceError(
             f"node {quorum.node_id} listens on {ports.controller_port}, "
             f"its quorum expects {quorum.controller_port}"
         )
-    text = string.Template(resource_text("server.properties")).substitute(
+    text = string.Template(package_text("server.properties")).substitute(
         port=ports.port,
         controller_port=ports.controller_port,
         log_dirs=log_dirs,
@@ -147,7 +119,7 @@ def render_server_properties(
         min_insync_replicas=quorum.min_insync_replicas,
     )
     if quorum.size > 1:
-        text += "\n" + resource_text("quorum.properties")
+        text += "\n" + package_text("quorum.properties")
     return text
 
 

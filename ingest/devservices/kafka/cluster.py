@@ -5,8 +5,7 @@ working, metadata included, while a minority of its nodes is down. Topics get re
 min(size, 3) by default and `min.insync.replicas` one less (3 and 2 for the default three nodes),
 internal topics too, so an acknowledged (acks=all) record is on at least two nodes. Tests stop
 (`stop()`), crash (`kill()`) and restart (`start()`, same ports and data) single nodes through
-`cluster.nodes[i]`, and wait for the outcome with `leader_of()` and `wait_healthy()`. Import it
-from `ingest.commands.broker`.
+`cluster.nodes[i]`, and wait for the outcome with `leader_of()` and `wait_healthy()`.
 """
 
 from __future__ import annotations
@@ -14,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -26,29 +23,24 @@ from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError
 from aiokafka.protocol.metadata import MetadataRequest
 
-from ingest.errors import LocalBrokerError
-from ingest.localkafka.config import Quorum, free_ports, random_cluster_id
-from ingest.localkafka.node import (
-    READY_TIMEOUT_S,
-    STOP_TIMEOUT_S,
-    LocalBroker,
-    LocalKafka,
-    PortTaken,
-)
-from ingest.localkafka.runtime import KafkaRuntime
+from ingest.devservices.jvm import LocalService, PortTaken
+from ingest.devservices.kafka.config import Quorum, random_cluster_id
+from ingest.devservices.kafka.node import READY_TIMEOUT_S, STOP_TIMEOUT_S, LocalBroker
+from ingest.devservices.kafka.runtime import KafkaRuntime
+from ingest.devservices.process import free_ports
+from ingest.errors import DevServiceError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SIZE = 3
 HEALTHY_TIMEOUT_S = 120.0
 LEADER_TIMEOUT_S = 60.0
-_START_ATTEMPTS = 3
 _POLL_S = 0.2
 _METADATA_TIMEOUT_MS = 5000
 _T = TypeVar("_T")
 
 
-class LocalCluster(LocalKafka):
+class LocalCluster(LocalService):
     """Nodes on 127.0.0.1 in one quorum: `async with LocalCluster() as c: … c.bootstrap …`.
 
     `data_dir`: one sub-directory per node, kept across stop/start; a temporary one (deleted by
@@ -66,17 +58,15 @@ class LocalCluster(LocalKafka):
         runtime: KafkaRuntime | None = None,
     ) -> None:
         if size < 1:
-            raise LocalBrokerError(f"a cluster needs at least one node, not {size}")
+            raise DevServiceError(f"a cluster needs at least one node, not {size}")
+        super().__init__(data_dir, temp_prefix="cumi-kafka-cluster-", ports_pinned=False)
         self._size = size
         self._cache_dir = cache_dir
         self._ready_timeout = ready_timeout
         self._stop_timeout = stop_timeout
         self._runtime = runtime
-        self._owns_data_dir = data_dir is None
-        self._data_dir = Path(data_dir or tempfile.mkdtemp(prefix="cumi-kafka-cluster-")).absolute()
         # only for fresh storage: formatted nodes keep the id they were formatted with
         self._cluster_id = random_cluster_id()
-        self._ports_pinned = False
         self._nodes = self._make_nodes()
 
     def _make_nodes(self) -> tuple[LocalBroker, ...]:
@@ -85,7 +75,7 @@ class LocalCluster(LocalKafka):
         return tuple(
             LocalBroker(
                 self._cache_dir,
-                self._data_dir / f"node-{node_id}",
+                self._work_dir / f"node-{node_id}",
                 client_ports[node_id - 1],
                 ready_timeout=self._ready_timeout,
                 stop_timeout=self._stop_timeout,
@@ -109,14 +99,22 @@ class LocalCluster(LocalKafka):
 
     @property
     def data_dir(self) -> Path:
-        return self._data_dir
+        return self._work_dir
+
+    @property
+    def running(self) -> bool:
+        """Whether any node runs."""
+        return any(node.running for node in self._nodes)
+
+    def __str__(self) -> str:
+        return f"the Kafka cluster at {self.bootstrap}"
 
     def index_of(self, node_id: int) -> int:
         """Position in `nodes` of the node with this `node.id`."""
         for index, node in enumerate(self._nodes):
             if node.node_id == node_id:
                 return index
-        raise LocalBrokerError(f"no node {node_id} in this cluster")
+        raise DevServiceError(f"no node {node_id} in this cluster")
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -126,17 +124,10 @@ class LocalCluster(LocalKafka):
         Nodes that are down together must start together: none is ready before a majority of
         the voters elects a controller, so starting them one by one would wait forever.
         """
-        for attempt in range(1, _START_ATTEMPTS + 1):
-            try:
-                await self._start_stopped()
-            except PortTaken:
-                if self._ports_pinned or attempt == _START_ATTEMPTS:
-                    raise
-                log.warning("a port of the cluster was taken meanwhile, trying other ports")
-                self._nodes = self._make_nodes()
-            else:
-                break
-        self._ports_pinned = True
+        await self._start_on_free_ports(self._start_stopped, self._renew_nodes)
+
+    def _renew_nodes(self) -> None:
+        self._nodes = self._make_nodes()
 
     async def _start_stopped(self) -> None:
         stopped = [node for node in self._nodes if not node.running]
@@ -170,13 +161,6 @@ class LocalCluster(LocalKafka):
     async def kill(self) -> None:
         """SIGKILL every node: a crash of the whole cluster. Idempotent; keeps data."""
         await asyncio.gather(*(node.kill() for node in self._nodes))
-
-    def cleanup(self) -> None:
-        """Delete the data directory if this object created it. Every node must be stopped."""
-        if any(node.running for node in self._nodes):
-            raise LocalBrokerError("stop the cluster before cleaning up its data directory")
-        if self._owns_data_dir:
-            shutil.rmtree(self._data_dir, ignore_errors=True)
 
     # -- waiting for the cluster ------------------------------------------------------------
 
@@ -238,14 +222,14 @@ class _Problem:
 
 async def _poll(check: Callable[[], Awaitable[_T | _Problem]], within_s: float, what: str) -> _T:
     """`check()` every _POLL_S s until it answers; after `within_s` s (plus the check under way)
-    raise LocalBrokerError with the last problem it reported."""
+    raise DevServiceError with the last problem it reported."""
     deadline = time.monotonic() + within_s
     while True:
         answer = await check()
         if not isinstance(answer, _Problem):
             return answer
         if time.monotonic() >= deadline:
-            raise LocalBrokerError(f"{what} after {within_s:.0f} s: {answer.text}")
+            raise DevServiceError(f"{what} after {within_s:.0f} s: {answer.text}")
         await asyncio.sleep(_POLL_S)
 
 
@@ -296,13 +280,13 @@ def _view_problem(view: dict[str, Any], node_ids: set[int]) -> str | None:
 
 def _one_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """A single error for nodes that failed to start: a PortTaken when that is all it was (the
-    caller retries with other ports), else a LocalBrokerError naming each failure."""
+    caller retries with other ports), else a DevServiceError naming each failure."""
     errors = [e for e in _leaves(group) if not isinstance(e, asyncio.CancelledError)]
     if errors and all(isinstance(e, PortTaken) for e in errors):
         return errors[0]
     if len(errors) == 1:
         return errors[0]
-    return LocalBrokerError("\n\n".join(str(e) for e in errors) or "start was cancelled")
+    return DevServiceError("\n\n".join(str(e) for e in errors) or "start was cancelled")
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
