@@ -17,9 +17,11 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed  ## virtualenv with the package and its test/dev tools
 
-tools: install  ## helm, promtool and the Kafka jars (cached outside the checkout)
+tools: install  ## helm, promtool and the dev services (Kafka, schema registry, reference CometD server)
 	bash .ci/install-tools
 	$(BIN)/ingest broker fetch
+	$(BIN)/ingest registry fetch
+	$(BIN)/python -m ingest.devservices.cometd fetch
 
 lint: install
 	$(BIN)/ruff check ingest tests bench

@@ -45,10 +45,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench import machine, record
+from ingest.devservices.kafka import LocalBroker
 from ingest.eventlog import codec
 from ingest.eventlog.topics import TopicSpec, describe_topic, ensure_topics
 from ingest.events import LogRecord, MailboxSnapshot, SnapshotMessage
-from ingest.localkafka.node import LocalBroker
 from ingest.state.projection import Projection
 from ingest.state.replay import replay
 

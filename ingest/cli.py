@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "simulator": ("ingest.simulator.cli", "run the CUMI simulator (REST + Bayeux)"),
     "broker": ("ingest.commands.broker", "local development Kafka broker: fetch|start|stop|status"),
+    "registry": (
+        "ingest.commands.registry",
+        "local Confluent-compatible schema registry (Apicurio)",
+    ),
     "tail": ("ingest.commands.tail", "decode and print records of a topic"),
     "mailboxes": ("ingest.commands.mailboxes", "manage the mailbox registry topic"),
     "demo": ("ingest.demo.runner", "the whole pipeline end to end on the embedded defaults"),

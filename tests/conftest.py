@@ -26,11 +26,11 @@ from pathlib import Path
 
 import pytest
 from chaos.report import soak
+from fixtures._jvm import started
 from hypothesis import HealthCheck, settings
 
-from ingest.errors import LocalBrokerError
+from ingest.devservices.kafka import LocalBroker
 from ingest.eventlog.topics import TopicNames, default_specs, ensure_topics
-from ingest.localkafka.node import LocalBroker
 
 pytest_plugins = [
     f"fixtures.{module.stem}"
@@ -84,14 +84,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def _local_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
     """The session's broker, started on first use; its data and logs stay in pytest's tmp dir."""
     broker = LocalBroker(data_dir=tmp_path_factory.mktemp("kafka"))
-    try:
-        broker.start_sync()
-    except LocalBrokerError as e:
-        pytest.fail(f"the local Kafka broker is required and could not start: {e}", pytrace=False)
-    try:
+    with started(broker, "the local Kafka broker"):
         yield broker
-    finally:
-        broker.stop_sync()
 
 
 @pytest.fixture(scope="session")

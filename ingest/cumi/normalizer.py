@@ -473,12 +473,22 @@ def _raw_bytes(raw: object) -> bytes:
         return f"<unserializable {type(raw).__name__}>".encode()
 
 
+def _encodable(text: str) -> bool:
+    """Whether `text` can go into a record (UTF-8): a lone surrogate, which JSON allows as an
+    escape, cannot — then the dead letter is keyed by nothing rather than not written at all."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _guess_mailbox_id(raw: object) -> str | None:
     """MailboxId from whatever the payload is, if it plainly contains one; never raises."""
     if isinstance(raw, Mapping):
         data = raw.get("data") if "channel" in raw else raw
         value = data.get("MailboxId") if isinstance(data, Mapping) else None
-        if isinstance(value, str) and value.strip() and value != "null":
+        if isinstance(value, str) and value.strip() and value != "null" and _encodable(value):
             return _short(value, 256)
         return None
     text = _raw_bytes(raw)[:DEFAULT_MAX_BYTES]

@@ -27,10 +27,10 @@ from fixtures.worker import decode_all, fold_records, read_topic, running_worker
 from ingest.cumi.credentials import Credential
 from ingest.cumi.rest import CumiRestClient
 from ingest.cumi.session import CometSession
+from ingest.devservices.kafka import LocalBroker
+from ingest.devservices.process import free_ports
 from ingest.errors import TransportError
 from ingest.eventlog.topics import TopicNames, TopicSpec, ensure_topics
-from ingest.localkafka.config import free_ports
-from ingest.localkafka.node import LocalBroker
 from ingest.ops.backoff import Backoff
 from ingest.settings import CometTransport, Settings, SettingsSource, load_kafka
 from ingest.simulator import Simulator

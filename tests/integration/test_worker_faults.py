@@ -18,9 +18,9 @@ from fixtures.worker import (
     worker_env,
 )
 
+from ingest.devservices.kafka import LocalBroker
 from ingest.eventlog.topics import TopicNames
 from ingest.events import MailboxEvent, MailboxSnapshot
-from ingest.localkafka.node import LocalBroker
 from ingest.simulator import Simulator
 from ingest.state.projection import diff_states
 from ingest.worker import Worker
