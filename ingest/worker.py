@@ -37,6 +37,7 @@ from ingest.mailboxes.mailbox_file import watched_aliases
 from ingest.ops.backoff import Backoff
 from ingest.ops.http import OpsServer
 from ingest.ops.metrics import WORKER_READY, WORKER_REGISTRY
+from ingest.ops.progress import LoggedProgress, ProgressFactory
 from ingest.settings import CredentialsProviderKind, MailboxSource, Settings
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,15 @@ class _Stopped(enum.Enum):
 class Worker:
     """The ingest worker service; `run()` until `stop()` (or a signal), returning the exit code."""
 
-    def __init__(self, settings: Settings, aliases: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        aliases: Sequence[str] | None = None,
+        *,
+        progress: ProgressFactory = LoggedProgress,
+    ) -> None:
         self.settings = settings
+        self._progress = progress
         self.aliases = list(aliases) if aliases is not None else None
         self._stop = asyncio.Event()
         self.sink: Sink | None = None
@@ -164,6 +172,7 @@ class Worker:
             credentials,
             new_session,
             reconciler=reconciler,
+            progress=self._progress,
             policy=SubscriptionPolicy(
                 batch_size=c.subscribe_batch_size,
                 request_workers=c.rest_concurrency * 2,

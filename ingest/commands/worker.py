@@ -7,6 +7,7 @@ import asyncio
 import logging
 from pathlib import Path
 
+from ingest.commands.progress import terminal_progress
 from ingest.errors import ConfigError
 from ingest.ops.gc_tuning import streaming_collector
 from ingest.settings import Settings
@@ -36,7 +37,9 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("aiocometd_ng").setLevel(logging.ERROR)
     try:
         with streaming_collector():
-            return asyncio.run(Worker(settings).run(handle_signals=True))
+            return asyncio.run(
+                Worker(settings, progress=terminal_progress).run(handle_signals=True)
+            )
     except ConfigError as e:
         log.error("configuration error: %s", e)
         return 2

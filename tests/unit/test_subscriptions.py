@@ -560,11 +560,11 @@ class TestSupervisor:
 
     async def test_progress_logged_every_tenth(self, caplog: pytest.LogCaptureFixture) -> None:
         """A pass of 100+ mailboxes off a terminal logs its progress every 10 %."""
-        caplog.set_level("INFO", logger="ingest.cumi.subscriptions")
+        caplog.set_level("INFO", logger="ingest.ops.progress")
         aliases = [f"user{i:03d}" for i in range(120)]
         policy = dataclasses.replace(POLICY, batch_size=25, progress=True)
         async with Manager(aliases, policy) as m:
             await m.ready()
-        lines = [r.getMessage() for r in caplog.records if "mailboxes (" in r.getMessage()]
+        lines = [r.getMessage() for r in caplog.records if "subscribed mailboxes" in r.getMessage()]
         assert len(lines) == 10
-        assert lines[-1].startswith("subscribed 120/120 mailboxes (100%")
+        assert lines[-1].startswith("subscribed mailboxes 120/120 (100%")
