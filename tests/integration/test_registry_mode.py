@@ -32,6 +32,7 @@ from fixtures.producing import REPO, end_offsets, state_differences, wait_commit
 from fixtures.simulator import MakeSimulator
 from fixtures.worker import fold_records, read_topic, running_worker, settle, worker_env
 
+from ingest.commands.tail import StartAt, TailOptions, tail
 from ingest.devservices.registry import LocalRegistry
 from ingest.eventlog import codec
 from ingest.eventlog.schema_registry import schema_ids, subject_name
@@ -48,6 +49,7 @@ from ingest.projector import Projector, ProjectorSettings
 from ingest.settings import SchemaRegistrySettings, SettingsSource, load_kafka
 from ingest.simulator.comet import bayeux_message, channel_of, event_data
 from ingest.state.projection import Projection, diff_states
+from ingest.state.replay import replay
 from ingest.state.store import read_state_topic
 
 pytestmark = pytest.mark.integration
@@ -232,6 +234,69 @@ class TestStandardClients:
         assert standard_decode(registry.client, fresh_topics.registry, [record.value]) == [
             plain(entry)
         ]
+
+
+class TestReaders:
+    """replay, tail and the example consumer read registry mode, and say what they miss without
+    a registry."""
+
+    async def test_replay_tail_and_the_example(
+        self,
+        make_simulator: MakeSimulator,
+        kafka_bootstrap: str,
+        fresh_topics: TopicNames,
+        registry: Registry,
+        tmp_path: Path,
+    ) -> None:
+        sim = await make_simulator(mailboxes=8, seed=176)
+        env = worker_env(
+            sim, kafka_bootstrap, fresh_topics, tmp_path, KAFKA_SCHEMA_REGISTRY_URL=registry.url
+        )
+        async with running_worker(env) as worker:
+            sim.emit(150)
+            await settle(worker, sim)
+        topic, settings = fresh_topics.events, SchemaRegistrySettings(registry.url)
+        folded = await replay(kafka_bootstrap, topic, schema_registry=settings)
+        assert diff_states(sim.truth(), folded.to_json()) == []
+        # without a registry each record is skipped, with a warning saying why (tail shows it)
+        assert (await replay(kafka_bootstrap, topic)).mailboxes == {}
+
+        blind = TailOptions(topic, start=StartAt.BEGINNING, as_json=True)
+        informed = dataclasses.replace(blind, ids=schema_ids(settings))
+        seen = [json.loads(line) for line in await tail_lines(kafka_bootstrap, informed)]
+        unread = [json.loads(line) for line in await tail_lines(kafka_bootstrap, blind)]
+        assert {line["kind"] for line in seen} == {"event", "snapshot"}
+        assert {line["kind"] for line in unread} == {"undecodable"}
+        assert all("KAFKA_SCHEMA_REGISTRY_URL" in line["error"] for line in unread)
+
+        events = sum(line["kind"] == "event" for line in seen)
+        report = await run_example(kafka_bootstrap, topic, "--schema-registry", registry.url)
+        assert report["counts"]["events"] == events and "undecodable" not in report["counts"]
+        report = await run_example(kafka_bootstrap, topic)
+        assert report["counts"]["undecodable"] == len(seen)
+
+
+async def tail_lines(bootstrap: str, options: TailOptions) -> list[str]:
+    lines: list[str] = []
+    async with asyncio.timeout(30):
+        await tail(options, {"bootstrap_servers": bootstrap}, lines.append)
+    return lines
+
+
+async def run_example(bootstrap: str, topic: str, *args: str) -> dict[str, Any]:
+    """examples/analytics_consumer.py as its own process; its JSON report."""
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, str(REPO / "examples" / "analytics_consumer.py")),
+        *("--bootstrap", bootstrap, "--topic", topic, "--schemas", str(REPO / "schemas")),
+        *("--json", *args),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    report: dict[str, Any] = json.loads(out.decode().splitlines()[-1])
+    return report
 
 
 class TestModeChange:
