@@ -4,6 +4,8 @@ by a caller that gives up waiting."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import time
 from typing import Any
 
 import pytest
@@ -14,15 +16,21 @@ from ingest.eventlog import codec
 from ingest.eventlog.sink import Sink
 from ingest.eventlog.topics import TopicNames
 from ingest.events import MailboxEvent
+from ingest.localkafka.node import LocalBroker
 from ingest.settings import KafkaSettings, SettingsSource, load_kafka
 
 pytestmark = pytest.mark.integration
 
 
-def payload(usns: range) -> list[dict[str, Any]]:
-    """Bayeux event messages of one mailbox, one per USN."""
+def payload(usns: range, mailboxes: int = 1) -> list[dict[str, Any]]:
+    """Bayeux event messages, one per USN, spread over `mailboxes` mailboxes (and partitions),
+    stamped now (the vendor example's 2008 stamp is older than the topic's retention)."""
+    now = {"EventTime": dt.datetime.now(dt.UTC).strftime("%I:%M:%S %p %m/%d/%Y")}
     return [
-        {"channel": "/vmrest/mailbox/sub-1", "data": vendor_example() | {"USN": usn}}
+        {
+            "channel": "/vmrest/mailbox/sub-1",
+            "data": vendor_example() | {"USN": usn, "MailboxId": f"mb-{usn % mailboxes}", **now},
+        }
         for usn in usns
     ]
 
@@ -59,3 +67,61 @@ class TestAdmission:
         usns = [e.usn for e in events if isinstance(e, MailboxEvent)]
         assert usns == list(range(1, 12)), "every received payload produced, in order"
         assert {r.partition for r in records} == {records[0].partition}
+
+
+class TestOutage:
+    """The broker away for longer than KAFKA_REQUEST_TIMEOUT_MS: nothing received is lost."""
+
+    async def test_outage_longer_than_the_request_timeout(
+        self, kafka_bootstrap: str, kafka_broker: LocalBroker, fresh_topics: TopicNames
+    ) -> None:
+        env = {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "KAFKA_EVENTS_TOPIC": fresh_topics.events,
+            "KAFKA_DLQ_TOPIC": fresh_topics.dlq,
+            "KAFKA_REQUEST_TIMEOUT_MS": "3000",
+        }
+        kafka = load_kafka(SettingsSource(env))
+        sink = Sink(kafka, capacity=1000, retry_cap=1.0)
+        await sink.start()
+        usn = 0
+
+        async def produce(until: asyncio.Event) -> None:
+            nonlocal usn
+            while not until.is_set() and sink.fatal is None:
+                await sink.submit(payload(range(usn + 1, usn + 2), mailboxes=4), 0.0)
+                usn += 1
+                await asyncio.sleep(0.01)
+
+        done = asyncio.Event()
+        producing = asyncio.create_task(produce(done))
+        try:
+            async with asyncio.timeout(30):
+                while usn < 100:  # noqa: ASYNC110 - a running count, no event to wait on
+                    await asyncio.sleep(0.05)
+            await kafka_broker.stop()
+            outage = time.monotonic()
+            # 3 request timeouts: batches expire in the producer while the broker is away
+            async with asyncio.timeout(60):
+                while time.monotonic() - outage < 9.0:  # noqa: ASYNC110
+                    await asyncio.sleep(0.2)
+            held = sink.window.used
+            await kafka_broker.start()
+            async with asyncio.timeout(60):
+                while usn < held + 600 and sink.fatal is None:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            done.set()
+            await producing
+            async with asyncio.timeout(60):
+                await sink.window.drained()
+        finally:
+            done.set()
+            await sink.stop()
+        from ingest.ops.metrics import WORKER_REGISTRY
+        print("DBG", [(m.name, [(x.labels, x.value) for x in m.samples]) for m in WORKER_REGISTRY.collect() if "producer_errors" in m.name], held, usn)
+        assert sink.fatal is None, f"the sink gave up: {sink.fatal!r}"
+        assert held > 0, "records were held during the outage"
+        records = await read_topic(kafka.bootstrap_servers, kafka.events_topic)
+        events = [codec.decode(r.value) for r in records if r.value is not None]
+        usns = {e.usn for e in events if isinstance(e, MailboxEvent)}
+        assert usns == set(range(1, usn + 1)), f"{usn - len(usns)} received records lost"
