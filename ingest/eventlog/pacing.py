@@ -1,0 +1,51 @@
+"""Paced metadata retries for aiokafka clients: no busy loop while the cluster is unreachable.
+
+aiokafka (0.14) refreshes cluster metadata in a background task that runs whenever it is woken,
+and several loops wake it again the moment a refresh fails: the producer's sender, as soon as a
+partition has no known leader (a broker's controlled shutdown leaves every partition it led
+leaderless), and each failed connection attempt. With the broker gone the refresh fails in
+microseconds (connection refused), so these loops spin: a whole core and two ERROR lines per turn
+(measured 8,000-11,000 lines per second, docs/reliability.md). None of `retry_backoff_ms`,
+`metadata_max_age_ms` or a reconnect backoff (aiokafka has none) applies to that loop.
+
+`pace_metadata(client)` wraps the client's metadata refresh so that a failed refresh returns only
+after a backoff (ops.backoff, growing from `retry_backoff_ms` to a couple of seconds; reset by the
+first success). Everything waiting for the refresh waits with it, so the spinning loops turn at
+most a few times per second, and a cluster that comes back is noticed within the cap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ingest.ops.backoff import Backoff
+from ingest.ops.clock import SYSTEM_CLOCK, Clock
+
+METADATA_BACKOFF = Backoff(base=0.1, cap=2.0)
+"""From aiokafka's default retry_backoff_ms (100 ms) to 2 s: the longest a recovered cluster can go
+unnoticed is about 2 s, the cost of a dead one about one connection attempt per second."""
+
+
+def pace_metadata(
+    client: Any, backoff: Backoff = METADATA_BACKOFF, clock: Clock = SYSTEM_CLOCK
+) -> None:
+    """Make `client` (an aiokafka `AIOKafkaClient`: `producer.client`, `consumer._client`) wait
+    after each failed metadata refresh. Idempotent. Uses aiokafka's private `_metadata_update`
+    (pinned version; docs/design.md §7)."""
+    if getattr(client, "_cumi_paced", False):
+        return
+    refresh = client._metadata_update
+    failures = 0
+
+    async def paced(cluster_metadata: Any, topics: Any) -> bool:
+        nonlocal failures
+        updated: bool = await refresh(cluster_metadata, topics)
+        if updated:
+            failures = 0
+        else:
+            failures += 1
+            await clock.sleep(backoff.delay(failures))
+        return updated
+
+    client._metadata_update = paced
+    client._cumi_paced = True
