@@ -68,7 +68,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 
 from ingest.cumi.normalizer import TimeZones
 from ingest.errors import BrokerError
-from ingest.eventlog.pacing import pace_metadata
+from ingest.eventlog.clients import abandon, pace_metadata
 from ingest.eventlog.records import Record, RecordWriter
 from ingest.eventlog.topics import Partitioner
 from ingest.events import MailboxSnapshot, RepairReason
@@ -651,7 +651,7 @@ class Sink:
             self._generation += 1  # whatever the old producer reports from now on is ignored
             old, self._producer = self._producer, None
             if old is not None:
-                await self._abandon(old)
+                await abandon(old)
             self._broken.clear()
             self._producer = await self._connect(starting=False)
             self._template = self._producer
@@ -679,28 +679,6 @@ class Sink:
             if not await self._hand_over(batch):
                 return False
         return not self._broken.is_set()
-
-    async def _abandon(self, producer: AIOKafkaProducer) -> None:
-        """Close a producer without waiting for its batches, which fail (ignored: the replay
-        covers them); `stop()` alone would wait for every one to be delivered. Uses aiokafka's
-        private sender task and accumulator (pinned version; docs/design.md §7): the sender is
-        stopped first, so that no request in flight re-queues a batch being failed."""
-        sender = producer._sender
-        if sender is not None and sender.sender_task is not None:
-            sender.sender_task.cancel()
-            await asyncio.gather(sender.sender_task, return_exceptions=True)
-        accumulator = producer._message_accumulator
-        batches = [b for queue in accumulator._batches.values() for b in queue]
-        batches += list(accumulator._pending_batches)
-        accumulator.fail_all(ProducerClosed())
-        for batch in batches:  # nobody waits for them any more: asyncio would log each
-            for future in (batch.future, batch._drain_waiter):
-                if future.done() and not future.cancelled():
-                    future.exception()
-        try:
-            await asyncio.wait_for(producer.stop(), 5.0)
-        except (TimeoutError, KafkaError) as e:
-            log.debug("replaced Kafka producer did not close cleanly: %r", e)
 
     # -- watching for outages --------------------------------------------------------------------
 

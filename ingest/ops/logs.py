@@ -2,7 +2,7 @@
 aiokafka's own lines rate-limited so that an outage cannot flood the log.
 
 While a Kafka broker is unreachable aiokafka logs every failed connection and metadata request, at
-ERROR, as often as it retries (a few lines per second once paced, eventlog/pacing.py; thousands per
+ERROR, as often as it retries (a few lines per second once paced, eventlog/clients.py; thousands per
 second before). `RepeatLimiter` lets the first line of each kind through (the condition starts),
 then at most one per `period` (30 s) carrying the count of the similar lines it held back (the
 periodic summary); the line that the pipeline itself logs when the condition ends (the sink's

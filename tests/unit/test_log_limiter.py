@@ -1,5 +1,5 @@
 """ops.logs.RepeatLimiter: the first line of a kind, then one per period with the count held back;
-other loggers untouched. eventlog.pacing: a failed metadata refresh returns only after a backoff."""
+other loggers untouched. eventlog.clients: a failed metadata refresh returns after a backoff."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import logging
 from typing import Any
 
-from ingest.eventlog.pacing import pace_metadata
+from ingest.eventlog.clients import pace_metadata
 from ingest.ops.backoff import Backoff
 from ingest.ops.logs import RepeatLimiter
 

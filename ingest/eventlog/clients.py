@@ -1,4 +1,5 @@
-"""Paced metadata retries for aiokafka clients: no busy loop while the cluster is unreachable.
+"""aiokafka client helpers for a cluster that goes away: paced metadata retries (no busy loop
+while it is unreachable) and abandoning a producer without waiting for its batches.
 
 aiokafka (0.14) refreshes cluster metadata in a background task that runs whenever it is woken,
 and several loops wake it again the moment a refresh fails: the producer's sender, as soon as a
@@ -16,10 +17,17 @@ most a few times per second, and a cluster that comes back is noticed within the
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError, ProducerClosed
 
 from ingest.ops.backoff import Backoff
 from ingest.ops.clock import SYSTEM_CLOCK, Clock
+
+log = logging.getLogger(__name__)
 
 METADATA_BACKOFF = Backoff(base=0.1, cap=2.0)
 """From aiokafka's default retry_backoff_ms (100 ms) to 2 s: the longest a recovered cluster can go
@@ -49,3 +57,27 @@ def pace_metadata(
 
     client._metadata_update = paced
     client._cumi_paced = True
+
+
+async def abandon(producer: AIOKafkaProducer, within: float = 5.0) -> None:
+    """Close `producer` without waiting for its batches, which fail with ProducerClosed (their
+    owner sends them again, or gives them up); `stop()` alone waits for every one to be delivered,
+    for ever while the cluster is away. Uses aiokafka's private sender task and accumulator
+    (pinned version; docs/design.md §7): the sender is stopped first, so that no request in
+    flight re-queues a batch being failed."""
+    sender = producer._sender
+    if sender is not None and sender.sender_task is not None:
+        sender.sender_task.cancel()
+        await asyncio.gather(sender.sender_task, return_exceptions=True)
+    accumulator = producer._message_accumulator
+    batches = [b for queue in accumulator._batches.values() for b in queue]
+    batches += list(accumulator._pending_batches)
+    accumulator.fail_all(ProducerClosed())
+    for batch in batches:  # nobody waits for them any more: asyncio would log each
+        for future in (batch.future, batch._drain_waiter):
+            if future.done() and not future.cancelled():
+                future.exception()
+    try:
+        await asyncio.wait_for(producer.stop(), within)
+    except (TimeoutError, KafkaError) as e:
+        log.debug("abandoned Kafka producer did not close cleanly: %r", e)
