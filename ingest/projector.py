@@ -46,7 +46,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 
 from ingest.errors import BrokerError, ConfigError, DecodeError
-from ingest.eventlog.clients import pace_metadata
+from ingest.eventlog.clients import close_consumer, pace_metadata
 from ingest.eventlog.reader import decode_log_record
 from ingest.eventlog.topics import TopicSpec, describe_topic, ensure_topics
 from ingest.events import MailboxEvent, MailboxSnapshot
@@ -313,9 +313,10 @@ class Projector:
             except Exception as e:
                 if not _recoverable(e):
                     return  # _consume recorded the failure
-                self._trouble = None
                 self._kafka_lost(e)
+                # still in trouble while closing: the old consumer's revoke commits nothing
                 await self._close_kafka()
+                self._trouble = None
                 connected = False
 
     async def wait(self) -> int:
@@ -364,11 +365,9 @@ class Projector:
         PROJECTOR_READY.set(0)
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
-            with contextlib.suppress(KafkaError, TimeoutError):
-                await asyncio.wait_for(consumer.stop(), _CLOSE_WITHIN)
+            await close_consumer(consumer, _CLOSE_WITHIN)
         await self._writer.stop()
-        with contextlib.suppress(KafkaError, TimeoutError):
-            await asyncio.wait_for(self._reader.stop(), _CLOSE_WITHIN)
+        await self._reader.stop()
         for number in list(self.partitions):
             self._drop(number)
 

@@ -21,7 +21,7 @@ import asyncio
 import logging
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError, ProducerClosed
 
 from ingest.ops.backoff import Backoff
@@ -81,3 +81,19 @@ async def abandon(producer: AIOKafkaProducer, within: float = 5.0) -> None:
         await asyncio.wait_for(producer.stop(), within)
     except (TimeoutError, KafkaError) as e:
         log.debug("abandoned Kafka producer did not close cleanly: %r", e)
+
+
+async def close_consumer(consumer: AIOKafkaConsumer, within: float = 10.0) -> None:
+    """`consumer.stop()`, bounded, and quiet about what aiokafka leaks while the cluster is away:
+    its fetcher awaits the fetch tasks it has just cancelled, so `stop()` raises CancelledError
+    (aiokafka 0.14) although nobody cancelled the caller — that one is swallowed, a real
+    cancellation of the caller is not."""
+    task = asyncio.current_task()
+    try:
+        await asyncio.wait_for(consumer.stop(), within)
+    except (KafkaError, TimeoutError) as e:
+        log.debug("Kafka consumer did not close cleanly: %r", e)
+    except asyncio.CancelledError:
+        if task is not None and task.cancelling():
+            raise
+        log.debug("Kafka consumer closed with a stray cancellation of its fetch tasks")

@@ -34,7 +34,7 @@ from aiokafka.errors import KafkaError, ProducerFenced
 
 from ingest.errors import BrokerError, DecodeError, IngestError
 from ingest.eventlog import codec
-from ingest.eventlog.clients import abandon, pace_metadata
+from ingest.eventlog.clients import abandon, close_consumer, pace_metadata
 from ingest.eventlog.topics import describe_topic
 from ingest.events import MailboxStateRecord
 
@@ -100,7 +100,7 @@ class StateReader:
     async def stop(self) -> None:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
-            await consumer.stop()
+            await close_consumer(consumer)
 
     async def __aenter__(self) -> StateReader:
         await self.start()
