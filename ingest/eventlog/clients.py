@@ -70,8 +70,11 @@ async def abandon(producer: AIOKafkaProducer, within: float = 5.0) -> None:
         sender.sender_task.cancel()
         await asyncio.gather(sender.sender_task, return_exceptions=True)
     accumulator = producer._message_accumulator
-    batches = [b for queue in accumulator._batches.values() for b in queue]
-    batches += list(accumulator._pending_batches)
+    queued = [b for queue in accumulator._batches.values() for b in queue]
+    # a batch sent before and queued again for a retry left the pending set, yet the callback it
+    # got when first sent removes it from there once it completes (KeyError): put it back
+    accumulator._pending_batches.update(b for b in queued if b.retry_count > 0)
+    batches = queued + [b for b in accumulator._pending_batches if b not in queued]
     accumulator.fail_all(ProducerClosed())
     for batch in batches:  # nobody waits for them any more: asyncio would log each
         for future in (batch.future, batch._drain_waiter):
