@@ -310,12 +310,12 @@ class ChaosRun:
 
     async def _broker_restart(self, step: Step) -> None:
         before = {s.name: s.usage() for s in self.services}
-        started = time.monotonic()
         await self.broker.stop()
+        started = time.monotonic()
         await asyncio.sleep(step.hold)
-        await self.broker.start()
         seconds = time.monotonic() - started
-        after = {s.name: s.usage() for s in self.services}
+        after = {s.name: s.usage() for s in self.services}  # while the broker is still away
+        await self.broker.start()
         outage: dict[str, Any] = {"hold": step.hold, "seconds": round(seconds, 1)}
         for name, (lines, cpu) in after.items():
             lines0, cpu0 = before[name]
