@@ -21,10 +21,15 @@ Rebalancing (aiokafka's eager protocol: revoke everything, then assign):
 
 Records already accounted for (offset below the partition's next offset) are skipped, so a batch
 fetched before a rebalance can never be applied twice. A fenced producer means another instance
-owns the partition: the projector stops without writing anything more and exits with code 3. Any
-other failed transaction is aborted and the projector exits with code 1: carrying on would mean
-re-initialising a producer, which fences the partition's real owner if this instance is a zombie
-that has not noticed yet; a restarted process rejoins and restores what it is assigned.
+owns the partition: the projector stops without writing anything more and exits with code 3.
+
+Kafka going away is not a reason to exit: unreachable at start-up, or a transaction that fails
+(or does not finish within half the transaction timeout, before the coordinator would time it out
+and fence the producer), the projector is not ready, closes its consumer, transactional producers
+and state reader, waits for the cluster with backoff (one log line when it goes, one when it is
+back) and joins the group again — exactly what a restarted process would do, so it cannot fence a
+partition's real owner: it re-initialises producers only for what the coordinator assigns it
+anew, and restores them from the state topic.
 """
 
 from __future__ import annotations
