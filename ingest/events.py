@@ -71,6 +71,9 @@ class RepairReason(enum.StrEnum):
     """The worker group gave this worker the mailbox (another worker left, failed or joined)."""
     REGISTERED = "registered"
     """The mailbox was added to (or re-enabled in) the registry while this worker owned it."""
+    KAFKA_OUTAGE = "kafka-outage"
+    """The CometD session was lost because the worker stopped pulling while Kafka was away (its
+    in-flight bound was full): events of that time may be missing from the log before this."""
 
     @classmethod
     def _missing_(cls, value: object) -> RepairReason | None:

@@ -21,10 +21,15 @@ Rebalancing (aiokafka's eager protocol: revoke everything, then assign):
 
 Records already accounted for (offset below the partition's next offset) are skipped, so a batch
 fetched before a rebalance can never be applied twice. A fenced producer means another instance
-owns the partition: the projector stops without writing anything more and exits with code 3. Any
-other failed transaction is aborted and the projector exits with code 1: carrying on would mean
-re-initialising a producer, which fences the partition's real owner if this instance is a zombie
-that has not noticed yet; a restarted process rejoins and restores what it is assigned.
+owns the partition: the projector stops without writing anything more and exits with code 3.
+
+Kafka going away is not a reason to exit: unreachable at start-up, or a transaction that fails
+(or does not finish within half the transaction timeout, before the coordinator would time it out
+and fence the producer), the projector is not ready, closes its consumer, transactional producers
+and state reader, waits for the cluster with backoff (one log line when it goes, one when it is
+back) and joins the group again — exactly what a restarted process would do, so it cannot fence a
+partition's real owner: it re-initialises producers only for what the coordinator assigns it
+anew, and restores them from the state topic.
 """
 
 from __future__ import annotations
@@ -46,11 +51,14 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 
 from ingest.errors import BrokerError, ConfigError, DecodeError
+from ingest.eventlog.clients import close_consumer, pace_metadata
 from ingest.eventlog.codec import SchemaIds
 from ingest.eventlog.reader import decode_log_record
 from ingest.eventlog.schema_registry import schema_ids
 from ingest.eventlog.topics import TopicSpec, describe_topic, ensure_topics
 from ingest.events import MailboxEvent, MailboxSnapshot
+from ingest.ops.backoff import Backoff
+from ingest.ops.clock import SYSTEM_CLOCK, wait_event
 from ingest.ops.gc_tuning import streaming_collector
 from ingest.ops.http import OpsServer
 from ingest.ops.metrics import (
@@ -80,6 +88,18 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_FENCED = 0, 1, 2, 3
 _MAX_POLL_RECORDS = 5000
 _APPLY_SLICE = 500
 """Records applied between two yields to the event loop (heartbeats, the read API)."""
+_RECONNECT = Backoff(base=0.5, cap=10.0)
+"""Retrying an unreachable cluster: at start-up and after losing it."""
+_CLOSE_WITHIN = 10.0
+"""Seconds a Kafka client may take to close (leave the group…) before it is given up."""
+
+
+def _recoverable(error: BaseException) -> bool:
+    """Kafka went away or a transaction failed: rejoining (as a restart would) cures it. Fenced
+    (another instance owns a partition) and configuration errors do not."""
+    return isinstance(error, KafkaError | BrokerError) and not isinstance(
+        error, Fenced | ConfigError | ProducerFenced
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +214,9 @@ class Projector:
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._failure: BaseException | None = None
+        self._trouble: BaseException | None = None
+        """Kafka went away (a failed transaction, a lost cluster): rejoin once it is back."""
+        self._lost_at: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._started = False
 
@@ -214,6 +237,9 @@ class Projector:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Start serving (health, metrics, read API) and connect to Kafka. A configuration error
+        (topics) raises; an unreachable cluster does not: the projector stays not ready and keeps
+        trying in the background (`_run`)."""
         if self._started:
             return
         self._started = True
@@ -226,28 +252,83 @@ class Projector:
         )
         await self.ops.start()
         try:
-            await self._writer.start()  # registry mode: a refused schema stops us here
-            await self._ensure_state_topic()
-            await self._reader.start()
-            consumer = AIOKafkaConsumer(
-                group_id=self.settings.group_id,
-                client_id=f"projector-{self.instance}",
-                isolation_level="read_committed",
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                max_poll_records=_MAX_POLL_RECORDS,
-                session_timeout_ms=self.settings.session_timeout_ms,
-                heartbeat_interval_ms=max(300, self.settings.session_timeout_ms // 10),
-                group_instance_id=self.settings.group_instance_id,
-                **self._client,
-            )
-            await consumer.start()
-            self._consumer = consumer
-            consumer.subscribe([self.events_topic], listener=_Listener(self))
+            connected = await self._try_open()
         except BaseException:
             await self._close()
             raise
-        self._task = asyncio.create_task(self._consume(), name="projector-consume")
+        self._task = asyncio.create_task(self._run(connected), name="projector")
+
+    async def _try_open(self) -> bool:
+        """One attempt at the Kafka side; False (and logged once per outage) if unreachable."""
+        try:
+            await self._open()
+        except (KafkaError, BrokerError) as e:
+            await self._close_kafka()
+            self._kafka_lost(e)
+            return False
+        if self._lost_at is not None:
+            log.info(
+                "Kafka reachable again after %.0f s: projector rejoining the group",
+                time.monotonic() - self._lost_at,
+            )
+            self._lost_at = None
+        return True
+
+    def _kafka_lost(self, error: BaseException) -> None:
+        """One line when Kafka goes missing (not on every retry)."""
+        if self._lost_at is None:
+            self._lost_at = time.monotonic()
+            log.warning(
+                "Kafka not reachable (%r): projector not ready, retrying with backoff up to %.0f s",
+                error,
+                _RECONNECT.cap,
+            )
+
+    async def _open(self) -> None:
+        await self._writer.start()  # registry mode: a refused schema stops us here
+        await self._ensure_state_topic()
+        await self._reader.start()
+        consumer = AIOKafkaConsumer(
+            group_id=self.settings.group_id,
+            client_id=f"projector-{self.instance}",
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=_MAX_POLL_RECORDS,
+            session_timeout_ms=self.settings.session_timeout_ms,
+            heartbeat_interval_ms=max(300, self.settings.session_timeout_ms // 10),
+            group_instance_id=self.settings.group_instance_id,
+            **self._client,
+        )
+        pace_metadata(consumer._client)
+        self._consumer = consumer
+        await consumer.start()
+        consumer.subscribe([self.events_topic], listener=_Listener(self))
+
+    async def _run(self, connected: bool) -> None:
+        """Consume while connected; when Kafka goes away (at start-up, or a transaction fails),
+        close every Kafka client, wait for the cluster with backoff and rejoin the group — what a
+        restarted process would do, without the restart. Fenced and other errors end it."""
+        attempt = 0
+        while not self._stopping.is_set():
+            if not connected:
+                attempt += 1
+                if await wait_event(SYSTEM_CLOCK, self._stopping, _RECONNECT.delay(attempt)):
+                    return
+                connected = await self._try_open()
+                continue
+            attempt = 0
+            try:
+                await self._consume()
+                return
+            except Exception as e:
+                if not _recoverable(e):
+                    return  # _consume recorded the failure
+                self._kafka_lost(e)
+                # still in trouble while closing: the old consumer's revoke commits nothing
+                await self._close_kafka()
+                self._trouble = None
+                connected = False
 
     async def wait(self) -> int:
         """Until stopped or failed; the exit code."""
@@ -285,15 +366,19 @@ class Projector:
         await self.stop()
 
     async def _close(self) -> None:
+        await self._close_kafka()
+        await self.ops.stop()
+
+    async def _close_kafka(self) -> None:
+        """Close the consumer, the transactional producers and the state reader (bounded: the
+        cluster may be gone) and forget every partition."""
         self.ready = False
         PROJECTOR_READY.set(0)
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
-            with contextlib.suppress(KafkaError):
-                await consumer.stop()
+            await close_consumer(consumer, _CLOSE_WITHIN)
         await self._writer.stop()
         await self._reader.stop()
-        await self.ops.stop()
         for number in list(self.partitions):
             self._drop(number)
 
@@ -328,6 +413,8 @@ class Projector:
                 async with self._lock:
                     if self._failure is not None:
                         raise self._failure
+                    if self._trouble is not None:
+                        raise self._trouble
                     if not self.ready:
                         # revoked and not yet assigned again: nothing is ours to apply; the
                         # next assignment seeks back to the committed offsets
@@ -339,7 +426,7 @@ class Projector:
                     await self._commit_due(force=False)
                 self._update_gauges(consumer)
             async with self._lock:
-                if self._failure is None:
+                if self._failure is None and self._trouble is None:
                     await self._commit_due(force=True)
         except Exception as e:
             self._fail(e)
@@ -394,7 +481,15 @@ class Projector:
             states.append(owned.projection.mailboxes[mailbox_id].to_record())
             await asyncio.sleep(0)  # a big mailbox takes milliseconds; let heartbeats through
         try:
-            await self._writer.commit(owned.number, states, owned.next_offset)
+            # a transaction Kafka cannot finish (it went away) is given up well before the
+            # coordinator would time it out and fence the producer: the partitions are rejoined
+            async with asyncio.timeout(self.settings.transaction_timeout_ms / 2000):
+                await self._writer.commit(owned.number, states, owned.next_offset)
+        except TimeoutError as e:
+            PROJECTOR_TRANSACTIONS.labels("aborted").inc()
+            raise TransactionFailed(
+                f"state transaction of partition {owned.number} not finished in time"
+            ) from e
         except (TransactionFailed, Fenced):
             PROJECTOR_TRANSACTIONS.labels("aborted").inc()
             raise
@@ -413,6 +508,13 @@ class Projector:
         PROJECTOR_MAILBOXES.set(sum(len(o.projection.mailboxes) for o in self.partitions.values()))
 
     def _fail(self, error: BaseException) -> None:
+        if _recoverable(error) and not self._stopping.is_set():
+            # Kafka went away: `_run` rejoins once it is back (no exit)
+            if self._trouble is None:
+                self._trouble = error
+            self.ready = False
+            PROJECTOR_READY.set(0)
+            return
         if self._failure is None:
             self._failure = error
             if isinstance(error, Fenced):
@@ -427,7 +529,7 @@ class Projector:
 
     async def on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         """Finish (commit) the open changes before the partitions can move."""
-        if self._failure is not None:
+        if self._failure is not None or self._trouble is not None:
             return
         try:
             async with self._lock:
@@ -438,7 +540,7 @@ class Projector:
             self._fail(e)
 
     async def on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        if self._failure is not None or self._stopping.is_set():
+        if self._failure is not None or self._trouble is not None or self._stopping.is_set():
             return  # nothing more is consumed: leave the partitions to the next owner
         PROJECTOR_REBALANCES.inc()
         numbers = sorted(tp.partition for tp in assigned if tp.topic == self.events_topic)

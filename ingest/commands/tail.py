@@ -37,6 +37,7 @@ from aiokafka.errors import KafkaError
 
 from ingest.errors import ConfigError, TopicMissing
 from ingest.eventlog import codec
+from ingest.eventlog.clients import close_consumer, pace_metadata
 from ingest.eventlog.schema_registry import schema_ids
 from ingest.eventlog.topics import key_partition, topic_partitions
 from ingest.events import (
@@ -266,15 +267,16 @@ async def tail(
         isolation_level="read_committed",
         **client_kwargs,
     )
-    await consumer.start()
+    pace_metadata(consumer._client)  # no busy loop while the broker is away
     try:
+        await consumer.start()
         tps = _assign(consumer, options, partitions)
         end = await consumer.end_offsets(tps)
         for tp, offset in (await _start_offsets(consumer, tps, options, end)).items():
             consumer.seek(tp, offset)
         return await _pump(consumer, end, options, write, stop)
     finally:
-        await consumer.stop()
+        await close_consumer(consumer)
 
 
 def _assign(

@@ -227,6 +227,11 @@ class Demo:
                 "CUMI_METRICS_PORT": port,
                 "CUMI_SHUTDOWN_TIMEOUT_SECONDS": 10,
                 **self._registry_settings(),
+                # static membership: a restarted projector takes its partitions back at once,
+                # instead of waiting out the dead instance's session timeout (30 s) and a
+                # rebalance; a shorter timeout would still wait, and expel a projector that a
+                # busy machine pauses for a few seconds
+                "CUMI_PROJECTOR_GROUP_INSTANCE_ID": "demo-projector-0",
             },
         )
         projector = self._child("projector", ["projector", "--config", str(config)], 20)

@@ -4,20 +4,41 @@ Every payload the CometD session hands over takes slots of a bounded in-flight w
 (CUMI_QUEUE_SIZE) until Kafka acknowledges its records. Payloads are processed one after the
 other, in order, while the session already fetches the next one. Its records go out as one record
 batch per partition (one append per record, one acknowledgement per batch); a partition holds at
-most one queued batch besides the one in flight. When the window is full (Kafka is slow, or a
-partition's queued batch cannot be delivered and the payloads behind it wait), `submit` waits —
-and with it the CometD connect loop: the worker stops pulling from the server instead of growing
-memory (see ingest.cumi.session), and continues where it stopped once Kafka catches up.
+most one queued batch besides the one in flight. When the window is full (Kafka is slow or away),
+`submit` waits — and with it the CometD connect loop: the worker stops pulling from the server
+instead of growing memory (see ingest.cumi.session), and continues where it stopped once Kafka
+catches up.
 
-Records are produced by one idempotent producer (`acks=all`, `enable_idempotence=True`): aiokafka
-then retries a batch until the broker takes it, with sequence numbers that let the broker drop the
-duplicates a retry could create, and keeps per-partition order (one in-flight batch per partition).
-A record aiokafka still gives up on (a partition without a leader for longer than
-KAFKA_REQUEST_TIMEOUT_MS) is sent again by this module, never dropped; such a re-send can land after
-records that were produced later (the projection tolerates it: events are USN-stamped assertions).
-Only an error that no retry can cure (the producer fenced, a record too large…) is fatal: it is
-logged, counted, and makes the worker unhealthy so that it exits and is restarted (its start-up gap
-repair then covers what was in flight).
+Records are produced by an idempotent producer (`acks=all`, `enable_idempotence=True`): aiokafka
+retries a batch until the broker takes it, with sequence numbers that let the broker drop the
+duplicates a retry could create, and keeps per-partition order. Every batch is kept here until it
+is acknowledged. A Kafka outage of any length is ridden out, never fatal:
+
+- A producer that has become unusable is replaced by a new one (a new producer id): a batch that
+  failed (aiokafka expires a batch whose partition has no leader for KAFKA_REQUEST_TIMEOUT_MS and
+  keeps the sequence numbers it gave it, so the partition's next batch would be refused with
+  OutOfOrderSequenceNumber), a batch refused for its producer state (OutOfOrderSequenceNumber,
+  UnknownProducerId, InvalidProducerEpoch/ProducerFenced…), a queue slot not freed within
+  KAFKA_REQUEST_TIMEOUT_MS. While the cluster is unreachable the new producer's start is retried
+  with backoff (ops.backoff, up to `reconnect_cap` seconds); nothing is sent meanwhile.
+- On the new producer every unacknowledged batch is sent again, in the order they were first
+  handed over (so each partition keeps its order), before anything new. A batch the old producer
+  had delivered without its acknowledgement arriving is then written twice, under two producer
+  ids: duplicates are possible across a replacement (never within one producer). The projection
+  folds a repeated event or snapshot to the same state (docs/design.md), so a repeat costs nothing
+  but space; `ingest tail` shows it.
+- While records wait, the in-flight window fills and the CometD connect loop stops (backpressure).
+  A long outage then outlives the server's CometD session: when Kafka is back the session is
+  re-established and gap repair snapshots each mailbox. The sink logs such an outage as a
+  possible history gap, counts it (`cumi_worker_history_gaps_total{reason="kafka-outage"}`) and
+  labels the repair snapshots that follow it `kafka-outage`, so that a consumer of the log sees
+  where the history may be incomplete.
+
+The outage is logged once when it starts, summarised every 30 s (how long, records held,
+replacements) and once when it ends; `cumi_worker_kafka_outage_seconds` says how long it has
+lasted. Only an error that no new producer can cure (a record too large, authorization…) is fatal:
+it is logged, counted, and makes the worker unhealthy so that it exits and is restarted (its
+start-up gap repair then covers what was in flight).
 
 Invalid payloads go to the dead-letter topic with the raw bytes and the reason; the worker goes on.
 """
@@ -26,21 +47,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, ProducerClosed
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    KafkaError,
+    KafkaTimeoutError,
+    OutOfOrderSequenceNumber,
+    ProducerClosed,
+    ProducerFenced,
+    UnknownProducerId,
+)
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from ingest.cumi.normalizer import TimeZones
 from ingest.errors import BrokerError
+from ingest.eventlog.clients import abandon, pace_metadata
 from ingest.eventlog.codec import Encoder
 from ingest.eventlog.records import Record, RecordWriter
 from ingest.eventlog.topics import Partitioner
-from ingest.events import MailboxSnapshot
+from ingest.events import MailboxSnapshot, RepairReason
 from ingest.ops.backoff import Backoff
 from ingest.ops.clock import SYSTEM_CLOCK, Clock
 from ingest.ops.metrics import (
@@ -48,6 +80,9 @@ from ingest.ops.metrics import (
     WORKER_BACKPRESSURE_SECONDS,
     WORKER_EVENT_LAG,
     WORKER_EVENTS_RECEIVED,
+    WORKER_HISTORY_GAPS,
+    WORKER_KAFKA_OUTAGE_SECONDS,
+    WORKER_KAFKA_OUTAGES,
     WORKER_LAST_EVENT,
     WORKER_PRODUCER_ERRORS,
     WORKER_QUEUE_CAPACITY,
@@ -67,6 +102,8 @@ class Window:
         self.used = 0
         self.peak = 0
         """The most records ever in flight at once (≤ limit, or one payload larger than it)."""
+        self.waiting = 0
+        """Callers waiting for room (the CometD connect loop held back)."""
         self._room = asyncio.Event()
         self._room.set()
         self._empty = asyncio.Event()
@@ -77,9 +114,13 @@ class Window:
         # a payload larger than the whole window is let in alone rather than never
         if self.used and self.used + count > self.limit:
             started = time.monotonic()
-            while self.used and self.used + count > self.limit:
-                self._room.clear()
-                await self._room.wait()
+            self.waiting += 1
+            try:
+                while self.used and self.used + count > self.limit:
+                    self._room.clear()
+                    await self._room.wait()
+            finally:
+                self.waiting -= 1
             WORKER_BACKPRESSURE_SECONDS.inc(time.monotonic() - started)
         self.used += count
         self.peak = max(self.peak, self.used)
@@ -98,6 +139,30 @@ class Window:
         await self._empty.wait()
 
 
+_PRODUCER_STATE_ERRORS = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    ProducerFenced,
+    ProducerClosed,
+    KafkaTimeoutError,
+)
+"""Errors that say this producer (its id, epoch or sequence numbers) is unusable, not the record:
+a new producer cures them. Retriable errors (connection, no leader, request timed out…) are
+treated alike: aiokafka gave up on them, which only happens when it expired the batch."""
+
+_SESSION_LOSS = frozenset(
+    {RepairReason.SESSION_LOST, RepairReason.SERVER_RESTART, RepairReason.CONNECT_FAILED}
+)
+"""Repair reasons that a CometD session held back by a Kafka outage ends in."""
+
+
+def _curable(error: BaseException) -> bool:
+    """True if a new producer may succeed where this error failed (never fatal)."""
+    return isinstance(error, _PRODUCER_STATE_ERRORS) or bool(getattr(error, "retriable", False))
+
+
 class _Batch:
     """Records of one payload for one partition: one record batch, one acknowledgement.
 
@@ -105,7 +170,18 @@ class _Batch:
     are counted per batch, not per record.
     """
 
-    __slots__ = ("builder", "event_seconds", "labels", "partition", "received", "records", "topic")
+    __slots__ = (
+        "acked",
+        "builder",
+        "event_seconds",
+        "handed",
+        "labels",
+        "partition",
+        "received",
+        "records",
+        "sent_by",
+        "topic",
+    )
 
     def __init__(self, topic: str, partition: int, received: float, builder: BatchBuilder) -> None:
         self.topic = topic
@@ -115,6 +191,11 @@ class _Batch:
         self.records: list[Record] = []
         self.labels: dict[Any, int] = {}
         self.event_seconds: dict[int, int] = {}
+        self.acked = False
+        self.sent_by = -1
+        """The producer generation that has it (-1: none yet)."""
+        self.handed = 0.0
+        """Monotonic time it was first handed to a producer."""
 
     def add(self, record: Record, label: Any, event_second: int | None) -> bool:
         """Append to the open record batch; False when it is full (start another)."""
@@ -129,8 +210,85 @@ class _Batch:
         return True
 
 
+class Outage:
+    """What the sink logs and exports about one Kafka outage: a line when it starts, a summary
+    every `summary_every` seconds, a line when it ends (and whether history may have a gap)."""
+
+    def __init__(self, clock: Clock, summary_every: float = 30.0) -> None:
+        self._clock = clock
+        self._summary_every = summary_every
+        self.started: float | None = None
+        self._wall_started = 0.0
+        self._summarised = 0.0
+        self.held_peak = 0
+        self.replacements = 0
+        self.resent = 0
+        self.held_back = False
+        """The in-flight window was full: the CometD connect loop stopped during the outage."""
+
+    @property
+    def active(self) -> bool:
+        return self.started is not None
+
+    def begin(self, why: str, held: int) -> None:
+        if self.started is not None:
+            return
+        now = self._clock.monotonic()
+        self.started = self._summarised = now
+        self._wall_started = self._clock.wall()
+        self.held_peak, self.replacements, self.resent, self.held_back = held, 0, 0, False
+        WORKER_KAFKA_OUTAGES.inc()
+        log.warning("Kafka outage: %s; holding %d records until it is back", why, held)
+
+    def tick(self, held: int, window_full: bool) -> None:
+        if self.started is None:
+            return
+        now = self._clock.monotonic()
+        self.held_peak = max(self.held_peak, held)
+        self.held_back = self.held_back or window_full
+        WORKER_KAFKA_OUTAGE_SECONDS.set(now - self.started)
+        if now - self._summarised >= self._summary_every:
+            self._summarised = now
+            log.warning(
+                "Kafka outage for %.0f s: %d records held (at most %d), producer replaced %d "
+                "times%s",
+                now - self.started,
+                held,
+                self.held_peak,
+                self.replacements,
+                "; CometD receiving paused (in-flight bound full)" if self.held_back else "",
+            )
+
+    def end(self) -> bool:
+        """Close the outage; True if history may have a gap (the CometD loop was held back)."""
+        if self.started is None:
+            return False
+        lasted = self._clock.monotonic() - self.started
+        self.started = None
+        WORKER_KAFKA_OUTAGE_SECONDS.set(0)
+        log.warning(
+            "Kafka back after %.0f s: %d records were held at most, %d re-sent on %d new producers",
+            lasted,
+            self.held_peak,
+            self.resent,
+            self.replacements,
+        )
+        if self.held_back:
+            WORKER_HISTORY_GAPS.labels(RepairReason.KAFKA_OUTAGE.value).inc()
+            log.warning(
+                "history may be incomplete from %s for about %.0f s: CometD receiving was paused "
+                "while the in-flight bound was full; the gap repair that follows is published "
+                "with reason %s",
+                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._wall_started)),
+                lasted,
+                RepairReason.KAFKA_OUTAGE.value,
+            )
+        return self.held_back
+
+
 class Sink:
-    """One idempotent producer for the events and dead-letter topics, with the in-flight window."""
+    """Idempotent producers for the events and dead-letter topics, with the in-flight window: one
+    at a time, replaced when it becomes unusable (see the module docstring)."""
 
     def __init__(
         self,
@@ -142,6 +300,8 @@ class Sink:
         retry_base: float = 0.2,
         retry_cap: float = 10.0,
         drain_timeout: float = 20.0,
+        outage_after: float = 5.0,
+        repair_grace: float = 300.0,
         clock: Clock = SYSTEM_CLOCK,
         encoder: Encoder | None = None,
     ) -> None:
@@ -151,17 +311,30 @@ class Sink:
         self._zones = zones or TimeZones()
         self.window = Window(capacity)
         self._producer: AIOKafkaProducer | None = None
-        self._retries: asyncio.Queue[_Batch] = asyncio.Queue()
+        self._template: AIOKafkaProducer | None = None
+        self._generation = 0
+        self._unacked: dict[_Batch, None] = {}
+        """Batches handed over and not acknowledged, in the order they were first handed over."""
+        self._usable = asyncio.Event()
+        """Set while the current producer takes batches; clear during a replacement."""
+        self._broken = asyncio.Event()
+        """Set when the current producer is found unusable; the keeper replaces it."""
         self._partition = Partitioner()
         self._records = RecordWriter(
             kafka.events_topic, kafka.dlq_topic, source=source, zones=zones, encoder=encoder
         )
-        self._retry_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._backoff = Backoff(retry_base, retry_cap)
         self._clock = clock
+        self._outage = Outage(clock)
+        self._outage_after = outage_after
+        self._repair_grace = repair_grace
+        self._relabel_until = 0.0
         self._closing = False
         self._submitting: set[asyncio.Future[None]] = set()
         self._last_submitted: asyncio.Future[None] | None = None
+        self.replacements = 0
+        """Producers replaced so far (each one a new producer id)."""
         self.fatal: BaseException | None = None
         self.failed = asyncio.Event()
         """Set when a send failed for good; the worker then stops and reports unhealthy."""
@@ -170,39 +343,55 @@ class Sink:
 
     async def start(self, *, attempts: int | None = None) -> None:
         """Connect the producer, retrying with backoff while the cluster is unreachable."""
+        producer = await self._connect(attempts=attempts, starting=True)
+        try:
+            # the default partitioner's choice, computed once per key
+            for topic in (self._kafka.events_topic, self._kafka.dlq_topic):
+                self._partition.learn(topic, await producer.partitions_for(topic))
+        except KafkaError as e:
+            await producer.stop()
+            raise BrokerError(
+                f"Kafka topic {topic!r} is not available (create the topics first): {e!r}"
+            ) from e
+        self._producer = self._template = producer
+        self._usable.set()
+        self._tasks = [
+            asyncio.create_task(self._keep(), name="sink-keeper"),
+            asyncio.create_task(self._watch(), name="sink-watch"),
+        ]
+        log.info("Kafka producer up (%s)", self._kafka.bootstrap_servers)
+
+    async def _connect(self, *, attempts: int | None = None, starting: bool) -> AIOKafkaProducer:
+        """A started producer (bootstrap + a new producer id); retried with backoff, quietly:
+        the first failure is logged (at start-up; an outage has its own lines), then one line
+        per `ops.logs` period."""
         attempt = 0
         while True:
             producer = self._new_producer()
             try:
                 await producer.start()
             except KafkaError as e:
-                await producer.stop()
+                with contextlib.suppress(KafkaError, TimeoutError):
+                    await asyncio.wait_for(producer.stop(), 5.0)
                 attempt += 1
                 if attempts is not None and attempt >= attempts:
                     raise BrokerError(
                         f"Kafka unreachable at {self._kafka.bootstrap_servers}"
                     ) from e
                 delay = self._backoff.delay(attempt)
-                log.warning("Kafka not reachable (%s); retrying in %.1f s", type(e).__name__, delay)
+                if starting and attempt == 1:
+                    log.warning(
+                        "Kafka not reachable (%s); retrying with backoff up to %.0f s",
+                        type(e).__name__,
+                        self._backoff.cap,
+                    )
                 await self._clock.sleep(delay)
                 continue
-            try:
-                # the default partitioner's choice, computed once per key
-                for topic in (self._kafka.events_topic, self._kafka.dlq_topic):
-                    self._partition.learn(topic, await producer.partitions_for(topic))
-            except KafkaError as e:
-                await producer.stop()
-                raise BrokerError(
-                    f"Kafka topic {topic!r} is not available (create the topics first): {e!r}"
-                ) from e
-            self._producer = producer
-            break
-        self._retry_task = asyncio.create_task(self._resend_loop(), name="sink-resend")
-        log.info("Kafka producer up (%s)", self._kafka.bootstrap_servers)
+            return producer
 
     def _new_producer(self) -> AIOKafkaProducer:
         k = self._kafka
-        return AIOKafkaProducer(
+        producer = AIOKafkaProducer(
             enable_idempotence=True,
             acks="all",
             linger_ms=k.linger_ms,
@@ -211,6 +400,8 @@ class Sink:
             request_timeout_ms=k.request_timeout_ms,
             **k.client_kwargs(),
         )
+        pace_metadata(producer.client)
+        return producer
 
     async def stop(self) -> None:
         """Wait (bounded) for everything in flight to be acknowledged, then flush and close."""
@@ -235,16 +426,17 @@ class Sink:
         for task in leftovers:
             task.cancel()
         await asyncio.gather(*leftovers, return_exceptions=True)
-        if self._retry_task is not None:
-            self._retry_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._retry_task
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._usable.clear()
         producer, self._producer = self._producer, None
         if producer is not None:
             try:
                 await asyncio.wait_for(producer.stop(), max(1.0, timeout / 4))
             except (TimeoutError, KafkaError) as e:
                 log.warning("Kafka producer did not close cleanly: %r", e)
+        WORKER_KAFKA_OUTAGE_SECONDS.set(0)
 
     async def __aenter__(self) -> Sink:
         await self.start()
@@ -255,7 +447,13 @@ class Sink:
 
     @property
     def ready(self) -> bool:
-        return self._producer is not None and self.fatal is None and not self._closing
+        """The producer takes records (false during an outage's replacement and after a fatal
+        error)."""
+        return self._usable.is_set() and self.fatal is None and not self._closing
+
+    @property
+    def in_outage(self) -> bool:
+        return self._outage.active
 
     # -- the way in ------------------------------------------------------------------------------
 
@@ -333,7 +531,13 @@ class Sink:
         return ready
 
     async def publish_snapshot(self, snapshot: MailboxSnapshot) -> None:
-        """A gap-repair snapshot, on the events topic in line with the mailbox's events."""
+        """A gap-repair snapshot, on the events topic in line with the mailbox's events.
+
+        After an outage that held the CometD session back, the repair of a lost session is what
+        closes the history gap: it is published with reason `kafka-outage` (module docstring).
+        """
+        if snapshot.reason in _SESSION_LOSS and self._clock.monotonic() < self._relabel_until:
+            snapshot = dataclasses.replace(snapshot, reason=RepairReason.KAFKA_OUTAGE)
         await self.window.acquire(1)
         try:
             topic, record, label, _ = self._records.for_snapshot(snapshot)
@@ -347,48 +551,54 @@ class Sink:
             raise
 
     def _builder(self) -> BatchBuilder:
-        assert self._producer is not None
-        return self._producer.create_batch()
+        # any producer builds the same batches (size, compression): the latest one, even while
+        # it is being replaced
+        assert self._template is not None
+        return self._template.create_batch()
 
     # -- the way out -----------------------------------------------------------------------------
 
     async def _send(self, batch: _Batch) -> None:
-        """Hand a batch to the producer (its acknowledgement releases the window)."""
-        attempt = 0
+        """Hand a batch to the producer (its acknowledgement releases the window). Returns once a
+        producer has it; during a replacement, once the new producer has it."""
+        batch.handed = self._clock.monotonic()
+        self._unacked[batch] = None  # its place in a replay
         while True:
-            producer = self._producer
-            if producer is None or self.fatal is not None:
+            await self._usable.wait()
+            if batch.acked or batch.sent_by == self._generation:
+                return  # the replay after a replacement sent it
+            if self.fatal is not None or self._producer is None:
                 raise BrokerError("the Kafka producer is not running")
-            builder = batch.builder or self._rebuild(batch.records)
-            batch.builder = None  # a builder is sent once; a re-send builds a new one
-            started = time.monotonic()
-            try:
-                builder.close()
-                future = await producer.send_batch(builder, batch.topic, partition=batch.partition)
-            except (KafkaError, AssertionError) as e:
-                # not queued, so safe to try again: the partition's previous batch stayed
-                # undelivered (timeout), or the topic's metadata is being refreshed (aiokafka
-                # asserts that an explicit partition is in its metadata)
-                if (
-                    isinstance(e, KafkaError)
-                    and not e.retriable
-                    and not isinstance(e, KafkaTimeoutError)
-                ):
-                    self._fail(e)
-                    raise BrokerError(f"Kafka send failed for good: {e!r}") from e
-                attempt += 1
-                WORKER_BACKPRESSURE_SECONDS.inc(time.monotonic() - started)
-                WORKER_PRODUCER_ERRORS.labels("buffer-timeout").inc()
-                await self._clock.sleep(self._backoff.delay(attempt))
-                continue
-            except ProducerClosed as e:
+            if await self._hand_over(batch):
+                return
+
+    async def _hand_over(self, batch: _Batch) -> bool:
+        """One attempt on the current producer; False if it turned out unusable meanwhile."""
+        producer, generation = self._producer, self._generation
+        assert producer is not None
+        builder = batch.builder or self._rebuild(batch.records)
+        batch.builder = None  # a builder is sent once; a re-send builds a new one
+        started = time.monotonic()
+        try:
+            builder.close()
+            future = await producer.send_batch(builder, batch.topic, partition=batch.partition)
+        except AssertionError:
+            # aiokafka asserts that an explicit partition is in its metadata, which is being
+            # refreshed: not queued, so safe to try again
+            await self._clock.sleep(self._backoff.delay(1))
+            return False
+        except KafkaError as e:
+            if not _curable(e):
                 self._fail(e)
                 raise BrokerError(f"Kafka send failed for good: {e!r}") from e
-            waited = time.monotonic() - started
-            if waited > 0.001:  # the partition's previous batch was not delivered yet
-                WORKER_BACKPRESSURE_SECONDS.inc(waited)
-            future.add_done_callback(lambda f, b=batch: self._on_ack(b, f))
-            return
+            self._break(generation, e)
+            return False
+        waited = time.monotonic() - started
+        if waited > 0.001:  # the partition's previous batch was not delivered yet
+            WORKER_BACKPRESSURE_SECONDS.inc(waited)
+        batch.sent_by = generation
+        future.add_done_callback(lambda f, b=batch, g=generation: self._on_ack(b, g, f))
+        return True
 
     def _rebuild(self, records: Sequence[Record]) -> BatchBuilder:
         builder = self._builder()
@@ -396,20 +606,21 @@ class Sink:
             builder.append(key=key, value=value, timestamp=timestamp, headers=headers)
         return builder
 
-    def _on_ack(self, batch: _Batch, future: asyncio.Future[Any]) -> None:
-        if future.cancelled():
-            return  # the producer is closing; the records count as unacknowledged
-        error = future.exception()
-        if error is not None:
-            retriable = isinstance(error, KafkaConnectionError | KafkaTimeoutError) or getattr(
-                error, "retriable", False
-            )
-            if not retriable:
+    def _on_ack(self, batch: _Batch, generation: int, future: asyncio.Future[Any]) -> None:
+        error = None if future.cancelled() else future.exception()
+        if batch.acked:
+            return  # a copy sent by another producer was acknowledged first
+        if future.cancelled() or error is not None:
+            if generation != self._generation or future.cancelled():
+                return  # a replaced producer's: the replay sent it again
+            assert error is not None
+            if _curable(error):
+                self._break(generation, error)
+            else:
                 self._fail(error)
-                return
-            WORKER_PRODUCER_ERRORS.labels("resent").inc(len(batch.records))
-            self._retries.put_nowait(batch)
             return
+        batch.acked = True
+        del self._unacked[batch]
         count = len(batch.records)
         for label, n in batch.labels.items():
             label.inc(n)
@@ -421,22 +632,79 @@ class Sink:
             WORKER_LAST_EVENT.set(wall)
         self.window.release(count)
 
-    async def _resend_loop(self) -> None:
+    # -- replacing an unusable producer ----------------------------------------------------------
+
+    def _break(self, generation: int, error: BaseException) -> None:
+        """The producer of `generation` is unusable: have the keeper replace it (once)."""
+        if generation != self._generation or self._broken.is_set() or self.fatal is not None:
+            return
+        self._usable.clear()
+        self._broken.set()
+        self._outage.begin(f"the producer is unusable ({error!r})", self.window.used)
+
+    async def _keep(self) -> None:
+        """Replace the producer whenever it is found unusable."""
         while True:
-            batch = await self._retries.get()
-            try:
-                await self._clock.sleep(self._backoff.delay(1))
-                await self._send(batch)
-            except BrokerError:  # fatal: the worker is stopping
-                self.window.release(len(batch.records))
-                return
-            except BaseException:
-                self.window.release(len(batch.records))
-                raise
+            await self._broken.wait()
+            await self._replace()
+
+    async def _replace(self) -> None:
+        while True:
+            self._generation += 1  # whatever the old producer reports from now on is ignored
+            old, self._producer = self._producer, None
+            if old is not None:
+                await abandon(old)
+            self._broken.clear()
+            self._producer = await self._connect(starting=False)
+            self._template = self._producer
+            self.replacements += 1
+            self._outage.replacements += 1
+            WORKER_PRODUCER_ERRORS.labels("replaced").inc()
+            log.info(
+                "new Kafka producer: %d unacknowledged batches to send again", len(self._unacked)
+            )
+            if await self._replay():
+                break
+        self._usable.set()
+
+    async def _replay(self) -> bool:
+        """Send every unacknowledged batch again, in order; False if the producer broke."""
+        generation = self._generation
+        for batch in list(self._unacked):
+            if self._broken.is_set():
+                return False
+            if batch.acked or batch.sent_by == generation:
+                continue
+            if batch.sent_by >= 0:
+                WORKER_PRODUCER_ERRORS.labels("resent").inc(len(batch.records))
+                self._outage.resent += len(batch.records)
+            if not await self._hand_over(batch):
+                return False
+        return not self._broken.is_set()
+
+    # -- watching for outages --------------------------------------------------------------------
+
+    async def _watch(self, period: float = 1.0) -> None:
+        """Once a second: is Kafka away (nothing acknowledged for `outage_after` while records
+        wait, or a replacement under way), and is it back?"""
+        while True:
+            await self._clock.sleep(period)
+            oldest = next(iter(self._unacked), None)
+            now = self._clock.monotonic()
+            waited = now - oldest.handed if oldest is not None else 0.0
+            stuck = waited >= self._outage_after
+            if not self._outage.active and stuck:
+                self._outage.begin(f"nothing acknowledged for {waited:.0f} s", self.window.used)
+            elif self._outage.active and self._usable.is_set() and not stuck:
+                if self._outage.end():
+                    self._relabel_until = now + self._repair_grace
+                continue
+            self._outage.tick(self.window.used, self.window.waiting > 0)
 
     def _fail(self, error: BaseException) -> None:
         if self.fatal is None:
             self.fatal = error
             WORKER_PRODUCER_ERRORS.labels("fatal").inc()
             log.error("Kafka producer failed for good: %r; the worker becomes unhealthy", error)
+            self._usable.set()  # wake the senders waiting for a producer: they fail
             self.failed.set()

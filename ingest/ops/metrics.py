@@ -112,8 +112,27 @@ WORKER_BACKPRESSURE_SECONDS = Counter(
 )
 WORKER_PRODUCER_ERRORS = Counter(
     "cumi_worker_producer_errors_total",
-    "Kafka send failures, by kind (retried: re-sent; fatal: gave up, worker unhealthy).",
+    "Kafka send trouble, by kind (replaced: the producer was replaced; resent: records sent again "
+    "on the new one; fatal: gave up, worker unhealthy).",
     ["kind"],
+    registry=WORKER_REGISTRY,
+)
+WORKER_KAFKA_OUTAGE_SECONDS = Gauge(
+    "cumi_worker_kafka_outage_seconds",
+    "How long the current Kafka outage has lasted (0: none): records wait and nothing is "
+    "acknowledged.",
+    registry=WORKER_REGISTRY,
+)
+WORKER_KAFKA_OUTAGES = Counter(
+    "cumi_worker_kafka_outages_total",
+    "Kafka outages the worker rode out (or is riding out).",
+    registry=WORKER_REGISTRY,
+)
+WORKER_HISTORY_GAPS = Counter(
+    "cumi_worker_history_gaps_total",
+    "Times the event history may have a gap, by cause; gap repair snapshots with that reason "
+    "close it.",
+    ["reason"],
     registry=WORKER_REGISTRY,
 )
 WORKER_SUBSCRIPTIONS = Gauge(
@@ -319,7 +338,8 @@ PROJECTOR_REPLAY_PROGRESS = Gauge(
 # code), histograms (a quantile of nothing is nothing) and gauges (set when known).
 # ---------------------------------------------------------------------------------------------
 
-PRODUCER_ERROR_KINDS = ("resent", "buffer-timeout", "fatal", "unacknowledged-at-shutdown")
+PRODUCER_ERROR_KINDS = ("replaced", "resent", "fatal", "unacknowledged-at-shutdown")
+HISTORY_GAP_REASONS = (RepairReason.KAFKA_OUTAGE.value,)
 HANDSHAKE_OUTCOMES = ("success", "failure")
 REGISTRY_SKIP_REASONS = ("undecodable", "key_mismatch", "other_server")
 RECONCILE_OUTCOMES = ("success", "failure")
@@ -348,6 +368,7 @@ def init_label_values(counter: Counter, *values: Iterable[str]) -> None:
 init_label_values(WORKER_EVENTS_PUBLISHED, EventType)
 init_label_values(WORKER_EVENTS_DEAD_LETTERED, RejectReason)
 init_label_values(WORKER_PRODUCER_ERRORS, PRODUCER_ERROR_KINDS)
+init_label_values(WORKER_HISTORY_GAPS, HISTORY_GAP_REASONS)
 init_label_values(WORKER_HANDSHAKES, HANDSHAKE_OUTCOMES)
 init_label_values(WORKER_REGISTRY_SKIPPED, REGISTRY_SKIP_REASONS)
 init_label_values(WORKER_SNAPSHOTS_PUBLISHED, RepairReason)

@@ -38,12 +38,16 @@ from aiokafka.errors import KafkaError, ProducerFenced
 
 from ingest.errors import BrokerError, DecodeError, IngestError
 from ingest.eventlog import codec
+from ingest.eventlog.clients import abandon, close_consumer, pace_metadata
 from ingest.eventlog.schema_registry import register_writers
 from ingest.eventlog.topics import describe_topic
 from ingest.events import MailboxStateRecord
 from ingest.settings import SchemaRegistrySettings
 
 log = logging.getLogger(__name__)
+
+_CLOSE_WITHIN = 5.0
+"""Seconds a transactional producer may take to close before it is abandoned."""
 
 _FETCH_MS = 500
 _RESTORE_MAX_RECORDS = 5000
@@ -92,13 +96,19 @@ class StateReader:
             fetch_max_wait_ms=50,
             **self._client_kwargs,
         )
-        await consumer.start()
+        pace_metadata(consumer._client)
+        try:
+            await consumer.start()
+        except BaseException:
+            with contextlib.suppress(KafkaError):
+                await consumer.stop()
+            raise
         self._consumer = consumer
 
     async def stop(self) -> None:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
-            await consumer.stop()
+            await close_consumer(consumer)
 
     async def __aenter__(self) -> StateReader:
         await self.start()
@@ -252,8 +262,12 @@ class StateWriter:
     async def close(self, partitions: Iterable[int]) -> None:
         stopping = [self._producers.pop(p) for p in list(partitions) if p in self._producers]
         for producer in stopping:
-            with contextlib.suppress(KafkaError, asyncio.TimeoutError):
-                await producer.stop()
+            try:
+                await asyncio.wait_for(producer.stop(), _CLOSE_WITHIN)
+            except KafkaError:
+                pass
+            except TimeoutError:  # the cluster is gone: stop() would wait for it for ever
+                await abandon(producer)
 
     async def stop(self) -> None:
         await self.close(list(self._producers))
@@ -311,7 +325,7 @@ class StateWriter:
             await self.close([partition])
 
     def _new_producer(self, partition: int) -> AIOKafkaProducer:
-        return AIOKafkaProducer(
+        producer = AIOKafkaProducer(
             transactional_id=transactional_id(self._prefix, self.events_topic, partition),
             transaction_timeout_ms=self._timeout_ms,
             enable_idempotence=True,
@@ -319,6 +333,8 @@ class StateWriter:
             linger_ms=0,
             **self._client_kwargs,
         )
+        pace_metadata(producer.client)
+        return producer
 
 
 def _consume_failures(futures: Iterable[asyncio.Future[Any]]) -> None:

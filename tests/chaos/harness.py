@@ -38,6 +38,7 @@ from typing import Any
 
 from fixtures.producing import state_differences, wait_committed
 from fixtures.worker import worker_env
+from prometheus_client.parser import text_string_to_metric_families
 
 from chaos.observe import Ledger, MalformedInjector, TopicReader
 from chaos.processes import Service
@@ -66,6 +67,8 @@ class ChaosConfig:
     workers: int = 1
     """1: one worker with the mailbox file; more: workers sharing the registry in one Kafka
     group (scale-out), a random one of them killed by each kill -9 step."""
+    steps: tuple[Step, ...] | None = None
+    """A fixed schedule instead of the seeded random one (the long-outage runs)."""
 
 
 @dataclass(slots=True)
@@ -93,6 +96,9 @@ class ChaosResult:
     mismatches: dict[str, int]
     unplanned_exits: dict[str, list[tuple[float, int | None]]]
     starts: dict[str, int]
+    outages: list[dict[str, Any]]
+    """Per broker stop: its length, and per service the log lines written and the CPU share
+    used while the broker was away."""
 
     @property
     def total_mismatches(self) -> int:
@@ -155,7 +161,12 @@ class ChaosRun:
         self.topics = topics
         self.workdir = workdir
         self.t0 = t0 = time.monotonic()
-        self.steps = plan(config.seed, config.faults, spacing=config.spacing)
+        self.steps = (
+            list(config.steps)
+            if config.steps is not None
+            else plan(config.seed, config.faults, spacing=config.spacing)
+        )
+        self.outages: list[dict[str, Any]] = []
         self.calm = Calm()
         self.ledger = Ledger(sim)
         self.malformed = MalformedInjector(sim, config.seed)
@@ -298,9 +309,23 @@ class ChaosRun:
         await self.projector.start()
 
     async def _broker_restart(self, step: Step) -> None:
+        before = {s.name: s.usage() for s in self.services}
         await self.broker.stop()
+        started = time.monotonic()
         await asyncio.sleep(step.hold)
+        seconds = time.monotonic() - started
+        after = {s.name: s.usage() for s in self.services}  # while the broker is still away
         await self.broker.start()
+        outage: dict[str, Any] = {"hold": step.hold, "seconds": round(seconds, 1)}
+        for name, (lines, cpu) in after.items():
+            lines0, cpu0 = before[name]
+            outage[name] = {
+                "log_lines": lines - lines0,
+                "log_lines_per_minute": round((lines - lines0) * 60 / seconds, 1),
+                "cpu_percent": round(100 * (cpu - cpu0) / seconds, 1) if cpu >= cpu0 else None,
+            }
+        log.info("broker outage of %.0f s: %s", seconds, outage)
+        self.outages.append(outage)
 
     async def _simulator_restart(self, step: Step) -> None:
         self.sim.restart()
@@ -386,6 +411,7 @@ class ChaosRun:
             mismatches["undecodable records"] = events.undecodable
             mismatches.update(await self._check_dead_letters())
             mismatches.update(await self._check_projector(events))
+            mismatches["received but not acknowledged"] = await self._check_received()
         finally:
             await events.stop()
         mismatches.update(await self._stop_and_check_logs())
@@ -420,6 +446,7 @@ class ChaosRun:
                 for s in self.services
             },
             starts={s.name: s.stats.starts for s in self.services},
+            outages=self.outages,
         )
 
     async def _converge(self, events: TopicReader) -> list[str]:
@@ -493,6 +520,26 @@ class ChaosRun:
                 continue
             wrong += 1
         return wrong
+
+    async def _check_received(self, within: float = 60.0) -> int:
+        """Event messages each worker process received and Kafka did not acknowledge (as events
+        or dead letters), by its own counters: 0 once everything in flight is acknowledged."""
+        deadline = time.monotonic() + within
+        while True:
+            missing = 0
+            for worker in self.workers:
+                _, text = await worker.get_text("/metrics")
+                totals: Counter[str] = Counter()
+                for family in text_string_to_metric_families(text):
+                    for sample in family.samples:
+                        totals[sample.name] += int(sample.value)
+                missing += totals["cumi_worker_events_received_total"] - (
+                    totals["cumi_worker_events_published_total"]
+                    + totals["cumi_worker_events_dead_lettered_total"]
+                )
+            if missing == 0 or time.monotonic() > deadline:
+                return missing
+            await asyncio.sleep(1.0)
 
     async def _stop_and_check_logs(self) -> dict[str, int]:
         codes = {s.name: await s.terminate() for s in self.services}

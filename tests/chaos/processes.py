@@ -28,6 +28,16 @@ STABLE_AFTER = 10.0
 """A run this long resets the backoff."""
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), -1 when it cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return -1.0
+    # utime and stime are fields 14 and 15 of stat(5), counted from the pid
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -169,6 +179,17 @@ class Service:
             http.get(self.base_url + path, timeout=aiohttp.ClientTimeout(total=10)) as response,
         ):
             return response.status, await response.text()
+
+    def usage(self) -> tuple[int, float]:
+        """(lines in the log file, CPU seconds of the running child so far; -1 if none)."""
+        try:
+            with self.log_path.open("rb") as log_file:
+                lines = sum(
+                    chunk.count(b"\n") for chunk in iter(lambda: log_file.read(1 << 20), b"")
+                )
+        except OSError:
+            lines = 0
+        return lines, cpu_seconds(self._proc.pid) if self.running and self._proc else -1.0
 
     def log_text(self) -> str:
         try:

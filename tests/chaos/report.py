@@ -39,6 +39,31 @@ def _faults(counts: dict[str, int]) -> str:
     return f"{sum(counts.values())} (" + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")"
 
 
+def _outage_table(runs: list[dict[str, Any]]) -> list[str]:
+    """One row per broker outage of the long-outage runs: length, then per process the log lines
+    (per minute) and CPU share while the broker was away; the run's events and mismatches."""
+    lines = [
+        "",
+        "| outage | worker: log lines (per min), CPU | projector: log lines (per min), CPU "
+        "| run: events emitted, log records (snapshots), unplanned exits, mismatches |",
+        "|---|---|---|---|",
+    ]
+    for run in runs:
+        exits = sum(len(v) for v in run["unplanned_exits"].values())
+        summary = (
+            f"{run['events_emitted']:,}, {run['log_records']:,} ({run['snapshots']:,}), "
+            f"{exits}, {run['total_mismatches']}"
+        )
+        for outage in run["outages"]:
+            cells = [
+                f"{outage[name]['log_lines']} ({outage[name]['log_lines_per_minute']:g}), "
+                f"{outage[name]['cpu_percent']} %"
+                for name in ("worker-0", "projector")
+            ]
+            lines.append(f"| {outage['seconds']:.0f} s | {cells[0]} | {cells[1]} | {summary} |")
+    return lines
+
+
 def render(path: Path) -> str:
     """Markdown tables of a results log (the chaos runs, the fuzz counts, the memory peaks)."""
     entries = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
@@ -58,6 +83,7 @@ def render(path: Path) -> str:
             f"| {e['total_mismatches']} "
             f"| `{command}` |"
         )
+    lines += _outage_table([e for e in entries if e["kind"] == "long-outage"])
     lines += ["", "| fuzz test | inputs | outcomes |", "|---|---|---|"]
     for e in (e for e in entries if e["kind"] == "fuzz"):
         outcomes = e.get("outcomes") or {"lines": e.get("lines")}

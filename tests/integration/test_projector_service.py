@@ -14,6 +14,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from fixtures.producing import fold, generate, produce, state_differences, wait_committed
 from fixtures.waiting import holds
 
+from ingest.devservices.kafka import LocalBroker
 from ingest.errors import ConfigError
 from ingest.eventlog.topics import TopicNames, partition_for
 from ingest.ops.metrics import PROJECTOR_REGISTRY
@@ -196,3 +197,34 @@ class TestTopics:
 
 def _config_resource(topic: str) -> ConfigResource:
     return ConfigResource(ConfigResourceType.TOPIC, topic)
+
+
+class TestKafkaAway:
+    """Kafka unreachable at start-up: the projector serves health (not ready), retries with
+    backoff logging once, and becomes ready when the broker is back — no exit."""
+
+    async def test_waits_for_kafka_at_start_up(
+        self,
+        kafka_bootstrap: str,
+        kafka_broker: LocalBroker,
+        fresh_topics: TopicNames,
+        http: aiohttp.ClientSession,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        await kafka_broker.stop()
+        try:
+            projector = Projector(settings(kafka_bootstrap, fresh_topics, uuid.uuid4().hex))
+            async with projector:
+                async with asyncio.timeout(30):
+                    while "Kafka not reachable" not in caplog.text:  # noqa: ASYNC110
+                        await asyncio.sleep(0.1)
+                assert not projector.ready
+                status, _ = await get(http, projector, "/healthz/ready")
+                assert status == 503
+                await kafka_broker.start()
+                await until_ready(projector)
+                assert "Kafka reachable again" in caplog.text
+            assert projector.exit_code == 0
+        finally:
+            await kafka_broker.start()
+        assert caplog.text.count("Kafka not reachable") == 1, "one line per state change"

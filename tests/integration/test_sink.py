@@ -4,12 +4,16 @@ by a caller that gives up waiting."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from fixtures.vendor import vendor_example
 from fixtures.worker import read_topic
 
+from ingest.devservices.kafka import LocalBroker
 from ingest.eventlog import codec
 from ingest.eventlog.sink import Sink
 from ingest.eventlog.topics import TopicNames
@@ -19,10 +23,15 @@ from ingest.settings import KafkaSettings, SettingsSource, load_kafka
 pytestmark = pytest.mark.integration
 
 
-def payload(usns: range) -> list[dict[str, Any]]:
-    """Bayeux event messages of one mailbox, one per USN."""
+def payload(usns: range, mailboxes: int = 1) -> list[dict[str, Any]]:
+    """Bayeux event messages, one per USN, spread over `mailboxes` mailboxes (and partitions),
+    stamped now (the vendor example's 2008 stamp is older than the topic's retention)."""
+    now = {"EventTime": dt.datetime.now(dt.UTC).strftime("%I:%M:%S %p %m/%d/%Y")}
     return [
-        {"channel": "/vmrest/mailbox/sub-1", "data": vendor_example() | {"USN": usn}}
+        {
+            "channel": "/vmrest/mailbox/sub-1",
+            "data": vendor_example() | {"USN": usn, "MailboxId": f"mb-{usn % mailboxes}", **now},
+        }
         for usn in usns
     ]
 
@@ -59,3 +68,71 @@ class TestAdmission:
         usns = [e.usn for e in events if isinstance(e, MailboxEvent)]
         assert usns == list(range(1, 12)), "every received payload produced, in order"
         assert {r.partition for r in records} == {records[0].partition}
+
+
+async def wait_until(condition: Callable[[], bool], within: float, what: str) -> None:
+    async with asyncio.timeout(within):
+        while not condition():  # noqa: ASYNC110 - sink state, no event to wait on
+            await asyncio.sleep(0.05)
+    assert condition(), what
+
+
+class TestOutage:
+    """The broker away for longer than KAFKA_REQUEST_TIMEOUT_MS: nothing received is lost."""
+
+    async def test_outage_longer_than_the_request_timeout(
+        self, kafka_bootstrap: str, kafka_broker: LocalBroker, fresh_topics: TopicNames
+    ) -> None:
+        env = {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "KAFKA_EVENTS_TOPIC": fresh_topics.events,
+            "KAFKA_DLQ_TOPIC": fresh_topics.dlq,
+            "KAFKA_REQUEST_TIMEOUT_MS": "3000",
+        }
+        kafka = load_kafka(SettingsSource(env))
+        sink = Sink(kafka, capacity=1000, retry_cap=1.0)
+        await sink.start()
+        usn = 0
+        done = asyncio.Event()
+
+        async def produce() -> None:
+            nonlocal usn
+            while not done.is_set() and sink.fatal is None:
+                await sink.submit(payload(range(usn + 1, usn + 2), mailboxes=4), 0.0)
+                usn += 1
+                await asyncio.sleep(0.01)
+
+        producing = asyncio.create_task(produce())
+        try:
+            await wait_until(lambda: usn >= 100, 30, "produced before the outage")
+            await kafka_broker.stop()
+            outage = time.monotonic()
+            # three request timeouts: aiokafka expires the batches of leaderless partitions
+            await wait_until(lambda: time.monotonic() - outage >= 9.0, 30, "outage")
+            assert sink.in_outage and sink.window.used > 0, "the outage is noticed, records held"
+            await kafka_broker.start()
+            resumed = usn
+            await wait_until(
+                lambda: usn >= resumed + 300 or sink.fatal is not None, 60, "producing again"
+            )
+            done.set()
+            await producing
+            await wait_until(
+                lambda: sink.window.used == 0 or sink.fatal is not None, 60, "all acknowledged"
+            )
+        finally:
+            done.set()
+            await sink.stop()
+        assert sink.fatal is None, f"the sink gave up: {sink.fatal!r}"
+        assert sink.replacements >= 1, "the producer with expired batches was replaced"
+        records = await read_topic(kafka.bootstrap_servers, kafka.events_topic)
+        events = [codec.decode(r.value) for r in records if r.value is not None]
+        usns = {e.usn for e in events if isinstance(e, MailboxEvent)}
+        assert usns == set(range(1, usn + 1)), f"{usn - len(usns)} received records lost"
+        # a re-sent batch may repeat records, but each mailbox's first sightings stay in order
+        for mailbox in {e.mailbox_id for e in events if isinstance(e, MailboxEvent)}:
+            seen: list[int] = []
+            for e in events:
+                if isinstance(e, MailboxEvent) and e.mailbox_id == mailbox and e.usn not in seen:
+                    seen.append(e.usn)
+            assert seen == sorted(seen), f"{mailbox}: out of order"

@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from fixtures.worker import read_topic, running_worker, settle, worker_env
 
 from ingest.commands.tail import StartAt, TailOptions, tail
 from ingest.cumi.normalizer import parse_event
+from ingest.devservices.kafka import LocalBroker
 from ingest.errors import TopicMissing
 from ingest.eventlog import codec
 from ingest.eventlog.topics import (
@@ -379,6 +381,48 @@ class TestCommandLine:
             if process.returncode is None:
                 process.kill()
                 await process.wait()
+
+
+class TestBrokerGone:
+    async def test_follow_stays_quiet_and_ctrl_c_ends_cleanly(
+        self,
+        kafka_bootstrap: str,
+        kafka_broker: LocalBroker,
+        fresh_topics: TopicNames,
+        tmp_path: Path,
+    ) -> None:
+        env = cli_env(kafka_bootstrap, fresh_topics) | {"CUMI_LOG_FORMAT": "text"}
+        errors = tmp_path / "stderr.txt"
+        with errors.open("wb") as stderr:
+            process = await asyncio.create_subprocess_exec(
+                *(sys.executable, "-m", "ingest", "tail", "events", "-f", "--from-beginning"),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=stderr,
+                env=env,
+                cwd=ROOT,
+            )
+        assert process.stdout is not None
+        try:
+            async with asyncio.timeout(60):
+                await produce(kafka_bootstrap, fresh_topics.events, [codec.encode(vendor_event(1))])
+                assert await process.stdout.readline()  # following
+                await kafka_broker.stop()
+                while "aiokafka" not in errors.read_text():  # noqa: ASYNC110 - a file
+                    await asyncio.sleep(0.2)
+                outage = time.monotonic()
+                while time.monotonic() - outage < 8.0:  # noqa: ASYNC110 - the outage itself
+                    await asyncio.sleep(0.2)
+                process.send_signal(signal.SIGINT)
+                assert await process.wait() == 0
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            await kafka_broker.start()
+        text = errors.read_text()
+        assert "Traceback" not in text, text[-3000:]
+        # before issue 16: ~40 lines a second; now the first line of each kind, then one per 30 s
+        assert len(text.splitlines()) <= 10, text
 
 
 async def cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:

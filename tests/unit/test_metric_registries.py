@@ -121,8 +121,9 @@ class TestLabelValuesAtZero:
         )
         assert series(found, "cumi_worker_handshakes_total") == zeros(("failure",), ("success",))
         assert series(found, "cumi_worker_producer_errors_total") == zeros(
-            ("resent",), ("buffer-timeout",), ("fatal",), ("unacknowledged-at-shutdown",)
+            ("replaced",), ("resent",), ("fatal",), ("unacknowledged-at-shutdown",)
         )
+        assert series(found, "cumi_worker_history_gaps_total") == zeros(("kafka-outage",))
         assert series(found, "cumi_worker_registry_records_skipped_total") == zeros(
             ("undecodable",), ("key_mismatch",), ("other_server",)
         )
