@@ -18,6 +18,8 @@ from typing import Any, cast
 import aiohttp
 from aiocometd_ng.client import Client
 from aiocometd_ng.constants import ConnectionType, TransportState
+from aiocometd_ng.exceptions import TransportConnectionClosed
+from aiocometd_ng.exceptions import TransportError as CometTransportError
 from aiocometd_ng.extensions import Extension
 from aiocometd_ng.transports.base import TransportBase
 from aiocometd_ng.transports.long_polling import LongPollingTransport
@@ -40,6 +42,11 @@ up. The library allows 20 %: with short timeouts a slow, large response was cut 
 after the server had already counted its events as delivered."""
 
 
+MAX_COALESCED_FRAMES = 1_000
+"""At most this many WebSocket frames are handed over as one payload (aiohttp's own buffer limit,
+128 KiB, usually ends a run sooner)."""
+
+
 class _Fixes(TransportBase):
     """Corrections to aiocometd-ng's transports (the concrete classes below mix them in):
 
@@ -49,6 +56,9 @@ class _Fixes(TransportBase):
     - the request timeout leaves a fixed margin over the long-poll (see LONG_POLL_MARGIN);
     - `reconnect: handshake` advice is not followed: the session is lost (this module's tap saw
       it) and the subscription manager replaces the whole client;
+    - advice on a *successful* reply is followed too (the library reads it only on failures): a
+      server-side disconnect answers the held connect `successful: true` with `reconnect: none`,
+      and the library would connect once more only to be told `402`;
     - a failed connect exchange that may have carried events is reported to the tap (a gap).
     """
 
@@ -68,7 +78,7 @@ class _Fixes(TransportBase):
         try:
             result = future.result()
             advice = result.get("advice") if isinstance(result, dict) else None
-            if not result.get("successful", True) and isinstance(advice, dict):
+            if isinstance(advice, dict):
                 reconnect = advice.get("reconnect", reconnect)
             self._state = TransportState.CONNECTED
         except Exception as error:
@@ -78,7 +88,7 @@ class _Fixes(TransportBase):
                 self._state = TransportState.CONNECTING
         if self.state == TransportState.DISCONNECTING:
             return
-        if reconnect == "handshake":
+        if reconnect in ("handshake", "none"):
             self._state = TransportState.SERVER_DISCONNECTED
             return
         self._follow_advice(reconnect, delay)
@@ -126,6 +136,71 @@ class _WebSocket(_Fixes, WebSocketTransport):
             self._receive_task = None
         else:
             super()._receive_done(future)
+
+    async def _receive(self, socket: WebSocket) -> None:
+        """The library's receive loop, coalescing: every frame already received when one is read
+        joins it in one payload (see `_frames`)."""
+        try:
+            while True:
+                frames = await _frames(socket)
+                payload: list[dict[str, Any]] = []
+                closed: Exception | None = None
+                for frame in frames:
+                    if frame.type is aiohttp.WSMsgType.CLOSE:
+                        closed = TransportConnectionClosed("Received CLOSE message on the factory.")
+                        break
+                    try:
+                        payload.extend(frame.json(loads=self._json_loads))
+                    except TypeError:
+                        closed = CometTransportError("Received invalid response from the server.")
+                        break
+                if payload:  # what came before a close is delivered first
+                    await self._consume_payload(payload)
+                    self._set_exchange_results(payload)
+                if closed is not None:
+                    raise closed
+        except Exception as error:
+            self._set_exchange_errors(error)
+            raise
+
+
+async def _frames(socket: WebSocket) -> list[aiohttp.WSMessage]:
+    """The next frame, and every frame received after it that is already buffered.
+
+    The reference CometD server sends one message per frame: handed over one by one, each event
+    became its own Kafka record batch (WebSocket ran at a tenth of long-polling's rate). Frames
+    that arrived while the previous payload was being handed over are taken together; when
+    traffic is light the buffer is empty and a frame is handed over at once — no added latency.
+    The buffer is aiohttp's (`_reader._buffer`, see docs/design.md §7); if an upgrade moves it,
+    frames are simply taken one at a time.
+    """
+    frames = [await socket.receive()]
+    if frames[0].type is not aiohttp.WSMsgType.TEXT:
+        return frames
+    buffer = getattr(getattr(socket, "_reader", None), "_buffer", None)
+    while buffer and len(frames) < MAX_COALESCED_FRAMES:
+        frame = await socket.receive()  # buffered: returns without waiting
+        frames.append(frame)
+        if frame.type is not aiohttp.WSMsgType.TEXT:
+            break
+    return frames
+
+
+class FixedClient(Client):
+    """aiocometd-ng's client with a cookie jar that keeps cookies from IP-address hosts.
+
+    The reference CometD server binds a long-polling session to its `BAYEUX_BROWSER` cookie
+    (`trustClientSession=false`, the default in CometD 3 to 9); aiohttp's default jar drops
+    cookies from an IP-address host, so with the server given by IP every `/meta/connect` was
+    answered `402::session_unknown`. The jar belongs to this one client (one CometD server).
+    """
+
+    async def _get_http_session(self) -> aiohttp.ClientSession:
+        if self._http_session is None:
+            self._http_session = aiohttp.ClientSession(
+                json_serialize=self._json_dumps, cookie_jar=aiohttp.CookieJar(unsafe=True)
+            )
+        return self._http_session
 
 
 @functools.cache

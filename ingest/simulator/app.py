@@ -65,6 +65,14 @@ class SimulatorConfig:
     max_interval: float = 10.0
     session_queue_limit: int = 100_000
     max_batch: int = 1_000
+    browser_cookie: bool = False
+    """Long-polling sessions bound to the `BAYEUX_BROWSER` cookie (see BayeuxConfig)."""
+    ws_max_message: int = 16 * 1024 * 1024
+    """Largest WebSocket message accepted; beyond it the socket is closed with 1009."""
+    ws_frame_messages: int = 0
+    """Messages per WebSocket frame; 0: a whole reply in one frame."""
+    refuse_unknown_channels: bool = True
+    """Refuse (403) a subscribe to a channel of no live notification subscription."""
     rest_concurrency: int = 5
     rest_queue_limit: int = 50
     retry_after: int | None = None
@@ -81,11 +89,14 @@ class SimulatorConfig:
             "max_interval": self.max_interval,
             "session_queue_limit": self.session_queue_limit,
             "max_batch": self.max_batch,
+            "ws_max_message": self.ws_max_message,
             "rest_concurrency": self.rest_concurrency,
         }
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"simulator {name} must be positive, not {value}")
+        if self.ws_frame_messages < 0:
+            raise ConfigError("simulator ws_frame_messages must be >= 0 (0: one frame per reply)")
         if self.rest_queue_limit < 0 or self.initial_messages < 0:
             raise ConfigError("simulator rest_queue_limit and initial_messages must be >= 0")
         if not 0 <= self.multi_message_ratio <= 1:
@@ -134,6 +145,10 @@ class Simulator:
                 max_interval=config.max_interval,
                 queue_limit=config.session_queue_limit,
                 max_batch=config.max_batch,
+                browser_cookie=config.browser_cookie,
+                ws_max_message=config.ws_max_message,
+                ws_frame_messages=config.ws_frame_messages,
+                refuse_unknown_channels=config.refuse_unknown_channels,
             ),
             self.subscriptions.allows,
             self.counters,
@@ -339,6 +354,12 @@ class Simulator:
         self.subscriptions.clear()
         self._close_cometd_connections()
         self.counters.restarts += 1
+
+    def disconnect_sessions(self) -> int:
+        """Disconnect every CometD session server-side (`ServerSession.disconnect()`): a held
+        connect is answered `/meta/disconnect` + a successful connect advising `reconnect: none`;
+        the sessions are forgotten. Notification subscriptions stay. Returns how many."""
+        return self.bayeux.disconnect_all()
 
     def notifier_down(self) -> None:
         """Stop publishing; changes still reach the truth (see ingest.simulator.notifier)."""
