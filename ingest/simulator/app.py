@@ -29,6 +29,7 @@ from aiohttp import web
 from ingest.errors import ConfigError
 from ingest.simulator.admin import add_admin_routes
 from ingest.simulator.bayeux import COMETD_PATH, BayeuxConfig, BayeuxServer
+from ingest.simulator.bridge import PublishBridge
 from ingest.simulator.comet import EventType
 from ingest.simulator.faults import Faults, MalformedKind
 from ingest.simulator.mailbox import random_message
@@ -61,18 +62,20 @@ class SimulatorConfig:
     """Messages each mailbox holds before the simulator starts (never notified)."""
     multi_message_ratio: float = 0.1
     """Share of random operations that act on several messages at once."""
-    connect_timeout: float = 25.0
+    connect_timeout: float = 20.0
+    """Long-poll hold (`advice.timeout`), as CometD 9."""
     max_interval: float = 10.0
     session_queue_limit: int = 100_000
     max_batch: int = 1_000
-    browser_cookie: bool = False
+    browser_cookie: bool = True
     """Long-polling sessions bound to the `BAYEUX_BROWSER` cookie (see BayeuxConfig)."""
-    ws_max_message: int = 16 * 1024 * 1024
+    ws_max_message: int = 65_536
     """Largest WebSocket message accepted; beyond it the socket is closed with 1009."""
-    ws_frame_messages: int = 0
+    ws_frame_messages: int = 1
     """Messages per WebSocket frame; 0: a whole reply in one frame."""
-    refuse_unknown_channels: bool = True
-    """Refuse (403) a subscribe to a channel of no live notification subscription."""
+    refuse_unknown_channels: bool = False
+    """Refuse (403) a subscribe to a channel of no live notification subscription (a server with a
+    security policy); by default any subscribe succeeds, as on a stock CometD server."""
     rest_concurrency: int = 5
     rest_queue_limit: int = 50
     retry_after: int | None = None
@@ -81,6 +84,10 @@ class SimulatorConfig:
     """Whether the delegate may call requestnotification with `userobjectid` (undocumented)."""
     admin: bool = False
     """Serve the `/_sim/…` admin endpoints on the REST port."""
+    publish_hook: str | None = None
+    """Bridge mode: publish events through this hook of another Bayeux server (the reference
+    CometD server's `http://127.0.0.1:<port>/_ref/publish`) instead of the simulator's own
+    (see ingest.simulator.bridge). The simulator still serves REST and keeps the truth."""
 
     def __post_init__(self) -> None:
         positive = {
@@ -153,8 +160,15 @@ class Simulator:
             self.subscriptions.allows,
             self.counters,
         )
+        self.bridge = (
+            PublishBridge(config.publish_hook, self.counters) if config.publish_hook else None
+        )
         self.notifier = Notifier(
-            self.subscriptions, self.bayeux.deliver, self.counters, self.faults, seed=config.seed
+            self.subscriptions,
+            self.bridge.deliver if self.bridge is not None else self.bayeux.deliver,
+            self.counters,
+            self.faults,
+            seed=config.seed,
         )
         self._runners: list[web.AppRunner] = []
         self._cometd_runner: web.AppRunner | None = None
@@ -188,6 +202,8 @@ class Simulator:
             cometd_port = await self._serve(cometd_app, self.config.cometd_port)
             self._cometd_runner = self._runners[-1]
             await self.bayeux.start()
+            if self.bridge is not None:
+                await self.bridge.start()
         except BaseException:
             await self.stop()
             raise
@@ -206,6 +222,8 @@ class Simulator:
     async def stop(self) -> None:
         """Stop the scenario, release held connects, close every socket. Idempotent."""
         await self.stop_scenario()
+        if self.bridge is not None:
+            await self.bridge.stop()
         await self.bayeux.stop()
         for runner in self._runners:
             _close_connections(runner)
@@ -334,6 +352,8 @@ class Simulator:
         expires (`max_interval`), so bound this with `asyncio.timeout` where that can happen."""
         if self._scenario_task is not None:
             await asyncio.shield(self._scenario_task)
+        if self.bridge is not None:
+            await self.bridge.wait_idle()
         # queues shrink in many places (responses, expiry, restart): polling is simpler than events
         while self.bayeux.pending:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
@@ -348,7 +368,7 @@ class Simulator:
 
     def restart(self) -> None:
         """Like a Connection Jetty restart: every session and notification subscription is lost
-        (clients get `402::Unknown client`) and every CometD connection closes. The truth and the
+        (clients get `402::session_unknown`) and every CometD connection closes. The truth and the
         REST API (Tomcat) are unaffected."""
         self.bayeux.reset()
         self.subscriptions.clear()

@@ -1,17 +1,28 @@
-"""A Bayeux 1.0 server at `/vmevents/cometd`, behaving like Unity Connection's Jetty/CometD.
+"""A Bayeux 1.0 server at `/vmevents/cometd`, behaving like Unity Connection's Jetty/CometD —
+by default like the reference CometD 9 server with its default options (docs/simulator.md), never
+kinder:
 
 Long-polling (HTTP POST of a JSON array, also at `/vmevents/cometd/<meta>` as the JavaScript client
 posts) and WebSocket (GET upgrade on the same path) share one message engine:
 
-- `/meta/handshake` creates a session; `/meta/connect` is held up to `advice.timeout` unless
-  messages are queued, then returns up to `max_batch` event messages followed by the connect reply.
-  The first connect of a session, a connect asking `advice.timeout: 0` and a connect batched with
-  other requests are answered at once (as CometD does). A newer connect releases a held one.
-- `/meta/subscribe` accepts one channel or a list; only `/vmrest/mailbox/<subscriptionId>` of a live
-  subscription is allowed, otherwise nothing is subscribed and the reply is
+- `/meta/handshake` creates a session and advises `{reconnect: retry, interval: 0, timeout}`
+  (20 s). Over HTTP the session is bound to the `BAYEUX_BROWSER` cookie the handshake sets
+  (`trustClientSession=false`): a request without it is answered as for an unknown client. A
+  WebSocket needs no cookie.
+- `/meta/connect` is held up to `advice.timeout` unless messages are queued, then returns up to
+  `max_batch` event messages followed by the connect reply. The first connect of a session, a
+  connect asking `advice.timeout: 0` and a connect batched with other requests are answered at
+  once (as CometD does); only the first carries advice. A newer connect releases a held one.
+- Over WebSocket each message goes in a frame of its own (`ws_frame_messages`), and a message
+  over `ws_max_message` (64 KiB) closes the socket with 1009.
+- `/meta/subscribe` accepts one channel or a list, any channel (as a stock CometD server does);
+  with `refuse_unknown_channels` only `/vmrest/mailbox/<subscriptionId>` of a live subscription
+  is allowed, otherwise nothing is subscribed and the reply is
   `403:<bad channels>:subscription_invalid`.
-- Unknown clientIds get `402::Unknown client` with advice `reconnect: handshake`. A session
+- Unknown clientIds get `402::session_unknown` with advice `reconnect: handshake`. A session
   without a connect for `max_interval` expires and its queued messages are dropped (and counted).
+  A server-side disconnect answers a held connect with `/meta/disconnect` and a successful
+  connect reply advising `reconnect: none`.
 - Each session queue is bounded: beyond `queue_limit` the oldest message is dropped and counted, as
   a real server loses messages under pressure. Event payloads arrive encoded once (`deliver`) and
   are reused for every recipient; channel → sessions and session → channels are dicts, so a session
@@ -49,7 +60,7 @@ Message = dict[str, Any]
 class BayeuxConfig:
     """Bayeux server settings (seconds, counts)."""
 
-    connect_timeout: float = 25.0
+    connect_timeout: float = 20.0
     """How long a connect is held without messages (`advice.timeout`)."""
     max_interval: float = 10.0
     """A session without a connect for this long expires (`advice.maxInterval`)."""
@@ -57,17 +68,19 @@ class BayeuxConfig:
     """Event messages queued per session before the oldest are dropped."""
     max_batch: int = 1_000
     """Event messages per connect response."""
-    browser_cookie: bool = False
+    browser_cookie: bool = True
     """Bind long-polling sessions to the `BAYEUX_BROWSER` cookie set by the handshake, as CometD
     does by default (`trustClientSession=false`): a request without it is answered 402."""
-    ws_max_message: int = 16 * 1024 * 1024
+    ws_max_message: int = 65_536
     """Largest WebSocket message accepted (CometD/Jetty: 64 KiB); beyond it the socket is closed
     with 1009."""
-    ws_frame_messages: int = 0
+    ws_frame_messages: int = 1
     """Messages per WebSocket frame (CometD: 1); 0 puts a whole reply in one frame."""
-    refuse_unknown_channels: bool = True
-    """Refuse (403) a subscribe to a channel of no live notification subscription. A stock CometD
-    server accepts a subscribe to any channel."""
+    refuse_unknown_channels: bool = False
+    """Refuse (403) a subscribe to a channel of no live notification subscription, as a server
+    with a security policy would. A stock CometD server accepts a subscribe to any channel — so
+    after a restart that dropped the notification subscriptions, a subscribe to an old id
+    succeeds and nothing is ever published on it (the default)."""
 
 
 class Wake(enum.Enum):
@@ -344,7 +357,6 @@ class BayeuxServer:
             "reconnect": "retry",
             "interval": 0,
             "timeout": int(self.config.connect_timeout * 1000),
-            "maxInterval": int(self.config.max_interval * 1000),
         }
 
     def _subscription(self, session: Session, message: Message, *, subscribe: bool) -> Message:
@@ -395,10 +407,12 @@ class BayeuxServer:
                 return None
             if why is Wake.DISCONNECT:
                 return _disconnected(session, message)
+        first = not session.connected
         session.connected = True
         batch = self._drain(session)
         reply = _reply(message, True, clientId=session.client_id)
-        reply["advice"] = self._advice()
+        if first:  # CometD's held replies carry no advice: the handshake's stands
+            reply["advice"] = self._advice()
         return [*batch, encode(reply)]
 
     def _timeout(self, message: Message) -> float:
@@ -488,6 +502,6 @@ def _unknown_client(message: Message) -> Message:
     return _reply(
         message,
         False,
-        error="402::Unknown client",
+        error="402::session_unknown",
         advice={"reconnect": "handshake", "interval": 0},
     )
