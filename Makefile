@@ -7,7 +7,7 @@ CACHE ?= $(HOME)/.cache/cumi-pipeline
 export CUMI_CACHE_DIR := $(CACHE)
 export PATH := $(CURDIR)/$(BIN):$(CACHE)/bin:$(PATH)
 
-.PHONY: install tools lint typecheck test test-unit test-integration demo bench soak clean
+.PHONY: install tools lint typecheck test test-unit test-tools test-integration test-reference demo bench soak clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,20 +17,35 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed  ## virtualenv with the package and its test/dev tools
 
-tools: install  ## helm, promtool and the Kafka jars (cached outside the checkout)
+tools: install  ## helm, promtool and the dev services (Kafka, schema registry, reference CometD server)
 	bash .ci/install-tools
 	$(BIN)/ingest broker fetch
+	$(BIN)/ingest registry fetch
+	$(BIN)/python -m ingest.devservices.cometd fetch
 
 lint: install
 	$(BIN)/ruff check ingest tests bench
 	$(BIN)/ruff format --check ingest tests bench
 	$(BIN)/mypy
 
-test: tools lint  ## the whole suite; starts its own Kafka broker
+test: tools lint  ## the whole suite (unit, tools, integration, conformance), then the reference paths
 	$(BIN)/pytest -p no:cacheprovider --durations=25 tests
+	$(MAKE) --no-print-directory test-reference
 
-test-unit: install
-	$(BIN)/pytest -p no:cacheprovider tests/unit
+# the fast paths off (ingest/speedups.py): the unit suite and the log/fold end-to-end tests again
+REFERENCE_TESTS := tests/unit tests/integration/test_replay.py tests/integration/test_worker.py \
+	tests/integration/test_projector_service.py tests/integration/test_kafka_roundtrip.py
+test-reference: tools
+	CUMI_NO_SPEEDUPS=1 $(BIN)/pytest -p no:cacheprovider $(REFERENCE_TESTS)
+
+# Only the virtualenv on PATH and an empty tool cache: a unit test that reaches for helm, promtool,
+# node or java fails here rather than passing on a developer's well-stocked machine.
+test-unit: install  ## tests/unit: nothing but Python
+	env PATH=$(CURDIR)/$(BIN) CUMI_CACHE_DIR=$(CURDIR)/$(VENV)/no-tools \
+		$(BIN)/pytest -p no:cacheprovider tests/unit
+
+test-tools: tools  ## tests/tools: the chart and alert rules through helm and promtool
+	$(BIN)/pytest -p no:cacheprovider tests/tools
 
 test-integration: tools
 	$(BIN)/pytest -p no:cacheprovider -m integration tests

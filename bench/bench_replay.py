@@ -45,13 +45,12 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench import machine, record
+from ingest.devservices.kafka import LocalBroker
 from ingest.eventlog import codec
-from ingest.eventlog.topics import TopicSpec, ensure_topics
+from ingest.eventlog.topics import TopicSpec, describe_topic, ensure_topics
 from ingest.events import LogRecord, MailboxSnapshot, SnapshotMessage
-from ingest.localkafka.node import LocalBroker
 from ingest.state.projection import Projection
 from ingest.state.replay import replay
-from ingest.state.store import describe_topic
 
 # the test suite's stream generator and producer (tests/ is not a package on the path)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

@@ -33,8 +33,8 @@ from typing import Any
 import aiohttp
 
 from bench import record
+from ingest.devservices.kafka import LocalBroker
 from ingest.eventlog.topics import TopicNames, default_specs, ensure_topics
-from ingest.localkafka.node import LocalBroker
 from ingest.simulator import Simulator, SimulatorConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

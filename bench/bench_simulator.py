@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiocometd_ng import Client, ConnectionType
+from aiocometd_ng.client import Client
+from aiocometd_ng.constants import ConnectionType
 
 from bench import record
 from ingest.cumi.cometd_fixes import FixedClient

@@ -71,12 +71,11 @@ from bench.worker_rig import (
     total,
     worker_env,
 )
+from ingest.devservices.kafka import KafkaRuntime, LocalBroker, ensure_runtime
 from ingest.eventlog import codec
 from ingest.eventlog.sink import Sink
 from ingest.eventlog.topics import key_partition
 from ingest.events import MailboxEvent
-from ingest.localkafka.node import LocalBroker, ensure_runtime
-from ingest.localkafka.runtime import KafkaRuntime
 from ingest.settings import Settings
 from ingest.simulator.users import UserTable
 

@@ -34,8 +34,8 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 from prometheus_client.parser import text_string_to_metric_families
 
+from ingest.devservices.kafka import KafkaRuntime
 from ingest.eventlog.topics import TopicNames, TopicSpec, default_specs, ensure_topics
-from ingest.localkafka.runtime import KafkaRuntime
 from ingest.simulator import Simulator, SimulatorConfig
 
 Metrics = dict[tuple[str, tuple[tuple[str, str], ...]], float]

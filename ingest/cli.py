@@ -17,17 +17,21 @@ from ingest.ops.logs import configure_logging
 
 # sub-command → (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "worker": ("ingest.worker", "run an ingest worker: CUMI Comet notifications → Kafka"),
+    "worker": ("ingest.commands.worker", "run an ingest worker: CUMI Comet notifications → Kafka"),
     "projector": ("ingest.projector", "run the projector: events → per-mailbox folder state"),
-    "replay": ("ingest.state.replay", "state of mailboxes as of a past time, USN or offset"),
+    "replay": ("ingest.commands.replay", "state of mailboxes as of a past time, USN or offset"),
     "fold": (
         "ingest.commands.fold",
         "fold raw Comet events (JSON lines) offline into folder state",
     ),
     "simulator": ("ingest.simulator.cli", "run the CUMI simulator (REST + Bayeux)"),
     "broker": ("ingest.commands.broker", "local development Kafka broker: fetch|start|stop|status"),
+    "registry": (
+        "ingest.commands.registry",
+        "local Confluent-compatible schema registry (Apicurio)",
+    ),
     "tail": ("ingest.commands.tail", "decode and print records of a topic"),
-    "mailboxes": ("ingest.mailboxes.registry", "manage the mailbox registry topic"),
+    "mailboxes": ("ingest.commands.mailboxes", "manage the mailbox registry topic"),
     "demo": ("ingest.demo.runner", "the whole pipeline end to end on the embedded defaults"),
 }
 

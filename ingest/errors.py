@@ -57,5 +57,6 @@ class TopicMissing(BrokerError):
     retriable = False
 
 
-class LocalBrokerError(IngestError):
-    """The local development broker could not be fetched, formatted or started."""
+class DevServiceError(IngestError):
+    """A local development service (ingest.devservices: the Kafka broker or cluster, the schema
+    registry, the reference CometD server) could not be fetched, built, formatted or started."""

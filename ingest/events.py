@@ -9,12 +9,10 @@ repair; it replaces the projected state.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import enum
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -263,23 +261,3 @@ class MailboxRegistryEntry:
     credentials_ref: str | None = None
     """Name of the mailbox's secret in the credentials provider; None: the mailbox id."""
     enabled: bool = True
-
-
-def fast_constructor(cls: type[T]) -> Callable[..., T]:
-    """`cls(*values)` (all fields, positionally) for a frozen slotted dataclass, at half the cost:
-    the generated `__init__` sets each field through `object.__setattr__`, this sets the slots
-    directly — what the frozen `__init__` does, minus the lookups. For the hot paths that build a
-    record per event (the normalizer, the log reader); unit tests compare the records with the
-    class's own. The class itself if it does more on construction (`__post_init__`, fields not
-    in `__init__`)."""
-    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
-    if hasattr(cls, "__post_init__") or not all(f.init for f in fields):
-        return cls
-    names = [f.name for f in fields]
-    scope: dict[str, Any] = {"new": object.__new__, "cls": cls}
-    scope.update({f"set_{n}": vars(cls)[n].__set__ for n in names})
-    lines = [f"def build({', '.join(names)}):", "    record = new(cls)"]
-    lines += [f"    set_{n}(record, {n})" for n in names] + ["    return record"]
-    exec("\n".join(lines), scope)  # the names are our own classes' field names
-    built: Callable[..., T] = scope["build"]
-    return built

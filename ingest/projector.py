@@ -67,7 +67,7 @@ from ingest.ops.metrics import (
     PROJECTOR_TRANSACTION_SECONDS,
     PROJECTOR_TRANSACTIONS,
 )
-from ingest.settings import KafkaSettings, SettingsSource, load_kafka, load_worker
+from ingest.settings import KafkaSettings, SettingsSource, load_kafka, load_process
 from ingest.state.projection import MailboxState, Projection
 from ingest.state.read_api import routes as read_api_routes
 from ingest.state.store import Fenced, StateReader, StateWriter, TransactionFailed
@@ -113,7 +113,7 @@ class ProjectorSettings:
         s = SettingsSource.load(env, config_file)
         group = s.text("CUMI_PROJECTOR_GROUP_ID", "cumi-projector") or "cumi-projector"
         # the HTTP port, log level and shutdown bound are shared with the worker: one name each
-        common = load_worker(s)
+        common = load_process(s)
         return cls(
             kafka=load_kafka(s),
             group_id=group,

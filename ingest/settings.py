@@ -378,6 +378,20 @@ class KafkaSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ProcessSettings:
+    """What every long-running process (worker, projector) has: one name each."""
+
+    metrics_port: int
+    """CUMI_METRICS_PORT: /metrics, health (and the projector's read API)."""
+    metrics_host: str
+    """CUMI_METRICS_HOST."""
+    log_level: str | None
+    """CUMI_LOG_LEVEL; None leaves the command line's --log-level in force."""
+    shutdown_timeout_seconds: float
+    """CUMI_SHUTDOWN_TIMEOUT_SECONDS: how long a stopping process drains."""
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerSettings:
     queue_size: int
     """CUMI_QUEUE_SIZE: events received but not yet acknowledged by Kafka, at most."""
@@ -577,18 +591,30 @@ def _check_compression(compression: Compression) -> None:
         )
 
 
-def load_worker(s: SettingsSource) -> WorkerSettings:
+def load_process(s: SettingsSource) -> ProcessSettings:
+    """The settings every process shares, and nothing else: a bad worker-only variable does not
+    stop a projector sharing its environment."""
     level = (s.text("CUMI_LOG_LEVEL") or "").upper() or None
     if level is not None and level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError(
             f"CUMI_LOG_LEVEL must be DEBUG|INFO|WARNING|ERROR|CRITICAL, got {level!r}"
         )
-    return WorkerSettings(
-        queue_size=s.integer("CUMI_QUEUE_SIZE", 10_000, minimum=1),
+    return ProcessSettings(
         metrics_port=s.integer("CUMI_METRICS_PORT", 9102, maximum=65535),
         metrics_host=s.text("CUMI_METRICS_HOST", "0.0.0.0") or "0.0.0.0",
         log_level=level,
         shutdown_timeout_seconds=s.number("CUMI_SHUTDOWN_TIMEOUT_SECONDS", 20.0, minimum=0.0),
+    )
+
+
+def load_worker(s: SettingsSource) -> WorkerSettings:
+    process = load_process(s)
+    return WorkerSettings(
+        queue_size=s.integer("CUMI_QUEUE_SIZE", 10_000, minimum=1),
+        metrics_port=process.metrics_port,
+        metrics_host=process.metrics_host,
+        log_level=process.log_level,
+        shutdown_timeout_seconds=process.shutdown_timeout_seconds,
         reconcile_on_start=s.flag("CUMI_RECONCILE_ON_START", True),
         **_worker_group(s),
     )

@@ -13,13 +13,11 @@ and close the producer, exit 0. A producer failure that no retry can cure exits 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import signal
 from collections.abc import Coroutine, Sequence
-from pathlib import Path
 from typing import Any
 
 from ingest.cumi.credentials import CredentialsProvider, build_provider
@@ -28,14 +26,13 @@ from ingest.cumi.normalizer import TimeZones
 from ingest.cumi.rest import CumiRestClient
 from ingest.cumi.session import CometSession
 from ingest.cumi.subscriptions import SubscriptionManager, SubscriptionPolicy
-from ingest.errors import ConfigError
 from ingest.eventlog.sink import Sink
 from ingest.mailboxes.assignment import CredentialRefs, RegistryAssignment
 from ingest.mailboxes.mailbox_file import watched_aliases
 from ingest.ops.backoff import Backoff
-from ingest.ops.gc_tuning import streaming_collector
 from ingest.ops.http import OpsServer
 from ingest.ops.metrics import WORKER_READY, WORKER_REGISTRY
+from ingest.ops.progress import LoggedProgress, ProgressFactory
 from ingest.settings import CredentialsProviderKind, MailboxSource, Settings
 
 log = logging.getLogger(__name__)
@@ -44,8 +41,15 @@ log = logging.getLogger(__name__)
 class Worker:
     """The ingest worker service; `run()` until `stop()` (or a signal), returning the exit code."""
 
-    def __init__(self, settings: Settings, aliases: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        aliases: Sequence[str] | None = None,
+        *,
+        progress: ProgressFactory = LoggedProgress,
+    ) -> None:
         self.settings = settings
+        self._progress = progress
         self.aliases = list(aliases) if aliases is not None else None
         self._stop = asyncio.Event()
         self.sink: Sink | None = None
@@ -152,6 +156,7 @@ class Worker:
             credentials,
             new_session,
             reconciler=reconciler,
+            progress=self._progress,
             policy=SubscriptionPolicy(
                 batch_size=c.subscribe_batch_size,
                 request_workers=c.rest_concurrency * 2,
@@ -213,30 +218,3 @@ class Worker:
                 task.cancel()
         broken = sink.fatal is not None or (self.assignment and self.assignment.fatal)
         return 1 if broken else 0
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        help="JSON or TOML file of settings (same names as the environment variables, which win)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        settings = Settings.load(config_file=args.config)
-    except ConfigError as e:
-        log.error("configuration error: %s", e)
-        return 2
-    if settings.worker.log_level is not None:
-        logging.getLogger().setLevel(settings.worker.log_level)
-    # the library logs every client open/close at INFO and each failed request at WARNING
-    logging.getLogger("aiocometd_ng").setLevel(logging.ERROR)
-    try:
-        with streaming_collector():
-            return asyncio.run(Worker(settings).run(handle_signals=True))
-    except ConfigError as e:
-        log.error("configuration error: %s", e)
-        return 2

@@ -78,9 +78,10 @@ class Reconciler:
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._wanted: dict[str, RepairReason] = {}  # alias → reason, queued or waiting for a retry
         self._running: dict[str, RepairReason] = {}  # alias → reason of a listing in progress
-        self._again: dict[
-            str, RepairReason
-        ] = {}  # requested again while running: list once more after
+        # requested again while running: list once more after
+        self._again: dict[str, RepairReason] = {}
+        # cancelled while running: a failure of that listing is not retried
+        self._dropped: set[str] = set()
         self._attempts: dict[str, int] = {}
         self._timers: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -129,9 +130,12 @@ class Reconciler:
         self._changed()
 
     def cancel(self, alias: str) -> None:
-        """Forget a queued repair (its subscription is gone again; it will be asked anew)."""
+        """Forget a queued repair (its subscription is gone again; it will be asked anew). A
+        listing already under way is finished, but not retried if it fails."""
         self._wanted.pop(alias, None)
         self._again.pop(alias, None)
+        if alias in self._running:
+            self._dropped.add(alias)
         self._changed()
 
     async def wait_idle(self) -> None:
@@ -154,8 +158,14 @@ class Reconciler:
             self._running[alias] = reason
             try:
                 await self._repair(alias, reason)
+            except Exception:
+                # a bug, not a server's failure: this repair is lost, the worker must not be
+                WORKER_RECONCILE_RUNS.labels(reason, "failure").inc()
+                log.exception("gap repair of mailbox %s failed unexpectedly", alias)
+                self._attempts.pop(alias, None)
             finally:
                 del self._running[alias]
+                self._dropped.discard(alias)
                 again = self._again.pop(alias, None)
                 if again is not None:
                     self.request(alias, again)
@@ -174,6 +184,10 @@ class Reconciler:
         except IngestError as e:
             WORKER_RECONCILE_RUNS.labels(reason, "failure").inc()
             attempt = self._attempts.get(alias, 0) + 1
+            if alias in self._dropped:  # cancelled meanwhile: nothing left to retry
+                self._attempts.pop(alias, None)
+                log.info("gap repair of mailbox %s failed after it was cancelled: %s", alias, e)
+                return
             if attempt >= self._max_attempts:
                 self._attempts.pop(alias, None)
                 log.error(

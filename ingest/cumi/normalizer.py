@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from ingest import speedups
 from ingest.cumi import jsonload
 from ingest.cumi.timestamps import parse_cumi_time
 from ingest.errors import InvalidEvent
@@ -38,9 +39,9 @@ from ingest.events import (
     MessageInfo,
     RejectReason,
     bare_message_id,
-    fast_constructor,
 )
 from ingest.ops.clock import SYSTEM_CLOCK, to_millis
+from ingest.speedups import fast_constructor
 
 UTC = ZoneInfo("UTC")
 DEFAULT_MAX_BYTES = 1024 * 1024
@@ -67,7 +68,7 @@ class TimeZones:
 
 
 def parse_event(
-    raw: bytes | str | Mapping[str, Any],
+    raw: bytes | bytearray | memoryview | str | Mapping[str, Any],
     *,
     zones: TimeZones = TimeZones(),
     source: str | None = None,
@@ -84,7 +85,7 @@ def parse_event(
     obj = _load(raw, max_bytes, max_depth)
     data, channel = _unwrap(obj)
     ingested_at = to_millis(now()) if now else SYSTEM_CLOCK.utc_now()
-    event = _plain_event(data, zones, source, ingested_at)
+    event = _plain_event(data, zones, source, ingested_at) if speedups.ENABLED else None
     if event is None:
         event = _checked_event(data, channel, zones, source, ingested_at)
     return event
@@ -472,12 +473,22 @@ def _raw_bytes(raw: object) -> bytes:
         return f"<unserializable {type(raw).__name__}>".encode()
 
 
+def _encodable(text: str) -> bool:
+    """Whether `text` can go into a record (UTF-8): a lone surrogate, which JSON allows as an
+    escape, cannot — then the dead letter is keyed by nothing rather than not written at all."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _guess_mailbox_id(raw: object) -> str | None:
     """MailboxId from whatever the payload is, if it plainly contains one; never raises."""
     if isinstance(raw, Mapping):
         data = raw.get("data") if "channel" in raw else raw
         value = data.get("MailboxId") if isinstance(data, Mapping) else None
-        if isinstance(value, str) and value.strip() and value != "null":
+        if isinstance(value, str) and value.strip() and value != "null" and _encodable(value):
             return _short(value, 256)
         return None
     text = _raw_bytes(raw)[:DEFAULT_MAX_BYTES]

@@ -34,6 +34,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+from aiocometd_ng.client import Client
 from aiocometd_ng.constants import ConnectionType
 from aiocometd_ng.exceptions import AiocometdException
 
@@ -63,6 +64,8 @@ CHANNEL_PREFIX = "/vmrest/mailbox/"
 EventBatch = list[dict[str, Any]]
 OnEvents = Callable[[EventBatch, float], Awaitable[None]]
 """(event messages of one server payload, monotonic receive time) → returns when admitted."""
+ClientFactory = Callable[..., Client]
+"""Builds the library's client: `FixedClient` (unit tests pass a fake, tests/fakes/bayeux.py)."""
 
 
 STALL_MARGIN = 5.0
@@ -143,6 +146,7 @@ class CometSession:
         subscribe_timeout: float = 30.0,
         max_request_bytes: int = MAX_REQUEST_BYTES,
         reconnect: Backoff | None = None,
+        client_factory: ClientFactory = FixedClient,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._url = url
@@ -158,8 +162,9 @@ class CometSession:
         self._subscribe_timeout = subscribe_timeout
         self._max_request_bytes = max_request_bytes
         self._reconnect = reconnect or Backoff(base=0.5, cap=30.0)
+        self._client_factory = client_factory
         self._clock = clock
-        self._client: FixedClient | None = None
+        self._client: Client | None = None
         self._lost: asyncio.Future[LossReason] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._subscribe_ids: dict[str, str] = {}  # Bayeux message id → channel
@@ -169,6 +174,7 @@ class CometSession:
         self._delivering = False
         self._last_alive = clock.monotonic()
         self._client_id: str | None = None
+        self._advised_hold: float | None = None
         self._open = False
         self._stopped = False
         self._gap = False
@@ -183,7 +189,7 @@ class CometSession:
         install_transport_fixes()
         loop = asyncio.get_running_loop()
         self._lost = loop.create_future()
-        client = FixedClient(
+        client = self._client_factory(
             self._url,
             [self._connection],
             connection_timeout=0,  # see the module docstring; the watchdog replaces it
@@ -281,11 +287,20 @@ class CometSession:
     def stall_limit(self) -> float:
         """Seconds without a sign of life before the watchdog gives the session up: the setting,
         but never less than the server's advised long-poll hold plus STALL_MARGIN."""
-        advice = transport_of(self._client)
-        timeout = advice.reconnect_advice.get("timeout") if advice is not None else None
-        if isinstance(timeout, int | float) and not isinstance(timeout, bool):
-            return max(self._stall_timeout, timeout / 1000 + STALL_MARGIN)
-        return self._stall_timeout
+        if self._advised_hold is None:
+            return self._stall_timeout
+        return max(self._stall_timeout, self._advised_hold + STALL_MARGIN)
+
+    def _take_advice(self, message: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """The message's advice, if any; remembers its long-poll `timeout` (ms). Advice stands
+        until the next advice: CometD's held connect replies carry none."""
+        advice = message.get("advice")
+        if not isinstance(advice, Mapping):
+            return None
+        timeout = advice.get("timeout")
+        if isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout >= 0:
+            self._advised_hold = timeout / 1000
+        return advice
 
     # -- subscriptions ---------------------------------------------------------------------------
 
@@ -421,14 +436,15 @@ class CometSession:
     def _on_handshake_reply(self, message: Mapping[str, Any]) -> None:
         successful = bool(message.get("successful"))
         WORKER_HANDSHAKES.labels("success" if successful else "failure").inc()
+        self._take_advice(message)
         client_id = message.get("clientId")
         if successful and isinstance(client_id, str):
             self._client_id = client_id
 
     def _on_connect_reply(self, message: Mapping[str, Any]) -> None:
         self._awaiting_connect = False
-        advice = message.get("advice")
-        reconnect = advice.get("reconnect") if isinstance(advice, Mapping) else None
+        advice = self._take_advice(message)
+        reconnect = advice.get("reconnect") if advice is not None else None
         if message.get("successful") and reconnect not in ("handshake", "none"):
             self._connect_failures = 0
             self._mark_alive()

@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import enum
 import logging
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -50,6 +49,7 @@ from ingest.ops.metrics import (
     WORKER_SUBSCRIBE_SECONDS,
     WORKER_SUBSCRIPTIONS,
 )
+from ingest.ops.progress import LoggedProgress, Progress, ProgressFactory
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,17 @@ class _Pass:
             self.done.set()
 
 
+async def _swept_or_broken(sweep: _Pass, tasks: list[asyncio.Task[None]]) -> None:
+    """Wait for the pass to be done, or for one of its tasks to end first: a task ends early only
+    by an error, which would leave its mailboxes unfinished and the pass waiting forever."""
+    done = asyncio.ensure_future(sweep.done.wait())
+    try:
+        await asyncio.wait({done, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        done.cancel()
+        await asyncio.gather(done, return_exceptions=True)
+
+
 class SubscriptionManager:
     """Runs sessions (from `session_factory`) until cancelled; see the module docstring."""
 
@@ -127,9 +138,11 @@ class SubscriptionManager:
         reconciler: Reconciler | None,
         policy: SubscriptionPolicy | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        progress: ProgressFactory = LoggedProgress,
     ) -> None:
         self._policy = policy or SubscriptionPolicy()
         self._clock = clock
+        self._progress_factory = progress
         p = self._policy
         self._session_backoff = Backoff(p.session_backoff_base, p.session_backoff_cap)
         self._mailbox_backoff = Backoff(p.retry_base, p.retry_cap)
@@ -328,14 +341,14 @@ class SubscriptionManager:
             for _ in range(self._policy.request_workers)
         ]
         batcher = asyncio.create_task(self._subscribe_worker(session, subscribes, requests, sweep))
+        tasks = [*workers, batcher]
         try:
-            await sweep.done.wait()
+            await _swept_or_broken(sweep, tasks)
         finally:
             for _ in workers:
                 requests.put_nowait(None)
             subscribes.put_nowait(None)
-            tasks = [*workers, batcher]
-            if not sweep.done.is_set():  # lost session or shutdown: don't work the queues off
+            if not sweep.done.is_set():  # lost session, shutdown or a bug: leave the queues
                 for task in tasks:
                     task.cancel()
             results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -464,38 +477,4 @@ class SubscriptionManager:
     def _progress(self, total: int) -> Progress | None:
         if not self._policy.progress or total < 100:
             return None
-        return Progress(total, tty=sys.stderr.isatty())
-
-
-class Progress:
-    """Subscription progress: a rich progress bar on a terminal, else a log line every 10 %."""
-
-    def __init__(self, total: int, *, tty: bool) -> None:
-        self._total = total
-        self._started = time.monotonic()
-        self._next_log = 0.1
-        self._bar: object | None = None
-        if tty:
-            from rich.progress import Progress as RichProgress  # noqa: PLC0415 - only on a TTY
-
-            bar = RichProgress(transient=True)
-            self._task = bar.add_task("subscribing mailboxes", total=total)
-            bar.start()
-            self._bar = bar
-
-    def update(self, finished: int) -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, completed=finished)  # type: ignore[attr-defined]
-            return
-        fraction = finished / self._total
-        if fraction >= self._next_log:
-            rate = finished / max(1e-6, time.monotonic() - self._started)
-            log.info("subscribed %d/%d mailboxes (%.0f%%, %.0f/s)", finished, self._total,
-                     fraction * 100, rate)  # fmt: skip
-            while self._next_log <= fraction:
-                self._next_log += 0.1
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()  # type: ignore[attr-defined]
-            self._bar = None
+        return self._progress_factory("subscribed mailboxes", total)

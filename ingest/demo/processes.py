@@ -25,8 +25,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from ingest.devservices import process
 from ingest.errors import IngestError
-from ingest.localkafka import process
 
 log = logging.getLogger(__name__)
 

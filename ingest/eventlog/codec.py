@@ -1,9 +1,8 @@
 """Avro encoding of every record the pipeline writes to Kafka.
 
-Wire format: Avro *single-object encoding* — `C3 01`, the 8-byte little-endian CRC-64-AVRO
-fingerprint of the writer schema's Parsing Canonical Form, then the Avro binary body. A consumer
-needs no registry service: the fingerprint names the schema, and `decode` looks it up among the
-schemas this package ships (`schemas/*.avsc`, plus older released versions in `schemas/history/`
+The framing is `ingest.eventlog.wire` (single-object encoding); this module keeps the table of
+schemas by fingerprint: `decode` looks a record's writer schema up among the schemas this package
+ships (`schemas/*.avsc`, plus older released versions in `schemas/history/`
 that are read through Avro schema resolution into today's records).
 
 Schemas are parsed once, on first use. Installed from a wheel they are package data
@@ -26,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
-from fastavro.schema import fingerprint as avro_fingerprint
-from fastavro.schema import to_parsing_canonical_form
 
+from ingest import speedups
 from ingest.errors import DecodeError
+from ingest.eventlog import wire
 from ingest.events import (
     DeadLetter,
     EventType,
@@ -48,8 +47,8 @@ from ingest.events import (
 Record = MailboxEvent | MailboxSnapshot | DeadLetter | MailboxStateRecord | MailboxRegistryEntry
 """Everything the codec encodes."""
 
-MAGIC = b"\xc3\x01"
-HEADER_SIZE = len(MAGIC) + 8
+MAGIC = wire.MAGIC
+HEADER_SIZE = wire.HEADER_SIZE
 
 KIND_HEADER = "cumi.kind"
 EVENT_TYPE_HEADER = "cumi.event_type"
@@ -105,9 +104,9 @@ def encode(record: Record) -> bytes:
 
 def decode(data: bytes) -> Record:
     """The record in `data`, whichever known schema (today's or an older release) wrote it."""
-    if len(data) < HEADER_SIZE or data[:2] != MAGIC:
+    fp = wire.fingerprint_of(data)
+    if fp is None:
         raise DecodeError("not Avro single-object encoding (no C3 01 header)")
-    fp = bytes(data[2:HEADER_SIZE])
     reader = _registry().readers.get(fp)
     if reader is None:
         raise DecodeError(f"unknown schema fingerprint {fp.hex()}")
@@ -202,10 +201,7 @@ class _Registry:
     readers: dict[bytes, _Reader]
 
 
-def schema_fingerprint(schema: Mapping[str, Any]) -> bytes:
-    """CRC-64-AVRO of the Parsing Canonical Form, little-endian as in single-object encoding."""
-    canonical = to_parsing_canonical_form(dict(schema))
-    return bytes.fromhex(avro_fingerprint(canonical, "CRC-64-AVRO"))
+schema_fingerprint = wire.schema_fingerprint
 
 
 def _parse(schema: dict[str, Any]) -> dict[str, Any]:
@@ -227,8 +223,12 @@ def _registry() -> _Registry:
         if parsed["name"] != full_name:
             raise DecodeError(f"{file_name} defines {parsed['name']}, expected {full_name}")
         fp = schema_fingerprint(schema)
-        fast = _fast_event_writer(MAGIC + fp) if fp == _FAST_EVENT_FINGERPRINT else None
-        writers[cls] = _Writer(parsed, fp, MAGIC + fp, kind, _TO_AVRO[cls], fast)
+        fast = (
+            _fast_event_writer(wire.header(fp))
+            if fp == wire.FAST_EVENT_SCHEMA and speedups.ENABLED
+            else None
+        )
+        writers[cls] = _Writer(parsed, fp, wire.header(fp), kind, _TO_AVRO[cls], fast)
         readers[fp] = _Reader(full_name, parsed, parsed, _FROM_AVRO[cls])
         current[full_name] = (parsed, _FROM_AVRO[cls])
     history = schema_dir() / "history"
@@ -400,9 +400,9 @@ def _registry_entry_from_avro(datum: dict[str, Any]) -> MailboxRegistryEntry:
 # --- the hot path: MailboxEvent without fastavro ------------------------------------------------
 # fastavro's generic writer costs ~40 µs per event on the reference machine, most of the ingest
 # budget; this straight-line writer costs ~8 µs. It is used only while mailbox_event.avsc has the
-# fingerprint below (the schema it was written for), and a test compares its bytes with fastavro's.
+# fingerprint it was written for (wire.FAST_EVENT_SCHEMA); a test compares its bytes with
+# fastavro's.
 
-_FAST_EVENT_FINGERPRINT = bytes.fromhex("5be9f43649860e88")
 _ONE_BYTE = [bytes([i]) for i in range(128)]
 _NULL = b"\x00"  # union branch 0 ("null"); also the end of an array
 _SOME = b"\x02"  # union branch 1

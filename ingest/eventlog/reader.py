@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from ingest.eventlog import codec
+from ingest import speedups
+from ingest.eventlog import codec, wire
 from ingest.events import (
     EventType,
     MailboxEvent,
@@ -26,15 +27,11 @@ from ingest.events import (
     MessageInfo,
     RepairReason,
     SnapshotMessage,
-    fast_constructor,
 )
+from ingest.speedups import fast_constructor
 
-_EVENT_FINGERPRINT = bytes.fromhex("5be9f43649860e88")
-"""The MailboxEvent schema the event reader below was written for."""
-_SNAPSHOT_FINGERPRINT = bytes.fromhex("fb1721ab5af3fe8c")
-"""The MailboxSnapshot schema the snapshot reader below was written for."""
-_HEADER = codec.MAGIC + _EVENT_FINGERPRINT
-_SNAPSHOT_HEADER = codec.MAGIC + _SNAPSHOT_FINGERPRINT
+_HEADER = wire.header(wire.FAST_EVENT_SCHEMA)
+_SNAPSHOT_HEADER = wire.header(wire.FAST_SNAPSHOT_SCHEMA)
 _START = len(_HEADER)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MILLI = dt.timedelta(milliseconds=1)
@@ -70,13 +67,13 @@ _SnapshotMessage = fast_constructor(SnapshotMessage)
 
 def _events_readable() -> bool:
     symbols = codec.load_schema("mailbox_event.avsc")["fields"][2]["type"]["symbols"]
-    return codec.fingerprint(MailboxEvent) == _EVENT_FINGERPRINT and symbols == [
+    return codec.fingerprint(MailboxEvent) == wire.FAST_EVENT_SCHEMA and symbols == [
         t.value for t in _TYPES
     ]
 
 
 def _snapshots_readable() -> bool:
-    return codec.fingerprint(MailboxSnapshot) == _SNAPSHOT_FINGERPRINT
+    return codec.fingerprint(MailboxSnapshot) == wire.FAST_SNAPSHOT_SCHEMA
 
 
 _CACHE_SIZE = 65_536
@@ -340,5 +337,5 @@ def _optional_moment(data: bytes, pos: int) -> tuple[dt.datetime | None, int]:
     return _moment(millis), pos
 
 
-_FAST_EVENTS = _events_readable()
-_FAST_SNAPSHOTS = _snapshots_readable()
+_FAST_EVENTS = speedups.ENABLED and _events_readable()
+_FAST_SNAPSHOTS = speedups.ENABLED and _snapshots_readable()

@@ -71,6 +71,10 @@ _POLL_MS = 200
 """How long one poll waits for registry records; also the latency of acting on an assignment."""
 _RETRY_S = 1.0
 
+ConsumerFactory = Callable[..., AIOKafkaConsumer]
+"""Builds the group consumer: `AIOKafkaConsumer` itself (unit tests pass a fake)."""
+EnsureTopic = Callable[[KafkaSettings], Awaitable[None]]
+
 
 class MailboxTarget(Protocol):
     """What the assignment drives: the subscription manager."""
@@ -123,6 +127,8 @@ class RegistryAssignment:
         server: str | None = None,
         credentials: CredentialRefs | None = None,
         reconcile_on_start: bool = True,
+        consumer_factory: ConsumerFactory = AIOKafkaConsumer,
+        ensure_topic: EnsureTopic = ensure_registry_topic,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._kafka = kafka
@@ -136,6 +142,8 @@ class RegistryAssignment:
         self._server = server
         self._credentials = credentials
         self._reconcile_on_start = reconcile_on_start
+        self._consumer_factory = consumer_factory
+        self._ensure_topic = ensure_topic
         self._consumer: AIOKafkaConsumer | None = None
         # aiokafka's sticky assignor keeps a member's previous assignment in class attributes:
         # a class of its own per member, or two members in one process would share it
@@ -195,8 +203,8 @@ class RegistryAssignment:
 
     async def _run(self) -> None:
         try:
-            await self._retrying(lambda: ensure_registry_topic(self._kafka), "the registry topic")
-            consumer = AIOKafkaConsumer(
+            await self._retrying(lambda: self._ensure_topic(self._kafka), "the registry topic")
+            consumer = self._consumer_factory(
                 group_id=self._group_id,
                 client_id=f"cumi-worker-{self._group_id}",
                 enable_auto_commit=False,

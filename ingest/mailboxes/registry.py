@@ -4,30 +4,17 @@ One record per mailbox, keyed by MailboxId; the value is a `MailboxRegistryEntry
 schemas/mailbox_registry.avsc: server, credentials reference, enabled) and a tombstone removes the
 mailbox. Compaction keeps the newest record per key, so reading the topic to its end, last value
 per key winning, gives the registry. Workers with `CUMI_MAILBOX_SOURCE=registry` share it through
-the Kafka group protocol (ingest.mailboxes.assignment); this module writes and reads it, and is
-`ingest mailboxes`:
-
-    ingest mailboxes add abell bwayne --server cuc1
-    ingest mailboxes remove bwayne
-    ingest mailboxes list [--json] [--all]
-    ingest mailboxes import mailboxes.txt [--prune]
-
-`import` reads the one mailbox-list format (`ingest.mailboxes.mailbox_file`). It writes only
-what changes; `--prune` also removes registered mailboxes the file does not list.
+the Kafka group protocol (ingest.mailboxes.assignment); this module writes and reads it
+(`ingest mailboxes` is `ingest.commands.mailboxes`).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import logging
-import os
-import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
-from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -42,9 +29,7 @@ from ingest.eventlog.topics import (
     topic_partitions,
 )
 from ingest.events import MailboxRegistryEntry
-from ingest.mailboxes.mailbox_file import parse_mailbox_file
-from ingest.ops.clock import SYSTEM_CLOCK
-from ingest.settings import KafkaSettings, SettingsSource, load_kafka
+from ingest.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -244,121 +229,3 @@ async def apply_changes(
             await writer.put(entry)
         for alias in removes:
             await writer.remove(alias)
-
-
-# --- the sub-command ----------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--bootstrap",
-        metavar="HOST:PORT[,…]",
-        help="Kafka servers (default $KAFKA_BOOTSTRAP_SERVERS)",
-    )
-    parser.add_argument(
-        "--config", metavar="FILE", help="settings file, as for the worker (default $CUMI_CONFIG)"
-    )
-    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    add = actions.add_parser("add", help="register mailboxes (or change their entries)")
-    add.add_argument("aliases", nargs="+", metavar="MAILBOX_ID")
-    _entry_options(add)
-    remove = actions.add_parser("remove", help="unregister mailboxes (tombstones)")
-    remove.add_argument("aliases", nargs="+", metavar="MAILBOX_ID")
-    listing = actions.add_parser("list", help="print the registry")
-    listing.add_argument("--json", action="store_true", help="one JSON object per line")
-    listing.add_argument(
-        "--all", action="store_true", help="include disabled entries (default: enabled only)"
-    )
-    imports = actions.add_parser("import", help="register every mailbox a file lists")
-    imports.add_argument("file", type=Path, metavar="FILE")
-    imports.add_argument(
-        "--prune", action="store_true", help="also remove registered mailboxes the file omits"
-    )
-    _entry_options(imports)
-
-
-def _entry_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--server",
-        help="Connection server whose workers watch them (their CUMI_SERVER_NAME; default "
-        "$CUMI_SERVER_NAME, else any server's workers)",
-    )
-    parser.add_argument(
-        "--credentials-ref",
-        metavar="NAME",
-        help="name of the secret in the workers' credentials provider (default: the mailbox id)",
-    )
-    parser.add_argument("--disabled", action="store_true", help="register but do not watch (yet)")
-
-
-def run(args: argparse.Namespace) -> int:
-    env = dict(os.environ)
-    if args.bootstrap:
-        env["KAFKA_BOOTSTRAP_SERVERS"] = args.bootstrap
-    try:
-        source = SettingsSource.load(env, args.config)
-        kafka = load_kafka(source)
-        return asyncio.run(_run(args, kafka, source.text("CUMI_SERVER_NAME"), sys.stdout))
-    except ConfigError as e:
-        hint = " (or pass --bootstrap)" if "KAFKA_BOOTSTRAP_SERVERS is required" in str(e) else ""
-        print(f"ingest mailboxes: {e}{hint}", file=sys.stderr)
-        return 2
-    except (BrokerError, KafkaError) as e:
-        print(f"ingest mailboxes: Kafka error: {e}", file=sys.stderr)
-        return 1
-
-
-async def _run(
-    args: argparse.Namespace, kafka: KafkaSettings, default_server: str | None, out: TextIO
-) -> int:
-    if args.action == "list":
-        registry = await read_registry(kafka)
-        for alias in sorted(registry):
-            entry = registry[alias]
-            if entry.enabled or args.all:
-                out.write(_render(entry, as_json=args.json) + "\n")
-        return 0
-    if args.action == "remove":
-        await apply_changes(kafka, [], list(dict.fromkeys(args.aliases)))
-        print(f"removed {len(set(args.aliases))} mailboxes", file=sys.stderr)
-        return 0
-    server = args.server if args.server is not None else default_server
-    options = {"server": server, "credentials_ref": args.credentials_ref}
-    if args.action == "add":
-        stamp = SYSTEM_CLOCK.utc_now()
-        wanted = {
-            a: MailboxRegistryEntry(a, stamp, enabled=not args.disabled, **options)
-            for a in args.aliases
-        }
-        await apply_changes(kafka, wanted.values(), [])
-        print(f"registered {len(wanted)} mailboxes", file=sys.stderr)
-        return 0
-    wanted = parse_mailbox_file(args.file, enabled=not args.disabled, **options)
-    await ensure_registry_topic(kafka)
-    puts, removes = changes(await read_registry(kafka), wanted, prune=args.prune)
-    await apply_changes(kafka, puts, removes)
-    print(
-        f"{len(wanted)} mailboxes in {args.file}: {len(puts)} written, {len(removes)} removed, "
-        f"{len(wanted) - len(puts)} unchanged",
-        file=sys.stderr,
-    )
-    return 0
-
-
-def _render(entry: MailboxRegistryEntry, *, as_json: bool) -> str:
-    if as_json:
-        return json.dumps(
-            {
-                "mailbox_id": entry.mailbox_id,
-                "server": entry.server,
-                "credentials_ref": entry.credentials_ref,
-                "enabled": entry.enabled,
-                "updated_at": entry.updated_at.isoformat(timespec="milliseconds"),
-            }
-        )
-    state = "enabled" if entry.enabled else "disabled"
-    return (
-        f"{entry.mailbox_id} {state} server={entry.server or '*'} "
-        f"credentials_ref={entry.credentials_ref or '-'} "
-        f"updated_at={entry.updated_at.isoformat(timespec='seconds')}"
-    )

@@ -11,7 +11,7 @@ Almost nothing on this path forms reference cycles; reference counting frees it 
 At 50,000 the collector still runs, on the same rule, but only once that many containers have
 piled up net of those freed — a bound on the cyclic garbage that can wait for it (tens of MB at
 worst), not a leak. The older generations keep their default ratios. docs/benchmarks.md has the
-measurement.
+measurement. A speedup (ingest.speedups): with CUMI_NO_SPEEDUPS=1 the default thresholds stay.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import gc
 from collections.abc import Iterator
+
+from ingest import speedups
 
 STREAMING_GEN0_THRESHOLD = 50_000
 
@@ -28,7 +30,8 @@ def streaming_collector(gen0_threshold: int = STREAMING_GEN0_THRESHOLD) -> Itera
     """Raise the first generation's threshold to at least `gen0_threshold` while inside; restore
     the previous thresholds on the way out (tests and embedding callers share the process)."""
     before = gc.get_threshold()
-    gc.set_threshold(max(before[0], gen0_threshold), *before[1:])
+    if speedups.ENABLED:
+        gc.set_threshold(max(before[0], gen0_threshold), *before[1:])
     try:
         yield
     finally:

@@ -41,6 +41,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ingest import speedups
 from ingest.events import (
     EventType,
     Folder,
@@ -113,7 +114,7 @@ _RESOLVED: dict[tuple[Folder, bool, frozenset[EventType]], tuple[Folder, bool, b
 times (the dict lookup is a tenth of resolving again)."""
 
 
-def _resolved(
+def _memoised_resolve(
     base_folder: Folder, base_read: bool, applied: frozenset[EventType]
 ) -> tuple[Folder, bool, bool]:
     key = (base_folder, base_read, applied)
@@ -121,6 +122,9 @@ def _resolved(
     if answer is None:
         answer = _RESOLVED[key] = _resolve_change(base_folder, base_read, applied)
     return answer
+
+
+_resolved = _memoised_resolve if speedups.ENABLED else _resolve_change
 
 
 @dataclass(slots=True)

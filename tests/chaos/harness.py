@@ -42,9 +42,9 @@ from fixtures.worker import worker_env
 from chaos.observe import Ledger, MalformedInjector, TopicReader
 from chaos.processes import Service
 from chaos.schedule import DISRUPTIVE, Fault, Step, plan
+from ingest.devservices.kafka import LocalBroker
 from ingest.eventlog.topics import TopicNames
 from ingest.events import MailboxRegistryEntry, MailboxSnapshot
-from ingest.localkafka.node import LocalBroker
 from ingest.mailboxes.registry import apply_changes
 from ingest.settings import SettingsSource, load_kafka
 from ingest.simulator import Simulator

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from aiocometd_ng import ConnectionType
+from aiocometd_ng.constants import ConnectionType
 from fixtures.simulator import (
     MakeSimulator,
     aiocometd_websocket,

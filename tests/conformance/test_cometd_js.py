@@ -10,25 +10,20 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 from fixtures.simulator import MakeSimulator, fold, request_notification
+from fixtures.tools import node_modules, tool
 
 from ingest.simulator import Simulator
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.tools]
 
 SCRIPT = Path(__file__).with_name("cometd_js_client.mjs")
 EVENTS = 400
-
-
-def node_modules() -> Path:
-    cache = Path(os.environ.get("CUMI_CACHE_DIR", Path.home() / ".cache" / "cumi-pipeline"))
-    return cache / "node" / "node_modules"
 
 
 @pytest.fixture
@@ -40,13 +35,8 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 async def run_js_client(
     sim: Simulator, channels: list[str], transport: str, expected: int
 ) -> dict[str, object]:
-    node = shutil.which("node")
-    modules = node_modules()
-    assert node, "node is required for the CometD JavaScript conformance test"
-    for package in ("cometd", "cometd-nodejs-client"):
-        assert (modules / package / "package.json").is_file(), (
-            f"npm package {package} missing under {modules}: run .ci/install-tools"
-        )
+    node = tool("node")
+    modules = node_modules("cometd", "cometd-nodejs-client")
     process = await asyncio.create_subprocess_exec(
         node,
         str(SCRIPT),

@@ -15,9 +15,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from fixtures.worker import read_topic
 
-from ingest.errors import LocalBrokerError
+from ingest.devservices.kafka import LocalBroker
+from ingest.errors import DevServiceError
 from ingest.eventlog.topics import TopicNames, default_specs, ensure_topics
-from ingest.localkafka.node import LocalBroker
 
 pytestmark = pytest.mark.integration
 
@@ -92,7 +92,7 @@ class TestBroker:
             taken.listen()
             port = taken.getsockname()[1]
             broker = LocalBroker(data_dir=tmp_path / "kafka", controller_port=port)
-            with pytest.raises(LocalBrokerError, match="Address already in use"):
+            with pytest.raises(DevServiceError, match="Address already in use"):
                 await broker.start()
             assert not broker.running
             await broker.stop()
@@ -162,7 +162,7 @@ class TestCli:
             status = self.ingest("status", *where)
             assert status.returncode == 0
             assert status.stdout.startswith(f"running {bootstrap} ")
-            assert "not accepting" not in status.stdout
+            assert "does not answer" not in status.stdout
             again = self.ingest("start", *where)
             assert again.stdout.strip() == bootstrap  # already running: same broker
         finally:

@@ -19,8 +19,8 @@ from chaos.report import record, soak
 from chaos.schedule import Fault
 from fixtures.simulator import MakeSimulator
 
+from ingest.devservices.kafka import LocalBroker
 from ingest.eventlog.topics import TopicNames
-from ingest.localkafka.node import LocalBroker
 
 pytestmark = pytest.mark.integration
 log = logging.getLogger(__name__)

@@ -20,11 +20,12 @@ import fastavro
 import pytest
 from aiokafka import AIOKafkaProducer
 from fixtures.simulator import MakeSimulator
-from fixtures.worker import running_worker, settle, worker_env
+from fixtures.worker import decode_as, running_worker, settle, worker_env
 
 from ingest.cumi.normalizer import parse_event
 from ingest.eventlog import codec
 from ingest.eventlog.topics import TopicNames
+from ingest.events import MailboxEvent
 from ingest.simulator import Simulator
 from ingest.simulator.mailbox import Message
 
@@ -150,7 +151,7 @@ def raw_event(usn: int, event_type: str, message_id: str, received: str) -> dict
 def encode_v0(event: dict[str, Any]) -> bytes:
     """A NEW_MESSAGE as a producer still on the pre-release schema would have written it."""
     schema = json.loads((ROOT / "tests/fixtures/schemas/mailbox_event.v0.avsc").read_text())
-    current = codec.decode(codec.encode(parse_event(event)))
+    current = decode_as(MailboxEvent, codec.encode(parse_event(event)))
     datum = {
         "mailbox_id": current.mailbox_id,
         "usn": current.usn,

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
-from fixtures.worker import read_topic
+from fixtures.worker import decode_as, read_topic
 
 from ingest.cumi.normalizer import dead_letter_for, parse_event
 from ingest.errors import InvalidEvent
@@ -56,7 +56,7 @@ def comet_event(mailbox: str, usn: int, event_type: EventType, at: dt.datetime) 
 def make_events(count: int, seed: int = 7) -> list[MailboxEvent]:
     """Interleaved activity of several mailboxes; per mailbox, USN and EventTime only grow."""
     rng = random.Random(seed)
-    usn = defaultdict(lambda: 100)
+    usn: defaultdict[str, int] = defaultdict(lambda: 100)
     clock = itertools.count()
     events = []
     for _ in range(count):
@@ -99,7 +99,7 @@ class TestEventRoundTrip:
         records = await read_topic(kafka_bootstrap, fresh_topics.events)
 
         assert len(records) == len(events)
-        decoded = [codec.decode(r.value) for r in records]
+        decoded = [decode_as(MailboxEvent, r.value) for r in records]
         assert sorted(decoded, key=events.index) == events  # equal, none lost or doubled
 
         by_mailbox: dict[str, list[tuple[int, int, MailboxEvent]]] = defaultdict(list)

@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import signal
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from fixtures.producing import (
+    GroupOffsets,
     ProjectorProcess,
     Stream,
     fold,
@@ -21,6 +22,7 @@ from fixtures.producing import (
     state_differences,
     wait_committed,
 )
+from fixtures.waiting import eventually
 
 from ingest.eventlog.topics import TopicNames
 from ingest.state.store import read_state_topic
@@ -68,14 +70,6 @@ async def owned_partitions(proc: ProjectorProcess) -> list[int]:
     return list(page["partitions"])
 
 
-async def until(check: Callable[[], Any], within: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not {what} within {within} s")
-        await asyncio.sleep(0.2)
-
-
 async def check_final_state(
     bootstrap: str, topics: TopicNames, group: str, proc: ProjectorProcess, records: list[Any]
 ) -> None:
@@ -119,7 +113,7 @@ class TestTwoInstances:
                     a, b = await owned_partitions(first), await owned_partitions(second)
                     return bool(a) and bool(b) and sorted(a + b) == list(range(12))
 
-                await until(shared, 60, "sharing the partitions")
+                await eventually(shared, within=60, what="sharing the partitions", interval=0.2)
                 assert not producing.done(), "the stream ended before the rebalance"
                 await asyncio.sleep(1.0)
                 assert await first.terminate() == 0, "SIGTERM drains, commits and exits 0"
@@ -127,7 +121,9 @@ class TestTwoInstances:
                 async def took_over() -> bool:
                     return await owned_partitions(second) == list(range(12))
 
-                await until(took_over, 60, "taken over by the second instance")
+                await eventually(
+                    took_over, within=60, what="taken over by the second instance", interval=0.2
+                )
                 assert not producing.done(), "the stream ended before the second rebalance"
                 hurry.set()
                 await producing
@@ -168,22 +164,37 @@ class TestZombie:
             CUMI_PROJECTOR_COMMIT_INTERVAL_MS=100,
         )
         hurry = asyncio.Event()
+
+        async def committed_total() -> int:
+            async with GroupOffsets(kafka_bootstrap, group, fresh_topics.events) as offsets:
+                return await offsets.total()
+
         try:
             async with streaming(
                 kafka_bootstrap, fresh_topics, stream, records, hurry
             ) as producing:
                 await zombie.start(tmp_path / "zombie.log")
                 await zombie.wait_ready()
-                await until(lambda: _applied_some(zombie), 30, "applying events")
+                await eventually(
+                    lambda: _applied_some(zombie), within=30, what="applying events", interval=0.2
+                )
                 assert zombie.proc is not None
                 zombie.proc.send_signal(signal.SIGSTOP)
+                frozen_at = await committed_total()
                 await heir.start(tmp_path / "heir.log")
 
                 async def inherited() -> bool:
                     return await owned_partitions(heir) == list(range(12))
 
-                await until(inherited, 60, "inherited by the second instance")
-                await asyncio.sleep(1.0)  # the heir commits what the zombie had applied
+                await eventually(
+                    inherited, within=60, what="inherited by the second instance", interval=0.2
+                )
+
+                async def heir_committed() -> bool:
+                    """It re-applied and committed what the zombie had applied, uncommitted."""
+                    return await committed_total() > frozen_at
+
+                await eventually(heir_committed, within=60, what="the heir committing")
                 zombie.proc.send_signal(signal.SIGCONT)
                 code = await asyncio.wait_for(zombie.proc.wait(), 60)
                 assert code == 3, (tmp_path / "zombie.log").read_text()[-3000:]

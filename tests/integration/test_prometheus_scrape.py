@@ -16,12 +16,11 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,8 @@ import pytest_asyncio
 import yaml
 from fixtures.producing import delete_topics
 from fixtures.simulator import FAST
+from fixtures.tools import tool
+from fixtures.waiting import eventually
 from fixtures.worker import worker_env
 
 from ingest.eventlog.topics import TopicNames, default_specs, ensure_topics
@@ -39,7 +40,11 @@ from ingest.events import EventType
 from ingest.simulator import Simulator
 from ingest.simulator.stats import Stats
 
-pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.tools,
+    pytest.mark.asyncio(loop_scope="module"),
+]
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "helm" / "cumi-pipeline" / "files" / "alerts.yaml"
@@ -63,32 +68,11 @@ SELECT = 'job="cumi-pipeline"'
 Vector = list[dict[str, Any]]
 
 
-def binary(name: str) -> str:
-    """A CLI from `make tools`: $CUMI_CACHE_DIR/bin first, then PATH, then the default cache."""
-    cache = Path(os.environ.get("CUMI_CACHE_DIR", Path.home() / ".cache" / "cumi-pipeline"))
-    for candidate in (cache / "bin" / name, shutil.which(name)):
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    pytest.fail(f"{name} not found in {cache / 'bin'} or on PATH: run `make tools`")
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[str | None]], within: float, interval: float = 0.5
-) -> None:
-    """Poll `probe` (None = satisfied, else what is still wrong) until it passes or time is up."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while (problem := await probe()) is not None:
-        if loop.time() > deadline:
-            raise AssertionError(f"not within {within:.0f} s: {problem}")
-        await asyncio.sleep(interval)
 
 
 class Child:
@@ -159,7 +143,7 @@ class Prometheus:
         config_file = workdir / "prometheus.yml"
         config_file.write_text(yaml.safe_dump(config))
         argv = [
-            binary("prometheus"),
+            tool("prometheus"),
             f"--config.file={config_file}",
             f"--storage.tsdb.path={workdir / 'tsdb'}",
             f"--web.listen-address=127.0.0.1:{self.port}",
@@ -176,7 +160,7 @@ class Prometheus:
             self.child.check_running()
             return None if await self.status("/-/ready") == 200 else "prometheus not ready"
 
-        await eventually(ready, within=30, interval=0.2)
+        await eventually(ready, within=30, what="prometheus ready", interval=0.2)
 
     async def stop(self) -> int | None:
         if self.http is not None:
@@ -225,7 +209,7 @@ async def wait_ready(http: aiohttp.ClientSession, child: Child, port: int) -> No
         except aiohttp.ClientError:
             return f"{child.name} not listening"
 
-    await eventually(ready, within=90, interval=0.2)
+    await eventually(ready, within=90, what="services ready", interval=0.2)
 
 
 @dataclass(slots=True)
@@ -287,7 +271,7 @@ async def run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) ->
                 up = await prometheus.values(f"up{{{SELECT}}}", "instance")
                 return None if up == dict.fromkeys(targets, 1.0) else f"up {up}"
 
-            await eventually(scraping, within=30, interval=0.2)
+            await eventually(scraping, within=30, what="both targets scraped", interval=0.2)
             sim.malformed(MALFORMED_RATIO)
             sim.run_scenario(events=EVENTS, rate=RATE)
             async with asyncio.timeout(60):
@@ -300,7 +284,9 @@ async def run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) ->
                 return await drained(prometheus, stats)
 
             try:
-                await eventually(through, within=SETTLE_SECONDS)
+                await eventually(
+                    through, within=SETTLE_SECONDS, what="the scenario through", interval=0.5
+                )
             except AssertionError as e:
                 logs = f"--- worker\n{worker.tail()}\n--- projector\n{projector.tail()}"
                 raise AssertionError(f"{e}\n{logs}") from None
@@ -446,7 +432,7 @@ class TestRulesAndDashboard:
                 return f"unhealthy {unhealthy}, active {active}"
             return None
 
-        await eventually(evaluated, within=15)
+        await eventually(evaluated, within=15, what="rules evaluated", interval=0.5)
 
     async def test_every_dashboard_query_runs_and_exercised_panels_show_data(
         self, run: Run
@@ -471,4 +457,6 @@ class TestShutdown:
             up = await run.prometheus.values(f"up{{{SELECT}}}", "instance")
             return None if up == everything_down else f"up {up}"
 
-        await eventually(seen_down, within=15)  # what CumiPipelineTargetDown watches
+        await eventually(
+            seen_down, within=15, what="the target seen down", interval=0.5
+        )  # what CumiPipelineTargetDown watches

@@ -32,20 +32,21 @@ import asyncio
 import contextlib
 import json
 import os
-import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiokafka import AIOKafkaProducer
 from fixtures.simulator import MakeSimulator
+from fixtures.waiting import eventually, holds
+from fixtures.worker import read_topic
 from fixtures.worker_group import ScaleOut, now_ms, scale_out_env
 
+from ingest.commands import mailboxes as mailboxes_command
 from ingest.eventlog import codec
 from ingest.eventlog.topics import TopicNames
-from ingest.events import MailboxRegistryEntry, RepairReason
-from ingest.mailboxes import registry
+from ingest.events import MailboxRegistryEntry, MailboxSnapshot, RepairReason
 from ingest.mailboxes.assignment import RegistryAssignment
 from ingest.mailboxes.registry import RegistryWriter, apply_changes, ensure_registry_topic
 from ingest.settings import KafkaSettings, SettingsSource, load_kafka
@@ -85,16 +86,18 @@ class TestScaleOut:
 
                 victim = run.workers[0]
                 theirs = shares[victim.index]
-                killed_at = await run.kill(victim, len(theirs), repair=False)
+                cut = await run.kill(victim, len(theirs), repair=False)
                 await run.change(CHANGED, keep_watching=theirs)
 
                 differences, snapshots = await run.fold(kafka_bootstrap, fresh_topics.events)
                 assert not differences, differences[:10]
-                after_kill = {
-                    s.mailbox_id
-                    for s in snapshots
-                    if s.reason == "assigned" and s.taken_at.timestamp() >= killed_at
-                }
+                after_kill = set()  # taken over: snapshots the survivors wrote past the cut
+                for record in await read_topic(kafka_bootstrap, fresh_topics.events):
+                    if record.offset < cut.get(record.partition, 0):
+                        continue
+                    value = codec.decode(record.value)
+                    if isinstance(value, MailboxSnapshot) and value.reason == "assigned":
+                        after_kill.add(value.mailbox_id)
                 assert theirs <= after_kill, sorted(theirs - after_kill)[:5]
                 assert set(run.spare) <= {
                     s.mailbox_id for s in snapshots if s.reason == "registered"
@@ -150,24 +153,6 @@ async def member(
     assert assignment.fatal is None
 
 
-async def eventually(check: Callable[[], bool], what: str, within: float = 60) -> float:
-    """Seconds until `check()` holds."""
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > within:
-            raise AssertionError(f"{what}: not within {within} s")
-        await asyncio.sleep(0.05)
-    return time.monotonic() - started
-
-
-async def holds(check: Callable[[], bool], what: str, for_s: float = 1.0) -> None:
-    """`check()` stays true for `for_s` seconds."""
-    until = time.monotonic() + for_s
-    while time.monotonic() < until:
-        assert check(), what
-        await asyncio.sleep(0.05)
-
-
 class TestGroupAssignment:
     """What the group protocol gives each member, and what each member tells its manager."""
 
@@ -210,8 +195,8 @@ class TestGroupAssignment:
             )
 
         async with member(kafka, group, one) as a, member(kafka, group, two) as b:
-            await eventually(lambda: shared((a, b)), "sharing")
-            await holds(lambda: shared((a, b)), "sharing stays put")
+            await eventually(lambda: shared((a, b)), within=60, what="sharing")
+            await holds(lambda: shared((a, b)), "sharing stays put", for_s=1.0)
             assert a.partitions | b.partitions == set(range(24))
             marks = [len(t.log) for t in pair]
             async with member(kafka, group, three) as c:
@@ -221,7 +206,8 @@ class TestGroupAssignment:
 
                 joined = await eventually(
                     lambda: c.ready and len(c.partitions) == 8 and moved() == three.watched,
-                    "a third member joins",
+                    within=60,
+                    what="a third member joins",
                 )
                 # the sticky assignor moved 8 partitions to the newcomer and nothing else: the
                 # others only gave up what it took (no unsubscribe-resubscribe of the rest)
@@ -237,7 +223,9 @@ class TestGroupAssignment:
                     await writer.put(MailboxRegistryEntry("user0002", now_ms(), enabled=False))
                 wanted = (wanted | {"late"}) - {"user0001", "user0002"}
                 live = await eventually(
-                    lambda: union(one, two, three) == wanted, "live changes on owned partitions"
+                    lambda: union(one, two, three) == wanted,
+                    within=60,
+                    what="live changes on owned partitions",
                 )
                 late = [r for t in (one, two, three) for _, x, r in t.log if x == "late"]
                 assert late == [RepairReason.REGISTERED]
@@ -245,7 +233,7 @@ class TestGroupAssignment:
                 marks = [len(t.log) for t in pair]
             # the third left the group (and unsubscribed); the others take its share as assigned
             # (whichever of them gets it: only what they were told since it left counts)
-            left = await eventually(lambda: shared((a, b)), "a graceful leave")
+            left = await eventually(lambda: shared((a, b)), within=60, what="a graceful leave")
             assert not three.watched
             taken_back = [(x, r) for t, m in zip(pair, marks, strict=True) for _, x, r in t.log[m:]]
             assert {x for x, _ in taken_back} == theirs
@@ -284,9 +272,9 @@ class TestMailboxesCommand:
         async def mailboxes(*args: str) -> list[dict[str, object]]:
             # the sub-command itself: `ingest.cli.main` would also reconfigure logging
             parser = argparse.ArgumentParser()
-            registry.add_arguments(parser)
+            mailboxes_command.add_arguments(parser)
             parsed = parser.parse_args(["--bootstrap", kafka_bootstrap, *args])
-            assert await asyncio.to_thread(registry.run, parsed) == 0
+            assert await asyncio.to_thread(mailboxes_command.run, parsed) == 0
             out, err = capsys.readouterr()
             said.append(err)
             return [json.loads(line) for line in out.splitlines()]

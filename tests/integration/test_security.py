@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 from chaos.observe import TopicReader
 from chaos.processes import Service
+from fixtures.producing import wait_committed
 from fixtures.simulator import MakeSimulator
 from fixtures.tls import TlsFiles
 from fixtures.worker import decode_all, fold_records, read_topic, running_worker, settle, worker_env
@@ -26,10 +27,10 @@ from fixtures.worker import decode_all, fold_records, read_topic, running_worker
 from ingest.cumi.credentials import Credential
 from ingest.cumi.rest import CumiRestClient
 from ingest.cumi.session import CometSession
+from ingest.devservices.kafka import LocalBroker
+from ingest.devservices.process import free_ports
 from ingest.errors import TransportError
 from ingest.eventlog.topics import TopicNames, TopicSpec, ensure_topics
-from ingest.localkafka.config import free_ports
-from ingest.localkafka.node import LocalBroker
 from ingest.ops.backoff import Backoff
 from ingest.settings import CometTransport, Settings, SettingsSource, load_kafka
 from ingest.simulator import Simulator
@@ -308,6 +309,7 @@ class Deployment:
         self.projector = Service(
             "projector", "projector", projector_env, tmp_path / "projector.log", t0
         )
+        self.projector_group = projector_env["CUMI_PROJECTOR_GROUP_ID"]
         self.serving = [self.files_worker, self.delegate_worker, self.projector]
         self.all = [*self.serving, self.sasl_worker]
 
@@ -349,7 +351,8 @@ class TestSecretsNeverShown:
             async with asyncio.timeout(60):
                 while not await read_topic(kafka_bootstrap, fresh_topics.dlq):  # noqa: ASYNC110
                     await asyncio.sleep(0.3)
-            await asyncio.sleep(2.0)  # let the projector apply and commit
+            # the projector has applied and committed all of it: its pages have content to search
+            await wait_committed(kafka_bootstrap, d.projector_group, fresh_topics.events, 60)
             for service in d.serving:
                 exposed.append(
                     (f"{service.name} /metrics", (await service.get_text("/metrics"))[1])

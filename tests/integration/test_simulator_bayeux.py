@@ -9,7 +9,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from fixtures.simulator import MakeSimulator, request_notification
+from fixtures.simulator import MakeSimulator, connect_held, request_notification
+from fixtures.waiting import eventually, holds
 
 from ingest.simulator import Op, Simulator, SimulatorConfig
 
@@ -134,8 +135,8 @@ class TestConnect:
     ) -> None:
         client, channels = await ready_client(http, simulator, ["user0001"])
         held = asyncio.create_task(client.connect())
-        await asyncio.sleep(0.2)
-        assert not held.done()
+        await eventually(lambda: connect_held(simulator, client.client_id), within=5, what="held")
+        await holds(lambda: not held.done(), "the connect is held while nothing happens", 0.2)
         simulator.perform("user0001", Op.NEW)
         replies = await asyncio.wait_for(held, 2)
         assert replies[-1]["channel"] == "/meta/connect" and replies[-1]["successful"]
@@ -168,7 +169,7 @@ class TestConnect:
     ) -> None:
         client, _ = await ready_client(http, simulator, ["user0001"])
         first = asyncio.create_task(client.connect())
-        await asyncio.sleep(0.1)
+        await eventually(lambda: connect_held(simulator, client.client_id), within=5, what="held")
         second = asyncio.create_task(client.connect())
         replies = await asyncio.wait_for(first, 0.5)
         assert replies[-1]["successful"] and not second.done()
@@ -324,7 +325,7 @@ class TestSessions:
         sim = await make_simulator(max_interval=0.3, mailboxes=1)
         client, _ = await ready_client(http, sim, ["user0001"])
         sim.emit(4)
-        await asyncio.sleep(0.8)
+        await eventually(lambda: sim.stats.expired_sessions == 1, within=10, what="expired")
         assert sim.stats.expired_sessions == 1 and sim.stats.dropped == 4
         assert (await client.connect())[-1]["error"] == "402::session_unknown"
 

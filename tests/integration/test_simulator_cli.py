@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 from fixtures.simulator import MakeSimulator
+from fixtures.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -68,10 +69,15 @@ class TestCommand:
             params = {"userobjectid": users["user0002"]["object_id"]}
             async with http.get(listing, headers={"Authorization": auth}, params=params) as r:
                 assert r.status == 200
-            await asyncio.sleep(0.3)
-            async with http.get(urls["admin"] + "stats") as response:
-                stats = await response.json()
-            assert stats["emitted_total"] > 0 and stats["lost"] == stats["emitted_total"]
+            stats: dict[str, Any] = {}
+
+            async def emitting() -> bool:
+                async with http.get(urls["admin"] + "stats") as response:
+                    stats.update(await response.json())
+                return bool(stats["emitted_total"] > 0)
+
+            await eventually(emitting, within=30, what="the scenario emitting", interval=0.2)
+            assert stats["lost"] == stats["emitted_total"]
             assert await post(http, urls["admin"] + "fault/restart") == (
                 200,
                 {"fault": "restart", "result": None},

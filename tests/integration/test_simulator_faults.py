@@ -10,14 +10,17 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiocometd_ng import Client, ConnectionType
+from aiocometd_ng.client import Client
+from aiocometd_ng.constants import ConnectionType
 from fixtures.simulator import (
     MakeSimulator,
     aiocometd_websocket,
     cometd_client,
+    connect_held,
     fold,
     request_notification,
 )
+from fixtures.waiting import eventually
 
 from ingest.simulator import MalformedKind, Op, Simulator
 
@@ -95,7 +98,7 @@ class TestDropConnections:
         subscribe = {"channel": "/meta/subscribe", "clientId": hs["clientId"]}
         await raw_post(http, url, {**subscribe, "subscription": channel}, connect)
         held = asyncio.create_task(post_once(http, url, connect))
-        await asyncio.sleep(0.1)
+        await eventually(lambda: connect_held(simulator, hs["clientId"]), within=5, what="held")
         simulator.drop_connections()
         with pytest.raises(aiohttp.ClientError):
             await asyncio.wait_for(held, 2)

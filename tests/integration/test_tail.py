@@ -21,7 +21,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import pytest
 import pytest_asyncio
@@ -50,7 +50,7 @@ from ingest.state.projection import Projection
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-Record = ConsumerRecord[bytes, bytes]
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +185,7 @@ class TestEventsTopic:
             match = shape.match(line)
             assert match, line
             value = codec.decode(by_position.pop((int(match[1]), int(match[2]))).value)
+            assert isinstance(value, MailboxEvent | MailboxSnapshot), value
             assert match[3] == value.mailbox_id
             if isinstance(value, MailboxEvent):
                 assert (match["type"], int(match["usn"])) == (value.event_type.value, value.usn)

@@ -10,7 +10,9 @@ import pytest
 from fixtures.simulator import MakeSimulator
 from fixtures.worker import (
     decode_all,
+    decode_as,
     fold_records,
+    metric,
     read_topic,
     running_worker,
     settle,
@@ -20,14 +22,9 @@ from fixtures.worker import (
 from ingest.eventlog import codec
 from ingest.eventlog.topics import TopicNames
 from ingest.events import DeadLetter, MailboxEvent, MailboxSnapshot, RejectReason
-from ingest.ops.metrics import WORKER_REGISTRY
 from ingest.state.projection import diff_states
 
 pytestmark = pytest.mark.integration
-
-
-def metric(name: str, **labels: str) -> float:
-    return WORKER_REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 class TestCleanRun:
@@ -104,9 +101,9 @@ class TestDeadLetters:
         assert sim.stats.malformed > 50
 
         letters = [
-            codec.decode(r.value) for r in await read_topic(kafka_bootstrap, fresh_topics.dlq)
+            decode_as(DeadLetter, r.value)
+            for r in await read_topic(kafka_bootstrap, fresh_topics.dlq)
         ]
-        assert all(isinstance(d, DeadLetter) for d in letters)
         assert len(letters) == sim.stats.malformed
         reasons = Counter(d.reason for d in letters)
         assert set(reasons) <= {r.value for r in RejectReason}

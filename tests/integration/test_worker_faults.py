@@ -7,21 +7,25 @@ from pathlib import Path
 
 import pytest
 from fixtures.simulator import MakeSimulator
-from fixtures.worker import decode_all, fold_records, read_topic, running_worker, settle, worker_env
+from fixtures.waiting import eventually, holds
+from fixtures.worker import (
+    decode_all,
+    fold_records,
+    metric,
+    read_topic,
+    running_worker,
+    settle,
+    worker_env,
+)
 
+from ingest.devservices.kafka import LocalBroker
 from ingest.eventlog.topics import TopicNames
 from ingest.events import MailboxEvent, MailboxSnapshot
-from ingest.localkafka.node import LocalBroker
-from ingest.ops.metrics import WORKER_REGISTRY
 from ingest.simulator import Simulator
 from ingest.state.projection import diff_states
 from ingest.worker import Worker
 
 pytestmark = pytest.mark.integration
-
-
-def metric(name: str, **labels: str) -> float:
-    return WORKER_REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 async def assert_fold_equals_truth(
@@ -176,16 +180,30 @@ class TestKafkaFaults:
         sim = await make_simulator(mailboxes=100, seed=24, max_batch=200)
         env = worker_env(sim, kafka_bootstrap, fresh_topics, tmp_path, CUMI_QUEUE_SIZE="1000")
         blocked = metric("cumi_worker_backpressure_seconds_total")
+        before = metric("cumi_worker_events_received_total")
         async with running_worker(env) as worker:
             assert worker.sink is not None
             sim.run_scenario(events=6_000, rate=1_000)
-            await asyncio.sleep(1.0)
+            await eventually(
+                lambda: metric("cumi_worker_events_received_total") > before + 100,
+                within=30,
+                what="events flowing before the broker stops",
+            )
             await kafka_broker.stop()
-            await asyncio.sleep(2.0)
-            received = metric("cumi_worker_events_received_total")
-            await asyncio.sleep(1.5)
-            # blocked: no more pulling from CometD while nothing can be acknowledged
-            assert metric("cumi_worker_events_received_total") == received
+            # the window fills, then no more pulling from CometD while nothing can be acknowledged
+            seen = [-1.0]
+
+            def stopped_pulling() -> bool:
+                before, seen[0] = seen[0], metric("cumi_worker_events_received_total")
+                return seen[0] == before
+
+            await eventually(stopped_pulling, within=30, what="receiving stops", interval=0.5)
+            received = seen[0]
+            await holds(
+                lambda: metric("cumi_worker_events_received_total") == received,
+                "no more received while blocked",
+                for_s=1.5,
+            )
             assert worker.sink.window.used > 0
             await kafka_broker.start()
             await assert_fold_equals_truth(worker, sim, kafka_bootstrap, fresh_topics.events)

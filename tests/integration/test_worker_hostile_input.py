@@ -11,7 +11,16 @@ from typing import Any
 
 import pytest
 from fixtures.simulator import MakeSimulator
-from fixtures.worker import decode_all, fold_records, read_topic, running_worker, settle, worker_env
+from fixtures.waiting import eventually
+from fixtures.worker import (
+    decode_all,
+    fold_records,
+    metric,
+    read_topic,
+    running_worker,
+    settle,
+    worker_env,
+)
 
 from ingest.cumi.normalizer import MAX_DEAD_LETTER_RAW
 from ingest.eventlog.topics import TopicNames
@@ -119,12 +128,17 @@ class TestHostilePayloads:
             sim.emit(200)
             alias = next(iter(sim.accounts))
             # too deep for any JSON decoder: the whole server response carrying it is unreadable
+            failures = metric("cumi_worker_connect_failures_total")
             deep = b"[" * 100_000 + b"]" * 100_000
             for channel in channels(sim, alias):
                 message = b'{"channel":' + json.dumps(channel).encode() + b',"data":' + deep + b"}"
                 assert sim.bayeux.deliver(channel, message) == 1
             sim.emit(200)  # events sharing the unreadable response are lost: gap repair restores
-            await asyncio.sleep(1.0)
+            await eventually(
+                lambda: metric("cumi_worker_connect_failures_total") > failures,
+                within=30,
+                what="the unreadable connect noticed (a failure, then a new connect)",
+            )
             assert worker.sink is not None and worker.sink.fatal is None
             sim.emit(200)
             await assert_converges(worker, sim, kafka_bootstrap, fresh_topics.events)

@@ -40,5 +40,6 @@ class TestBackoff:
         "kwargs", [{"base": -1.0}, {"cap": -0.1}, {"jitter": 1.5}, {"jitter": -0.1}]
     )
     def test_invalid_policy_is_refused(self, kwargs: dict[str, float]) -> None:
+        values = {"base": 1.0, "cap": 2.0, "jitter": 0.5} | kwargs
         with pytest.raises(ValueError, match="invalid backoff"):
-            Backoff(**kwargs)
+            Backoff(values["base"], values["cap"], values["jitter"])

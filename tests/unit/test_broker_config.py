@@ -13,30 +13,29 @@ from pathlib import Path
 
 import pytest
 
-from ingest.commands.broker import BrokerState, read_state, write_state
-from ingest.errors import LocalBrokerError
-from ingest.localkafka import process
-from ingest.localkafka.config import (
+from ingest.devservices import process
+from ingest.devservices.background import ServiceState, read_state, write_state
+from ingest.devservices.kafka.config import (
     HEAP_OPTIONS,
     JVM_OPTIONS_ENV,
     BrokerPorts,
+    Quorum,
     choose_ports,
-    free_ports,
     java_command,
-    port_is_free,
     random_cluster_id,
     read_ports,
     render_server_properties,
 )
-from ingest.localkafka.runtime import (
+from ingest.devservices.kafka.runtime import KafkaRuntime, kafka_version
+from ingest.devservices.maven import (
     INSTALL_HINT,
     Java,
-    KafkaRuntime,
     cache_root,
     check_tools,
-    kafka_version,
     parse_java_version,
 )
+from ingest.devservices.process import free_ports, port_is_free
+from ingest.errors import DevServiceError
 
 
 def parse_properties(text: str) -> dict[str, str]:
@@ -84,6 +83,59 @@ class TestServerProperties:
         assert read_ports(tmp_path / "missing.properties") is None
 
 
+class TestQuorumProperties:
+    """A node of a three-node quorum: its own id, every voter, replication 3, min in-sync 2."""
+
+    quorum = Quorum(node_id=2, controller_ports=(41001, 41002, 41003), cluster_id="abc")
+
+    def render(self, tmp_path: Path) -> dict[str, str]:
+        ports = BrokerPorts(port=40002, controller_port=41002)
+        return parse_properties(render_server_properties(ports, tmp_path, self.quorum))
+
+    def test_node_id_and_voters(self, tmp_path: Path) -> None:
+        props = self.render(tmp_path)
+        assert props["node.id"] == "2"
+        assert props["controller.quorum.voters"] == (
+            "1@127.0.0.1:41001,2@127.0.0.1:41002,3@127.0.0.1:41003"
+        )
+        assert props["listeners"] == "PLAINTEXT://127.0.0.1:40002,CONTROLLER://127.0.0.1:41002"
+
+    def test_replication_three_and_two_in_sync_everywhere(self, tmp_path: Path) -> None:
+        props = self.render(tmp_path)
+        for key in (
+            "default.replication.factor",
+            "offsets.topic.replication.factor",
+            "transaction.state.log.replication.factor",
+            "share.coordinator.state.topic.replication.factor",
+        ):
+            assert props[key] == "3", key
+        for key in (
+            "min.insync.replicas",
+            "transaction.state.log.min.isr",
+            "share.coordinator.state.topic.min.isr",
+        ):
+            assert props[key] == "2", key
+        assert props["unclean.leader.election.enable"] == "false"
+        assert int(props["broker.session.timeout.ms"]) > 2 * int(
+            props["broker.heartbeat.interval.ms"]
+        )
+
+    def test_a_single_node_gets_none_of_the_quorum_settings(self, tmp_path: Path) -> None:
+        props = parse_properties(render_server_properties(BrokerPorts(1, 2), tmp_path))
+        assert "broker.session.timeout.ms" not in props
+
+    @pytest.mark.parametrize(("size", "replication", "in_sync"), [(1, 1, 1), (2, 2, 1), (5, 3, 2)])
+    def test_replication_follows_the_size(self, size: int, replication: int, in_sync: int) -> None:
+        quorum = Quorum(1, tuple(range(41001, 41001 + size)), cluster_id="abc")
+        assert (quorum.replication_factor, quorum.min_insync_replicas) == (replication, in_sync)
+
+    def test_a_port_the_quorum_does_not_list_is_refused(self, tmp_path: Path) -> None:
+        with pytest.raises(DevServiceError, match="quorum expects 41002"):
+            render_server_properties(BrokerPorts(40002, 41009), tmp_path, self.quorum)
+        with pytest.raises(DevServiceError, match="not one of 3 voters"):
+            Quorum(node_id=4, controller_ports=(1, 2, 3), cluster_id="abc")
+
+
 class TestPorts:
     """Free loopback ports, distinct, and really bindable."""
 
@@ -106,7 +158,7 @@ class TestPorts:
         assert ports.bootstrap == f"127.0.0.1:{wanted}"
 
     def test_equal_explicit_ports_are_refused(self) -> None:
-        with pytest.raises(LocalBrokerError, match="must differ"):
+        with pytest.raises(DevServiceError, match="must differ"):
             choose_ports(port=40100, controller_port=40100)
 
 
@@ -129,14 +181,17 @@ class TestJavaCommand:
         java=Java(path=Path("/usr/bin/java"), major=17, version="17.0.1"),
     )
 
-    def command(self, **kwargs: Path) -> list[str]:
+    def command(
+        self, class_archive: Path | None = None, archive_at_exit: Path | None = None
+    ) -> list[str]:
         return java_command(
             self.runtime,
             "kafka.Kafka",
             ["/data/server.properties"],
             logs_dir=Path("/data/logs"),
             log4j_config=Path("/data/log4j2.properties"),
-            **kwargs,
+            class_archive=class_archive,
+            archive_at_exit=archive_at_exit,
         )
 
     def test_layout(self, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -181,7 +236,7 @@ class TestTools:
     def test_missing_java_and_maven(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         monkeypatch.setenv("PATH", str(tmp_path))
         monkeypatch.delenv("JAVA_HOME", raising=False)
-        with pytest.raises(LocalBrokerError) as caught:
+        with pytest.raises(DevServiceError) as caught:
             check_tools(need_maven=True)
         message = str(caught.value)
         assert "java not found" in message
@@ -194,7 +249,7 @@ class TestTools:
         java.chmod(0o755)
         monkeypatch.setenv("PATH", str(tmp_path))
         monkeypatch.delenv("JAVA_HOME", raising=False)
-        with pytest.raises(LocalBrokerError, match=r"Java 11\.0\.2; Kafka 4 needs Java 17"):
+        with pytest.raises(DevServiceError, match=r"Java 11\.0\.2; Java 17 or newer is needed"):
             check_tools(need_maven=False)
 
     def test_cache_root_follows_the_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -296,12 +351,12 @@ class TestProcess:
 
 class TestState:
     def test_round_trip_and_garbage(self, tmp_path: Path) -> None:
-        state = BrokerState(
+        state = ServiceState(
             pid=os.getpid(),
-            bootstrap="127.0.0.1:1234",
-            data_dir=str(tmp_path),
+            address="127.0.0.1:1234",
+            title=f"Kafka 4.1.1, data {tmp_path}",
             log=str(tmp_path / "server.log"),
-            kafka_version="4.1.1",
+            identity=["kafka.Kafka", str(tmp_path)],
             started_at="2026-01-01T00:00:00+00:00",
         )
         path = tmp_path / "state" / "state.json"

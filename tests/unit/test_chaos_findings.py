@@ -16,7 +16,14 @@ import datetime as dt
 
 import pytest
 
-from ingest.events import EventType, MailboxEvent, MailboxSnapshot, MessageInfo, SnapshotMessage
+from ingest.events import (
+    EventType,
+    MailboxEvent,
+    MailboxSnapshot,
+    MessageInfo,
+    RepairReason,
+    SnapshotMessage,
+)
 from ingest.state.projection import MailboxState, Projection
 
 T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
@@ -44,7 +51,7 @@ def snapshot(usn: int, inbox: dict[str, bool], deleted: dict[str, bool]) -> Mail
         mailbox_id="abell",
         usn=usn,
         taken_at=T0 + dt.timedelta(seconds=usn),
-        reason="startup",
+        reason=RepairReason.STARTUP,
         inbox=listing(inbox),
         deleted=listing(deleted),
     )
@@ -54,7 +61,8 @@ def fold(*records: MailboxEvent | MailboxSnapshot) -> dict[str, object]:
     projection = Projection()
     for record in records:
         projection.apply(record)
-    return projection.to_json()["abell"]
+    folded: dict[str, object] = projection.to_json()["abell"]
+    return folded
 
 
 DELETE_AT_106 = (event(E.DELETED_MESSAGE, 106), event(E.DELETED_MESSAGE_CREATE, 106))

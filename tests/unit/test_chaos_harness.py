@@ -8,7 +8,14 @@ import datetime as dt
 from chaos.observe import Ledger, MalformedInjector
 from chaos.schedule import Fault, plan
 
-from ingest.events import DeadLetter, EventType, MailboxEvent, MailboxSnapshot, MessageInfo
+from ingest.events import (
+    DeadLetter,
+    EventType,
+    MailboxEvent,
+    MailboxSnapshot,
+    MessageInfo,
+    RepairReason,
+)
 from ingest.simulator import Simulator, SimulatorConfig
 
 T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
@@ -84,7 +91,7 @@ class TestLedger:
         alias, mailbox = next(iter(sim.scenario.mailboxes.items()))
 
         def snap(usn: int, mailbox_id: str = alias) -> MailboxSnapshot:
-            return MailboxSnapshot(mailbox_id, usn, T0, "startup", (), ())
+            return MailboxSnapshot(mailbox_id, usn, T0, RepairReason.STARTUP, (), ())
 
         assert ledger.invented([snap(mailbox.usn)], sim) == []
         assert len(ledger.invented([snap(mailbox.usn + 1), snap(1, "nobody")], sim)) == 2

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from typing import TYPE_CHECKING
 
 import pytest
+
+from ingest import speedups
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 from ingest.events import (
     EventType,
     MailboxEvent,
     MessageInfo,
     SnapshotMessage,
-    fast_constructor,
 )
+from ingest.speedups import fast_constructor
 
 T0 = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 INFO = MessageInfo("m1", "+1408", None, "Voice", "Normal-Priority", T0, "03:04:05 AM 01/02/2024")
@@ -28,7 +34,9 @@ CASES: list[tuple[type, tuple[object, ...]]] = [
 
 
 @pytest.mark.parametrize(("cls", "values"), CASES, ids=[c[0].__name__ for c in CASES])
-def test_same_record_as_the_class_builds(cls: type, values: tuple[object, ...]) -> None:
+def test_same_record_as_the_class_builds(
+    cls: type[DataclassInstance], values: tuple[object, ...]
+) -> None:
     fast, slow = fast_constructor(cls)(*values), cls(*values)
     assert type(fast) is cls
     assert fast == slow and hash(fast) == hash(slow) and repr(fast) == repr(slow)
@@ -38,6 +46,9 @@ def test_same_record_as_the_class_builds(cls: type, values: tuple[object, ...]) 
 
 
 def test_every_field_is_required() -> None:
+    if not speedups.ENABLED:  # the reference path is the class itself, defaults and all
+        assert fast_constructor(MessageInfo) is MessageInfo
+        return
     with pytest.raises(TypeError):
         fast_constructor(MessageInfo)("m1")
 

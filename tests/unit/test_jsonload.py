@@ -59,7 +59,7 @@ class TestAgreesWithTheStandardLibrary:
     def test_nan_is_read_as_the_standard_library_reads_it(self) -> None:
         assert math.isnan(jsonload.loads(b'{"USN": NaN}')["USN"])
 
-    @settings(max_examples=400, deadline=None)
+    @settings(max_examples=400)
     @given(
         st.recursive(
             st.none()
@@ -80,7 +80,7 @@ class TestAgreesWithTheStandardLibrary:
         document = text.encode("utf-8", "surrogatepass") if as_bytes else text
         assert outcome(jsonload.loads, document) == outcome(json.loads, document)
 
-    @settings(max_examples=400, deadline=None)
+    @settings(max_examples=400)
     @given(st.binary(max_size=64) | st.text(alphabet='{}[]",:0123456789.eE+-tfnul \\', max_size=40))
     def test_any_input(self, document: bytes | str) -> None:
         assert outcome(jsonload.loads, document) == outcome(json.loads, document)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -293,7 +293,7 @@ def unknown(queries: list[tuple[str, str]], legends: dict[str, str] | None = Non
             problems.append(f"{where}: no metric of the query has a label {label!r}")
         for ref in sorted(refs, key=lambda r: r.metric):
             if ref.metric in PROMETHEUS_SERIES:
-                allowed = TARGET_LABELS | ALERT_LABELS
+                allowed: Set[str] = TARGET_LABELS | ALERT_LABELS
             elif ref.metric in known:
                 allowed = known[ref.metric] | TARGET_LABELS
             else:

@@ -18,6 +18,7 @@ from ingest.cumi.normalizer import (
     parse_event,
 )
 from ingest.errors import InvalidEvent
+from ingest.eventlog import codec
 from ingest.events import EventType, RejectReason
 
 PACIFIC = ZoneInfo("America/Los_Angeles")
@@ -162,7 +163,9 @@ class TestFields:
         assert parse_event(envelope).subscription_id == "sub-42"
 
     def test_unknown_fields_ignored(self) -> None:
-        assert parse_event(payload(Extra={"deep": [1, 2]})) == parse_event(payload())
+        assert parse_event(payload(Extra={"deep": [1, 2]}), now=clock) == parse_event(
+            payload(), now=clock
+        )
 
     def test_non_ascii_text(self) -> None:
         raw = json.dumps(payload(DisplayName="Zoë Ångström 山田"), ensure_ascii=False).encode()
@@ -376,3 +379,16 @@ class TestDeadLetter:
     def test_lone_surrogate_text(self) -> None:
         letter = dead_letter_for("\ud800{", rejection("\ud800{"))
         assert letter.raw == b"\\ud800{"
+
+    @pytest.mark.parametrize("form", ["mapping", "text", "bytes"])
+    def test_lone_surrogate_mailbox_id_still_writes_a_dead_letter(self, form: str) -> None:
+        """Found by the hostile-input property: a MailboxId of one lone surrogate (legal as a JSON
+        escape) was taken as the dead letter's key, which no record can hold, so the payload
+        was lost instead of dead-lettered."""
+        event = {"MailboxId": "\ud800", "USN": 1, "EventType": "NEW_MESSAGE"}
+        text = json.dumps(event)
+        raw: object = {"mapping": event, "text": text, "bytes": text.encode()}[form]
+        with pytest.raises(InvalidEvent) as caught:
+            parse_event(raw)  # type: ignore[arg-type]
+        letter = dead_letter_for(raw, caught.value)
+        assert codec.decode(codec.encode(letter)) == letter

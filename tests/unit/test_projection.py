@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 
@@ -14,9 +15,11 @@ from ingest.events import (
     MailboxEvent,
     MailboxSnapshot,
     MessageInfo,
+    Outcome,
+    RepairReason,
     SnapshotMessage,
 )
-from ingest.state.projection import MailboxState, Outcome, Projection, diff_states, resolve
+from ingest.state.projection import MailboxState, Projection, diff_states, resolve
 
 NEW = EventType.NEW_MESSAGE
 SAVED = EventType.SAVED_MESSAGE
@@ -49,7 +52,7 @@ def snap(usn: int, inbox: dict[str, bool], deleted: dict[str, bool]) -> MailboxS
         mailbox_id="abell",
         usn=usn,
         taken_at=T0 + dt.timedelta(seconds=usn),
-        reason="session-lost",
+        reason=RepairReason.SESSION_LOST,
         inbox=tuple(SnapshotMessage(mid, read) for mid, read in inbox.items()),
         deleted=tuple(SnapshotMessage(mid, read) for mid, read in deleted.items()),
     )
@@ -201,13 +204,9 @@ class TestDuplicatesAndStale:
     def test_stale_event_keeps_info(self) -> None:
         projection = fold(*ARRIVED)
         old = ev(NEW, 1)
-        old = MailboxEvent(**{**_fields(old), "messages": (MessageInfo("m", sender="x"),)})
+        old = dataclasses.replace(old, messages=(MessageInfo("m", sender="x"),))
         projection.apply(old)
         assert projection.mailboxes["abell"].messages["m"].sender == "sender of m"
-
-
-def _fields(event: MailboxEvent) -> dict[str, object]:
-    return {name: getattr(event, name) for name in event.__slots__}
 
 
 class TestMultiMessageEvents:

@@ -9,16 +9,10 @@ import random
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
+from ingest.commands.replay import add_arguments, bound_of, parse_time
 from ingest.errors import ConfigError
 from ingest.eventlog.topics import partition_for
-from ingest.state.replay import (
-    UntilOffset,
-    UntilTime,
-    UntilUsn,
-    add_arguments,
-    bound_of,
-    parse_time,
-)
+from ingest.state.replay import UntilOffset, UntilTime, UntilUsn
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -9,8 +9,9 @@ import pickle
 import pytest
 from fixtures.producing import fold, generate
 
+from ingest.commands.replay import add_arguments
 from ingest.state.projection import Projection
-from ingest.state.replay import _pack, _unpack, add_arguments, available_cpus
+from ingest.state.replay import _pack, _unpack, available_cpus
 
 
 def parse(*argv: str) -> argparse.Namespace:

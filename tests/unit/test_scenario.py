@@ -232,7 +232,7 @@ class TestCometFormat:
 
     def test_fast_encoding_is_byte_identical(self) -> None:
         infos = [{"MessageId": "m\u00e9", "CallerAni": 'say "hi"'}, {"MessageId": "m2"}]
-        fields = {
+        fields: dict[str, Any] = {
             "usn": 12,
             "event_time": "01:02:03 AM 01/02/2008",
             "subscription_id": "sub",

@@ -70,6 +70,7 @@ class TestSchemaFiles:
     def test_parses(self, path: Path) -> None:
         schema = json.loads(path.read_text())
         parsed = fastavro.parse_schema(schema, named_schemas={})
+        assert isinstance(parsed, dict), parsed  # a record, not a name or a union
         assert parsed["type"] == "record"
         assert parsed["name"].startswith("cumi.pipeline.")
 

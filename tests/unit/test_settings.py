@@ -178,3 +178,31 @@ class TestSecrets:
         env = base_env | {"CUMI_CREDENTIALS_PROVIDER": "delegate", "CUMI_DELEGATE_USER": "svc"}
         with pytest.raises(ConfigError, match=r"CUMI_DELEGATE_PASSWORD_FILE.*empty"):
             Settings.load(env | {"CUMI_DELEGATE_PASSWORD_FILE": str(empty)})
+
+
+class TestProjectorSettings:
+    """The projector reads only its own settings and the shared process ones."""
+
+    @pytest.mark.parametrize(
+        "bad",
+        [
+            {"CUMI_QUEUE_SIZE": "lots"},
+            {"KAFKA_WORKER_HEARTBEAT_INTERVAL_MS": "9000"},
+            {"CUMI_SERVER_URL": "not a url"},
+        ],
+    )
+    def test_a_bad_worker_variable_does_not_stop_the_projector(self, bad: dict[str, str]) -> None:
+        from ingest.projector import ProjectorSettings  # noqa: PLC0415 - aiokafka only here
+
+        env = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092", "CUMI_METRICS_PORT": "9200", **bad}
+        settings = ProjectorSettings.load(env)
+        assert settings.http_port == 9200
+        with pytest.raises(ConfigError):
+            Settings.load(env)
+
+    def test_shared_settings_are_still_checked(self) -> None:
+        from ingest.projector import ProjectorSettings  # noqa: PLC0415 - aiokafka only here
+
+        env = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092", "CUMI_LOG_LEVEL": "chatty"}
+        with pytest.raises(ConfigError, match="CUMI_LOG_LEVEL"):
+            ProjectorSettings.load(env)

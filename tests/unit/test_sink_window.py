@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+from fixtures.waiting import holds
+
 from ingest.eventlog.sink import Window
+
+BLOCKED = 0.02
+"""Seconds a waiter must stay blocked; it has run to its wait after the first look already."""
 
 
 class TestWindow:
@@ -14,11 +19,9 @@ class TestWindow:
         window = Window(10)
         await window.acquire(8)
         waiter = asyncio.create_task(window.acquire(5))
-        await asyncio.sleep(0.01)
-        assert not waiter.done()  # 8 + 5 > 10: the receive path waits
+        await holds(lambda: not waiter.done(), "8 + 5 > 10: the receive path waits", BLOCKED)
         window.release(2)
-        await asyncio.sleep(0.01)
-        assert not waiter.done()  # 6 + 5 > 10 still
+        await holds(lambda: not waiter.done(), "6 + 5 > 10 still", BLOCKED)
         window.release(1)
         await asyncio.wait_for(waiter, 1)
         assert window.used == 10 and window.peak == 10
@@ -28,8 +31,7 @@ class TestWindow:
         await window.acquire(25)  # empty window: let it in rather than wait forever
         assert window.used == 25
         waiter = asyncio.create_task(window.acquire(1))
-        await asyncio.sleep(0.01)
-        assert not waiter.done()
+        await holds(lambda: not waiter.done(), "the big payload fills the window", BLOCKED)
         window.release(25)
         await asyncio.wait_for(waiter, 1)
 
@@ -37,7 +39,6 @@ class TestWindow:
         window = Window(10)
         await window.acquire(3)
         drained = asyncio.create_task(window.drained())
-        await asyncio.sleep(0.01)
-        assert not drained.done()
+        await holds(lambda: not drained.done(), "3 still in flight", BLOCKED)
         window.release(3)
         await asyncio.wait_for(drained, 1)

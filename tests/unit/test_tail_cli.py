@@ -21,6 +21,7 @@ from ingest.events import (
     MailboxStateRecord,
     MessageInfo,
     MessageStateRecord,
+    RepairReason,
     SnapshotMessage,
 )
 from ingest.settings import SettingsSource, load_kafka
@@ -186,7 +187,7 @@ class TestRender:
             "abell",
             2300,
             T0,
-            "startup",
+            RepairReason.STARTUP,
             inbox=(SnapshotMessage("a", True), SnapshotMessage("b", False)),
             deleted=(SnapshotMessage("c", False),),
         )

@@ -3,13 +3,14 @@
 Every scenario (default values and each `ci/*-values.yaml`) is linted with `helm lint --strict`,
 rendered once per session with `helm template`, validated offline with `kubernetes-validate`, and
 its environment is loaded by the real settings code. Helm and promtool come from `make tools`
-($CUMI_CACHE_DIR/bin); a missing binary fails the suite instead of skipping it.
+($CUMI_CACHE_DIR/bin); a missing binary fails the suite instead of skipping it. The chart files
+read without Helm (schema enums, values comments, Dockerfile) are checked in
+tests/unit/test_chart_files.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -21,6 +22,8 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from fixtures.chart import ALERT_RULES, CHART
+from fixtures.tools import tool
 
 from ingest import settings as settings_module
 from ingest.mailboxes.mailbox_file import watched_aliases
@@ -28,8 +31,8 @@ from ingest.ops.http import OpsServer
 from ingest.projector import ProjectorSettings
 from ingest.settings import SettingsSource
 
-REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "helm" / "cumi-pipeline"
+pytestmark = pytest.mark.tools
+
 KUBE_VERSION = "1.31.0"
 RELEASE = "rel"
 SCENARIOS = ["default", *sorted(p.name.removesuffix("-values.yaml") for p in CHART.glob("ci/*"))]
@@ -47,15 +50,6 @@ NOT_IN_CHART = {
 }
 
 Manifest = dict[str, Any]
-
-
-def tool(name: str) -> str:
-    """A CLI from `make tools`: $CUMI_CACHE_DIR/bin first, then PATH, then the default cache."""
-    cache = Path(os.environ.get("CUMI_CACHE_DIR", Path.home() / ".cache" / "cumi-pipeline"))
-    for candidate in (cache / "bin" / name, shutil.which(name)):
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    pytest.fail(f"{name} not found in {cache / 'bin'} or on PATH: run `make tools`")
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -492,7 +486,7 @@ class TestWorkloads:
             for url in one(docs, "Pod")["spec"]["containers"][0]["args"][1:]
         }
         paths |= {e["path"] for e in one(docs, "ServiceMonitor")["spec"]["endpoints"]}
-        routes = {route.resource.canonical for route in OpsServer().app.router.routes()}
+        routes = {r.resource.canonical for r in OpsServer().app.router.routes() if r.resource}
         assert paths == {"/healthz/live", "/healthz/ready", "/metrics"}
         assert paths <= routes
 
@@ -765,23 +759,6 @@ class TestValuesSchema:
         """The code's bounds (ingest/settings.py), refused at install time rather than at start."""
         assert "schema" in template_error(helm, "--set", flag)
 
-    def test_schema_enums_match_the_code(self) -> None:
-        schema = json.loads((CHART / "values.schema.json").read_text())
-        cumi = schema["properties"]["cumi"]["properties"]
-        kafka = schema["properties"]["kafka"]["properties"]
-        provider = cumi["credentials"]["properties"]["provider"]
-        pairs = [
-            (provider, settings_module.CredentialsProviderKind),
-            (kafka["securityProtocol"], settings_module.SecurityProtocol),
-            (kafka["sasl"]["properties"]["mechanism"], settings_module.SaslMechanism),
-        ]
-        for node, enum_type in pairs:
-            assert set(node["enum"]) == {m.value for m in enum_type}, enum_type
-        transports = {v for v in cumi["cometTransport"]["enum"] if v is not None}
-        assert transports == {m.value for m in settings_module.CometTransport}
-        sources = set(cumi["mailboxes"]["properties"]["source"]["enum"])
-        assert sources == {m.value for m in settings_module.MailboxSource}
-
     @pytest.mark.parametrize(
         ("flags", "message"),
         [
@@ -801,48 +778,6 @@ class TestValuesSchema:
     def test_readable_failures(self, helm: str, flags: list[str], message: str) -> None:
         args = [arg for flag in flags for arg in ("--set", flag)]
         assert message in template_error(helm, *args)
-
-    def test_values_file_is_documented(self) -> None:
-        """The schema modeline opens values.yaml; every chart-defined key has a comment above it.
-
-        Keys inside pass-through Kubernetes objects (resources, securityContext, …) are covered
-        by their parent's comment; the schema tells which objects are the chart's own.
-        """
-        schema = json.loads((CHART / "values.schema.json").read_text())
-        lines = (CHART / "values.yaml").read_text().splitlines()
-        assert lines[0] == "# yaml-language-server: $schema=values.schema.json"
-        stack: list[tuple[int, str]] = []
-        checked = 0
-        for number, line in enumerate(lines):
-            match = re.match(r"^( *)([A-Za-z_][\w.-]*):", line)
-            if not match:
-                continue
-            indent, key = len(match[1]), match[2]
-            while stack and stack[-1][0] >= indent:
-                stack.pop()
-            parent = schema_node(schema, [k for _, k in stack])
-            stack.append((indent, key))
-            if parent is None or parent.get("additionalProperties") is not False:
-                continue  # inside a pass-through object
-            checked += 1
-            assert lines[number - 1].lstrip().startswith("#"), f"values.yaml:{number + 1} {key}"
-        assert checked > 100, checked
-
-
-def schema_node(schema: Manifest, path: list[str]) -> Manifest | None:
-    """The chart's own schema object for the values at `path`.
-
-    None inside a Kubernetes-shaped value ($defs: resources, probes, strategy, labels, …),
-    whose keys are the Kubernetes API's and documented by the parent's comment.
-    """
-    node: Manifest = schema
-    for key in path:
-        if key not in node.get("properties", {}):
-            return None
-        node = node["properties"][key]
-        if "$ref" in node:
-            return None
-    return node
 
 
 class TestMonitoring:
@@ -884,7 +819,7 @@ class TestMonitoring:
         rules_file.write_text(yaml.safe_dump(rule["spec"]))
         result = run(tool("promtool"), "check", "rules", str(rules_file))
         assert result.returncode == 0, result.stdout + result.stderr
-        source = yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
+        source = yaml.safe_load(ALERT_RULES.read_text())
         assert rule["spec"]["groups"] == source["groups"]  # verbatim, no templating
 
     def test_dashboard_configmap(self, rendered: dict[str, list[Manifest]]) -> None:
@@ -914,32 +849,3 @@ class TestMonitoring:
 
         assert 7443 in egress_ports(worker)
         assert 7443 not in egress_ports(projector)  # the projector never talks to Connection
-
-
-class TestImage:
-    """The Dockerfile builds what the chart expects: a non-root UID, the `ingest` entry point."""
-
-    def test_dockerfile(self) -> None:
-        text = (REPO / "Dockerfile").read_text()
-        stages = re.findall(r"(?im)^FROM\s+\S+(?:\s+AS\s+(\S+))?", text)
-        assert len(stages) >= 2, "multi-stage build"
-        user = re.findall(r"(?m)^USER\s+(\S+)", text)[-1]
-        uid = int(user.split(":")[0])
-        values = yaml.safe_load((CHART / "values.yaml").read_text())
-        assert uid == values["podSecurityContext"]["runAsUser"] == values["securityContext"][
-            "runAsUser"]  # fmt: skip
-        assert uid != 0
-        assert re.search(r'(?m)^ENTRYPOINT \["ingest"\]', text)
-        assert not re.search(r"(?im)^(ARG|ENV)\s+\S*(PASSWORD|TOKEN|SECRET)", text)
-        assert re.search(r"(?m)^RUN pip wheel ", text), "the build stage makes a wheel"
-        assert re.search(r"pip install --no-index", text), "the runtime installs only those wheels"
-
-    def test_dockerignore_keeps_the_build_context_small_and_clean(self) -> None:
-        ignored = {
-            line.strip()
-            for line in (REPO / ".dockerignore").read_text().splitlines()
-            if line.strip() and not line.startswith("#")
-        }
-        assert {".git", ".venv"} <= ignored
-        for needed in ("ingest", "schemas", "pyproject.toml", "README.md"):
-            assert needed not in ignored and f"{needed}/" not in ignored

@@ -1,22 +1,29 @@
-"""The broker's JVM as an operating-system process: spawn, watch, stop.
+"""A local service's JVM as an operating-system process: spawn, watch, stop, kill; the loopback
+ports it binds.
 
 Processes are handled by pid, not by `subprocess.Popen` or asyncio subprocess transports, because
-a broker outlives the code that started it: `ingest broker start` exits and leaves it running, a
+a service outlives the code that started it: `ingest broker start` exits and leaves it running, a
 pytest session starts it from one event loop and tests stop and start it from others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import signal
+import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
+HOST = "127.0.0.1"
+"""Every local service listens on loopback only."""
 _POLL_S = 0.05
 _EXEC_WAIT_S = 2.0
+_T = TypeVar("_T")
 
 
 def spawn(argv: Sequence[str], output: Path, *, detach: bool) -> int:
@@ -128,9 +135,14 @@ async def terminate(pid: int, grace_s: float) -> bool:
     _signal(pid, signal.SIGTERM)
     if await wait_exit(pid, grace_s):
         return True
-    _signal(pid, signal.SIGKILL)
-    await wait_exit(pid, 10.0)
+    await kill(pid)
     return False
+
+
+async def kill(pid: int, within_s: float = 10.0) -> None:
+    """SIGKILL and wait until `pid` is gone (a process in uninterruptible I/O takes a moment)."""
+    _signal(pid, signal.SIGKILL)
+    await wait_exit(pid, within_s)
 
 
 def tail(path: Path, lines: int = 30) -> str:
@@ -167,3 +179,44 @@ class LogWatcher:
         end = chunk.rfind(b"\n") + 1
         self._offset += end
         return chunk[:end].decode(errors="replace")
+
+
+def run_sync(coro: Coroutine[Any, Any, _T]) -> _T:
+    """Run a coroutine to completion from synchronous code (a pytest session fixture).
+
+    A thread of its own keeps asyncio.run() from replacing (and then clearing) this thread's
+    current event loop, which pytest-asyncio sets up around fixtures and tests. Safe for the
+    services here because they hold their JVM by pid, not by an event loop's transport.
+    """
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="local-jvm") as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+# -- loopback ports ------------------------------------------------------------------------------
+
+
+def free_ports(count: int, host: str = HOST) -> list[int]:
+    """`count` distinct ports the kernel considers free right now on `host`.
+
+    All sockets stay bound until every port is chosen, so the ports differ from each other. Another
+    process can still take one before the service binds it; `LocalJvm.start()` retries with new
+    ports then.
+    """
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((host, 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
+
+
+def port_is_free(port: int, host: str = HOST) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # the same option the JVM sets, so a port in TIME_WAIT after our own service counts as free
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True

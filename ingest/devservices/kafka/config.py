@@ -1,22 +1,27 @@
-"""Configuration of the local broker: free ports, server.properties, the JVM command line."""
+"""Configuration of the local broker: free ports, server.properties, the JVM command line.
+
+A node runs alone (`LocalBroker`) or as one of a quorum (`Quorum`, `LocalCluster`): the same
+template either way, with the node id, the voters and the replication settings filled in.
+"""
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import os
 import re
-import socket
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ingest.errors import LocalBrokerError
-from ingest.localkafka.runtime import KafkaRuntime, resource_text
+from ingest.devservices.kafka.runtime import KafkaRuntime, package_text
+from ingest.devservices.process import HOST, free_ports
+from ingest.errors import DevServiceError
 
-HOST = "127.0.0.1"
 HEAP_OPTIONS = ("-Xms512m", "-Xmx1g")
+QUORUM_HEAP_OPTIONS = ("-Xms256m", "-Xmx512m")
+"""Heap of a node in a quorum: three JVMs share a two-core machine with the suite's own broker."""
+MAX_REPLICATION_FACTOR = 3
 # Kafka's own launcher defaults (kafka-run-class.sh), minus what only matters for big heaps.
 JVM_OPTIONS = (
     "-XX:+UseG1GC",
@@ -42,30 +47,42 @@ class BrokerPorts:
         return f"{HOST}:{self.port}"
 
 
-def free_ports(count: int, host: str = HOST) -> list[int]:
-    """`count` distinct ports the kernel considers free right now on `host`.
+@dataclass(frozen=True, slots=True)
+class Quorum:
+    """A node's place in a KRaft quorum on loopback where every node is broker and voter."""
 
-    All sockets stay bound until every port is chosen, so the ports differ from each other. Another
-    process can still take one before the broker binds it; the broker retries with new ports then.
-    """
-    with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((host, 0))
-            ports.append(int(sock.getsockname()[1]))
-        return ports
+    node_id: int
+    """This node's `node.id`: its position in `controller_ports`, counted from 1."""
+    controller_ports: tuple[int, ...]
+    """Every voter's CONTROLLER port, node 1's first."""
+    cluster_id: str
+    """The id every node's storage is formatted with; nodes of different clusters never join."""
 
+    def __post_init__(self) -> None:
+        if not 1 <= self.node_id <= len(self.controller_ports):
+            raise DevServiceError(f"node {self.node_id} is not one of {self.size} voters")
 
-def port_is_free(port: int, host: str = HOST) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # the same option the JVM sets, so a port in TIME_WAIT after our own broker counts as free
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-        return True
+    @property
+    def size(self) -> int:
+        return len(self.controller_ports)
+
+    @property
+    def controller_port(self) -> int:
+        return self.controller_ports[self.node_id - 1]
+
+    @property
+    def voters(self) -> str:
+        """`controller.quorum.voters`: `1@127.0.0.1:<port>,2@…`."""
+        return ",".join(f"{i}@{HOST}:{p}" for i, p in enumerate(self.controller_ports, start=1))
+
+    @property
+    def replication_factor(self) -> int:
+        return min(self.size, MAX_REPLICATION_FACTOR)
+
+    @property
+    def min_insync_replicas(self) -> int:
+        """One replica may be lost without refusing writes (2 of 3); 1 on a single node."""
+        return max(1, self.replication_factor - 1)
 
 
 def choose_ports(port: int | None = None, controller_port: int | None = None) -> BrokerPorts:
@@ -75,16 +92,35 @@ def choose_ports(port: int | None = None, controller_port: int | None = None) ->
     if controller_port is None:
         controller_port = next(p for p in fresh if p != chosen)
     if controller_port == chosen:
-        raise LocalBrokerError(f"the broker and controller ports must differ (both {chosen})")
+        raise DevServiceError(f"the broker and controller ports must differ (both {chosen})")
     controller = controller_port
     return BrokerPorts(port=chosen, controller_port=controller)
 
 
-def render_server_properties(ports: BrokerPorts, log_dirs: Path) -> str:
-    """server.properties for a single KRaft broker+controller node on 127.0.0.1."""
-    return string.Template(resource_text("server.properties")).substitute(
-        port=ports.port, controller_port=ports.controller_port, log_dirs=log_dirs
+def render_server_properties(
+    ports: BrokerPorts, log_dirs: Path, quorum: Quorum | None = None
+) -> str:
+    """server.properties for a KRaft broker+controller node on 127.0.0.1: node 1 alone unless
+    `quorum` names its place among several voters."""
+    if quorum is None:
+        quorum = Quorum(1, (ports.controller_port,), cluster_id="")
+    elif quorum.controller_port != ports.controller_port:
+        raise DevServiceError(
+            f"node {quorum.node_id} listens on {ports.controller_port}, "
+            f"its quorum expects {quorum.controller_port}"
+        )
+    text = string.Template(package_text("server.properties")).substitute(
+        port=ports.port,
+        controller_port=ports.controller_port,
+        log_dirs=log_dirs,
+        node_id=quorum.node_id,
+        voters=quorum.voters,
+        replication_factor=quorum.replication_factor,
+        min_insync_replicas=quorum.min_insync_replicas,
     )
+    if quorum.size > 1:
+        text += "\n" + package_text("quorum.properties")
+    return text
 
 
 _LISTENERS = re.compile(r"^listeners=PLAINTEXT://[^:]+:(\d+),CONTROLLER://[^:]+:(\d+)\s*$", re.M)
@@ -126,9 +162,10 @@ def java_command(
     log4j_config: Path,
     class_archive: Path | None = None,
     archive_at_exit: Path | None = None,
+    heap: Sequence[str] = HEAP_OPTIONS,
 ) -> list[str]:
     """The full `java … <main class> <args>` command line."""
-    argv = [str(runtime.java.path), *HEAP_OPTIONS, *JVM_OPTIONS]
+    argv = [str(runtime.java.path), *heap, *JVM_OPTIONS]
     if archive_at_exit is not None:
         argv.append(f"-XX:ArchiveClassesAtExit={archive_at_exit}")
     elif class_archive is not None:

@@ -1,0 +1,48 @@
+"""The wire format of every record value the pipeline writes, in one place.
+
+Avro *single-object encoding*: `C3 01`, the 8-byte little-endian CRC-64-AVRO fingerprint of the
+writer schema's Parsing Canonical Form, then the Avro binary body. A reader needs no registry
+service: the fingerprint names the schema (`ingest.eventlog.codec` keeps the table of the schemas
+this package ships and the older released versions it reads). docs/topics.md is the contract.
+
+The hand-written fast paths (the codec's event writer, the reader's event and snapshot decoders)
+each serve one exact schema, named here by its fingerprint: when a schema file changes, its
+fingerprint changes, the fast path steps aside (the generic fastavro path takes over) and a test
+says which fast path to bring up to date.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fastavro.schema import fingerprint as avro_fingerprint
+from fastavro.schema import to_parsing_canonical_form
+
+MAGIC = b"\xc3\x01"
+"""The single-object encoding marker."""
+FINGERPRINT_SIZE = 8
+HEADER_SIZE = len(MAGIC) + FINGERPRINT_SIZE
+
+FAST_EVENT_SCHEMA = bytes.fromhex("5be9f43649860e88")
+"""The MailboxEvent schema (schemas/mailbox_event.avsc) the fast writer and reader serve."""
+FAST_SNAPSHOT_SCHEMA = bytes.fromhex("fb1721ab5af3fe8c")
+"""The MailboxSnapshot schema (schemas/mailbox_snapshot.avsc) the fast reader was written for."""
+
+
+def schema_fingerprint(schema: Mapping[str, Any]) -> bytes:
+    """CRC-64-AVRO of the Parsing Canonical Form, little-endian as in single-object encoding."""
+    canonical = to_parsing_canonical_form(dict(schema))
+    return bytes.fromhex(avro_fingerprint(canonical, "CRC-64-AVRO"))
+
+
+def header(fingerprint: bytes) -> bytes:
+    """What precedes the Avro body of a record written with the schema of `fingerprint`."""
+    return MAGIC + fingerprint
+
+
+def fingerprint_of(data: bytes) -> bytes | None:
+    """The writer schema's fingerprint of a framed value; None if `data` is not framed so."""
+    if len(data) < HEADER_SIZE or data[:2] != MAGIC:
+        return None
+    return bytes(data[2:HEADER_SIZE])
