@@ -146,12 +146,14 @@ class _WebSocket(_Fixes, WebSocketTransport):
                 payload: list[dict[str, Any]] = []
                 closed: Exception | None = None
                 for frame in frames:
-                    if frame.type is aiohttp.WSMsgType.CLOSE:
-                        closed = TransportConnectionClosed("Received CLOSE message on the factory.")
+                    if frame.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                        # CLOSE, or CLOSED/ERROR when the server went without a close frame (a
+                        # stopping Jetty): the library parsed these as JSON and failed oddly
+                        closed = TransportConnectionClosed(f"WebSocket {frame.type.name}")
                         break
                     try:
                         payload.extend(frame.json(loads=self._json_loads))
-                    except TypeError:
+                    except (TypeError, ValueError):
                         closed = CometTransportError("Received invalid response from the server.")
                         break
                 if payload:  # what came before a close is delivered first

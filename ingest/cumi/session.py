@@ -72,6 +72,9 @@ STALL_MARGIN = 5.0
 """Seconds beyond the server's advised long-poll `timeout` before a silent session is a stall: a
 healthy server holds a connect that long when nothing happens (CometD 9: 20 s)."""
 
+RECONNECT_CAP = 4.0
+"""Longest wait between two failed connects of one session (jittered exponential from 0.5 s)."""
+
 MAX_REQUEST_BYTES = 60_000
 """Default bound on one subscribe/unsubscribe request's encoded size: the reference CometD server
 closes a WebSocket (1009) on a message over 64 KiB; the rest is margin for fields a library or
@@ -161,7 +164,9 @@ class CometSession:
         self._request_timeout = request_timeout
         self._subscribe_timeout = subscribe_timeout
         self._max_request_bytes = max_request_bytes
-        self._reconnect = reconnect or Backoff(base=0.5, cap=30.0)
+        # a short cap: a restarted Connection Jetty is found within seconds of being back (a
+        # refused TCP connect every few seconds costs the server nothing)
+        self._reconnect = reconnect or Backoff(base=0.5, cap=RECONNECT_CAP)
         self._client_factory = client_factory
         self._clock = clock
         self._client: Client | None = None
@@ -279,7 +284,7 @@ class CometSession:
 
     def lose(self, reason: LossReason) -> None:
         if self._lost is not None and not self._lost.done():
-            if self._open:  # before that, start() fails and its caller says so
+            if self._open and not self._stopped:  # before: start() fails and says so
                 log.warning("CometD session %s lost: %s", self._client_id, reason.value)
             self._lost.set_result(reason)
 

@@ -292,12 +292,18 @@ class Simulator:
 
     def emit(self, events: int) -> int:
         """Apply random operations worth exactly `events` Comet events now; returns that count."""
+        return sum(len(change.notices) for change in self.emit_changes(events))
+
+    def emit_changes(self, events: int) -> list[Change]:
+        """`emit`, returning the changes in publish order (what each mailbox was sent)."""
+        changes = []
         done = 0
         while done < events:
             change = self.scenario.step(events - done)
             self.notifier.publish(change)
+            changes.append(change)
             done += len(change.notices)
-        return done
+        return changes
 
     def perform(
         self, alias: str, op: Op, *, message_ids: list[str] | None = None, count: int = 1
