@@ -72,7 +72,7 @@ STALL_MARGIN = 5.0
 """Seconds beyond the server's advised long-poll `timeout` before a silent session is a stall: a
 healthy server holds a connect that long when nothing happens (CometD 9: 20 s)."""
 
-RECONNECT_CAP = 4.0
+RECONNECT_CAP = 2.0
 """Longest wait between two failed connects of one session (jittered exponential from 0.5 s)."""
 
 MAX_REQUEST_BYTES = 60_000
