@@ -17,11 +17,12 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed  ## virtualenv with the package and its test/dev tools
 
-tools: install  ## helm, promtool and the dev services (Kafka, schema registry, reference CometD server)
+tools: install  ## helm, promtool and the dev services (Kafka, schema registry, CometD server, Connect)
 	bash .ci/install-tools
 	$(BIN)/ingest broker fetch
 	$(BIN)/ingest registry fetch
 	$(BIN)/python -m ingest.devservices.cometd fetch
+	$(BIN)/python -m ingest.devservices.connect fetch
 
 lint: install
 	$(BIN)/ruff check ingest tests bench

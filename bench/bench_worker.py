@@ -25,8 +25,13 @@ a baseline measured in the same run, on the same broker. Measures, never asserts
    calls (5 at a time, the throttle's full width) and Bayeux subscribes (same batch size), and the
    RSS of a Python process that has only imported the worker.
 
-`python -m bench.bench_worker [--quick] [--only throughput,latency,mailboxes] [--profile]`;
-results in bench/results/worker.json (with the machine and the load average).
+`--schema-registry` runs it all in registry mode (a local schema registry; the worker writes the
+Confluent wire format), to compare with the default single-object encoding: the raw baselines
+then send the Confluent-framed records the worker wrote.
+
+`python -m bench.bench_worker [--quick] [--only throughput,latency,mailboxes] [--profile]
+[--schema-registry]`; results in bench/results/worker.json (with the machine and the load
+average).
 """
 
 from __future__ import annotations
@@ -72,11 +77,13 @@ from bench.worker_rig import (
     worker_env,
 )
 from ingest.devservices.kafka import KafkaRuntime, LocalBroker, ensure_runtime
+from ingest.devservices.registry import LocalRegistry
 from ingest.eventlog import codec
+from ingest.eventlog.schema_registry import schema_ids
 from ingest.eventlog.sink import Sink
 from ingest.eventlog.topics import key_partition
 from ingest.events import MailboxEvent
-from ingest.settings import Settings
+from ingest.settings import SchemaRegistrySettings, Settings
 from ingest.simulator.users import UserTable
 
 SEED = 1
@@ -94,6 +101,7 @@ class Options:
     steady: float = 30.0
     only: tuple[str, ...] = ("throughput", "latency", "mailboxes")
     profile: bool = False
+    schema_registry: bool = False
 
 
 QUICK = Options(events=5_000, rounds=1, mailboxes=100, duration=5.0, subscriptions=1_000, steady=5)
@@ -105,6 +113,8 @@ class Rig:
     runtime: KafkaRuntime
     workdir: Path
     topic_count: int = 0
+    registry_url: str | None = None
+    """Registry mode: the local schema registry's Confluent-compatible URL."""
     records: list[Record] = dataclasses.field(default_factory=list)
     """One burst's records as the worker sent them: what the raw producer baselines send."""
 
@@ -152,6 +162,8 @@ def _best_median(rates: list[float]) -> dict[str, float]:
 @contextlib.asynccontextmanager
 async def _worker(rig: Rig, sim: SimProcess, topics: Any, name: str, **extra: Any) -> Any:
     env = worker_env(sim, rig.bootstrap, topics, free_port())
+    if rig.registry_url is not None:
+        env["KAFKA_SCHEMA_REGISTRY_URL"] = rig.registry_url
     worker = WorkerProcess(env, rig.workdir / f"worker-{name}.log", **extra)
     await worker.start()
     try:
@@ -245,12 +257,13 @@ class Record:
     timestamp_ms: int
 
 
-def _as_sent(records: list[ConsumerRecord[bytes, bytes]], count: int) -> list[Record]:
+def _as_sent(rig: Rig, records: list[ConsumerRecord[bytes, bytes]], count: int) -> list[Record]:
     """The newest `count` event records as the worker sent them (the topic's timestamps are the
     broker's; the worker's were the events' EventTime, restored from the decoded record)."""
     events: list[Record] = []
+    ids = schema_ids(SchemaRegistrySettings(rig.registry_url) if rig.registry_url else None)
     for r in sorted(records, key=lambda r: r.timestamp, reverse=True):
-        decoded = codec.decode(r.value)
+        decoded = codec.decode(r.value, ids)
         if isinstance(decoded, MailboxEvent):
             events.append(Record(r.key, r.value, list(r.headers), codec.timestamp_ms(decoded)))
             if len(events) == count:
@@ -409,7 +422,7 @@ async def _throughput(
         runs["worker"].append(run)
         print(f"  round {round_no}: worker     {run['events_per_s']:>7,}/s {run}", flush=True)
         if not rig.records:
-            rig.records = _as_sent(await read_topic(rig.bootstrap, topics.events), opts.events)
+            rig.records = _as_sent(rig, await read_topic(rig.bootstrap, topics.events), opts.events)
         for name, baseline in (("send", _raw_burst), ("send_batch", _raw_batches)):
             raw = await baseline(rig, await rig.topics("raw"), rig.records)
             runs[name].append(raw)
@@ -464,7 +477,7 @@ async def _latency(
     raw_topics = await rig.topics("raw-paced")
     if not rig.records:  # no throughput run before: a small burst gives the worker's records
         await _worker_burst(rig, sim, worker, topics.events, 10_000)
-        rig.records = _as_sent(await read_topic(rig.bootstrap, topics.events), 10_000)
+        rig.records = _as_sent(rig, await read_topic(rig.bootstrap, topics.events), 10_000)
     records = rig.records
     raw_ack, raw_append = await _raw_paced(rig, raw_topics, records, opts.rate, opts.duration / 2)
     events = int(opts.rate * opts.duration)
@@ -703,15 +716,19 @@ def _code_version() -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def _rig(bootstrap: str | None) -> AsyncIterator[Rig]:
+async def _rig(bootstrap: str | None, schema_registry: bool = False) -> AsyncIterator[Rig]:
     runtime = await asyncio.to_thread(ensure_runtime)
     with tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp:
         workdir = Path(tmp)
-        if bootstrap is not None:
-            yield Rig(bootstrap, runtime, workdir)
-            return
-        async with LocalBroker(runtime=runtime) as broker:
-            yield Rig(broker.bootstrap, runtime, workdir)
+        async with contextlib.AsyncExitStack() as stack:
+            url = None
+            if schema_registry:
+                registry = LocalRegistry(work_dir=workdir / "registry")
+                url = (await stack.enter_async_context(registry)).url
+            if bootstrap is None:
+                broker = await stack.enter_async_context(LocalBroker(runtime=runtime))
+                bootstrap = broker.bootstrap
+            yield Rig(bootstrap, runtime, workdir, registry_url=url)
 
 
 async def run_async(opts: Options, bootstrap: str | None = None) -> dict[str, Any]:
@@ -721,7 +738,7 @@ async def run_async(opts: Options, bootstrap: str | None = None) -> dict[str, An
         "code": _code_version(),
         "load_average_before": load_average(),
     }
-    async with _rig(bootstrap) as rig:
+    async with _rig(bootstrap, opts.schema_registry) as rig:
         if {"throughput", "latency"} & set(opts.only):
             print("== worker throughput / latency", flush=True)
             result["pipeline"] = await pipeline(rig, opts)
@@ -748,6 +765,7 @@ def main(argv: list[str] | None = None) -> int:
     add("--only", default=",".join(d.only), help="throughput,latency,mailboxes")
     add("--profile", action="store_true", help="run the worker under cProfile, print the top")
     add("--quick", action="store_true", help="small sizes, to try the harness")
+    add("--schema-registry", action="store_true", help="registry mode (Confluent wire format)")
     add("--bootstrap", default=None, help="use this broker instead of starting one")
     args = parser.parse_args(argv)
     base = QUICK if args.quick else d
@@ -762,6 +780,7 @@ def main(argv: list[str] | None = None) -> int:
         steady=given.get("steady", base.steady),
         only=tuple(args.only.split(",")),
         profile=args.profile,
+        schema_registry=args.schema_registry,
     )
     info = machine()
     print(f"machine: {info['nproc']} cores, {info['cpu_model']}; load {load_average()}", flush=True)

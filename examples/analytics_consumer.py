@@ -3,7 +3,9 @@
 
 It needs nothing from the pipeline but its schema files: aiokafka reads the topic, fastavro decodes
 the records, and this file finds each record's schema by the fingerprint in its header (Avro
-single-object encoding, see docs/topics.md). From the log it computes
+single-object encoding, see docs/topics.md) — or, for a pipeline in registry mode (Confluent wire
+format: a 0 byte and a 4-byte schema id), by asking the schema registry given with
+--schema-registry for that id, once. Both framings may share a topic. From the log it computes
 
 - voicemails received per hour (UTC), each message counted once however often it is mentioned;
 - per mailbox: messages in the Inbox, how many of them are unread, messages in Deleted Items.
@@ -11,6 +13,8 @@ single-object encoding, see docs/topics.md). From the log it computes
     python examples/analytics_consumer.py --bootstrap 127.0.0.1:9092 --schemas schemas/
     python examples/analytics_consumer.py --bootstrap … --schemas … --json
     python examples/analytics_consumer.py --bootstrap … --schemas … --follow --every 10
+    python examples/analytics_consumer.py --bootstrap … --schemas … \
+        --schema-registry http://registry:8080/apis/ccompat/v7
 
 By default it reads the topic from the beginning up to the end offsets it saw at start, prints the
 report and exits; with --follow it keeps consuming and prints the report every --every seconds.
@@ -30,6 +34,7 @@ import datetime as dt
 import io
 import json
 import sys
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +48,8 @@ from fastavro.schema import to_parsing_canonical_form
 
 MAGIC = b"\xc3\x01"
 """Avro single-object encoding: these two bytes, the 8-byte fingerprint, then the Avro body."""
+CONFLUENT_MAGIC = 0
+"""The Confluent wire format: this byte, the 4-byte big-endian schema id, then the Avro body."""
 
 EVENT = "cumi.pipeline.MailboxEvent"
 SNAPSHOT = "cumi.pipeline.MailboxSnapshot"
@@ -81,7 +88,10 @@ class Schemas:
     resolution), so the code below sees one shape per record type whichever version wrote it.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, registry_url: str | None = None) -> None:
+        self.registry_url = registry_url.rstrip("/") if registry_url else None
+        self.by_id: dict[int, bytes] = {}
+        """Registry schema id → fingerprint, learnt once per id."""
         current = {}
         for path in sorted(directory.glob("*.avsc")):
             schema = json.loads(path.read_text(encoding="utf-8"))
@@ -89,25 +99,47 @@ class Schemas:
         if not current:
             raise SystemExit(f"no .avsc files in {directory}")
         self.by_fingerprint: dict[bytes, tuple[str, Any, Any]] = {}
+        self.current = current
         for path in [*sorted(directory.glob("*.avsc")), *sorted(directory.glob("history/*.avsc"))]:
-            schema = json.loads(path.read_text(encoding="utf-8"))
-            name = _full_name(schema)
-            if name in current:
-                writer = fastavro.parse_schema(schema, named_schemas={})
-                self.by_fingerprint.setdefault(fingerprint(schema), (name, writer, current[name]))
+            self.add(json.loads(path.read_text(encoding="utf-8")))
+
+    def add(self, schema: dict[str, Any]) -> bytes:
+        """Read records written with `schema` into today's schema of its name; its fingerprint."""
+        fp = fingerprint(schema)
+        name = _full_name(schema)
+        if name in self.current:
+            writer = fastavro.parse_schema(schema, named_schemas={})
+            self.by_fingerprint.setdefault(fp, (name, writer, self.current[name]))
+        return fp
 
     def decode(self, data: bytes) -> tuple[str, dict[str, Any]]:
         """(record name, record) — raises ValueError for anything else."""
-        if data[:2] != MAGIC or len(data) < 10:
-            raise ValueError("not Avro single-object encoding")
-        found = self.by_fingerprint.get(data[2:10])
+        if data[:2] == MAGIC and len(data) >= 10:
+            fp, body = data[2:10], data[10:]
+        elif data[:1] == bytes([CONFLUENT_MAGIC]) and len(data) >= 5:
+            fp, body = self._by_id(int.from_bytes(data[1:5], "big")), data[5:]
+        else:
+            raise ValueError("neither Avro single-object encoding nor the Confluent wire format")
+        found = self.by_fingerprint.get(fp)
         if found is None:
-            raise ValueError(f"unknown schema fingerprint {data[2:10].hex()}")
+            raise ValueError(f"unknown schema fingerprint {fp.hex()}")
         name, writer, reader = found
-        record = fastavro.schemaless_reader(io.BytesIO(data[10:]), writer, reader)
+        record = fastavro.schemaless_reader(io.BytesIO(body), writer, reader)
         if not isinstance(record, dict):
             raise ValueError(f"{name} is not a record schema")
         return name, record
+
+    def _by_id(self, schema_id: int) -> bytes:
+        """The fingerprint of registry schema `schema_id`: fetched once (GET /schemas/ids/N)."""
+        fp = self.by_id.get(schema_id)
+        if fp is None:
+            if self.registry_url is None:
+                raise ValueError(f"schema id {schema_id}: give --schema-registry to read this")
+            url = f"{self.registry_url}/schemas/ids/{schema_id}"
+            with urllib.request.urlopen(url, timeout=10) as response:
+                schema = json.loads(json.loads(response.read())["schema"])
+            fp = self.by_id[schema_id] = self.add(schema)
+        return fp
 
 
 def _full_name(schema: dict[str, Any]) -> str:
@@ -311,11 +343,16 @@ def main() -> None:
     parser.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers host:port")
     parser.add_argument("--topic", default="mailbox-events", help="events topic")
     parser.add_argument("--schemas", type=Path, required=True, help="the pipeline's schemas/ dir")
+    parser.add_argument(
+        "--schema-registry",
+        metavar="URL",
+        help="registry mode: the Confluent-compatible schema registry's base URL",
+    )
     parser.add_argument("--follow", action="store_true", help="keep consuming; report every N s")
     parser.add_argument("--every", type=float, default=10.0, help="seconds between reports")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args()
-    schemas = Schemas(args.schemas)
+    schemas = Schemas(args.schemas, args.schema_registry)
     analytics = Analytics()
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: report what was read so far
         asyncio.run(consume(args, schemas, analytics))

@@ -51,6 +51,15 @@ class BrokerError(IngestError):
     retriable = True
 
 
+class SchemaRegistryUnavailable(BrokerError):
+    """The schema registry (KAFKA_SCHEMA_REGISTRY_URL) cannot be reached or failed a request."""
+
+
+class SchemaRefused(ConfigError):
+    """The schema registry refused one of our schemas (incompatible with the subject's versions,
+    or the credentials may not register): the process stops at start, before writing anything."""
+
+
 class TopicMissing(BrokerError):
     """A topic the command or service needs does not exist (create it: `docs/operations.md`)."""
 

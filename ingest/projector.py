@@ -46,7 +46,9 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 
 from ingest.errors import BrokerError, ConfigError, DecodeError
+from ingest.eventlog.codec import SchemaIds
 from ingest.eventlog.reader import decode_log_record
+from ingest.eventlog.schema_registry import schema_ids
 from ingest.eventlog.topics import TopicSpec, describe_topic, ensure_topics
 from ingest.events import MailboxEvent, MailboxSnapshot
 from ingest.ops.gc_tuning import streaming_collector
@@ -176,8 +178,11 @@ class Projector:
             registry=PROJECTOR_REGISTRY,
         )
         self.ops.add_routes(read_api_routes(self))
-        self._reader = StateReader(self.state_topic, **self._client)
+        self._ids = schema_ids(k.schema_registry)
+        """Registry mode: the schema ids of Confluent-framed records (either framing is read)."""
+        self._reader = StateReader(self.state_topic, ids=self._ids, **self._client)
         self._writer = StateWriter(
+            schema_registry=k.schema_registry,
             state_topic=self.state_topic,
             events_topic=self.events_topic,
             group_id=settings.group_id,
@@ -221,6 +226,7 @@ class Projector:
         )
         await self.ops.start()
         try:
+            await self._writer.start()  # registry mode: a refused schema stops us here
             await self._ensure_state_topic()
             await self._reader.start()
             consumer = AIOKafkaConsumer(
@@ -349,7 +355,7 @@ class Projector:
                 continue  # applied already (a batch fetched before the last restore)
             owned.next_offset = message.offset + 1
             consumed += 1
-            record = _decode(message.value)
+            record = _decode(message.value, self._ids)
             if record is None:
                 continue
             outcome = projection.apply(record)
@@ -516,12 +522,12 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         await self._projector.on_assigned(assigned)
 
 
-def _decode(value: bytes | None) -> MailboxEvent | MailboxSnapshot | None:
+def _decode(value: bytes | None, ids: SchemaIds | None) -> MailboxEvent | MailboxSnapshot | None:
     if value is None:
         PROJECTOR_SKIPPED.labels("undecodable").inc()
         return None
     try:
-        record = decode_log_record(value)
+        record = decode_log_record(value, ids)
     except DecodeError as e:
         # a poison record must not stop the projection of every other mailbox
         log.error("undecodable record on the events topic skipped: %s", e)

@@ -334,6 +334,28 @@ class CredentialSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SchemaRegistrySettings:
+    """A Confluent-compatible schema registry: set, every writer frames values in the Confluent
+    wire format with the ids it registers (docs/topics.md)."""
+
+    url: str
+    """KAFKA_SCHEMA_REGISTRY_URL: the API base, e.g. http://registry:8080/apis/ccompat/v7."""
+    username: str | None = None
+    """KAFKA_SCHEMA_REGISTRY_USER: HTTP basic auth user (with the password file)."""
+    password: Secret | None = None
+    """KAFKA_SCHEMA_REGISTRY_PASSWORD_FILE."""
+    ca_file: Path | None = None
+    """KAFKA_SCHEMA_REGISTRY_CA_FILE: PEM CA bundle for an https registry (default: system CAs)."""
+    timeout_seconds: float = 10.0
+    """KAFKA_SCHEMA_REGISTRY_TIMEOUT_SECONDS: one HTTP request to the registry, at most."""
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.url.startswith("https:"):
+            return None
+        return ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+
+
+@dataclass(frozen=True, slots=True)
 class KafkaSettings:
     bootstrap_servers: str
     security_protocol: SecurityProtocol
@@ -352,6 +374,8 @@ class KafkaSettings:
     max_batch_bytes: int
     compression: Compression
     request_timeout_ms: int
+    schema_registry: SchemaRegistrySettings | None = None
+    """Set: registry mode (Confluent wire format); None: Avro single-object encoding."""
 
     def client_kwargs(self) -> dict[str, Any]:
         """Connection keyword arguments for any aiokafka client (producer, consumer, admin)."""
@@ -562,7 +586,32 @@ def load_kafka(s: SettingsSource) -> KafkaSettings:
         max_batch_bytes=s.integer("KAFKA_BATCH_BYTES", 262_144, minimum=1024),
         compression=compression,
         request_timeout_ms=s.integer("KAFKA_REQUEST_TIMEOUT_MS", 40_000, minimum=1000),
+        schema_registry=load_schema_registry(s),
     )
+
+
+def load_schema_registry(s: SettingsSource) -> SchemaRegistrySettings | None:
+    """KAFKA_SCHEMA_REGISTRY_*; None (single-object encoding) without a URL."""
+    url = s.url("KAFKA_SCHEMA_REGISTRY_URL", ("http", "https"))
+    user = s.text("KAFKA_SCHEMA_REGISTRY_USER")
+    password = s.secret_file("KAFKA_SCHEMA_REGISTRY_PASSWORD_FILE")
+    ca_file = s.path("KAFKA_SCHEMA_REGISTRY_CA_FILE")
+    timeout = s.number("KAFKA_SCHEMA_REGISTRY_TIMEOUT_SECONDS", 10.0, minimum=0.0)
+    if url is None:
+        given = [
+            n for n, v in (("USER", user), ("PASSWORD_FILE", password), ("CA_FILE", ca_file)) if v
+        ]
+        if given:
+            raise ConfigError(
+                f"KAFKA_SCHEMA_REGISTRY_{given[0]} is set but KAFKA_SCHEMA_REGISTRY_URL is not"
+            )
+        return None
+    if (user is None) != (password is None):
+        raise ConfigError(
+            "KAFKA_SCHEMA_REGISTRY_USER and KAFKA_SCHEMA_REGISTRY_PASSWORD_FILE go together "
+            "(HTTP basic auth)"
+        )
+    return SchemaRegistrySettings(url, user, password, ca_file, timeout)
 
 
 def _topic(s: SettingsSource, name: str, default: str) -> str:

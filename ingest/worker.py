@@ -1,10 +1,12 @@
 """`ingest worker`: CUMI Comet notifications of many mailboxes → the Kafka event log.
 
-Wiring (docs/design.md §1): the ops HTTP server (/metrics, health) → the Kafka sink (waits for the
-cluster) → the CUMI REST client and the credentials provider → gap repair → the subscription
-manager, which runs CometD sessions whose event payloads flow into the sink. The mailboxes are a
-file's list (CUMI_MAILBOX_SOURCE=file) or this worker's share of the registry topic, which changes
-while it runs (registry: ingest.mailboxes.assignment).
+Wiring (docs/design.md §1): in registry mode, the schemas registered first (a refusal stops the
+worker before anything is written; ingest.eventlog.schema_registry) → the ops HTTP server
+(/metrics, health) → the Kafka sink (waits for the cluster) → the CUMI REST client and the
+credentials provider → gap repair → the subscription manager, which runs CometD sessions whose
+event payloads flow into the sink. The mailboxes are a file's list (CUMI_MAILBOX_SOURCE=file) or
+this worker's share of the registry topic, which changes while it runs
+(registry: ingest.mailboxes.assignment).
 
 Shutdown (SIGTERM/SIGINT): stop receiving (the CometD session is closed), stop gap repair, wait —
 bounded by CUMI_SHUTDOWN_TIMEOUT_SECONDS — until Kafka has acknowledged everything in flight, flush
@@ -15,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import signal
 from collections.abc import Coroutine, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from ingest.cumi.credentials import CredentialsProvider, build_provider
 from ingest.cumi.gap_repair import Reconciler
@@ -26,6 +29,8 @@ from ingest.cumi.normalizer import TimeZones
 from ingest.cumi.rest import CumiRestClient
 from ingest.cumi.session import CometSession
 from ingest.cumi.subscriptions import SubscriptionManager, SubscriptionPolicy
+from ingest.eventlog.records import RecordWriter
+from ingest.eventlog.schema_registry import register_writers
 from ingest.eventlog.sink import Sink
 from ingest.mailboxes.assignment import CredentialRefs, RegistryAssignment
 from ingest.mailboxes.mailbox_file import watched_aliases
@@ -36,6 +41,13 @@ from ingest.ops.progress import LoggedProgress, ProgressFactory
 from ingest.settings import CredentialsProviderKind, MailboxSource, Settings
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class _Stopped(enum.Enum):
+    STOPPED = "stopped"
+    """A start-up step did not finish: stop was asked first."""
 
 
 class Worker:
@@ -98,12 +110,17 @@ class Worker:
     async def _run(self, aliases: list[str]) -> int:
         s = self.settings
         c = s.cumi
+        writes = RecordWriter.schemas(s.kafka.events_topic, s.kafka.dlq_topic)
+        encoder = await self._unless_stopped(register_writers(s.kafka.schema_registry, writes))
+        if encoder is _Stopped.STOPPED:
+            return 0
         sink = Sink(
             s.kafka,
             capacity=s.worker.queue_size,
             source=c.server_name,
             zones=TimeZones(event_time=c.event_time_zone, receive_time=c.server_time_zone),
             drain_timeout=s.worker.shutdown_timeout_seconds * 0.75,
+            encoder=encoder,
         )
         self.sink = sink
         ops = OpsServer(
@@ -191,6 +208,10 @@ class Worker:
 
     async def _wait_or_stop(self, step: Coroutine[Any, Any, None]) -> bool:
         """Run a start-up step unless stop is asked first; True when stopped."""
+        return await self._unless_stopped(step) is _Stopped.STOPPED
+
+    async def _unless_stopped(self, step: Coroutine[Any, Any, T]) -> T | _Stopped:
+        """A start-up step's result, unless stop is asked first."""
         task = asyncio.ensure_future(step)
         stopper = asyncio.ensure_future(self._stop.wait())
         done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -200,9 +221,8 @@ class Worker:
                 with contextlib.suppress(asyncio.CancelledError):
                     await pending
         if task in done:
-            task.result()
-            return False
-        return True
+            return task.result()
+        return _Stopped.STOPPED
 
     async def _serve(self, manager: SubscriptionManager, sink: Sink) -> int:
         async with asyncio.TaskGroup() as group:

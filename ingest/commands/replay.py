@@ -136,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
                     until,
                     progress=progress,
                     workers=args.workers,
+                    schema_registry=kafka.schema_registry,
                     **client,
                 )
             )

@@ -37,6 +37,7 @@ from aiokafka.errors import KafkaError
 
 from ingest.errors import ConfigError, TopicMissing
 from ingest.eventlog import codec
+from ingest.eventlog.schema_registry import schema_ids
 from ingest.eventlog.topics import key_partition, topic_partitions
 from ingest.events import (
     DeadLetter,
@@ -79,6 +80,8 @@ class TailOptions:
     follow: bool = False
     limit: int | None = None
     as_json: bool = False
+    ids: codec.SchemaIds | None = None
+    """Registry mode: resolves the schema ids of Confluent-framed records."""
 
 
 # --- command line -------------------------------------------------------------------------------
@@ -148,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
         follow=args.follow,
         limit=args.limit,
         as_json=args.json,
+        ids=schema_ids(kafka.schema_registry),
     )
     write = _stdout_writer(flush=options.follow)
     try:
@@ -319,7 +323,7 @@ async def _pump(
                     break
                 if key is not None and record.key != key:
                     continue
-                write(render(record, as_json=options.as_json))
+                write(render(record, as_json=options.as_json, ids=options.ids))
                 printed += 1
                 if options.limit is not None and printed >= options.limit:
                     return printed
@@ -332,20 +336,20 @@ async def _pump(
 # --- printing -----------------------------------------------------------------------------------
 
 
-def render(record: Any, *, as_json: bool) -> str:
+def render(record: Any, *, as_json: bool, ids: codec.SchemaIds | None = None) -> str:
     """One consumer record as a line: readable text, or a JSON object (`--json`)."""
-    value, error = decode_value(record.value)
+    value, error = decode_value(record.value, ids)
     if as_json:
         return json.dumps(record_json(record, value, error), ensure_ascii=False)
     return record_text(record, value, error)
 
 
-def decode_value(data: bytes | None) -> tuple[Any, str | None]:
+def decode_value(data: bytes | None, ids: codec.SchemaIds | None = None) -> tuple[Any, str | None]:
     """(decoded record or None, error text or None); None and None is a tombstone."""
     if data is None:
         return None, None
     try:
-        return codec.decode(data), None
+        return codec.decode(data, ids), None
     except Exception as e:  # a diagnostic tool reports anything a bad record triggers
         return None, f"{type(e).__name__}: {e}"
 

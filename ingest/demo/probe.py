@@ -14,6 +14,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from ingest.demo.view import Sample
+from ingest.eventlog.codec import SchemaIds
 from ingest.state.projection import MailboxState
 from ingest.state.store import read_state_topic
 
@@ -143,9 +144,12 @@ class Probe:
             return await response.json()
 
 
-async def state_topic_state(bootstrap: str, topic: str) -> dict[str, Any]:
-    """The committed state of every mailbox on the compacted state topic, in the fold format."""
-    records = await read_state_topic(topic, bootstrap_servers=bootstrap)
+async def state_topic_state(
+    bootstrap: str, topic: str, ids: SchemaIds | None = None
+) -> dict[str, Any]:
+    """The committed state of every mailbox on the compacted state topic, in the fold format
+    (`ids`: the schema registry's, in registry mode)."""
+    records = await read_state_topic(topic, ids=ids, bootstrap_servers=bootstrap)
     return {mid: MailboxState.from_record(record).to_json() for mid, record in records.items()}
 
 

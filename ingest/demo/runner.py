@@ -1,6 +1,7 @@
 """`ingest demo`: the whole pipeline end to end on one machine, checked against the ground truth.
 
     ingest demo [--mailboxes 300] [--events N] [--duration 60] [--seed 7] [--plain] [--keep-running]
+                [--schema-registry]
 
 Starts, as separate processes talking over sockets on 127.0.0.1, exactly what an operator runs:
 a Kafka broker of its own (`ingest broker start --foreground`, in a temporary data directory), the
@@ -13,6 +14,10 @@ projector's read API and from the compacted state topic — with the simulator's
 a per-mailbox summary and where to look next, and stops every process (SIGTERM, then SIGKILL after
 a bound), also after Ctrl-C or an error. Exit code: 0 full match, 1 mismatch, 2 the pipeline could
 not be brought up, 130 interrupted.
+
+`--schema-registry` runs it all in registry mode: a local schema registry (Apicurio, the
+Confluent-compatible API) starts next to Kafka, the worker's and the projector's config files carry
+KAFKA_SCHEMA_REGISTRY_URL, and every record is written in the Confluent wire format.
 """
 
 from __future__ import annotations
@@ -46,8 +51,11 @@ from ingest.demo.processes import (
 )
 from ingest.demo.report import Endpoints, Report, Verdict, compare
 from ingest.demo.view import Sample, View, make_view
+from ingest.devservices.registry import LocalRegistry
 from ingest.errors import IngestError
+from ingest.eventlog.schema_registry import RegistrySchemaIds, schema_ids
 from ingest.eventlog.topics import TopicNames, default_specs, ensure_topics
+from ingest.settings import SchemaRegistrySettings
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +92,8 @@ class DemoConfig:
     work_dir: Path | None = None
     top: int = 10
     initial_messages: int = 3
+    schema_registry: bool = False
+    """Registry mode: a local schema registry, and the Confluent wire format on every topic."""
 
     @property
     def rate(self) -> float:
@@ -101,6 +111,9 @@ class Demo:
         self.work = (config.work_dir or Path(tempfile.mkdtemp(prefix="cumi-demo-"))).absolute()
         self.children: dict[str, Child] = {}
         self.jvm_pid: int | None = None
+        self.registry: LocalRegistry | None = None
+        self.service_pids: dict[str, int | None] = {}
+        """Stopped services that are not children (the JVMs), by name."""
         self.bootstrap = self.sim_url = ""
         self.worker_url = self.projector_url = ""
         self.http: aiohttp.ClientSession | None = None
@@ -179,6 +192,11 @@ class Demo:
             death_signal=signal.SIGTERM,  # it stops the JVM; killed, it would leave the JVM behind
         )  # fmt: skip
         await broker.start()
+        if c.schema_registry:
+            v.phase("starting the schema registry (the first run downloads it)")
+            self.registry = LocalRegistry(work_dir=self.work / "registry")
+            await self.registry.start()
+            v.process("registry", self.registry.pid, self.registry.url)
         self.sim_url = (await sim.wait_for_line(r"REST\s+(http://\S+)", 60))[1]
         cometd = (await sim.wait_for_line(r"CometD\s+(http://\S+)", 10))[1]
         v.process("simulator", sim.pid, f"{self.sim_url} (CometD {cometd})")
@@ -208,6 +226,7 @@ class Demo:
                 "CUMI_METRICS_HOST": "127.0.0.1",
                 "CUMI_METRICS_PORT": port,
                 "CUMI_SHUTDOWN_TIMEOUT_SECONDS": 10,
+                **self._registry_settings(),
             },
         )
         projector = self._child("projector", ["projector", "--config", str(config)], 20)
@@ -230,6 +249,7 @@ class Demo:
                 "CUMI_METRICS_PORT": port,
                 "CUMI_SHUTDOWN_TIMEOUT_SECONDS": 10,
                 "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+                **self._registry_settings(),
             },
         )
         worker = self._child("worker", ["worker", "--config", str(config)], 20)
@@ -288,7 +308,9 @@ class Demo:
         while True:
             truth = await self.probe.truth()
             api_state = await self.probe.read_api_state(set(truth))
-            topic_state = await state_topic_state(self.bootstrap, TopicNames().state)
+            topic_state = await state_topic_state(
+                self.bootstrap, TopicNames().state, self._schema_ids()
+            )
             verdict = compare(truth, {"read API": api_state, "state topic": topic_state})
             if verdict.ok or time.monotonic() > deadline:
                 return verdict, api_state, truth
@@ -334,15 +356,19 @@ class Demo:
                 outcome = await child.stop()
                 if name != "kafka-fetch" or not outcome.startswith("had exited"):
                     self.stopped[name] = outcome
+        if self.registry is not None and self.registry.running:
+            self.service_pids["registry"] = self.registry.pid
+            await self.registry.stop()
+            self.stopped["registry"] = "stopped"
         jvm = await stop_jvm(self.jvm_pid, self.work / "kafka", 30.0)
         if jvm is not None:
+            self.service_pids["kafka JVM"] = self.jvm_pid
             self.stopped["kafka JVM"] = jvm
         left = leftover_pids(str(self.work))
         if self.stopped:
+            pids = {name: child.pid for name, child in self.children.items()} | self.service_pids
             summary = ", ".join(
-                f"{name} (pid {self.children[name].pid if name in self.children else self.jvm_pid}"
-                f") {how}"
-                for name, how in self.stopped.items()
+                f"{name} (pid {pids.get(name)}) {how}" for name, how in self.stopped.items()
             )
             console.print(f"Stopped: {summary}.", highlight=False)
             console.print(
@@ -354,6 +380,12 @@ class Demo:
             shutil.rmtree(self.work, ignore_errors=True)
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _registry_settings(self) -> dict[str, str]:
+        return {"KAFKA_SCHEMA_REGISTRY_URL": self.registry.url} if self.registry else {}
+
+    def _schema_ids(self) -> RegistrySchemaIds | None:
+        return schema_ids(SchemaRegistrySettings(self.registry.url) if self.registry else None)
 
     def _child(
         self,
@@ -483,6 +515,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "failed)",
     )
     add(
+        "--schema-registry",
+        action="store_true",
+        help="registry mode: start a local schema registry and write the Confluent wire format",
+    )
+    add(
         "--top",
         type=_positive(int),
         default=d.top,
@@ -501,6 +538,7 @@ def config_from(args: argparse.Namespace) -> DemoConfig:
         keep_running=args.keep_running,
         work_dir=args.work_dir,
         top=args.top,
+        schema_registry=args.schema_registry,
     )
 
 

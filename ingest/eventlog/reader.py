@@ -12,6 +12,10 @@ canonical encoding a writer produces (short lengths, in-range values); anything 
 they do not recognise, or cannot read to the last byte — goes to `codec.decode`, which decides
 (and raises `DecodeError` for what nobody can read). Unit tests and hypothesis properties check
 both paths give equal records, or both fail.
+
+Both framings (ingest.eventlog.wire) are read: a Confluent-framed record's schema id is mapped to
+its fingerprint by the `SchemaIds` given (cached: one dict lookup), and the same fast decoders
+read its body, five bytes in instead of ten.
 """
 
 from __future__ import annotations
@@ -33,26 +37,41 @@ from ingest.speedups import fast_constructor
 _HEADER = wire.header(wire.FAST_EVENT_SCHEMA)
 _SNAPSHOT_HEADER = wire.header(wire.FAST_SNAPSHOT_SCHEMA)
 _START = len(_HEADER)
+_CONFLUENT_START = wire.CONFLUENT_HEADER_SIZE
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MILLI = dt.timedelta(milliseconds=1)
 _MISREAD = (IndexError, ValueError, UnicodeDecodeError, OverflowError)
 """How the readers fail on bytes they cannot read (then the codec judges them)."""
 
 
-def decode_log_record(value: bytes) -> MailboxEvent | MailboxSnapshot | None:
-    """The event or snapshot in `value`; None for another record type. Raises `DecodeError`."""
+def decode_log_record(
+    value: bytes, ids: codec.SchemaIds | None = None
+) -> MailboxEvent | MailboxSnapshot | None:
+    """The event or snapshot in `value`; None for another record type. Raises `DecodeError`.
+
+    `ids` resolves the schema ids of Confluent-framed records (registry mode)."""
     if value.startswith(_HEADER):
         if _FAST_EVENTS:
             try:
-                return _read_event(value)
+                return _read_event(value, _START)
             except _MISREAD:
                 pass  # let the codec say what is wrong with it
-    elif value.startswith(_SNAPSHOT_HEADER) and _FAST_SNAPSHOTS:
+    elif value.startswith(_SNAPSHOT_HEADER):
+        if _FAST_SNAPSHOTS:
+            try:
+                return _read_snapshot(value, _START)
+            except _MISREAD:
+                pass
+    elif value[:1] == wire.CONFLUENT_MAGIC and ids is not None and len(value) > _CONFLUENT_START:
+        fp = ids.fingerprint(int.from_bytes(value[1:_CONFLUENT_START], "big"))
         try:
-            return _read_snapshot(value)
+            if fp == wire.FAST_EVENT_SCHEMA and _FAST_EVENTS:
+                return _read_event(value, _CONFLUENT_START)
+            if fp == wire.FAST_SNAPSHOT_SCHEMA and _FAST_SNAPSHOTS:
+                return _read_snapshot(value, _CONFLUENT_START)
         except _MISREAD:
             pass
-    record = codec.decode(value)
+    record = codec.decode(value, ids)
     return record if isinstance(record, MailboxEvent | MailboxSnapshot) else None
 
 
@@ -114,14 +133,15 @@ sender, type, priority, receive time), so most are found here by their bytes."""
 # IndexError or as the final `pos != len(data)`.
 
 
-def _read_event(data: bytes) -> MailboxEvent:  # noqa: PLR0912 - one straight line, inlined on purpose
-    """The body after the 10-byte header, field by field as mailbox_event.avsc orders them."""
-    size = data[_START]
+def _read_event(data: bytes, start: int = _START) -> MailboxEvent:  # noqa: PLR0912 - one straight line, inlined on purpose
+    """The body after the header (`start` bytes), field by field as mailbox_event.avsc orders
+    them."""
+    size = data[start]
     if size & 0x81:
-        mailbox_id, pos = _string(data, _START)
+        mailbox_id, pos = _string(data, start)
     else:
-        pos = _START + 1 + (size >> 1)
-        mailbox_id = data[_START + 1 : pos].decode()
+        pos = start + 1 + (size >> 1)
+        mailbox_id = data[start + 1 : pos].decode()
     usn, pos = _long(data, pos)
     kind = data[pos]
     if kind & 0x81 or kind >= 2 * len(_TYPES):  # one byte, zig-zag, a known symbol
@@ -238,9 +258,9 @@ def _read_message(data: bytes, pos: int) -> tuple[MessageInfo, int]:
     return info, pos
 
 
-def _read_snapshot(data: bytes) -> MailboxSnapshot:
+def _read_snapshot(data: bytes, start: int = _START) -> MailboxSnapshot:
     """The body after the header, field by field as mailbox_snapshot.avsc orders them."""
-    mailbox_id, pos = _string(data, _START)
+    mailbox_id, pos = _string(data, start)
     usn, pos = _long(data, pos)
     millis, pos = _long(data, pos)
     reason, pos = _string(data, pos)

@@ -4,6 +4,10 @@ not — with the Kafka key, timestamp and headers, and the metric child its ackn
 `RecordWriter.for_message` never raises for bad input: anything `parse_event` rejects, or the
 encoder refuses, becomes a dead-letter record with the raw payload and the reason (nothing is
 dropped). The sink (`ingest.eventlog.sink`) decides where and when the records go.
+
+The values are framed by the `codec.Encoder` given: single-object encoding by default, the
+Confluent wire format in registry mode (`ingest.eventlog.schema_registry.register_writers` makes
+that encoder at start, and with it the schema ids: nothing is looked up per record).
 """
 
 from __future__ import annotations
@@ -35,8 +39,19 @@ Labelled = tuple[str, Record, Any, int | None]
 """(topic, record, the metric child to increment on acknowledgement, event second or None)."""
 
 
+WRITES = (MailboxEvent, MailboxSnapshot)
+"""The record types written to the events topic."""
+DEAD_LETTER_WRITES = (DeadLetter,)
+"""…and to the dead-letter topic."""
+
+
 class RecordWriter:
     """Comet messages → records for the events or the dead-letter topic."""
+
+    @staticmethod
+    def schemas(events_topic: str, dlq_topic: str) -> dict[str, tuple[type, ...]]:
+        """Topic → the record types written there: what registry mode registers at start."""
+        return {events_topic: WRITES, dlq_topic: DEAD_LETTER_WRITES}
 
     def __init__(
         self,
@@ -45,9 +60,11 @@ class RecordWriter:
         *,
         source: str | None = None,
         zones: TimeZones | None = None,
+        encoder: codec.Encoder | None = None,
     ) -> None:
         self.events_topic = events_topic
         self.dlq_topic = dlq_topic
+        self._encode = (encoder or codec.Encoder()).encode
         self._source = source
         self._zones = zones or TimeZones()
         self._by_event_type: dict[EventType, tuple[Any, list[tuple[str, bytes]]]] = {}
@@ -67,7 +84,7 @@ class RecordWriter:
         if kind is None:  # the metric child and the headers, once per EventType
             label = WORKER_EVENTS_PUBLISHED.labels(event.event_type.value)
             kind = self._by_event_type[event.event_type] = (label, codec.kafka_headers(event))
-        value = codec.encode(event)
+        value = self._encode(event)
         if len(value) > MAX_EVENT_BYTES:
             detail = f"encoded event of {len(value)} bytes exceeds {MAX_EVENT_BYTES}"
             raise InvalidEvent(RejectReason.TOO_LARGE, detail)
@@ -90,7 +107,7 @@ class RecordWriter:
             self._dead_by_reason[letter.reason] = label
         record: Record = (
             letter.mailbox_id.encode() if letter.mailbox_id else None,
-            codec.encode(letter),
+            self._encode(letter),
             int(letter.received_at.timestamp() * 1000),
             codec.kafka_headers(letter),
         )
@@ -100,7 +117,7 @@ class RecordWriter:
         """A gap-repair snapshot: the events topic, keyed like the mailbox's events."""
         record: Record = (
             snapshot.mailbox_id.encode(),
-            codec.encode(snapshot),
+            self._encode(snapshot),
             codec.timestamp_ms(snapshot),
             codec.kafka_headers(snapshot),
         )

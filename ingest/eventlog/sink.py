@@ -37,6 +37,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 
 from ingest.cumi.normalizer import TimeZones
 from ingest.errors import BrokerError
+from ingest.eventlog.codec import Encoder
 from ingest.eventlog.records import Record, RecordWriter
 from ingest.eventlog.topics import Partitioner
 from ingest.events import MailboxSnapshot
@@ -142,6 +143,7 @@ class Sink:
         retry_cap: float = 10.0,
         drain_timeout: float = 20.0,
         clock: Clock = SYSTEM_CLOCK,
+        encoder: Encoder | None = None,
     ) -> None:
         self._drain_timeout = drain_timeout
         self._kafka = kafka
@@ -152,7 +154,7 @@ class Sink:
         self._retries: asyncio.Queue[_Batch] = asyncio.Queue()
         self._partition = Partitioner()
         self._records = RecordWriter(
-            kafka.events_topic, kafka.dlq_topic, source=source, zones=zones
+            kafka.events_topic, kafka.dlq_topic, source=source, zones=zones, encoder=encoder
         )
         self._retry_task: asyncio.Task[None] | None = None
         self._backoff = Backoff(retry_base, retry_cap)

@@ -1,9 +1,14 @@
 """The wire format of every record value the pipeline writes, in one place.
 
-Avro *single-object encoding*: `C3 01`, the 8-byte little-endian CRC-64-AVRO fingerprint of the
-writer schema's Parsing Canonical Form, then the Avro binary body. A reader needs no registry
-service: the fingerprint names the schema (`ingest.eventlog.codec` keeps the table of the schemas
-this package ships and the older released versions it reads). docs/topics.md is the contract.
+Two framings of the same Avro binary body, told apart by the first byte (docs/topics.md):
+
+- Avro *single-object encoding* (the default): `C3 01`, the 8-byte little-endian CRC-64-AVRO
+  fingerprint of the writer schema's Parsing Canonical Form, then the body. A reader needs no
+  registry service: the fingerprint names the schema (`ingest.eventlog.codec` keeps the table of
+  the schemas this package ships and the older released versions it reads).
+- The *Confluent wire format* (registry mode, KAFKA_SCHEMA_REGISTRY_URL): `00`, the 4-byte
+  big-endian schema id a Confluent-compatible registry gave the writer schema, then the body.
+  What every registry-aware tool reads (Kafka Connect, ksqlDB, Flink, Spark, confluent-kafka).
 
 The hand-written fast paths (the codec's event writer, the reader's event and snapshot decoders)
 each serve one exact schema, named here by its fingerprint: when a schema file changes, its
@@ -23,6 +28,13 @@ MAGIC = b"\xc3\x01"
 """The single-object encoding marker."""
 FINGERPRINT_SIZE = 8
 HEADER_SIZE = len(MAGIC) + FINGERPRINT_SIZE
+
+CONFLUENT_MAGIC = b"\x00"
+"""The Confluent wire format's marker (its "magic byte" 0)."""
+SCHEMA_ID_SIZE = 4
+CONFLUENT_HEADER_SIZE = len(CONFLUENT_MAGIC) + SCHEMA_ID_SIZE
+MAX_SCHEMA_ID = 2**31 - 1
+"""Registries hand out ids as signed 32-bit integers."""
 
 FAST_EVENT_SCHEMA = bytes.fromhex("5be9f43649860e88")
 """The MailboxEvent schema (schemas/mailbox_event.avsc) the fast writer and reader serve."""
@@ -46,3 +58,15 @@ def fingerprint_of(data: bytes) -> bytes | None:
     if len(data) < HEADER_SIZE or data[:2] != MAGIC:
         return None
     return bytes(data[2:HEADER_SIZE])
+
+
+def confluent_header(schema_id: int) -> bytes:
+    """What precedes the Avro body of a record written with registry schema `schema_id`."""
+    return CONFLUENT_MAGIC + schema_id.to_bytes(SCHEMA_ID_SIZE, "big")
+
+
+def schema_id_of(data: bytes) -> int | None:
+    """The registry schema id of a Confluent-framed value; None if `data` is not framed so."""
+    if len(data) < CONFLUENT_HEADER_SIZE or data[0] != 0:
+        return None
+    return int.from_bytes(data[1:CONFLUENT_HEADER_SIZE], "big")

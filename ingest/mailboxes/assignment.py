@@ -52,6 +52,7 @@ from aiokafka.errors import KafkaError
 
 from ingest.cumi.credentials import Credential, CredentialsProvider
 from ingest.errors import BrokerError, DecodeError
+from ingest.eventlog.schema_registry import schema_ids
 from ingest.events import MailboxRegistryEntry, RepairReason
 from ingest.mailboxes.registry import decode_entry, ensure_registry_topic, watchable
 from ingest.ops.backoff import Backoff
@@ -135,6 +136,7 @@ class RegistryAssignment:
         self._clock = clock
         self._retry = Backoff(base=_RETRY_S, cap=30.0)
         self._topic = kafka.registry_topic
+        self._ids = schema_ids(kafka.schema_registry)
         self._target = target
         self._group_id = group_id
         self._session_timeout_ms = session_timeout_ms
@@ -285,7 +287,7 @@ class RegistryAssignment:
         self, partition: int, part: _Partition, key: bytes | None, value: bytes | None
     ) -> None:
         try:
-            entry = decode_entry(key, value)
+            entry = decode_entry(key, value, self._ids)
         except DecodeError as e:
             reason = "key_mismatch" if "names mailbox" in str(e) else "undecodable"
             WORKER_REGISTRY_SKIPPED.labels(reason).inc()

@@ -5,7 +5,9 @@ schemas/mailbox_registry.avsc: server, credentials reference, enabled) and a tom
 mailbox. Compaction keeps the newest record per key, so reading the topic to its end, last value
 per key winning, gives the registry. Workers with `CUMI_MAILBOX_SOURCE=registry` share it through
 the Kafka group protocol (ingest.mailboxes.assignment); this module writes and reads it
-(`ingest mailboxes` is `ingest.commands.mailboxes`).
+(`ingest mailboxes` is `ingest.commands.mailboxes`). In registry mode (KAFKA_SCHEMA_REGISTRY_URL)
+the writer registers the entry schema when it starts and writes the Confluent wire format;
+readers take both framings.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from aiokafka.errors import KafkaError
 
 from ingest.errors import BrokerError, ConfigError, DecodeError, TopicMissing
 from ingest.eventlog import codec
+from ingest.eventlog.schema_registry import register_writers, schema_ids
 from ingest.eventlog.topics import (
     REGISTRY_PARTITIONS,
     TopicSpec,
@@ -65,14 +68,16 @@ async def ensure_registry_topic(kafka: KafkaSettings) -> None:
     await ensure_topics(bootstrap, [spec], **client)
 
 
-def decode_entry(key: bytes | None, value: bytes | None) -> MailboxRegistryEntry | None:
+def decode_entry(
+    key: bytes | None, value: bytes | None, ids: codec.SchemaIds | None = None
+) -> MailboxRegistryEntry | None:
     """One registry record: its entry, or None for a tombstone. Raises DecodeError for a value
-    that is not a registry entry of the same mailbox as the key."""
+    that is not a registry entry of the same mailbox as the key. `ids`: registry mode."""
     if key is None:
         raise DecodeError("registry record without a key")
     if value is None:
         return None
-    record = codec.decode(value)
+    record = codec.decode(value, ids)
     if not isinstance(record, MailboxRegistryEntry):
         raise DecodeError(f"a {type(record).__name__} is not a registry entry")
     if record.mailbox_id.encode() != key:
@@ -94,6 +99,7 @@ async def read_registry(kafka: KafkaSettings) -> Registry:
         await consumer.seek_to_beginning(*tps)
         ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
         registry: Registry = {}
+        ids = schema_ids(kafka.schema_registry)
         remaining = {tp for tp in tps if ends[tp] > 0}
         async with asyncio.timeout(_READ_TIMEOUT_S):
             while remaining:
@@ -101,7 +107,7 @@ async def read_registry(kafka: KafkaSettings) -> Registry:
                 for tp, records in batch.items():
                     for record in records:
                         if record.offset < ends[tp]:
-                            _apply(registry, record.key, record.value, tp, record.offset)
+                            _apply(registry, record, tp, ids)
                 for tp in list(remaining):
                     if await consumer.position(tp) >= ends[tp]:
                         remaining.discard(tp)
@@ -110,15 +116,13 @@ async def read_registry(kafka: KafkaSettings) -> Registry:
         await consumer.stop()
 
 
-def _apply(
-    registry: Registry, key: bytes | None, value: bytes | None, tp: Any, offset: int
-) -> None:
+def _apply(registry: Registry, record: Any, tp: Any, ids: codec.SchemaIds | None) -> None:
     try:
-        entry = decode_entry(key, value)
+        entry = decode_entry(record.key, record.value, ids)
     except DecodeError as e:
-        log.warning("registry record %s@%d skipped: %s", tp, offset, e)
+        log.warning("registry record %s@%d skipped: %s", tp, record.offset, e)
         return
-    alias = (key or b"").decode("utf-8", "replace")
+    alias = (record.key or b"").decode("utf-8", "replace")
     if entry is None:
         registry.pop(alias, None)
     else:
@@ -127,14 +131,22 @@ def _apply(
 
 class RegistryWriter:
     """An idempotent producer of registry records (entries and tombstones), keyed by MailboxId
-    so that Kafka's default partitioner places them (and the workers read them) by key."""
+    so that Kafka's default partitioner places them (and the workers read them) by key. Registry
+    mode: `start()` registers the entry schema first (a refusal raises `SchemaRefused`)."""
 
     def __init__(self, kafka: KafkaSettings) -> None:
         self._kafka = kafka
         self._producer: AIOKafkaProducer | None = None
         self._pending: list[asyncio.Future[Any]] = []
+        self._encoder: codec.Encoder | None = None
 
     async def start(self) -> None:
+        if self._encoder is None:
+            self._encoder = await register_writers(
+                self._kafka.schema_registry,
+                {self._kafka.registry_topic: (MailboxRegistryEntry,)},
+                attempts=5,
+            )
         if self._producer is None:
             producer = AIOKafkaProducer(
                 acks="all", enable_idempotence=True, linger_ms=5, **self._kafka.client_kwargs()
@@ -160,9 +172,11 @@ class RegistryWriter:
         await self.stop()
 
     async def put(self, entry: MailboxRegistryEntry) -> None:
+        if self._encoder is None:
+            raise RuntimeError("RegistryWriter.start() first")
         await self._send(
             entry.mailbox_id,
-            codec.encode(entry),
+            self._encoder.encode(entry),
             timestamp=codec.timestamp_ms(entry),
             headers=codec.kafka_headers(entry),
         )

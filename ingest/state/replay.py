@@ -42,8 +42,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ingest.errors import ConfigError, DecodeError
 from ingest.eventlog.reader import decode_log_record
+from ingest.eventlog.schema_registry import schema_ids
 from ingest.eventlog.topics import describe_topic, partition_for
 from ingest.ops.metrics import PROJECTOR_REPLAY_PROGRESS, PROJECTOR_REPLAY_RECORDS
+from ingest.settings import SchemaRegistrySettings
 from ingest.state.projection import MailboxState, MessageState, Projection
 
 log = logging.getLogger(__name__)
@@ -92,9 +94,12 @@ async def replay(
     *,
     progress: Progress | None = None,
     workers: int | None = 1,
+    schema_registry: SchemaRegistrySettings | None = None,
     **client_kwargs: Any,
 ) -> Projection:
     """Fold the events `topic` up to `until` into a `Projection` (one mailbox or all).
+
+    Records of either framing are read; Confluent-framed ones need `schema_registry`.
 
     `workers` > 1 folds groups of partitions in that many processes at once: a partition holds
     whole mailboxes, so the groups' states are disjoint and simply put together. (The client
@@ -109,7 +114,7 @@ async def replay(
         raise ConfigError(f"topic {topic} does not exist")
     count = described[0]
     numbers = [partition_for(mailbox, count)] if mailbox is not None else list(range(count))
-    job = _Job(bootstrap, topic, tuple(numbers), mailbox, until, client_kwargs)
+    job = _Job(bootstrap, topic, tuple(numbers), mailbox, until, client_kwargs, schema_registry)
     if len(numbers) < 2 or "ssl_context" in client_kwargs:
         workers = 1
     elif workers is None:
@@ -157,6 +162,7 @@ class _Job:
     mailbox: str | None
     until: Bound
     client_kwargs: dict[str, Any]
+    schema_registry: SchemaRegistrySettings | None = None
 
 
 def _consumer(job: _Job) -> AIOKafkaConsumer:
@@ -182,7 +188,9 @@ async def _replay_partitions(job: _Job, progress: Progress | None) -> Projection
         stops = await _stops(consumer, tps, until)
         for tp in tps:
             consumer.seek(tp, starts[tp])
-        reader = _Reader(mailbox, until, starts, stops, progress)
+        reader = _Reader(
+            mailbox, until, starts, stops, progress, schema_registry=job.schema_registry
+        )
         await reader.run(consumer)
         return reader.projection
     finally:
@@ -284,8 +292,11 @@ class _Reader:
         starts: dict[TopicPartition, int],
         stops: dict[TopicPartition, int],
         progress: Progress | None,
+        *,
+        schema_registry: SchemaRegistrySettings | None = None,
     ) -> None:
         self.projection = Projection()
+        self._ids = schema_ids(schema_registry)
         self._mailbox = mailbox
         self._key = mailbox.encode() if mailbox is not None else None
         self._max_usn = until.usn if isinstance(until, UntilUsn) else None
@@ -320,7 +331,7 @@ class _Reader:
 
     def _fold(self, tp: TopicPartition, messages: Sequence[Any]) -> None:
         stop, key, apply = self._stops[tp], self._key, self.projection.apply
-        max_usn, read = self._max_usn, 0
+        max_usn, read, ids = self._max_usn, 0, self._ids
         for message in messages:
             if message.offset >= stop:
                 self._pending.discard(tp)
@@ -330,7 +341,7 @@ class _Reader:
                 continue  # another mailbox of the same partition: not even decoded
             value = message.value
             try:
-                record = decode_log_record(value) if value is not None else None
+                record = decode_log_record(value, ids) if value is not None else None
             except DecodeError as e:
                 log.warning("undecodable record skipped: %s", e)
                 continue

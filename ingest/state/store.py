@@ -18,6 +18,10 @@ bumps the producer epoch, aborts (or completes) any transaction the previous own
 from then on rejects the previous owner's producer with ProducerFenced. Only after that does the
 new owner read state partition p and the committed offset, so both reflect every transaction the
 previous owner committed and none it did not.
+
+Registry mode (KAFKA_SCHEMA_REGISTRY_URL): `StateWriter.start()` registers the state schema under
+`<state topic>-cumi.pipeline.MailboxState` and writes the Confluent wire format; the reader takes
+both framings (ingest.eventlog.schema_registry).
 """
 
 from __future__ import annotations
@@ -34,8 +38,10 @@ from aiokafka.errors import KafkaError, ProducerFenced
 
 from ingest.errors import BrokerError, DecodeError, IngestError
 from ingest.eventlog import codec
+from ingest.eventlog.schema_registry import register_writers
 from ingest.eventlog.topics import describe_topic
 from ingest.events import MailboxStateRecord
+from ingest.settings import SchemaRegistrySettings
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +70,13 @@ def transactional_id(prefix: str, events_topic: str, partition: int) -> str:
 class StateReader:
     """Reads state partitions to their end (read_committed): the restore path of the projector.
 
-    One group-less consumer, reassigned for every restore.
+    One group-less consumer, reassigned for every restore. `ids` resolves the schema ids of
+    Confluent-framed records (registry mode).
     """
 
-    def __init__(self, topic: str, **client_kwargs: Any) -> None:
+    def __init__(self, topic: str, *, ids: codec.SchemaIds | None = None, **client_kwargs: Any):
         self.topic = topic
+        self._ids = ids
         self._client_kwargs = client_kwargs
         self._consumer: AIOKafkaConsumer | None = None
 
@@ -120,7 +128,7 @@ class StateReader:
                 states = result[tp.partition]
                 for record in records:
                     count += 1
-                    _keep(states, record.key, record.value)
+                    _keep(states, record.key, record.value, self._ids)
             for tp in list(pending):
                 # a transaction marker is the last offset of every committed batch: `position`
                 # moves past it even though no record is returned for it
@@ -145,13 +153,18 @@ class StateReader:
         return self._consumer
 
 
-def _keep(states: dict[str, MailboxStateRecord], key: bytes | None, value: bytes | None) -> None:
+def _keep(
+    states: dict[str, MailboxStateRecord],
+    key: bytes | None,
+    value: bytes | None,
+    ids: codec.SchemaIds | None,
+) -> None:
     if value is None:  # a tombstone (the projector never writes one, operators might)
         if key is not None:
             states.pop(key.decode(), None)
         return
     try:
-        record = codec.decode(value)
+        record = codec.decode(value, ids)
     except DecodeError as e:
         log.error("state record for key %r cannot be decoded, skipped: %s", key, e)
         return
@@ -161,12 +174,14 @@ def _keep(states: dict[str, MailboxStateRecord], key: bytes | None, value: bytes
     states[record.mailbox_id] = record
 
 
-async def read_state_topic(topic: str, **client_kwargs: Any) -> dict[str, MailboxStateRecord]:
+async def read_state_topic(
+    topic: str, *, ids: codec.SchemaIds | None = None, **client_kwargs: Any
+) -> dict[str, MailboxStateRecord]:
     """Every mailbox's committed state on `topic` (all partitions): for tools and tests."""
     described = await describe_topic(topic, **client_kwargs)
     if described is None:
         return {}
-    async with StateReader(topic, **client_kwargs) as reader:
+    async with StateReader(topic, ids=ids, **client_kwargs) as reader:
         by_partition = await reader.read(range(described[0]))
     return {mid: rec for states in by_partition.values() for mid, rec in states.items()}
 
@@ -178,7 +193,8 @@ class StateWriter:
     """One transactional producer per owned events partition (see the module docstring).
 
     `open(p)` fences any previous owner of p; `commit(p, states, next_offset)` writes the states to
-    state partition p and commits events offset `next_offset` for the group, atomically.
+    state partition p and commits events offset `next_offset` for the group, atomically. `start()`
+    registers the state schema first in registry mode (`schema_registry`).
     """
 
     def __init__(
@@ -189,9 +205,12 @@ class StateWriter:
         group_id: str,
         transactional_id_prefix: str,
         transaction_timeout_ms: int = 60_000,
+        schema_registry: SchemaRegistrySettings | None = None,
         **client_kwargs: Any,
     ) -> None:
         self.state_topic = state_topic
+        self._schema_registry = schema_registry
+        self._encoder: codec.Encoder | None = None
         self.events_topic = events_topic
         self.group_id = group_id
         self._prefix = transactional_id_prefix
@@ -202,6 +221,16 @@ class StateWriter:
     @property
     def partitions(self) -> frozenset[int]:
         return frozenset(self._producers)
+
+    async def start(self) -> None:
+        """Choose the framing: register the state schema in registry mode (raises
+        `SchemaRefused` if the registry refuses it, `SchemaRegistryUnavailable` if it stays
+        unreachable for about a minute)."""
+        if self._encoder is None:
+            # bounded: a projector that cannot start exits and is restarted
+            self._encoder = await register_writers(
+                self._schema_registry, {self.state_topic: (MailboxStateRecord,)}, attempts=8
+            )
 
     async def open(self, partitions: Iterable[int]) -> None:
         """(Re)initialise the producers of `partitions`, fencing their previous owners. A producer
@@ -239,6 +268,9 @@ class StateWriter:
         if producer is None:
             raise TransactionFailed(f"no producer for partition {partition} (not owned)")
         offsets = {TopicPartition(self.events_topic, partition): next_offset}
+        if self._encoder is None:
+            raise RuntimeError("StateWriter is not started")
+        encode = self._encoder.encode
         sent: list[asyncio.Future[Any]] = []
         try:
             await producer.begin_transaction()
@@ -246,7 +278,7 @@ class StateWriter:
                 sent.append(
                     await producer.send(
                         self.state_topic,
-                        codec.encode(state),
+                        encode(state),
                         key=state.mailbox_id.encode(),
                         partition=partition,
                         timestamp_ms=codec.timestamp_ms(state) or None,

@@ -20,8 +20,8 @@ SMALL = ["--plain", "--mailboxes", "60", "--duration", "20", "--seed", "3"]
 _PROCESS_UP = re.compile(r"process (\S+) up: .* \(pid (\d+)\)$")
 
 
-def demo_argv(work: Path) -> list[str]:
-    return [sys.executable, "-m", "ingest", "demo", *SMALL, "--work-dir", str(work)]
+def demo_argv(work: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "ingest", "demo", *SMALL, "--work-dir", str(work), *extra]
 
 
 def reported_pids(output: str) -> dict[str, int]:
@@ -84,6 +84,34 @@ class TestDemo:
         assert re.search(r"dead letters\s+[1-9]", out), "the malformed payloads were not seen"
         assert "No process left behind." in out
         assert_nothing_left(work, reported_pids(out))
+
+    @pytest.mark.timeout(300)
+    def test_registry_mode(self, tmp_path: Path) -> None:
+        """`--schema-registry`: a local registry, the worker and projector configured for it."""
+        work = tmp_path / "demo"
+        result = subprocess.run(
+            demo_argv(work, "--schema-registry"),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=280,
+            check=False,
+        )
+        out = result.stdout
+        assert result.returncode == 0, out[-4000:] + result.stderr[-4000:]
+        assert "MATCH     state topic: 60 mailboxes" in out
+        pids = reported_pids(out)
+        registry = pids.pop("registry")
+        url = re.search(r"process registry up: (http://\S+/apis/ccompat/v7)", out)
+        assert url is not None, out[-4000:]
+        for config in ("worker.toml", "projector.toml"):
+            text = (work / config).read_text()
+            assert f'KAFKA_SCHEMA_REGISTRY_URL = "{url[1]}"' in text, text
+        assert "No process left behind." in out
+        assert_nothing_left(work, pids)
+        assert not Path(f"/proc/{registry}").exists() or "apicurio" not in Path(
+            f"/proc/{registry}/cmdline"
+        ).read_text(errors="replace")
 
     @pytest.mark.timeout(300)
     def test_ctrl_c_mid_run_stops_everything(self, tmp_path: Path) -> None:

@@ -709,6 +709,7 @@ class TestValuesSchema:
             "kafka.sasl.password=hunter2",
             "metrics.serviceMonitor.bogus=true",
             "worker.group.bogus=1",
+            "kafka.schemaRegistry.password=hunter2",
         ],
     )
     def test_unknown_keys(self, helm: str, flag: str) -> None:
@@ -768,6 +769,11 @@ class TestValuesSchema:
             (["worker.shutdownTimeoutSeconds=90"], "terminationGracePeriodSeconds"),
             (["cumi.tls.ca.secretName=a", "cumi.tls.ca.configMapName=b"], "not both"),
             (["worker.group.heartbeatIntervalMs=4000"], "at most a third"),
+            (["kafka.schemaRegistry.username=u"], "kafka.schemaRegistry.url is required"),
+            (
+                ["kafka.schemaRegistry.url=http://r:8081", "kafka.schemaRegistry.username=u"],
+                "go together (basic auth)",
+            ),
             (
                 ["worker.group.sessionTimeoutMs=6000", "worker.group.heartbeatIntervalMs=2001"],
                 "heartbeatIntervalMs (2001) must be at most a third of "
@@ -778,6 +784,36 @@ class TestValuesSchema:
     def test_readable_failures(self, helm: str, flags: list[str], message: str) -> None:
         args = [arg for flag in flags for arg in ("--set", flag)]
         assert message in template_error(helm, *args)
+
+
+class TestSchemaRegistry:
+    """kafka.schemaRegistry: registry mode for both processes, secrets mounted, URL checked."""
+
+    def test_off_by_default(self, rendered: dict[str, list[Manifest]]) -> None:
+        for container in containers(rendered["default"]):
+            assert not [n for n in container.env if n.startswith("KAFKA_SCHEMA_REGISTRY")]
+
+    @pytest.mark.parametrize("component", ["worker", "projector"])
+    def test_both_processes_load_it(
+        self, rendered: dict[str, list[Manifest]], component: str, tmp_path: Path
+    ) -> None:
+        env = materialise(workload(rendered["all-features-on"], component).env, tmp_path)
+        kafka = (
+            settings_module.Settings.load(env=env).kafka
+            if component == "worker"
+            else ProjectorSettings.load(env=env).kafka
+        )
+        registry = kafka.schema_registry
+        assert registry is not None
+        assert registry.url == "https://registry.example.net/apis/ccompat/v7"
+        assert registry.username == "cumi-pipeline" and registry.password is not None
+        assert registry.ca_file is not None and registry.timeout_seconds == 5.0
+
+    @pytest.mark.parametrize(
+        "url", ["ftp://registry:8081", "registry:8081", "http://user:pw@registry:8081"]
+    )
+    def test_url_is_checked(self, helm: str, url: str) -> None:
+        assert "schema" in template_error(helm, "--set", f"kafka.schemaRegistry.url={url}")
 
 
 class TestMonitoring:

@@ -232,7 +232,7 @@ class TestRender:
     @pytest.mark.parametrize(
         ("data", "error"),
         [
-            (b"plain text", "no C3 01 header"),
+            (b"plain text", "neither Avro single-object encoding"),
             (b"\xc3\x01" + bytes(8) + b"\x00", "unknown schema fingerprint 0000000000000000"),
         ],
     )

@@ -153,6 +153,14 @@ Fail early, with a readable message, on combinations the schema cannot express.
 {{- if and (include "cumi-pipeline.kafkaSasl" .) (not (and .Values.kafka.sasl.username .Values.kafka.sasl.existingSecret)) }}
 {{- fail "kafka.sasl.username and kafka.sasl.existingSecret are required with SASL_PLAINTEXT / SASL_SSL" }}
 {{- end }}
+{{- with .Values.kafka.schemaRegistry }}
+{{- if and (or .username .existingSecret .tls.caSecret) (not .url) }}
+{{- fail "kafka.schemaRegistry.url is required with its username, existingSecret or tls.caSecret" }}
+{{- end }}
+{{- if ne (not .username) (not .existingSecret) }}
+{{- fail "kafka.schemaRegistry.username and kafka.schemaRegistry.existingSecret go together (basic auth)" }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -189,6 +197,23 @@ Only names the code reads (ingest/settings.py); null values are left to the code
 {{- include "cumi-pipeline.optionalEnv" (list "KAFKA_DLQ_TOPIC" .Values.kafka.topics.deadLetter) }}
 {{- include "cumi-pipeline.optionalEnv" (list "KAFKA_STATE_TOPIC" .Values.kafka.topics.state) }}
 {{- include "cumi-pipeline.optionalEnv" (list "KAFKA_REGISTRY_TOPIC" .Values.kafka.topics.registry) }}
+{{- with .Values.kafka.schemaRegistry }}
+{{- if .url }}
+- name: KAFKA_SCHEMA_REGISTRY_URL
+  value: {{ .url | quote }}
+{{- if .username }}
+- name: KAFKA_SCHEMA_REGISTRY_USER
+  value: {{ .username | quote }}
+- name: KAFKA_SCHEMA_REGISTRY_PASSWORD_FILE
+  value: /etc/cumi-pipeline/schema-registry-auth/{{ .passwordKey }}
+{{- end }}
+{{- if .tls.caSecret }}
+- name: KAFKA_SCHEMA_REGISTRY_CA_FILE
+  value: /etc/cumi-pipeline/schema-registry-ca/{{ .tls.caKey }}
+{{- end }}
+{{- include "cumi-pipeline.optionalEnv" (list "KAFKA_SCHEMA_REGISTRY_TIMEOUT_SECONDS" .timeoutSeconds) }}
+{{- end }}
+{{- end }}
 - name: CUMI_METRICS_PORT
   value: {{ .Values.httpPort | quote }}
 - name: CUMI_LOG_LEVEL
@@ -279,7 +304,7 @@ One env entry, only when the value is set (not null). Call with (list "NAME" val
 {{- end }}
 
 {{/*
-Kafka Secret volumes and mounts, shared by both Deployments.
+Kafka and schema registry Secret volumes and mounts, shared by both Deployments.
 */}}
 {{- define "cumi-pipeline.kafkaVolumes" -}}
 {{- if and (include "cumi-pipeline.kafkaTls" .) .Values.kafka.tls.existingSecret }}
@@ -297,6 +322,26 @@ Kafka Secret volumes and mounts, shared by both Deployments.
       - key: {{ .Values.kafka.sasl.passwordKey }}
         path: {{ .Values.kafka.sasl.passwordKey }}
 {{- end }}
+{{- with .Values.kafka.schemaRegistry }}
+{{- if and .url .username }}
+- name: schema-registry-auth
+  secret:
+    secretName: {{ .existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ .passwordKey }}
+        path: {{ .passwordKey }}
+{{- end }}
+{{- if and .url .tls.caSecret }}
+- name: schema-registry-ca
+  secret:
+    secretName: {{ .tls.caSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ .tls.caKey }}
+        path: {{ .tls.caKey }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{- define "cumi-pipeline.kafkaVolumeMounts" -}}
@@ -309,6 +354,18 @@ Kafka Secret volumes and mounts, shared by both Deployments.
 - name: kafka-sasl
   mountPath: /etc/cumi-pipeline/kafka-sasl
   readOnly: true
+{{- end }}
+{{- with .Values.kafka.schemaRegistry }}
+{{- if and .url .username }}
+- name: schema-registry-auth
+  mountPath: /etc/cumi-pipeline/schema-registry-auth
+  readOnly: true
+{{- end }}
+{{- if and .url .tls.caSecret }}
+- name: schema-registry-ca
+  mountPath: /etc/cumi-pipeline/schema-registry-ca
+  readOnly: true
+{{- end }}
 {{- end }}
 {{- end }}
 
