@@ -43,6 +43,7 @@ from aiocometd_ng.client import Client
 from aiocometd_ng.constants import ConnectionType
 
 from bench import record
+from ingest.cumi.cometd_fixes import FixedClient
 from ingest.simulator import Simulator, SimulatorConfig
 from ingest.simulator.bayeux import Session
 from ingest.simulator.users import UserTable
@@ -133,10 +134,11 @@ async def _throughput(connection_type: ConnectionType, events: int) -> tuple[Sam
     the delivery path alone."""
     async with (
         _simulator_process(mailboxes=THROUGHPUT_MAILBOXES) as (pid, base_url, cometd_url, users),
-        aiohttp.ClientSession() as http,
+        aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http,
     ):
         channels = await _request_all(http, base_url, users)
-        client = Client(cometd_url, connection_type, max_pending_count=0, connection_timeout=0)
+        # keeps the BAYEUX_BROWSER cookie of 127.0.0.1 (the simulator binds sessions to it)
+        client = FixedClient(cometd_url, connection_type, max_pending_count=0, connection_timeout=0)
         await client.open()
         try:
             for channel in channels:
@@ -196,7 +198,7 @@ async def _emit_rate(events: int) -> Sample:
 async def _subscriptions() -> dict[str, float]:
     async with (
         _simulator_process(mailboxes=SUBSCRIPTIONS) as (pid, base_url, cometd_url, users),
-        aiohttp.ClientSession() as http,
+        aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http,
     ):
         result = {"rss_mb_20k_mailboxes": _rss_mb(pid)}
         start = time.perf_counter()

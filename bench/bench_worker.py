@@ -642,7 +642,8 @@ async def _bare_subscribe(sim: SimProcess, count: int, callers: int = 5) -> dict
     channels: list[str] = [""] * count
     url = f"{sim.base_url}/vmrest/mailbox?method=requestnotification"
     throttled = 0
-    async with aiohttp.ClientSession() as http:
+    # the simulator binds a long-polling session to its BAYEUX_BROWSER cookie, as CometD does
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
 
         async def caller(offset: int) -> None:
             nonlocal throttled

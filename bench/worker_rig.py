@@ -88,7 +88,9 @@ async def _sim_serve(
         published: list[tuple[str, int, str, float]] = []
         held: list[tuple[str, bytes]] = []
         recording = False
-        send, deliver = sim.notifier.send, sim.bayeux.deliver
+        send = sim.notifier.send
+        # bridge mode (publish_hook): events go through the reference server's publish hook
+        deliver = sim.bridge.deliver if sim.bridge is not None else sim.bayeux.deliver
 
         def timed_send(mailbox: Any, event_type: Any, usn: int, messages: Any) -> int:
             if recording:
@@ -97,7 +99,7 @@ async def _sim_serve(
 
         def withhold(channel: str, payload: bytes) -> int:
             held.append((channel, payload))
-            return len(sim.bayeux.channels.get(channel, ()))
+            return 1 if sim.bridge is not None else len(sim.bayeux.channels.get(channel, ()))
 
         sim.notifier.send = timed_send  # type: ignore[method-assign]
         conn.send((sim.base_url, sim.cometd_url))
@@ -122,19 +124,34 @@ async def _sim_serve(
                 for channel, payload in held:
                     deliver(channel, payload)
                 reply, held = (released, len(held)), []
-            elif command == "scenario":
-                sim.run_scenario(events=args[0], rate=args[1])
-            elif command == "wait_idle":
-                await sim.wait_idle()
             elif command == "record":
                 recording = bool(args[0])
                 if recording:
                     published.clear()
             elif command == "published":
                 reply = published[:]
-            elif command == "stats":
-                reply = sim.stats.to_json()
+            else:
+                reply = await _command(sim, command, args)
             conn.send(reply)
+
+
+async def _command(sim: Simulator, command: str, args: list[Any]) -> Any:
+    """The simulator commands that keep no state in the child's loop."""
+    match command:
+        case "scenario":
+            sim.run_scenario(events=args[0], rate=args[1])
+        case "wait_idle":
+            await sim.wait_idle()
+        case "stats":
+            return sim.stats.to_json()
+        case "restart":
+            sim.restart()  # a Jetty restart: sessions and notification subscriptions go
+        case "subscriptions":  # each mailbox's current subscriptionId (the last one requested)
+            current = {a: sim.subscriptions.of_mailbox(a) for a in sim.accounts}
+            return {alias: ids[-1] for alias, ids in current.items() if ids}
+        case _:
+            raise ValueError(f"unknown simulator command {command!r}")
+    return None
 
 
 class SimProcess:

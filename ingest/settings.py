@@ -296,9 +296,16 @@ class CumiSettings:
     auth_retry_seconds: float
     """How long a mailbox whose credentials were refused waits before it is tried again."""
     stall_timeout_seconds: float
+    """CUMI_STALL_TIMEOUT_SECONDS: silence before the watchdog rebuilds the session; never less
+    than the server's advised long-poll hold plus a margin (a healthy idle session is silent)."""
     subscribe_batch_size: int
+    subscribe_batch_bytes: int
+    """CUMI_SUBSCRIBE_BATCH_BYTES: the largest subscribe request, encoded (the reference CometD
+    server closes a WebSocket on a message over 64 KiB)."""
     reuse_subscriptions: bool
-    """After a lost session, try each mailbox's old subscriptionId before asking for a new one."""
+    """CUMI_REUSE_SUBSCRIPTIONS: after a session the server itself disconnected (so the server
+    that issued the subscriptionIds still runs), try each mailbox's old subscriptionId before
+    asking for a new one. After any other loss every mailbox asks anew (docs/design.md §6)."""
     reconcile_page_size: int
     reconcile_concurrency: int
     event_time_zone: ZoneInfo
@@ -493,6 +500,9 @@ def load_cumi(s: SettingsSource) -> CumiSettings:
         auth_retry_seconds=s.number("CUMI_AUTH_RETRY_SECONDS", 900.0, minimum=0.0),
         stall_timeout_seconds=s.number("CUMI_STALL_TIMEOUT_SECONDS", 90.0, minimum=0.0),
         subscribe_batch_size=s.integer("CUMI_SUBSCRIBE_BATCH_SIZE", 100, minimum=1, maximum=1000),
+        subscribe_batch_bytes=s.integer(
+            "CUMI_SUBSCRIBE_BATCH_BYTES", 60_000, minimum=1_024, maximum=1_048_576
+        ),
         reuse_subscriptions=s.flag("CUMI_REUSE_SUBSCRIPTIONS", True),
         reconcile_page_size=s.integer("CUMI_RECONCILE_PAGE_SIZE", 100, minimum=1, maximum=1000),
         reconcile_concurrency=s.integer("CUMI_RECONCILE_CONCURRENCY", 2, minimum=1, maximum=64),

@@ -164,6 +164,7 @@ class Worker:
                 ssl_context=ssl_context,
                 stall_timeout=c.stall_timeout_seconds,
                 request_timeout=c.rest_timeout_seconds,
+                max_request_bytes=c.subscribe_batch_bytes,
             )
 
         manager = SubscriptionManager(

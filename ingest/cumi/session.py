@@ -9,10 +9,13 @@ the library queues it:
   library's connect task waits with it and issues no new /meta/connect, so nothing more is pulled
   from the server. (It also spares the library's receive() path, which creates three tasks per
   message and whose connection timeout is broken on Python ≥ 3.10: `wait_for(loop=…)`.)
-- `/meta/connect` replies feed the stall watchdog; an unsuccessful reply with `402::Unknown client`
-  or `reconnect: handshake|none` advice means the server forgot this client — the session is lost.
+- `/meta/connect` replies feed the stall watchdog; a `402` reply or `reconnect: handshake|none`
+  advice — on an unsuccessful *or* a successful reply (a server-side disconnect answers the held
+  connect `successful: true, reconnect: none`) — means the server is done with this client: the
+  session is lost. So does an unsolicited `/meta/disconnect` reply.
 - `/meta/subscribe` replies resolve `subscribe_many`, which sends many subscribe messages in one
-  Bayeux request (the library subscribes one channel per request).
+  Bayeux request (the library subscribes one channel per request), as many as fit in one
+  WebSocket message of the reference server (64 KiB, `max_request_bytes`).
 
 A lost session is not repaired here: the subscription manager throws it away and builds a new one
 (a fresh handshake, subscriptions again, gap repair). Failed connects are retried by the library
@@ -25,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import json
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -35,7 +39,12 @@ from aiocometd_ng.constants import ConnectionType
 from aiocometd_ng.exceptions import AiocometdException
 
 from ingest.cumi import jsonload
-from ingest.cumi.cometd_fixes import ConnectFailureListener, install_transport_fixes, transport_of
+from ingest.cumi.cometd_fixes import (
+    ConnectFailureListener,
+    FixedClient,
+    install_transport_fixes,
+    transport_of,
+)
 from ingest.errors import TransportError
 from ingest.ops.backoff import Backoff
 from ingest.ops.clock import SYSTEM_CLOCK, Clock
@@ -56,11 +65,42 @@ EventBatch = list[dict[str, Any]]
 OnEvents = Callable[[EventBatch, float], Awaitable[None]]
 """(event messages of one server payload, monotonic receive time) → returns when admitted."""
 ClientFactory = Callable[..., Client]
-"""Builds the library's client: `Client` itself (unit tests pass a fake, tests/fakes/bayeux.py)."""
+"""Builds the library's client: `FixedClient` (unit tests pass a fake, tests/fakes/bayeux.py)."""
+
+
+STALL_MARGIN = 5.0
+"""Seconds beyond the server's advised long-poll `timeout` before a silent session is a stall: a
+healthy server holds a connect that long when nothing happens (CometD 9: 20 s)."""
+
+RECONNECT_CAP = 2.0
+"""Longest wait between two failed connects of one session (jittered exponential from 0.5 s)."""
+
+MAX_REQUEST_BYTES = 60_000
+"""Default bound on one subscribe/unsubscribe request's encoded size: the reference CometD server
+closes a WebSocket (1009) on a message over 64 KiB; the rest is margin for fields a library or
+extension adds."""
 
 
 def channel_for(subscription_id: str) -> str:
     return CHANNEL_PREFIX + subscription_id
+
+
+def batches_by_size(messages: list[dict[str, Any]], limit: int) -> list[list[dict[str, Any]]]:
+    """`messages` in order, split so that each part encodes (as aiocometd-ng sends it: a JSON
+    array by `json.dumps`) in at most `limit` bytes; a single larger message goes alone."""
+    parts: list[list[dict[str, Any]]] = []
+    part: list[dict[str, Any]] = []
+    size = 2  # the brackets
+    for message in messages:
+        length = len(json.dumps(message).encode())
+        if part and size + 2 + length > limit:  # 2: the ", " separator
+            parts.append(part)
+            part, size = [], 2
+        part.append(message)
+        size += length + (2 if len(part) > 1 else 0)
+    if part:
+        parts.append(part)
+    return parts
 
 
 class LossReason(enum.StrEnum):
@@ -107,8 +147,9 @@ class CometSession:
         stall_timeout: float = 90.0,
         request_timeout: float = 30.0,
         subscribe_timeout: float = 30.0,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
         reconnect: Backoff | None = None,
-        client_factory: ClientFactory = Client,
+        client_factory: ClientFactory = FixedClient,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._url = url
@@ -122,7 +163,10 @@ class CometSession:
         self._stall_timeout = stall_timeout
         self._request_timeout = request_timeout
         self._subscribe_timeout = subscribe_timeout
-        self._reconnect = reconnect or Backoff(base=0.5, cap=30.0)
+        self._max_request_bytes = max_request_bytes
+        # a short cap: a restarted Connection Jetty is found within seconds of being back (a
+        # refused TCP connect every few seconds costs the server nothing)
+        self._reconnect = reconnect or Backoff(base=0.5, cap=RECONNECT_CAP)
         self._client_factory = client_factory
         self._clock = clock
         self._client: Client | None = None
@@ -135,6 +179,8 @@ class CometSession:
         self._delivering = False
         self._last_alive = clock.monotonic()
         self._client_id: str | None = None
+        self._advised_hold: float | None = None
+        self._open = False
         self._stopped = False
         self._gap = False
         self.on_gap: Callable[[], None] | None = None
@@ -164,8 +210,13 @@ class CometSession:
             WORKER_HANDSHAKES.labels("failure").inc()
             await self.stop()
             raise TransportError(f"CometD handshake with {self._url} failed: {e!r}") from e
+        if self.is_lost:  # lost between the handshake and the end of the first connect
+            reason = self.loss_reason
+            await self.stop()
+            raise TransportError(f"CometD session with {self._url} lost while opening: {reason}")
         transport = transport_of(client)
         self._client_id = transport.client_id if transport is not None else None
+        self._open = True
         self._mark_alive()
         self._watchdog = asyncio.create_task(self._watch(), name="comet-watchdog")
         log.info("CometD session %s open (%s)", self._client_id, self._connection.value)
@@ -223,10 +274,38 @@ class CometSession:
         assert self._lost is not None, "start() first"
         return await asyncio.shield(self._lost)
 
+    @property
+    def loss_reason(self) -> str:
+        """Why the session was lost, once it is; else an empty string."""
+        lost = self._lost
+        if lost is None or not lost.done() or lost.cancelled():
+            return ""
+        return lost.result().value
+
     def lose(self, reason: LossReason) -> None:
         if self._lost is not None and not self._lost.done():
-            log.warning("CometD session %s lost: %s", self._client_id, reason.value)
+            if self._open and not self._stopped:  # before: start() fails and says so
+                log.warning("CometD session %s lost: %s", self._client_id, reason.value)
             self._lost.set_result(reason)
+
+    @property
+    def stall_limit(self) -> float:
+        """Seconds without a sign of life before the watchdog gives the session up: the setting,
+        but never less than the server's advised long-poll hold plus STALL_MARGIN."""
+        if self._advised_hold is None:
+            return self._stall_timeout
+        return max(self._stall_timeout, self._advised_hold + STALL_MARGIN)
+
+    def _take_advice(self, message: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """The message's advice, if any; remembers its long-poll `timeout` (ms). Advice stands
+        until the next advice: CometD's held connect replies carry none."""
+        advice = message.get("advice")
+        if not isinstance(advice, Mapping):
+            return None
+        timeout = advice.get("timeout")
+        if isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout >= 0:
+            self._advised_hold = timeout / 1000
+        return advice
 
     # -- subscriptions ---------------------------------------------------------------------------
 
@@ -242,14 +321,11 @@ class CometSession:
         loop = asyncio.get_running_loop()
         waiters = {ch: loop.create_future() for ch in channels}
         self._subscribe_waiters.update(waiters)
-        messages = [
-            {"channel": "/meta/subscribe", "clientId": None, "subscription": ch, "id": None}
-            for ch in channels
-        ]
+        messages = self._requests("/meta/subscribe", channels)
         try:
-            # one request, many messages: the library's own subscribe() sends one per request
-            send = transport._send_payload_with_auth(messages)
-            await asyncio.wait_for(send, self._subscribe_timeout)
+            # few requests, many messages: the library's own subscribe() sends one per request
+            sends = [transport._send_payload_with_auth(part) for part in messages]
+            await asyncio.wait_for(asyncio.gather(*sends), self._subscribe_timeout)
             done, _ = await asyncio.wait(waiters.values(), timeout=self._subscribe_timeout)
         except (AiocometdException, TimeoutError, OSError) as e:
             log.debug("subscribe batch of %d failed: %r", len(channels), e)
@@ -269,17 +345,32 @@ class CometSession:
         transport = transport_of(self._client)
         if not channels or transport is None or self.is_lost:
             return not channels
-        messages = [
-            {"channel": "/meta/unsubscribe", "clientId": None, "subscription": ch, "id": None}
-            for ch in channels
-        ]
+        messages = self._requests("/meta/unsubscribe", channels)
         try:
-            send = transport._send_payload_with_auth(messages)
-            await asyncio.wait_for(send, self._subscribe_timeout)
+            sends = [transport._send_payload_with_auth(part) for part in messages]
+            await asyncio.wait_for(asyncio.gather(*sends), self._subscribe_timeout)
         except (AiocometdException, TimeoutError, OSError) as e:
             log.debug("unsubscribe batch of %d failed: %r", len(channels), e)
             return False
         return True
+
+    def _requests(self, meta: str, channels: list[str]) -> list[list[dict[str, Any]]]:
+        """The (un)subscribe messages for `channels`, in requests of at most max_request_bytes.
+
+        Sized as the library will send them: it fills in `clientId` and a numeric `id`; a
+        ten-digit id stands in for the real one.
+        """
+        client_id = self._client_id or ""
+        sized = [
+            {"channel": meta, "clientId": client_id, "subscription": ch, "id": "0" * 10}
+            for ch in channels
+        ]
+        parts = batches_by_size(sized, self._max_request_bytes)
+        return [
+            [{"channel": meta, "clientId": None, "subscription": m["subscription"], "id": None}
+             for m in part]
+            for part in parts
+        ]  # fmt: skip
 
     async def unsubscribe(self, channel: str) -> None:
         client = self._client
@@ -328,9 +419,10 @@ class CometSession:
                 elif channel == "/meta/subscribe":
                     self._on_subscribe_reply(message)
                 elif channel == "/meta/handshake":
-                    WORKER_HANDSHAKES.labels(
-                        "success" if message.get("successful") else "failure"
-                    ).inc()
+                    self._on_handshake_reply(message)
+                elif channel == "/meta/disconnect" and not self._stopped:
+                    # not ours: the server disconnected this session
+                    self.lose(LossReason.SERVER_DISCONNECT)
         if not events:
             return
         payload[:] = keep  # the library must not queue them a second time
@@ -346,9 +438,19 @@ class CometSession:
             log.info("CometD connect failed (%s); affected mailboxes will be repaired", error)
             self._gap = True
 
+    def _on_handshake_reply(self, message: Mapping[str, Any]) -> None:
+        successful = bool(message.get("successful"))
+        WORKER_HANDSHAKES.labels("success" if successful else "failure").inc()
+        self._take_advice(message)
+        client_id = message.get("clientId")
+        if successful and isinstance(client_id, str):
+            self._client_id = client_id
+
     def _on_connect_reply(self, message: Mapping[str, Any]) -> None:
         self._awaiting_connect = False
-        if message.get("successful"):
+        advice = self._take_advice(message)
+        reconnect = advice.get("reconnect") if advice is not None else None
+        if message.get("successful") and reconnect not in ("handshake", "none"):
             self._connect_failures = 0
             self._mark_alive()
             WORKER_LAST_CONNECT.set(self._clock.wall())
@@ -357,10 +459,9 @@ class CometSession:
                 if self.on_gap is not None:
                     self.on_gap()
             return
-        WORKER_CONNECT_FAILURES.inc()
+        if not message.get("successful"):
+            WORKER_CONNECT_FAILURES.inc()
         error = str(message.get("error") or "")
-        advice = message.get("advice")
-        reconnect = advice.get("reconnect") if isinstance(advice, Mapping) else None
         if error.startswith("402"):
             self.lose(LossReason.UNKNOWN_CLIENT)
         elif reconnect == "handshake":
@@ -385,7 +486,7 @@ class CometSession:
         self._last_alive = self._clock.monotonic()
 
     async def _watch(self) -> None:
-        """Stall watchdog: no successful connect (or payload) for stall_timeout → session lost.
+        """Stall watchdog: no successful connect (or payload) for `stall_limit` → session lost.
 
         Time spent blocked on our own backpressure does not count: then we chose not to connect.
         """
@@ -395,6 +496,6 @@ class CometSession:
             if self._delivering:
                 self._mark_alive()
                 continue
-            if self._clock.monotonic() - self._last_alive > self._stall_timeout:
+            if self._clock.monotonic() - self._last_alive > self.stall_limit:
                 WORKER_STALLS.inc()
                 self.lose(LossReason.STALL)

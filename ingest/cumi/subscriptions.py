@@ -10,10 +10,13 @@ one log line and a metric, and it is tried again after CUMI_AUTH_RETRY_SECONDS; 
 puts it in BACKOFF (exponential, jittered). Neither blocks the other mailboxes.
 
 When the session is lost (402 unknown client, handshake advice, a stall…) the manager throws it
-away and, after a jittered backoff that grows while sessions keep failing, builds a new one. Every
-mailbox first tries its old subscriptionId again (CUMI_REUSE_SUBSCRIPTIONS; the REST-side
-subscription survives a lost Comet session); a refused subscribe means the subscription is gone (a
-server restart) and the mailbox gets a fresh `requestnotification`. Either way its gap is repaired.
+away and, after a jittered backoff that grows while sessions keep failing, builds a new one, and
+every mailbox gets a fresh `requestnotification`: a successful subscribe to an old subscriptionId
+proves nothing (the reference CometD server accepts a subscribe to any channel), and a server that
+forgot the session may have restarted and forgotten the notification subscriptions with it. Only
+a loss that proves the same server instance alive — it disconnected this very session itself —
+lets a mailbox try its old subscriptionId (CUMI_REUSE_SUBSCRIPTIONS); a refused subscribe (403)
+then still gets a fresh one. Either way its gap is repaired (docs/design.md §3, §6).
 
 The set of mailboxes can change while running (`add`, `remove`: the registry source,
 ingest.mailboxes.assignment): an added mailbox is subscribed by the next pass, a removed one's
@@ -35,7 +38,7 @@ from dataclasses import dataclass
 from ingest.cumi.credentials import CredentialsProvider
 from ingest.cumi.gap_repair import Reconciler
 from ingest.cumi.rest import CumiRestClient
-from ingest.cumi.session import CometSession, channel_for
+from ingest.cumi.session import CometSession, LossReason, channel_for
 from ingest.errors import AuthError, IngestError, TransportError
 from ingest.events import RepairReason
 from ingest.ops.backoff import Backoff
@@ -49,6 +52,11 @@ from ingest.ops.metrics import (
 from ingest.ops.progress import LoggedProgress, Progress, ProgressFactory
 
 log = logging.getLogger(__name__)
+
+SAME_SERVER = frozenset({LossReason.SERVER_DISCONNECT})
+"""Losses that prove the server instance that issued the subscriptionIds still runs: it answered
+this session's own connect with a disconnect. After any other loss (402, handshake advice, a stall
+that may hide a restart) nothing shows the Notifier still publishes to an old id."""
 
 
 class SubState(enum.StrEnum):
@@ -236,13 +244,14 @@ class SubscriptionManager:
             self._session = session
             session.on_gap = self._repair_active
             started = self._clock.monotonic()
+            reason: LossReason | None = None
             try:
                 reason = await self._serve(session)
             finally:
                 self.ready.clear()
                 self._session = None
                 await session.stop()
-                self._after_loss()
+                self._after_loss(reason)
             WORKER_SESSION_RESTARTS.labels(reason.value).inc()
             losses = 1 if self._clock.monotonic() - started > 60 else losses + 1
             delay = self._session_backoff.delay(losses)
@@ -258,9 +267,13 @@ class SubscriptionManager:
             self._reconciler.request(alias, RepairReason.CONNECT_FAILED)
         log.warning("a CometD connect failed mid-exchange: gap repair of %d mailboxes", len(active))
 
-    def _after_loss(self) -> None:
-        """Every mailbox that was (being) subscribed must be subscribed again, and repaired."""
+    def _after_loss(self, reason: LossReason | None) -> None:
+        """Every mailbox that was (being) subscribed must be subscribed again, and repaired; with
+        a fresh subscriptionId unless the loss proves the old ones alive (SAME_SERVER)."""
+        keep_ids = self._policy.reuse_subscriptions and reason in SAME_SERVER
         for mailbox in self.mailboxes.values():
+            if not keep_ids:
+                mailbox.subscription_id = None
             if mailbox.state in (SubState.BACKOFF, SubState.FAILED):
                 continue
             if mailbox.state is SubState.ACTIVE and self._reconciler is not None:
@@ -269,7 +282,7 @@ class SubscriptionManager:
                 mailbox.repair = RepairReason.SESSION_LOST
             self._set(mailbox, SubState.PENDING)
 
-    async def _serve(self, session: CometSession) -> enum.StrEnum:
+    async def _serve(self, session: CometSession) -> LossReason:
         lost = asyncio.ensure_future(session.wait_lost())
         keeper = asyncio.create_task(self._keep_subscribed(session), name="subscriptions")
         try:

@@ -33,6 +33,7 @@ T = TypeVar("T")
 FAULTS: dict[str, Fault] = {
     "drop_connections": lambda sim, _: sim.drop_connections(),
     "restart": lambda sim, _: sim.restart(),
+    "disconnect_sessions": lambda sim, _: sim.disconnect_sessions(),
     "notifier_down": lambda sim, _: sim.notifier_down(),
     "notifier_up": lambda sim, _: sim.notifier_up(),
     "clear": lambda sim, _: sim.clear_faults(),

@@ -29,6 +29,7 @@ from aiohttp import web
 from ingest.errors import ConfigError
 from ingest.simulator.admin import add_admin_routes
 from ingest.simulator.bayeux import COMETD_PATH, BayeuxConfig, BayeuxServer
+from ingest.simulator.bridge import PublishBridge
 from ingest.simulator.comet import EventType
 from ingest.simulator.faults import Faults, MalformedKind
 from ingest.simulator.mailbox import random_message
@@ -61,10 +62,20 @@ class SimulatorConfig:
     """Messages each mailbox holds before the simulator starts (never notified)."""
     multi_message_ratio: float = 0.1
     """Share of random operations that act on several messages at once."""
-    connect_timeout: float = 25.0
+    connect_timeout: float = 20.0
+    """Long-poll hold (`advice.timeout`), as CometD 9."""
     max_interval: float = 10.0
     session_queue_limit: int = 100_000
     max_batch: int = 1_000
+    browser_cookie: bool = True
+    """Long-polling sessions bound to the `BAYEUX_BROWSER` cookie (see BayeuxConfig)."""
+    ws_max_message: int = 65_536
+    """Largest WebSocket message accepted; beyond it the socket is closed with 1009."""
+    ws_frame_messages: int = 1
+    """Messages per WebSocket frame; 0: a whole reply in one frame."""
+    refuse_unknown_channels: bool = False
+    """Refuse (403) a subscribe to a channel of no live notification subscription (a server with a
+    security policy); by default any subscribe succeeds, as on a stock CometD server."""
     rest_concurrency: int = 5
     rest_queue_limit: int = 50
     retry_after: int | None = None
@@ -73,6 +84,10 @@ class SimulatorConfig:
     """Whether the delegate may call requestnotification with `userobjectid` (undocumented)."""
     admin: bool = False
     """Serve the `/_sim/…` admin endpoints on the REST port."""
+    publish_hook: str | None = None
+    """Bridge mode: publish events through this hook of another Bayeux server (the reference
+    CometD server's `http://127.0.0.1:<port>/_ref/publish`) instead of the simulator's own
+    (see ingest.simulator.bridge). The simulator still serves REST and keeps the truth."""
 
     def __post_init__(self) -> None:
         positive = {
@@ -81,11 +96,14 @@ class SimulatorConfig:
             "max_interval": self.max_interval,
             "session_queue_limit": self.session_queue_limit,
             "max_batch": self.max_batch,
+            "ws_max_message": self.ws_max_message,
             "rest_concurrency": self.rest_concurrency,
         }
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"simulator {name} must be positive, not {value}")
+        if self.ws_frame_messages < 0:
+            raise ConfigError("simulator ws_frame_messages must be >= 0 (0: one frame per reply)")
         if self.rest_queue_limit < 0 or self.initial_messages < 0:
             raise ConfigError("simulator rest_queue_limit and initial_messages must be >= 0")
         if not 0 <= self.multi_message_ratio <= 1:
@@ -134,12 +152,23 @@ class Simulator:
                 max_interval=config.max_interval,
                 queue_limit=config.session_queue_limit,
                 max_batch=config.max_batch,
+                browser_cookie=config.browser_cookie,
+                ws_max_message=config.ws_max_message,
+                ws_frame_messages=config.ws_frame_messages,
+                refuse_unknown_channels=config.refuse_unknown_channels,
             ),
             self.subscriptions.allows,
             self.counters,
         )
+        self.bridge = (
+            PublishBridge(config.publish_hook, self.counters) if config.publish_hook else None
+        )
         self.notifier = Notifier(
-            self.subscriptions, self.bayeux.deliver, self.counters, self.faults, seed=config.seed
+            self.subscriptions,
+            self.bridge.deliver if self.bridge is not None else self.bayeux.deliver,
+            self.counters,
+            self.faults,
+            seed=config.seed,
         )
         self._runners: list[web.AppRunner] = []
         self._cometd_runner: web.AppRunner | None = None
@@ -173,6 +202,8 @@ class Simulator:
             cometd_port = await self._serve(cometd_app, self.config.cometd_port)
             self._cometd_runner = self._runners[-1]
             await self.bayeux.start()
+            if self.bridge is not None:
+                await self.bridge.start()
         except BaseException:
             await self.stop()
             raise
@@ -191,6 +222,8 @@ class Simulator:
     async def stop(self) -> None:
         """Stop the scenario, release held connects, close every socket. Idempotent."""
         await self.stop_scenario()
+        if self.bridge is not None:
+            await self.bridge.stop()
         await self.bayeux.stop()
         for runner in self._runners:
             _close_connections(runner)
@@ -259,12 +292,18 @@ class Simulator:
 
     def emit(self, events: int) -> int:
         """Apply random operations worth exactly `events` Comet events now; returns that count."""
+        return sum(len(change.notices) for change in self.emit_changes(events))
+
+    def emit_changes(self, events: int) -> list[Change]:
+        """`emit`, returning the changes in publish order (what each mailbox was sent)."""
+        changes = []
         done = 0
         while done < events:
             change = self.scenario.step(events - done)
             self.notifier.publish(change)
+            changes.append(change)
             done += len(change.notices)
-        return done
+        return changes
 
     def perform(
         self, alias: str, op: Op, *, message_ids: list[str] | None = None, count: int = 1
@@ -319,6 +358,8 @@ class Simulator:
         expires (`max_interval`), so bound this with `asyncio.timeout` where that can happen."""
         if self._scenario_task is not None:
             await asyncio.shield(self._scenario_task)
+        if self.bridge is not None:
+            await self.bridge.wait_idle()
         # queues shrink in many places (responses, expiry, restart): polling is simpler than events
         while self.bayeux.pending:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
@@ -333,12 +374,18 @@ class Simulator:
 
     def restart(self) -> None:
         """Like a Connection Jetty restart: every session and notification subscription is lost
-        (clients get `402::Unknown client`) and every CometD connection closes. The truth and the
+        (clients get `402::session_unknown`) and every CometD connection closes. The truth and the
         REST API (Tomcat) are unaffected."""
         self.bayeux.reset()
         self.subscriptions.clear()
         self._close_cometd_connections()
         self.counters.restarts += 1
+
+    def disconnect_sessions(self) -> int:
+        """Disconnect every CometD session server-side (`ServerSession.disconnect()`): a held
+        connect is answered `/meta/disconnect` + a successful connect advising `reconnect: none`;
+        the sessions are forgotten. Notification subscriptions stay. Returns how many."""
+        return self.bayeux.disconnect_all()
 
     def notifier_down(self) -> None:
         """Stop publishing; changes still reach the truth (see ingest.simulator.notifier)."""

@@ -1,17 +1,28 @@
-"""A Bayeux 1.0 server at `/vmevents/cometd`, behaving like Unity Connection's Jetty/CometD.
+"""A Bayeux 1.0 server at `/vmevents/cometd`, behaving like Unity Connection's Jetty/CometD —
+by default like the reference CometD 9 server with its default options (docs/simulator.md), never
+kinder:
 
 Long-polling (HTTP POST of a JSON array, also at `/vmevents/cometd/<meta>` as the JavaScript client
 posts) and WebSocket (GET upgrade on the same path) share one message engine:
 
-- `/meta/handshake` creates a session; `/meta/connect` is held up to `advice.timeout` unless
-  messages are queued, then returns up to `max_batch` event messages followed by the connect reply.
-  The first connect of a session, a connect asking `advice.timeout: 0` and a connect batched with
-  other requests are answered at once (as CometD does). A newer connect releases a held one.
-- `/meta/subscribe` accepts one channel or a list; only `/vmrest/mailbox/<subscriptionId>` of a live
-  subscription is allowed, otherwise nothing is subscribed and the reply is
+- `/meta/handshake` creates a session and advises `{reconnect: retry, interval: 0, timeout}`
+  (20 s). Over HTTP the session is bound to the `BAYEUX_BROWSER` cookie the handshake sets
+  (`trustClientSession=false`): a request without it is answered as for an unknown client. A
+  WebSocket needs no cookie.
+- `/meta/connect` is held up to `advice.timeout` unless messages are queued, then returns up to
+  `max_batch` event messages followed by the connect reply. The first connect of a session, a
+  connect asking `advice.timeout: 0` and a connect batched with other requests are answered at
+  once (as CometD does); only the first carries advice. A newer connect releases a held one.
+- Over WebSocket each message goes in a frame of its own (`ws_frame_messages`), and a message
+  over `ws_max_message` (64 KiB) closes the socket with 1009.
+- `/meta/subscribe` accepts one channel or a list, any channel (as a stock CometD server does);
+  with `refuse_unknown_channels` only `/vmrest/mailbox/<subscriptionId>` of a live subscription
+  is allowed, otherwise nothing is subscribed and the reply is
   `403:<bad channels>:subscription_invalid`.
-- Unknown clientIds get `402::Unknown client` with advice `reconnect: handshake`. A session
+- Unknown clientIds get `402::session_unknown` with advice `reconnect: handshake`. A session
   without a connect for `max_interval` expires and its queued messages are dropped (and counted).
+  A server-side disconnect answers a held connect with `/meta/disconnect` and a successful
+  connect reply advising `reconnect: none`.
 - Each session queue is bounded: beyond `queue_limit` the oldest message is dropped and counted, as
   a real server loses messages under pressure. Event payloads arrive encoded once (`deliver`) and
   are reused for every recipient; channel → sessions and session → channels are dicts, so a session
@@ -25,6 +36,7 @@ import contextlib
 import enum
 import json
 import logging
+import secrets
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -40,6 +52,7 @@ log = logging.getLogger(__name__)
 
 COMETD_PATH = "/vmevents/cometd"
 CONNECTION_TYPES = ("long-polling", "websocket")
+BROWSER_COOKIE = "BAYEUX_BROWSER"
 Message = dict[str, Any]
 
 
@@ -47,7 +60,7 @@ Message = dict[str, Any]
 class BayeuxConfig:
     """Bayeux server settings (seconds, counts)."""
 
-    connect_timeout: float = 25.0
+    connect_timeout: float = 20.0
     """How long a connect is held without messages (`advice.timeout`)."""
     max_interval: float = 10.0
     """A session without a connect for this long expires (`advice.maxInterval`)."""
@@ -55,6 +68,19 @@ class BayeuxConfig:
     """Event messages queued per session before the oldest are dropped."""
     max_batch: int = 1_000
     """Event messages per connect response."""
+    browser_cookie: bool = True
+    """Bind long-polling sessions to the `BAYEUX_BROWSER` cookie set by the handshake, as CometD
+    does by default (`trustClientSession=false`): a request without it is answered 402."""
+    ws_max_message: int = 65_536
+    """Largest WebSocket message accepted (CometD/Jetty: 64 KiB); beyond it the socket is closed
+    with 1009."""
+    ws_frame_messages: int = 1
+    """Messages per WebSocket frame (CometD: 1); 0 puts a whole reply in one frame."""
+    refuse_unknown_channels: bool = False
+    """Refuse (403) a subscribe to a channel of no live notification subscription, as a server
+    with a security policy would. A stock CometD server accepts a subscribe to any channel — so
+    after a restart that dropped the notification subscriptions, a subscribe to an old id
+    succeeds and nothing is ever published on it (the default)."""
 
 
 class Wake(enum.Enum):
@@ -66,15 +92,37 @@ class Wake(enum.Enum):
     """A newer connect of the same session arrived."""
     ABORT = enum.auto()
     """The connection is being dropped: answer nothing, keep the queue."""
+    DISCONNECT = enum.auto()
+    """The server disconnected the session (`ServerSession.disconnect()`)."""
+
+
+@dataclass(slots=True)
+class Peer:
+    """Who sent a batch: over HTTP with which `BAYEUX_BROWSER` cookie, or over a WebSocket."""
+
+    http: bool
+    browser: str | None = None
+    new_browser: str | None = None
+    """A cookie the handshake minted: the HTTP reply sets it."""
 
 
 class Session:
     """One Bayeux client session: its channels and its outbound queue."""
 
-    __slots__ = ("channels", "client_id", "connected", "dropped", "last_seen", "queue", "waiter")
+    __slots__ = (
+        "browser",
+        "channels",
+        "client_id",
+        "connected",
+        "dropped",
+        "last_seen",
+        "queue",
+        "waiter",
+    )
 
-    def __init__(self, client_id: str, now: float) -> None:
+    def __init__(self, client_id: str, now: float, browser: str | None = None) -> None:
         self.client_id = client_id
+        self.browser = browser
         self.channels: dict[str, None] = {}
         self.queue: deque[bytes] = deque()
         self.waiter: asyncio.Future[Wake] | None = None
@@ -148,6 +196,16 @@ class BayeuxServer:
         for session in self.sessions.values():
             session.wake(Wake.ABORT)
 
+    def disconnect_all(self) -> int:
+        """Disconnect every session server-side: a held connect is answered with a disconnect
+        and `reconnect: none`; the session is forgotten (its next connect gets 402). Returns
+        how many."""
+        sessions = list(self.sessions.values())
+        for session in sessions:
+            session.wake(Wake.DISCONNECT)
+            self._forget(session)
+        return len(sessions)
+
     def reset(self) -> None:
         """Forget every session and channel subscription, like a Jetty restart."""
         for session in self.sessions.values():
@@ -176,14 +234,18 @@ class BayeuxServer:
             messages = _messages(json.loads(await request.read()))
         except ValueError as e:
             raise web.HTTPBadRequest(text=f"not a Bayeux message batch: {e}") from e
-        replies = await self._process(messages, is_closed=lambda: _closed(request))
+        peer = Peer(http=True, browser=request.cookies.get(BROWSER_COOKIE))
+        replies = await self._process(messages, peer, is_closed=lambda: _closed(request))
         if replies is None:
             # the connection is being dropped; whatever we write goes nowhere
             raise web.HTTPServiceUnavailable()
-        return web.Response(body=replies, content_type="application/json")
+        response = web.Response(body=_join(replies), content_type="application/json")
+        if peer.new_browser is not None:
+            response.set_cookie(BROWSER_COOKIE, peer.new_browser, path="/", httponly=True)
+        return response
 
     async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=16 * 1024 * 1024)
+        ws = web.WebSocketResponse(max_msg_size=self.config.ws_max_message)
         await ws.prepare(request)
         self._sockets.add(ws)
         exchanges: set[asyncio.Task[None]] = set()
@@ -208,18 +270,21 @@ class BayeuxServer:
         return ws
 
     async def _ws_exchange(self, ws: web.WebSocketResponse, messages: list[Message]) -> None:
-        replies = await self._process(messages, is_closed=lambda: ws.closed)
+        replies = await self._process(messages, Peer(http=False), is_closed=lambda: ws.closed)
         if replies is None or ws.closed:
             return
+        per_frame = self.config.ws_frame_messages or len(replies)
         with contextlib.suppress(ConnectionError):
-            await ws.send_frame(replies, WSMsgType.TEXT)
+            for start in range(0, len(replies), per_frame):
+                await ws.send_frame(_join(replies[start : start + per_frame]), WSMsgType.TEXT)
 
     # -- the message engine ---------------------------------------------------------------------
 
     async def _process(
-        self, messages: list[Message], is_closed: Callable[[], bool]
-    ) -> bytes | None:
-        """Replies (and events) for one batch, encoded; None if the connection is being dropped."""
+        self, messages: list[Message], peer: Peer, is_closed: Callable[[], bool]
+    ) -> list[bytes] | None:
+        """Replies (and events) for one batch, each encoded; None if the connection is being
+        dropped."""
         replies: list[bytes] = []
         connect: Message | None = None
         for message in messages:
@@ -227,20 +292,32 @@ class BayeuxServer:
             if channel == "/meta/connect":
                 connect = message  # answered last, after the other requests of the batch
             else:
-                replies.append(encode(self._dispatch(channel, message)))
+                replies.append(encode(self._dispatch(channel, message, peer)))
         if connect is None:
-            return _join(replies)
-        events = await self._connect(connect, hold=not replies, is_closed=is_closed)
+            return replies
+        session = self._session(connect, peer)
+        if session is None:
+            return [*replies, encode(_unknown_client(connect))]
+        events = await self._connect(session, connect, hold=not replies, is_closed=is_closed)
         if events is None:
             return None
-        return _join([*replies, *events])
+        return [*replies, *events]
 
-    def _dispatch(self, channel: object, message: Message) -> Message:
+    def _session(self, message: Message, peer: Peer) -> Session | None:
+        """The message's session, if the server knows it and the peer may speak for it: over
+        HTTP a cookie-bound session needs its cookie (CometD's `trustClientSession=false`)."""
+        session = self.sessions.get(str(message.get("clientId")))
+        cookie_bound = session is not None and peer.http and session.browser is not None
+        if cookie_bound and session is not None and peer.browser != session.browser:
+            return None
+        return session
+
+    def _dispatch(self, channel: object, message: Message, peer: Peer) -> Message:
         match channel:
             case "/meta/handshake":
-                return self._handshake(message)
+                return self._handshake(message, peer)
             case "/meta/subscribe" | "/meta/unsubscribe" | "/meta/disconnect":
-                session = self.sessions.get(str(message.get("clientId")))
+                session = self._session(message, peer)
                 if session is None:
                     return _unknown_client(message)
                 if channel == "/meta/disconnect":
@@ -251,7 +328,7 @@ class BayeuxServer:
             case _:
                 return _reply(message, False, error="400::missing_channel")
 
-    def _handshake(self, message: Message) -> Message:
+    def _handshake(self, message: Message, peer: Peer) -> Message:
         offered = message.get("supportedConnectionTypes")
         if not isinstance(offered, list) or not set(offered) & set(CONNECTION_TYPES):
             reply = _reply(message, False, error="406::unsupported_connection_types")
@@ -259,7 +336,12 @@ class BayeuxServer:
             return reply
         client_id = uuid.uuid4().hex
         loop = asyncio.get_running_loop()
-        self.sessions[client_id] = Session(client_id, loop.time())
+        browser = None
+        if peer.http and self.config.browser_cookie:
+            if peer.browser is None:
+                peer.browser = peer.new_browser = secrets.token_hex(16)
+            browser = peer.browser
+        self.sessions[client_id] = Session(client_id, loop.time(), browser)
         self._counters.handshakes += 1
         reply = _reply(message, True, clientId=client_id)
         reply.update(
@@ -275,7 +357,6 @@ class BayeuxServer:
             "reconnect": "retry",
             "interval": 0,
             "timeout": int(self.config.connect_timeout * 1000),
-            "maxInterval": int(self.config.max_interval * 1000),
         }
 
     def _subscription(self, session: Session, message: Message, *, subscribe: bool) -> Message:
@@ -283,7 +364,7 @@ class BayeuxServer:
         channels = _channel_list(wanted)
         if channels is None:
             return _reply(message, False, error="400::bad_subscription", subscription=wanted)
-        if subscribe:
+        if subscribe and self.config.refuse_unknown_channels:
             bad = [c for c in channels if not self._can_subscribe(c)]
             if bad:
                 error = f"403:{','.join(bad)}:subscription_invalid"
@@ -317,20 +398,21 @@ class BayeuxServer:
         self.sessions.pop(session.client_id, None)
 
     async def _connect(
-        self, message: Message, *, hold: bool, is_closed: Callable[[], bool]
+        self, session: Session, message: Message, *, hold: bool, is_closed: Callable[[], bool]
     ) -> list[bytes] | None:
         """Event messages plus the connect reply; None when the connection is being dropped."""
-        session = self.sessions.get(str(message.get("clientId")))
-        if session is None:
-            return [encode(_unknown_client(message))]
         if hold and session.connected and not session.queue:
             why = await self._hold(session, self._timeout(message))
             if why is Wake.ABORT or is_closed():
                 return None
+            if why is Wake.DISCONNECT:
+                return _disconnected(session, message)
+        first = not session.connected
         session.connected = True
         batch = self._drain(session)
         reply = _reply(message, True, clientId=session.client_id)
-        reply["advice"] = self._advice()
+        if first:  # CometD's held replies carry no advice: the handshake's stands
+            reply["advice"] = self._advice()
         return [*batch, encode(reply)]
 
     def _timeout(self, message: Message) -> float:
@@ -408,10 +490,18 @@ def _reply(message: Message, successful: bool, **fields: Any) -> Message:
     return reply
 
 
+def _disconnected(session: Session, connect: Message) -> list[bytes]:
+    """How CometD answers a held connect of a session it disconnected: a disconnect message, then
+    the connect reply, successful, advising `reconnect: none`."""
+    disconnect = {"channel": "/meta/disconnect", "clientId": session.client_id, "successful": True}
+    reply = _reply(connect, True, clientId=session.client_id, advice={"reconnect": "none"})
+    return [encode(disconnect), encode(reply)]
+
+
 def _unknown_client(message: Message) -> Message:
     return _reply(
         message,
         False,
-        error="402::Unknown client",
+        error="402::session_unknown",
         advice={"reconnect": "handshake", "interval": 0},
     )

@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--duplicates", type=float, default=0.0, help="share of events re-sent verbatim")
     add("--malformed", type=float, default=0.0, help="share of events followed by junk")
     add("--latency", type=float, default=0.0, help="seconds added to every REST response")
+    add("--ws-frame-messages", type=int, default=d.ws_frame_messages, help="0: one per reply")
+    add("--refuse-unknown-channels", action="store_true", help="403 for unknown channels")
+    add("--publish-hook", default=None, help="bridge mode: a reference server's publish hook")
 
 
 def _config(args: argparse.Namespace) -> SimulatorConfig:
@@ -64,6 +67,9 @@ def _config(args: argparse.Namespace) -> SimulatorConfig:
         rest_queue_limit=args.rest_queue_limit,
         retry_after=args.retry_after,
         admin=args.admin,
+        ws_frame_messages=args.ws_frame_messages,
+        refuse_unknown_channels=args.refuse_unknown_channels,
+        publish_hook=args.publish_hook,
     )
 
 

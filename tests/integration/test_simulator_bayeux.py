@@ -12,7 +12,7 @@ import pytest
 from fixtures.simulator import MakeSimulator, connect_held, request_notification
 from fixtures.waiting import eventually, holds
 
-from ingest.simulator import Op, Simulator
+from ingest.simulator import Op, Simulator, SimulatorConfig
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +66,8 @@ def events(replies: list[Message]) -> list[Message]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
+    # keeps the BAYEUX_BROWSER cookie of an IP-address host (the default jar drops it)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
         yield session
 
 
@@ -92,9 +93,12 @@ class TestHandshake:
         assert reply["successful"] is True and reply["channel"] == "/meta/handshake"
         assert reply["version"] == "1.0" and reply["id"] == "1"
         assert reply["supportedConnectionTypes"] == ["long-polling", "websocket"]
-        assert reply["advice"]["reconnect"] == "retry" and reply["advice"]["interval"] == 0
-        assert reply["advice"]["timeout"] == int(simulator.config.connect_timeout * 1000)
+        timeout = int(simulator.config.connect_timeout * 1000)
+        assert reply["advice"] == {"reconnect": "retry", "interval": 0, "timeout": timeout}
         assert reply["clientId"] in simulator.bayeux.sessions
+
+    async def test_default_hold_is_cometd_9s(self) -> None:
+        assert SimulatorConfig().connect_timeout == 20.0
 
     async def test_unsupported_transport(
         self, simulator: Simulator, http: aiohttp.ClientSession
@@ -156,6 +160,7 @@ class TestConnect:
         client, _ = await ready_client(http, sim, ["user0001"])
         replies = await asyncio.wait_for(client.connect(), 2)
         assert [r["channel"] for r in replies] == ["/meta/connect"]
+        assert "advice" not in replies[0], "CometD's held replies carry no advice"
         now = await asyncio.wait_for(client.connect(advice={"timeout": 0}), 0.25)
         assert now[-1]["successful"]
 
@@ -184,22 +189,33 @@ class TestConnect:
 
 
 class TestSubscriptions:
-    """Only live subscription channels can be subscribed; events follow subscriptions."""
+    """Any channel can be subscribed (as on a stock CometD server), or only live subscription
+    channels (`refuse_unknown_channels`); events follow subscriptions."""
 
-    async def test_invalid_channels_are_refused_whole(
+    async def test_any_channel_is_accepted_by_default(
         self, simulator: Simulator, http: aiohttp.ClientSession
     ) -> None:
         client, _ = await ready_client(http, simulator, [])
-        good = "/vmrest/mailbox/" + await request_notification(http, simulator, "user0001")
+        channels = ["/vmrest/mailbox/not-a-subscription", "/other/channel"]
+        reply = await client.subscribe(channels)
+        assert reply["successful"] and reply["subscription"] == channels
+        assert simulator.stats.channel_subscriptions == 2
+
+    async def test_invalid_channels_are_refused_whole(
+        self, make_simulator: MakeSimulator, http: aiohttp.ClientSession
+    ) -> None:
+        sim = await make_simulator(refuse_unknown_channels=True)
+        client, _ = await ready_client(http, sim, [])
+        good = "/vmrest/mailbox/" + await request_notification(http, sim, "user0001")
         for bad in ("/vmrest/mailbox/not-a-subscription", "/other/channel"):
             reply = await client.subscribe([good, bad])
             assert reply["successful"] is False
             assert reply["error"] == f"403:{bad}:subscription_invalid"
             assert reply["subscription"] == [good, bad]
-        assert simulator.stats.channel_subscriptions == 0
+        assert sim.stats.channel_subscriptions == 0
         reply = await client.subscribe([good])
         assert reply["successful"] and reply["subscription"] == [good]
-        assert simulator.stats.channel_subscriptions == 1
+        assert sim.stats.channel_subscriptions == 1
 
     async def test_unsubscribe_stops_delivery(
         self, make_simulator: MakeSimulator, http: aiohttp.ClientSession
@@ -278,14 +294,30 @@ class TestSessions:
         client = Bayeux(http, simulator.cometd_url)
         client.client_id = "no-such-client"
         for reply in [(await client.connect())[-1], await client.subscribe("/x")]:
-            assert reply["successful"] is False and reply["error"] == "402::Unknown client"
+            assert reply["successful"] is False and reply["error"] == "402::session_unknown"
             assert reply["advice"] == {"reconnect": "handshake", "interval": 0}
+
+    async def test_server_side_disconnect(
+        self, simulator: Simulator, http: aiohttp.ClientSession
+    ) -> None:
+        client, _ = await ready_client(http, simulator, ["user0001"])
+        held = asyncio.create_task(client.connect())
+        async with asyncio.timeout(2):
+            while not any(s.waiter for s in simulator.bayeux.sessions.values()):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        assert simulator.disconnect_sessions() == 1
+        disconnect, connect = await asyncio.wait_for(held, 2)
+        assert disconnect["channel"] == "/meta/disconnect" and disconnect["successful"]
+        assert connect["successful"] and connect["advice"] == {"reconnect": "none"}
+        (refused,) = await client.connect()
+        assert refused["error"] == "402::session_unknown"
+        assert refused["advice"]["reconnect"] == "handshake"
 
     async def test_disconnect(self, simulator: Simulator, http: aiohttp.ClientSession) -> None:
         client, _ = await ready_client(http, simulator, ["user0001"])
         (reply,) = await client.post(client.message("/meta/disconnect"))
         assert reply["successful"] and not simulator.bayeux.sessions
-        assert (await client.connect())[-1]["error"] == "402::Unknown client"
+        assert (await client.connect())[-1]["error"] == "402::session_unknown"
 
     async def test_expiry_drops_the_session_and_its_queue(
         self, make_simulator: MakeSimulator, http: aiohttp.ClientSession
@@ -295,7 +327,7 @@ class TestSessions:
         sim.emit(4)
         await eventually(lambda: sim.stats.expired_sessions == 1, within=10, what="expired")
         assert sim.stats.expired_sessions == 1 and sim.stats.dropped == 4
-        assert (await client.connect())[-1]["error"] == "402::Unknown client"
+        assert (await client.connect())[-1]["error"] == "402::session_unknown"
 
 
 class TestWebSocket:
@@ -327,10 +359,11 @@ class TestWebSocket:
             )
             assert sub["successful"]
             simulator.perform("user0002", Op.NEW)
-            replies = json.loads(await asyncio.wait_for(ws.receive_str(), 3))
-            assert [r["channel"] for r in replies] == [channel, "/meta/connect"]
-            assert replies[-1]["id"] == "c2"
-            assert replies[0]["data"]["MailboxId"] == "user0002"
+            # one message per frame, as CometD sends them
+            frames = [json.loads(await asyncio.wait_for(ws.receive_str(), 3)) for _ in range(2)]
+            assert [[r["channel"] for r in f] for f in frames] == [[channel], ["/meta/connect"]]
+            assert frames[1][0]["id"] == "c2"
+            assert frames[0][0]["data"]["MailboxId"] == "user0002"
 
     async def test_not_json_closes_the_socket(
         self, simulator: Simulator, http: aiohttp.ClientSession
@@ -339,3 +372,70 @@ class TestWebSocket:
             await ws.send_str("{oops")
             message = await asyncio.wait_for(ws.receive(), 3)
             assert message.type == aiohttp.WSMsgType.CLOSE and message.data == 1003
+
+
+class TestLikeTheReferenceServer:
+    """The reference CometD server's defaults that a client must cope with."""
+
+    async def test_long_polling_is_bound_to_the_browser_cookie(self, simulator: Simulator) -> None:
+        """aiohttp's default jar drops cookies of an IP-address host: the session is unknown."""
+        assert simulator.cometd_url.startswith("http://127.0.0.1:")
+        async with aiohttp.ClientSession() as default_jar:
+            client = Bayeux(default_jar, simulator.cometd_url)
+            await client.handshake()
+            (reply,) = await client.connect()
+            assert reply["successful"] is False and reply["error"] == "402::session_unknown"
+            assert reply["advice"] == {"reconnect": "handshake", "interval": 0}
+        jar = aiohttp.CookieJar(unsafe=True)
+        async with aiohttp.ClientSession(cookie_jar=jar) as http:
+            client = Bayeux(http, simulator.cometd_url)
+            await client.handshake()
+            assert [c.key for c in jar] == ["BAYEUX_BROWSER"]
+            assert (await client.connect())[-1]["successful"]
+
+    async def test_websocket_needs_no_cookie(self, simulator: Simulator) -> None:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(simulator.cometd_url.replace("http", "ws")) as ws,
+        ):
+            hello = {"channel": "/meta/handshake", "supportedConnectionTypes": ["websocket"]}
+            await ws.send_json([hello])
+            (hs,) = await ws.receive_json(timeout=3)
+            await ws.send_json([{"channel": "/meta/connect", "clientId": hs["clientId"]}])
+            (connected,) = await ws.receive_json(timeout=3)
+            assert connected["successful"]
+
+    async def test_websocket_message_limit_is_64_kib(
+        self, simulator: Simulator, http: aiohttp.ClientSession
+    ) -> None:
+        async with http.ws_connect(simulator.cometd_url.replace("http", "ws")) as ws:
+            hello = {"channel": "/meta/handshake", "supportedConnectionTypes": ["websocket"]}
+            await ws.send_json([hello])
+            (hs,) = await ws.receive_json(timeout=3)
+            subscribe = {"channel": "/meta/subscribe", "clientId": hs["clientId"]}
+            big = [{**subscribe, "subscription": f"/c/{i:0>150}"} for i in range(500)]
+            assert len(json.dumps(big)) > 65_536
+            await ws.send_json(big)
+            message = await asyncio.wait_for(ws.receive(), 3)
+            assert message.type == aiohttp.WSMsgType.CLOSE and message.data == 1009
+        assert simulator.stats.channel_subscriptions == 0
+
+    async def test_one_message_per_websocket_frame(
+        self, simulator: Simulator, http: aiohttp.ClientSession
+    ) -> None:
+        channel = "/vmrest/mailbox/" + await request_notification(http, simulator, "user0003")
+        async with http.ws_connect(simulator.cometd_url.replace("http", "ws")) as ws:
+            hello = {"channel": "/meta/handshake", "supportedConnectionTypes": ["websocket"]}
+            await ws.send_json([hello])
+            (hs,) = await ws.receive_json(timeout=3)
+            client_id = hs["clientId"]
+            await ws.send_json(
+                [{"channel": "/meta/subscribe", "clientId": client_id, "subscription": channel}]
+            )
+            await ws.receive_json(timeout=3)
+            for _ in range(20):
+                simulator.perform("user0003", Op.NEW)
+            await ws.send_json([{"channel": "/meta/connect", "clientId": client_id}])
+            frames = [await ws.receive_json(timeout=3) for _ in range(21)]
+        assert [len(f) for f in frames] == [1] * 21
+        assert [f[0]["channel"] for f in frames] == [channel] * 20 + ["/meta/connect"]

@@ -13,6 +13,7 @@ import pytest
 from aiocometd_ng.client import Client
 from aiocometd_ng.constants import ConnectionType
 from fixtures.simulator import (
+    MakeSimulator,
     aiocometd_websocket,
     cometd_client,
     connect_held,
@@ -41,7 +42,8 @@ EVENT_TYPES = {
 
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
+    # keeps the BAYEUX_BROWSER cookie of an IP-address host (the default jar drops it)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
         yield session
 
 
@@ -152,17 +154,36 @@ class TestRestart:
         stats = simulator.stats
         assert (stats.restarts, stats.sessions, stats.subscriptions, stats.dropped) == (1, 0, 0, 1)
         (reply,) = await raw_post(http, url, {"channel": "/meta/connect", "clientId": client_id})
-        assert reply["error"] == "402::Unknown client"
+        assert reply["error"] == "402::session_unknown"
         assert reply["advice"]["reconnect"] == "handshake"
         (hs,) = await raw_post(
             http, url, {"channel": "/meta/handshake", "supportedConnectionTypes": ["long-polling"]}
         )
         subscribe = {"channel": "/meta/subscribe", "clientId": hs["clientId"]}
+        # accepted, as by a stock CometD server: but nothing is published there any more
         (stale,) = await raw_post(http, url, {**subscribe, "subscription": old})
-        assert stale["successful"] is False and "subscription_invalid" in stale["error"]
+        assert stale["successful"]
+        simulator.perform("user0002", Op.NEW)
+        assert simulator.stats.lost == 1 and simulator.stats.queued == 1
         new = "/vmrest/mailbox/" + await request_notification(http, simulator, "user0002")
         (fresh,) = await raw_post(http, url, {**subscribe, "subscription": new})
         assert fresh["successful"]
+        simulator.perform("user0002", Op.NEW)
+        assert simulator.stats.queued == 2
+
+    async def test_a_server_with_a_security_policy_refuses_old_ids(
+        self, make_simulator: MakeSimulator, http: aiohttp.ClientSession
+    ) -> None:
+        sim = await make_simulator(refuse_unknown_channels=True)
+        old = "/vmrest/mailbox/" + await request_notification(http, sim, "user0002")
+        sim.restart()
+        (hs,) = await raw_post(
+            http, sim.cometd_url,
+            {"channel": "/meta/handshake", "supportedConnectionTypes": ["long-polling"]},
+        )  # fmt: skip
+        subscribe = {"channel": "/meta/subscribe", "clientId": hs["clientId"]}
+        (stale,) = await raw_post(http, sim.cometd_url, {**subscribe, "subscription": old})
+        assert stale["successful"] is False and "subscription_invalid" in stale["error"]
 
 
 class TestNotifierDowntime:

@@ -90,7 +90,38 @@ class TestServerFaults:
             assert worker.manager.counts()["active"] == 200
         assert metric("cumi_worker_session_restarts_total", reason="unknown-client") > restarts
         reasons = {d.reason for d in decoded if isinstance(d, MailboxSnapshot)}
-        assert {"startup", "server-restart"} <= reasons
+        assert {"startup", "session-lost"} <= reasons
+
+    async def test_restart_that_forgets_subscriptions_yet_accepts_old_ids(
+        self,
+        make_simulator: MakeSimulator,
+        kafka_bootstrap: str,
+        fresh_topics: TopicNames,
+        tmp_path: Path,
+    ) -> None:
+        """A stock CometD server accepts a subscribe to any channel: after a restart that dropped
+        the notification subscriptions, only a fresh requestnotification gets events again."""
+        sim = await make_simulator(mailboxes=50, seed=26, refuse_unknown_channels=False)
+        env = worker_env(sim, kafka_bootstrap, fresh_topics, tmp_path)
+        async with running_worker(env) as worker:
+            manager = worker.manager
+            assert manager is not None
+            sim.emit(200)
+            await settle(worker, sim)
+            sim.restart()
+            async with asyncio.timeout(30):
+                while manager.sessions_started < 2 or not worker.is_ready():  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            dead = [
+                m.alias
+                for m in manager.mailboxes.values()
+                if sim.subscriptions.mailbox_of(m.subscription_id or "") != m.alias
+            ]
+            assert dead == [], f"{len(dead)} mailboxes on channels nothing publishes to"
+            assert manager.counts()["active"] == 50
+            sim.emit(500)
+            await assert_fold_equals_truth(worker, sim, kafka_bootstrap, fresh_topics.events)
+        assert sim.stats.lost == 0
 
     async def test_notifier_downtime(
         self,

@@ -8,6 +8,7 @@ sleeps on it, so each `advance` past its period makes it look at the time exactl
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import AsyncIterator
 from typing import Any, cast
@@ -21,7 +22,7 @@ from fakes import FakeClock, eventually, sample
 from fakes.bayeux import FakeBayeux, FakeTransport, event
 
 from ingest.cumi.cometd_fixes import LONG_POLL_MARGIN, _LongPolling
-from ingest.cumi.session import CometSession, EventBatch, LossReason
+from ingest.cumi.session import STALL_MARGIN, CometSession, EventBatch, LossReason
 from ingest.errors import TransportError
 from ingest.ops.backoff import Backoff
 
@@ -240,6 +241,27 @@ class TestConnectReplies:
         assert not session.is_lost
         assert sample("cumi_worker_connect_failures_total") == before + 1
 
+    @pytest.mark.parametrize(
+        ("advice", "expected"),
+        [("handshake", LossReason.HANDSHAKE_ADVICE), ("none", LossReason.SERVER_DISCONNECT)],
+    )
+    async def test_advice_on_a_successful_reply_is_obeyed(
+        self, session: CometSession, wire: FakeTransport, advice: str, expected: LossReason
+    ) -> None:
+        """A server-side disconnect answers the held connect successful, advising none: lost
+        at once, not after one more connect answered 402."""
+        before = sample("cumi_worker_connect_failures_total")
+        await wire.connect(advice={"reconnect": advice})
+        assert await reason(session) is expected
+        assert sample("cumi_worker_connect_failures_total") == before
+
+    async def test_an_unsolicited_disconnect_loses_the_session(
+        self, session: CometSession, wire: FakeTransport
+    ) -> None:
+        """CometD answers a held connect of a disconnected session `/meta/disconnect` first."""
+        await wire.receive([{"channel": "/meta/disconnect", "successful": True}])
+        assert await reason(session) is LossReason.SERVER_DISCONNECT
+
     async def test_first_loss_reason_wins(self, session: CometSession, wire: FakeTransport) -> None:
         """Later replies do not change why the session was lost."""
         await wire.connect(successful=False, advice={"reconnect": "none"})
@@ -281,6 +303,21 @@ class TestSubscribeMany:
         }
         assert len(wire.sent) == sent + 1
         assert [m["subscription"] for m in wire.sent[-1]] == channels[:2]
+
+    async def test_requests_cut_by_encoded_size(
+        self, server: FakeBayeux, clock: FakeClock, recorder: Recorder
+    ) -> None:
+        """1,000 channels with a 64 KiB bound: several requests, each within it as sent (ids
+        and clientId filled in), every channel subscribed once, in order."""
+        channels = [f"/vmrest/mailbox/{i:036d}" for i in range(1_000)]
+        async with new_session(server, clock, recorder, max_request_bytes=65_536) as session:
+            sent = len(server.transport.sent)
+            results = await session.subscribe_many(channels)
+            requests = server.transport.sent[sent:]
+        assert set(results.values()) == {None}
+        assert len(requests) == 3
+        assert all(len(json.dumps(r).encode()) <= 65_536 for r in requests)
+        assert [m["subscription"] for r in requests for m in r] == channels
 
     async def test_replies_matched_by_message_id(
         self, session: CometSession, server: FakeBayeux
@@ -419,6 +456,24 @@ class TestWatchdog:
         await looked(clock)
         assert not session.is_lost  # 0.75 of the timeout since the last connect
         await later(clock, STALL * 0.5)
+        assert await reason(session) is LossReason.STALL
+
+    async def test_the_advised_hold_is_no_stall(
+        self, session: CometSession, wire: FakeTransport, clock: FakeClock
+    ) -> None:
+        """A server advising a long-poll hold longer than stall_timeout holds a quiet connect that
+        long: the watchdog waits the hold plus STALL_MARGIN; held replies carry no advice and
+        the advice stands."""
+        await wire.connect(advice={"reconnect": "retry", "interval": 0, "timeout": 1_000})
+        assert session.stall_limit == 1.0 + STALL_MARGIN
+        await later(clock, 1.0 + STALL_MARGIN - 0.1)
+        await looked(clock)
+        assert not session.is_lost
+        await wire.connect()  # a held reply, no advice
+        await later(clock, 1.0 + STALL_MARGIN - 0.1)
+        await looked(clock)
+        assert not session.is_lost
+        await later(clock, 0.2)
         assert await reason(session) is LossReason.STALL
 
     async def test_failed_connects_do_not_keep_it_alive(

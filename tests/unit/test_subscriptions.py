@@ -306,28 +306,45 @@ class TestFailures:
 
 
 class TestSessionLoss:
-    """A lost session: a new one, the old subscriptions again, a repair each."""
+    """A lost session: a new one, subscriptions again (fresh ids unless the loss proves the
+    server instance alive), a repair each."""
 
-    async def test_new_session_reuses_subscription_ids_and_repairs(self) -> None:
-        """After a loss every active mailbox is subscribed on the new session with its old id
-        (no requestnotification), its queued repair cancelled and a session-lost one asked."""
-        restarts = sample("cumi_worker_session_restarts_total", reason="unknown-client")
+    @pytest.mark.parametrize(
+        "reason", [LossReason.UNKNOWN_CLIENT, LossReason.HANDSHAKE_ADVICE, LossReason.STALL]
+    )
+    async def test_new_session_requests_new_ids_and_repairs(self, reason: LossReason) -> None:
+        """After a loss that may hide a restart (a CometD server accepts a subscribe to a dead
+        id), every active mailbox gets a new requestnotification, its queued repair cancelled and
+        a session-lost one asked."""
+        restarts = sample("cumi_worker_session_restarts_total", reason=reason.value)
         async with Manager(ALIASES) as m:
             await m.ready()
             first = m.session
             m.reconciler.log.clear()
-            await m.lose(LossReason.UNKNOWN_CLIENT)
+            await m.lose(reason)
             assert first.stops == 1
             assert m.session is not first
-            assert sorted(m.session.subscribes()) == sorted(ch(a) for a in ALIASES)
-            assert m.rest.count("requestnotification") == 25
+            assert sorted(m.session.subscribes()) == sorted(ch(a, 2) for a in ALIASES)
+            assert m.rest.count("requestnotification") == 50
             assert set(m.states().values()) == {SubState.ACTIVE}
             for alias in ALIASES:
                 assert m.reconciler.log.index(("cancel", alias, None)) < m.reconciler.log.index(
                     ("request", alias, RepairReason.SESSION_LOST)
                 )
-        after = sample("cumi_worker_session_restarts_total", reason="unknown-client")
+        after = sample("cumi_worker_session_restarts_total", reason=reason.value)
         assert after == restarts + 1
+
+    async def test_server_side_disconnect_reuses_subscription_ids(self) -> None:
+        """The server disconnected the session itself (so it did not restart): every active
+        mailbox is subscribed on the new session with its old id, no requestnotification."""
+        async with Manager(ALIASES) as m:
+            await m.ready()
+            m.reconciler.log.clear()
+            await m.lose(LossReason.SERVER_DISCONNECT)
+            assert sorted(m.session.subscribes()) == sorted(ch(a) for a in ALIASES)
+            assert m.rest.count("requestnotification") == 25
+            assert set(m.states().values()) == {SubState.ACTIVE}
+            assert ("user00", RepairReason.SESSION_LOST) in m.reconciler.requests()
 
     async def test_server_restart_requests_new_subscriptions(self) -> None:
         """Old ids refused with 403 on the new session (the server restarted): new ids, and the
@@ -337,7 +354,7 @@ class TestSessionLoss:
             m.reconciler.log.clear()
             for alias in ("a", "b"):
                 m.sessions.refuse(ch(alias), "403::Unknown subscription")
-            await m.lose(LossReason.HANDSHAKE_ADVICE)
+            await m.lose(LossReason.SERVER_DISCONNECT)
             assert m.states() == {"a": SubState.ACTIVE, "b": SubState.ACTIVE}
             assert m.session.subscribed == {ch("a", 2), ch("b", 2)}
             assert sorted(m.reconciler.requests()) == [
@@ -370,19 +387,20 @@ class TestSessionLoss:
             m.sessions.gate.set()
             await m.ready(2)
             assert first.subscribed == set()
-            assert m.session.subscribed == {ch("a"), ch("b")}
+            assert m.session.subscribed == {ch("a", 2), ch("b", 2)}
             assert sorted(m.reconciler.requests()) == [("a", "startup"), ("b", "startup")]
 
     async def test_unknown_client_on_subscribe(self) -> None:
         """402 on a subscribe loses the session; that mailbox is not backed off but subscribed
-        on the next session (same id), repaired once for startup."""
+        on the next session (a new id: the server forgot the session), repaired once for
+        startup."""
         async with Manager(["a", "b"]) as m:
-            m.sessions.refuse(ch("b"), "402::Unknown client")
+            m.sessions.refuse(ch("b"), "402::session_unknown")
             await m.backoff()
             await m.ready(2)
             assert m.state("b") is SubState.ACTIVE
-            assert ch("b") in m.session.subscribed
-            assert m.rest.count("requestnotification", "b") == 1
+            assert ch("b", 2) in m.session.subscribed
+            assert m.rest.count("requestnotification", "b") == 2
             assert m.reconciler.requests().count(("b", RepairReason.STARTUP)) == 1
 
     async def test_failed_mailboxes_keep_waiting_across_a_loss(self) -> None:
