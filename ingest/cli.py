@@ -18,7 +18,10 @@ from ingest.ops.logs import configure_logging
 # sub-command → (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("ingest.commands.worker", "run an ingest worker: CUMI Comet notifications → Kafka"),
-    "projector": ("ingest.projector", "run the projector: events → per-mailbox folder state"),
+    "projector": (
+        "ingest.commands.projector",
+        "run the projector: events → per-mailbox folder state",
+    ),
     "replay": ("ingest.commands.replay", "state of mailboxes as of a past time, USN or offset"),
     "fold": (
         "ingest.commands.fold",

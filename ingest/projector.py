@@ -34,7 +34,6 @@ anew, and restores them from the state topic.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -59,7 +58,6 @@ from ingest.eventlog.topics import TopicSpec, describe_topic, ensure_topics
 from ingest.events import MailboxEvent, MailboxSnapshot
 from ingest.ops.backoff import Backoff
 from ingest.ops.clock import SYSTEM_CLOCK, wait_event
-from ingest.ops.gc_tuning import streaming_collector
 from ingest.ops.http import OpsServer
 from ingest.ops.metrics import (
     PROJECTOR_EVENTS,
@@ -643,15 +641,6 @@ def _decode(value: bytes | None, ids: SchemaIds | None) -> MailboxEvent | Mailbo
 # -- the sub-command ------------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        help="JSON or TOML file of settings (same names as the environment variables, which win)",
-    )
-
-
 async def serve(settings: ProjectorSettings, *, handle_signals: bool = True) -> int:
     """Run until SIGTERM/SIGINT (drain, commit, exit 0) or a failure (exit non-zero)."""
     projector = Projector(settings)
@@ -679,21 +668,3 @@ def _quiet_fenced_futures(loop: asyncio.AbstractEventLoop, context: dict[str, An
         log.debug("fenced producer future dropped: %s", context.get("future"))
         return
     loop.default_exception_handler(context)
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        settings = ProjectorSettings.load(config_file=args.config)
-    except ConfigError as e:
-        log.error("configuration error: %s", e)
-        return EXIT_CONFIG
-    logging.getLogger().setLevel(settings.log_level)
-    try:
-        with streaming_collector():
-            return asyncio.run(serve(settings))
-    except ConfigError as e:
-        log.error("configuration error: %s", e)
-        return EXIT_CONFIG
-    except BrokerError as e:
-        log.error("%s", e)
-        return EXIT_FAILED
