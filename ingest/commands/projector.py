@@ -3,39 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
-from pathlib import Path
 
-from ingest.errors import BrokerError, ConfigError
-from ingest.ops.gc_tuning import streaming_collector
-from ingest.projector import EXIT_CONFIG, EXIT_FAILED, ProjectorSettings, serve
-
-log = logging.getLogger(__name__)
+from ingest.commands._service import add_config_argument, run_service
+from ingest.projector import ProjectorSettings, serve
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        help="JSON or TOML file of settings (same names as the environment variables, which win)",
-    )
+    add_config_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        settings = ProjectorSettings.load(config_file=args.config)
-    except ConfigError as e:
-        log.error("configuration error: %s", e)
-        return EXIT_CONFIG
-    logging.getLogger().setLevel(settings.log_level)
-    try:
-        with streaming_collector():
-            return asyncio.run(serve(settings))
-    except ConfigError as e:
-        log.error("configuration error: %s", e)
-        return EXIT_CONFIG
-    except BrokerError as e:
-        log.error("%s", e)
-        return EXIT_FAILED
+    return run_service(
+        args.config,
+        lambda path: ProjectorSettings.load(config_file=path),
+        lambda settings: settings.log_level,
+        serve,
+    )
