@@ -70,8 +70,10 @@ from ingest.cumi.normalizer import TimeZones
 from ingest.errors import BrokerError
 from ingest.eventlog.clients import abandon, pace_metadata
 from ingest.eventlog.codec import Encoder
+from ingest.eventlog.outage import Outage
 from ingest.eventlog.records import Record, RecordWriter
 from ingest.eventlog.topics import Partitioner
+from ingest.eventlog.window import Window
 from ingest.events import MailboxSnapshot, RepairReason
 from ingest.ops.backoff import Backoff
 from ingest.ops.clock import SYSTEM_CLOCK, Clock
@@ -80,63 +82,14 @@ from ingest.ops.metrics import (
     WORKER_BACKPRESSURE_SECONDS,
     WORKER_EVENT_LAG,
     WORKER_EVENTS_RECEIVED,
-    WORKER_HISTORY_GAPS,
     WORKER_KAFKA_OUTAGE_SECONDS,
-    WORKER_KAFKA_OUTAGES,
     WORKER_LAST_EVENT,
     WORKER_PRODUCER_ERRORS,
-    WORKER_QUEUE_CAPACITY,
-    WORKER_QUEUE_EVENTS,
     observe_many,
 )
 from ingest.settings import Compression, KafkaSettings
 
 log = logging.getLogger(__name__)
-
-
-class Window:
-    """A counting bound on records in flight; `acquire` waits while it is full."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self.peak = 0
-        """The most records ever in flight at once (≤ limit, or one payload larger than it)."""
-        self.waiting = 0
-        """Callers waiting for room (the CometD connect loop held back)."""
-        self._room = asyncio.Event()
-        self._room.set()
-        self._empty = asyncio.Event()
-        self._empty.set()
-        WORKER_QUEUE_CAPACITY.set(limit)
-
-    async def acquire(self, count: int) -> None:
-        # a payload larger than the whole window is let in alone rather than never
-        if self.used and self.used + count > self.limit:
-            started = time.monotonic()
-            self.waiting += 1
-            try:
-                while self.used and self.used + count > self.limit:
-                    self._room.clear()
-                    await self._room.wait()
-            finally:
-                self.waiting -= 1
-            WORKER_BACKPRESSURE_SECONDS.inc(time.monotonic() - started)
-        self.used += count
-        self.peak = max(self.peak, self.used)
-        self._empty.clear()
-        WORKER_QUEUE_EVENTS.set(self.used)
-
-    def release(self, count: int = 1) -> None:
-        self.used -= count
-        WORKER_QUEUE_EVENTS.set(self.used)
-        if self.used < self.limit:
-            self._room.set()
-        if self.used == 0:
-            self._empty.set()
-
-    async def drained(self) -> None:
-        await self._empty.wait()
 
 
 _PRODUCER_STATE_ERRORS = (
@@ -208,82 +161,6 @@ class _Batch:
         if event_second is not None:
             self.event_seconds[event_second] = self.event_seconds.get(event_second, 0) + 1
         return True
-
-
-class Outage:
-    """What the sink logs and exports about one Kafka outage: a line when it starts, a summary
-    every `summary_every` seconds, a line when it ends (and whether history may have a gap)."""
-
-    def __init__(self, clock: Clock, summary_every: float = 30.0) -> None:
-        self._clock = clock
-        self._summary_every = summary_every
-        self.started: float | None = None
-        self._wall_started = 0.0
-        self._summarised = 0.0
-        self.held_peak = 0
-        self.replacements = 0
-        self.resent = 0
-        self.held_back = False
-        """The in-flight window was full: the CometD connect loop stopped during the outage."""
-
-    @property
-    def active(self) -> bool:
-        return self.started is not None
-
-    def begin(self, why: str, held: int) -> None:
-        if self.started is not None:
-            return
-        now = self._clock.monotonic()
-        self.started = self._summarised = now
-        self._wall_started = self._clock.wall()
-        self.held_peak, self.replacements, self.resent, self.held_back = held, 0, 0, False
-        WORKER_KAFKA_OUTAGES.inc()
-        log.warning("Kafka outage: %s; holding %d records until it is back", why, held)
-
-    def tick(self, held: int, window_full: bool) -> None:
-        if self.started is None:
-            return
-        now = self._clock.monotonic()
-        self.held_peak = max(self.held_peak, held)
-        self.held_back = self.held_back or window_full
-        WORKER_KAFKA_OUTAGE_SECONDS.set(now - self.started)
-        if now - self._summarised >= self._summary_every:
-            self._summarised = now
-            log.warning(
-                "Kafka outage for %.0f s: %d records held (at most %d), producer replaced %d "
-                "times%s",
-                now - self.started,
-                held,
-                self.held_peak,
-                self.replacements,
-                "; CometD receiving paused (in-flight bound full)" if self.held_back else "",
-            )
-
-    def end(self) -> bool:
-        """Close the outage; True if history may have a gap (the CometD loop was held back)."""
-        if self.started is None:
-            return False
-        lasted = self._clock.monotonic() - self.started
-        self.started = None
-        WORKER_KAFKA_OUTAGE_SECONDS.set(0)
-        log.warning(
-            "Kafka back after %.0f s: %d records were held at most, %d re-sent on %d new producers",
-            lasted,
-            self.held_peak,
-            self.resent,
-            self.replacements,
-        )
-        if self.held_back:
-            WORKER_HISTORY_GAPS.labels(RepairReason.KAFKA_OUTAGE.value).inc()
-            log.warning(
-                "history may be incomplete from %s for about %.0f s: CometD receiving was paused "
-                "while the in-flight bound was full; the gap repair that follows is published "
-                "with reason %s",
-                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._wall_started)),
-                lasted,
-                RepairReason.KAFKA_OUTAGE.value,
-            )
-        return self.held_back
 
 
 class Sink:

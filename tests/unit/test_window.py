@@ -6,7 +6,7 @@ import asyncio
 
 from fixtures.waiting import holds
 
-from ingest.eventlog.sink import Window
+from ingest.eventlog.window import Window
 
 BLOCKED = 0.02
 """Seconds a waiter must stay blocked; it has run to its wait after the first look already."""
