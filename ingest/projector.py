@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import KafkaError, ProducerClosed, ProducerFenced
 
 from ingest.errors import BrokerError, ConfigError, DecodeError
 from ingest.eventlog.clients import close_consumer, pace_metadata
@@ -672,10 +672,12 @@ async def serve(settings: ProjectorSettings, *, handle_signals: bool = True) -> 
 def _quiet_fenced_futures(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     """A fenced aiokafka producer fails every internal future of its transaction (batches, the
     transaction waiter) that nobody will await once the projector stops; asyncio would log each
-    as "never retrieved". The fencing itself is logged once, as an error, by the projector."""
-    if isinstance(context.get("exception"), ProducerFenced) and "never retrieved" in str(
-        context.get("message", "")
-    ):
+    as "never retrieved". The fencing itself is logged once, as an error, by the projector. So
+    does a producer abandoned during an outage (ProducerClosed when the process exits): the
+    outage was logged when it began."""
+    if isinstance(
+        context.get("exception"), ProducerFenced | ProducerClosed
+    ) and "never retrieved" in str(context.get("message", "")):
         log.debug("fenced producer future dropped: %s", context.get("future"))
         return
     loop.default_exception_handler(context)
