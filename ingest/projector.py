@@ -50,8 +50,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, ProducerClosed, ProducerFenced
 
-from ingest.errors import BrokerError, ConfigError, DecodeError
-from ingest.eventlog.clients import close_consumer, pace_metadata
+from ingest.errors import BrokerError, ConfigError, DecodeError, KafkaAccessRefused
+from ingest.eventlog.clients import access_refused, close_consumer, pace_metadata
 from ingest.eventlog.codec import SchemaIds
 from ingest.eventlog.reader import decode_log_record
 from ingest.eventlog.schema_registry import schema_ids
@@ -238,8 +238,9 @@ class Projector:
 
     async def start(self) -> None:
         """Start serving (health, metrics, read API) and connect to Kafka. A configuration error
-        (topics) raises; an unreachable cluster does not: the projector stays not ready and keeps
-        trying in the background (`_run`)."""
+        (topics; credentials or certificates Kafka refuses: `KafkaAccessRefused`) raises; an
+        unreachable cluster does not: the projector stays not ready and keeps trying in the
+        background (`_run`)."""
         if self._started:
             return
         self._started = True
@@ -252,6 +253,9 @@ class Projector:
         )
         await self.ops.start()
         try:
+            refusal = await access_refused(self._client)
+            if refusal is not None:
+                raise KafkaAccessRefused(f"Kafka at {self._client['bootstrap_servers']}: {refusal}")
             connected = await self._try_open()
         except BaseException:
             await self._close()

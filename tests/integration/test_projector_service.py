@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -211,6 +212,7 @@ class TestKafkaAway:
         http: aiohttp.ClientSession,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
+        caplog.set_level(logging.INFO, logger="ingest.projector")  # "reachable again" is INFO
         await kafka_broker.stop()
         try:
             projector = Projector(settings(kafka_bootstrap, fresh_topics, uuid.uuid4().hex))
