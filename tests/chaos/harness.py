@@ -348,7 +348,10 @@ class ChaosRun:
         leaders = await self._leaders()
         victim = cluster.nodes[leaders[0]]
         led = sorted(p for p, i in leaders.items() if i == leaders[0])
-        async with self._measured(step) as (meter, figures), self._end_offsets() as offsets:
+        async with (
+            self._measured(step) as (meter, figures),
+            self._end_offsets(len(leaders)) as offsets,
+        ):
             figures.update({"node": victim.node_id, "partitions_led": len(led)})
             await meter.begin()
             killed = time.monotonic()
@@ -470,8 +473,7 @@ class ChaosRun:
         self.outages.append(figures)
 
     @contextlib.asynccontextmanager
-    async def _end_offsets(self) -> AsyncIterator[EndOffsets]:
-        partitions = len(await self._leaders())
+    async def _end_offsets(self, partitions: int) -> AsyncIterator[EndOffsets]:
         offsets = EndOffsets(self.bootstrap, self.topics.events, partitions)
         await offsets.start()
         try:
