@@ -62,7 +62,8 @@ SOAK_RESULTS := $(CACHE)/reliability/soak-results.jsonl
 soak: tools  ## reliability soak: more chaos seeds, longer fault schedules, 10,000+ fuzz inputs
 	rm -f $(SOAK_RESULTS)
 	RELIABILITY_SOAK=1 RELIABILITY_RESULTS=$(SOAK_RESULTS) $(BIN)/pytest -p no:cacheprovider \
-		tests/unit/test_hostile_input.py tests/integration/test_chaos.py; status=$$?; \
+		tests/unit/test_hostile_input.py tests/integration/test_chaos.py \
+		tests/integration/test_cluster_chaos.py; status=$$?; \
 		$(BIN)/python tests/chaos/report.py $(SOAK_RESULTS); exit $$status
 
 clean:

@@ -17,6 +17,12 @@ class ConfigError(IngestError):
     """A setting is missing or bad; the message names the setting and says what is valid."""
 
 
+class KafkaAccessRefused(ConfigError):
+    """Kafka refused our credentials (SASL) or client certificate, or we refused its certificate:
+    trying again cannot help. Raised at start-up, before any Kafka client of ours is started; the
+    process stops with one line that names the settings to check."""
+
+
 class InvalidEvent(IngestError):
     """A raw Comet payload cannot become a MailboxEvent: dead-lettered, never retried.
 

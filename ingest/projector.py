@@ -47,10 +47,10 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import KafkaError, ProducerClosed, ProducerFenced
 
-from ingest.errors import BrokerError, ConfigError, DecodeError
-from ingest.eventlog.clients import close_consumer, pace_metadata
+from ingest.errors import BrokerError, ConfigError, DecodeError, KafkaAccessRefused
+from ingest.eventlog.clients import access_refused, close_consumer, pace_metadata
 from ingest.eventlog.codec import SchemaIds
 from ingest.eventlog.reader import decode_log_record
 from ingest.eventlog.schema_registry import schema_ids
@@ -236,8 +236,9 @@ class Projector:
 
     async def start(self) -> None:
         """Start serving (health, metrics, read API) and connect to Kafka. A configuration error
-        (topics) raises; an unreachable cluster does not: the projector stays not ready and keeps
-        trying in the background (`_run`)."""
+        (topics; credentials or certificates Kafka refuses: `KafkaAccessRefused`) raises; an
+        unreachable cluster does not: the projector stays not ready and keeps trying in the
+        background (`_run`)."""
         if self._started:
             return
         self._started = True
@@ -250,6 +251,9 @@ class Projector:
         )
         await self.ops.start()
         try:
+            refusal = await access_refused(self._client)
+            if refusal is not None:
+                raise KafkaAccessRefused(f"Kafka at {self._client['bootstrap_servers']}: {refusal}")
             connected = await self._try_open()
         except BaseException:
             await self._close()
@@ -661,10 +665,12 @@ async def serve(settings: ProjectorSettings, *, handle_signals: bool = True) -> 
 def _quiet_fenced_futures(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     """A fenced aiokafka producer fails every internal future of its transaction (batches, the
     transaction waiter) that nobody will await once the projector stops; asyncio would log each
-    as "never retrieved". The fencing itself is logged once, as an error, by the projector."""
-    if isinstance(context.get("exception"), ProducerFenced) and "never retrieved" in str(
-        context.get("message", "")
-    ):
+    as "never retrieved". The fencing itself is logged once, as an error, by the projector. So
+    does a producer abandoned during an outage (ProducerClosed when the process exits): the
+    outage was logged when it began."""
+    if isinstance(
+        context.get("exception"), ProducerFenced | ProducerClosed
+    ) and "never retrieved" in str(context.get("message", "")):
         log.debug("fenced producer future dropped: %s", context.get("future"))
         return
     loop.default_exception_handler(context)

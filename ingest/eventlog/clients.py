@@ -1,5 +1,6 @@
 """aiokafka client helpers for a cluster that goes away: paced metadata retries (no busy loop
-while it is unreachable) and abandoning a producer without waiting for its batches.
+while it is unreachable) and abandoning a producer without waiting for its batches; and, at
+start-up, telling a cluster that refuses us apart from one that is away (`access_refused`).
 
 aiokafka (0.14) refreshes cluster metadata in a background task that runs whenever it is woken,
 and several loops wake it again the moment a refresh fails: the producer's sender, as soon as a
@@ -19,10 +20,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
+from collections.abc import Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import KafkaError, ProducerClosed
+from aiokafka.conn import AIOKafkaConnection, create_conn
+from aiokafka.errors import (
+    KafkaError,
+    ProducerClosed,
+    SaslAuthenticationFailed,
+    UnsupportedSaslMechanismError,
+)
+from aiokafka.protocol.metadata import MetadataRequest
 
 from ingest.ops.backoff import Backoff
 from ingest.ops.clock import SYSTEM_CLOCK, Clock
@@ -100,3 +110,81 @@ async def close_consumer(consumer: AIOKafkaConsumer, within: float = 10.0) -> No
         if task is not None and task.cancelling():
             raise
         log.debug("Kafka consumer closed with a stray cancellation of its fetch tasks")
+
+
+PROBE_TIMEOUT_S = 5.0
+_ACCEPTED = ""
+_CONNECTION_KWARGS = (
+    "security_protocol",
+    "ssl_context",
+    "sasl_mechanism",
+    "sasl_plain_username",
+    "sasl_plain_password",
+)
+
+
+async def access_refused(
+    client_kwargs: Mapping[str, Any], within: float = PROBE_TIMEOUT_S
+) -> str | None:
+    """Why the bootstrap servers refuse this client, when it is a matter of credentials or
+    certificates (what retrying cannot fix); None when one of them accepts us, or when none can be
+    reached at all (an outage: the caller waits for Kafka as usual).
+
+    aiokafka's bootstrap logs each failure and then raises a bare "Unable to bootstrap" that has
+    lost the cause; one connection per server with a metadata request keeps it. `client_kwargs`
+    is `KafkaSettings.client_kwargs()`; the servers are asked at once, each for `within` s."""
+    servers = [s.strip() for s in str(client_kwargs["bootstrap_servers"]).split(",") if s.strip()]
+    kwargs = {k: client_kwargs[k] for k in _CONNECTION_KWARGS if k in client_kwargs}
+    answers = await asyncio.gather(*(_probe(server, kwargs, within) for server in servers))
+    if _ACCEPTED in answers:
+        return None
+    return next((answer for answer in answers if answer), None)
+
+
+async def _probe(server: str, kwargs: Mapping[str, Any], within: float) -> str | None:
+    """ "" when the server answers a metadata request, the refusal when it refuses us (or we it),
+    None when it cannot be reached."""
+    host, _, port = server.rpartition(":")
+    connection: AIOKafkaConnection | None = None
+    try:
+        async with asyncio.timeout(within):
+            connection = await create_conn(
+                host.strip("[]"), int(port), request_timeout_ms=int(within * 1000), **kwargs
+            )
+            await connection.send(MetadataRequest([]))
+    except SaslAuthenticationFailed:
+        return (
+            f"SASL authentication failed ({kwargs.get('sasl_mechanism')} as user "
+            f"{kwargs.get('sasl_plain_username')!r}): check KAFKA_SASL_USERNAME and "
+            "KAFKA_SASL_PASSWORD_FILE"
+        )
+    except UnsupportedSaslMechanismError:
+        return (
+            f"the broker does not offer SASL mechanism {kwargs.get('sasl_mechanism')}: "
+            "check KAFKA_SASL_MECHANISM"
+        )
+    except ssl.SSLCertVerificationError as e:
+        return f"its TLS certificate is not trusted ({e.verify_message}): check KAFKA_SSL_CA_FILE"
+    except (OSError, KafkaError, TimeoutError, ValueError) as e:
+        refusal = _tls_alert(e)
+        if refusal is None:
+            return None
+        return (
+            f"it refused the TLS handshake ({refusal}): it wants a client certificate it trusts, "
+            "check KAFKA_SSL_CERT_FILE and KAFKA_SSL_KEY_FILE"
+        )
+    finally:
+        if connection is not None:
+            connection.close()
+    return _ACCEPTED
+
+
+def _tls_alert(error: BaseException) -> str | None:
+    """The TLS alert the server sent (its reason, e.g. "SSLV3_ALERT_BAD_CERTIFICATE") if that is
+    what ended the connection: aiokafka keeps the SSLError as the cause of its connection error."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError) and "ALERT" in str(seen.reason or ""):
+            return str(seen.reason)
+        seen = seen.__cause__ or seen.__context__
+    return None

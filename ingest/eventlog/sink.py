@@ -67,8 +67,8 @@ from aiokafka.errors import (
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from ingest.cumi.normalizer import TimeZones
-from ingest.errors import BrokerError
-from ingest.eventlog.clients import abandon, pace_metadata
+from ingest.errors import BrokerError, KafkaAccessRefused
+from ingest.eventlog.clients import abandon, access_refused, pace_metadata
 from ingest.eventlog.codec import Encoder
 from ingest.eventlog.outage import Outage
 from ingest.eventlog.records import Record, RecordWriter
@@ -219,7 +219,11 @@ class Sink:
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self, *, attempts: int | None = None) -> None:
-        """Connect the producer, retrying with backoff while the cluster is unreachable."""
+        """Connect the producer, retrying with backoff while the cluster is unreachable; raise
+        `KafkaAccessRefused` at once if it refuses our credentials or certificates."""
+        refusal = await access_refused(self._kafka.client_kwargs())
+        if refusal is not None:
+            raise KafkaAccessRefused(f"Kafka at {self._kafka.bootstrap_servers}: {refusal}")
         producer = await self._connect(attempts=attempts, starting=True)
         try:
             # the default partitioner's choice, computed once per key

@@ -1,7 +1,8 @@
 """One chaos run: the whole pipeline under a seeded fault schedule, then its invariants.
 
-Parts, all real: the session's Kafka broker (`LocalBroker`, stopped and started by the schedule),
-an in-process `Simulator` on loopback sockets, an `ingest worker` and an `ingest projector` as
+Parts, all real: the session's Kafka broker (`LocalBroker`, stopped and started by the schedule)
+or a three-node `LocalCluster` (its nodes killed, stopped and started by the cluster faults), an
+in-process `Simulator` on loopback sockets, an `ingest worker` and an `ingest projector` as
 supervised child processes (SIGKILLed by the schedule, restarted like Kubernetes would).
 
 The run: start the worker and the projector, start the simulator's scenario at a steady rate,
@@ -14,9 +15,12 @@ then check:
 4. the projector's state topic equals the truth, and equals the fold of the events topic record
    for record, counters included (nothing applied twice, nothing lost) — exactly once;
 5. the projector's read API serves the truth for every mailbox;
-6. no secret of the users file appears in any process log; both processes stop with exit 0.
+6. no secret of the users file appears in any process log; both processes stop with exit 0;
+7. every event a worker received was acknowledged by Kafka (its own counters).
 
 Each check is a count of mismatches in `ChaosResult.mismatches`; a correct run has all zero.
+Every Kafka fault is measured (`ChaosResult.outages`, see `FaultMeter`): how long, log lines and
+CPU per process, records held; for the cluster faults also failover and resumption times.
 """
 
 from __future__ import annotations
@@ -38,13 +42,19 @@ from typing import Any
 
 from fixtures.producing import state_differences, wait_committed
 from fixtures.worker import worker_env
-from prometheus_client.parser import text_string_to_metric_families
 
-from chaos.observe import Ledger, MalformedInjector, TopicReader
+from chaos.observe import (
+    EndOffsets,
+    FaultMeter,
+    Ledger,
+    MalformedInjector,
+    TopicReader,
+    worker_totals,
+)
 from chaos.processes import Service
-from chaos.schedule import DISRUPTIVE, Fault, Step, plan
-from ingest.devservices.kafka import LocalBroker
-from ingest.eventlog.topics import TopicNames
+from chaos.schedule import CLUSTER, DISRUPTIVE, Fault, Step, plan
+from ingest.devservices.kafka import LocalBroker, LocalCluster
+from ingest.eventlog.topics import TopicNames, describe_topic
 from ingest.events import MailboxRegistryEntry, MailboxSnapshot
 from ingest.mailboxes.registry import apply_changes
 from ingest.settings import SettingsSource, load_kafka
@@ -69,6 +79,9 @@ class ChaosConfig:
     group (scale-out), a random one of them killed by each kill -9 step."""
     steps: tuple[Step, ...] | None = None
     """A fixed schedule instead of the seeded random one (the long-outage runs)."""
+    sequential: float | None = None
+    """Set: the steps run one after the other, each this many seconds after the previous one
+    ended (their `at` is not used); the cluster faults take a while that is not known ahead."""
 
 
 @dataclass(slots=True)
@@ -97,8 +110,9 @@ class ChaosResult:
     unplanned_exits: dict[str, list[tuple[float, int | None]]]
     starts: dict[str, int]
     outages: list[dict[str, Any]]
-    """Per broker stop: its length, and per service the log lines written and the CPU share
-    used while the broker was away."""
+    """Per Kafka fault (broker stop, cluster fault): its kind and length, per service the log
+    lines written and the CPU share used while it lasted, the records the workers held; for the
+    cluster faults failover and resumption times (`FaultMeter.figures` and the fault's own)."""
 
     @property
     def total_mismatches(self) -> int:
@@ -150,13 +164,14 @@ class ChaosRun:
         self,
         config: ChaosConfig,
         sim: Simulator,
-        broker: LocalBroker,
+        broker: LocalBroker | LocalCluster,
         topics: TopicNames,
         workdir: Path,
     ) -> None:
         self.config = config
         self.sim = sim
         self.broker = broker
+        self.cluster = broker if isinstance(broker, LocalCluster) else None
         self.bootstrap = broker.bootstrap
         self.topics = topics
         self.workdir = workdir
@@ -166,6 +181,8 @@ class ChaosRun:
             if config.steps is not None
             else plan(config.seed, config.faults, spacing=config.spacing)
         )
+        if self.cluster is None and any(step.fault in CLUSTER for step in self.steps):
+            raise ValueError("the cluster faults need a LocalCluster")
         self.outages: list[dict[str, Any]] = []
         self.calm = Calm()
         self.ledger = Ledger(sim)
@@ -194,6 +211,10 @@ class ChaosRun:
             Fault.DUPLICATES: self._duplicates,
             Fault.MALFORMED: self._inject_malformed,
             Fault.SLOW_REST: self._slow,
+            Fault.LEADER_KILL: self._leader_kill,
+            Fault.ROLLING_RESTART: self._rolling_restart,
+            Fault.MAJORITY_DOWN: self._majority_down,
+            Fault.CLUSTER_CRASH: self._cluster_crash,
         }
 
     def _worker_env(self) -> dict[str, str]:
@@ -266,13 +287,17 @@ class ChaosRun:
             await self.sim.stop_scenario()
             for service in self.services:
                 await service.terminate()
-            if not self.broker.running:
-                await self.broker.start()
+            await self.broker.start()  # every node that a failed run left down
 
     def describe(self) -> str:
         return "\n  ".join(step.describe() for step in self.steps)
 
     async def _play(self) -> None:
+        if self.config.sequential is not None:
+            for step in self.steps:
+                await asyncio.sleep(self.config.sequential)
+                await self._carry_out(step)
+            return
         loop = asyncio.get_running_loop()
         start = loop.time()
         async with asyncio.TaskGroup() as group:
@@ -309,23 +334,164 @@ class ChaosRun:
         await self.projector.start()
 
     async def _broker_restart(self, step: Step) -> None:
-        before = {s.name: s.usage() for s in self.services}
-        await self.broker.stop()
-        started = time.monotonic()
+        """The broker (every node of a cluster) stopped cleanly for `hold` s."""
+        async with self._measured(step) as (meter, figures):
+            await self.broker.stop()
+            await meter.begin()
+            await asyncio.sleep(step.hold)
+            figures.update(meter.figures())  # while the broker is still away
+            await self._restart_measured(meter, figures, self.broker.start)
+
+    async def _leader_kill(self, step: Step) -> None:
+        """SIGKILL of the leader of events partition 0 (and so of every partition it leads)."""
+        cluster = self._need_cluster()
+        leaders = await self._leaders()
+        victim = cluster.nodes[leaders[0]]
+        led = sorted(p for p, i in leaders.items() if i == leaders[0])
+        async with (
+            self._measured(step) as (meter, figures),
+            self._end_offsets(len(leaders)) as offsets,
+        ):
+            figures.update({"node": victim.node_id, "partitions_led": len(led)})
+            await meter.begin()
+            killed = time.monotonic()
+            await victim.kill()
+            figures["failover_s"] = await self._failover(offsets, led, killed)
+            await asyncio.sleep(max(0.0, killed + step.hold - time.monotonic()))
+            figures.update(meter.figures())
+            started = time.monotonic()
+            await victim.start()
+            await cluster.wait_healthy()
+            figures["healthy_s"] = round(time.monotonic() - started, 1)
+            figures["longest_stall_s"] = meter.longest_stall()
+
+    async def _rolling_restart(self, step: Step) -> None:
+        """Each node in turn: a clean stop (it hands its leaderships over), `hold` s down, a
+        start, and the cluster healthy (every replica in sync) before the next one goes."""
+        cluster = self._need_cluster()
+        async with self._measured(step) as (meter, figures):
+            await meter.begin()
+            figures["nodes"] = nodes = []
+            for node in cluster.nodes:
+                began = time.monotonic()
+                await node.stop()
+                stopped = time.monotonic()
+                await asyncio.sleep(step.hold)
+                started = time.monotonic()
+                await node.start()
+                ready = time.monotonic()
+                await cluster.wait_healthy()
+                nodes.append(
+                    {
+                        "node": node.node_id,
+                        "stop_s": round(stopped - began, 1),
+                        "start_s": round(ready - started, 1),
+                        "healthy_s": round(time.monotonic() - started, 1),
+                    }
+                )
+            figures.update(meter.figures())
+            figures["longest_stall_s"] = meter.longest_stall()
+
+    async def _majority_down(self, step: Step) -> None:
+        """Every node but one SIGKILLed: no KRaft quorum, fewer in-sync replicas than
+        min.insync.replicas, so nothing can be acknowledged until they are back."""
+        cluster = self._need_cluster()
+        survivor = (await self._leaders())[0]
+        victims = [node for i, node in enumerate(cluster.nodes) if i != survivor]
+        async with self._measured(step) as (meter, figures):
+            figures["nodes_down"] = [node.node_id for node in victims]
+            await self._down_measured(meter, figures, step, *victims)
+
+    async def _cluster_crash(self, step: Step) -> None:
+        """Every node SIGKILLed at once (a power cut), started again after `hold` s."""
+        cluster = self._need_cluster()
+        async with self._measured(step) as (meter, figures):
+            figures["nodes_down"] = [node.node_id for node in cluster.nodes]
+            await self._down_measured(meter, figures, step, *cluster.nodes)
+
+    async def _down_measured(
+        self, meter: FaultMeter, figures: dict[str, Any], step: Step, *nodes: LocalBroker
+    ) -> None:
+        """`nodes` SIGKILLed for `hold` s, then started together (measured)."""
+        cluster = self._need_cluster()
+        await meter.begin()
+        await asyncio.gather(*(node.kill() for node in nodes))
+        killed = time.monotonic()
         await asyncio.sleep(step.hold)
-        seconds = time.monotonic() - started
-        after = {s.name: s.usage() for s in self.services}  # while the broker is still away
-        await self.broker.start()
-        outage: dict[str, Any] = {"hold": step.hold, "seconds": round(seconds, 1)}
-        for name, (lines, cpu) in after.items():
-            lines0, cpu0 = before[name]
-            outage[name] = {
-                "log_lines": lines - lines0,
-                "log_lines_per_minute": round((lines - lines0) * 60 / seconds, 1),
-                "cpu_percent": round(100 * (cpu - cpu0) / seconds, 1) if cpu >= cpu0 else None,
-            }
-        log.info("broker outage of %.0f s: %s", seconds, outage)
-        self.outages.append(outage)
+        figures.update(meter.figures())
+        # in-flight acknowledgements may land in the first moments; after that, none may
+        figures["acknowledged_while_down"] = meter.acknowledged_since(killed + step.hold / 2)
+        await self._restart_measured(meter, figures, cluster.start)
+        started = time.monotonic()
+        await cluster.wait_healthy()
+        figures["healthy_s"] = round(time.monotonic() - started, 1)
+        figures["longest_stall_s"] = meter.longest_stall()
+
+    async def _restart_measured(
+        self, meter: FaultMeter, figures: dict[str, Any], start: Callable[[], Awaitable[None]]
+    ) -> None:
+        """`start()` Kafka again; how long that took and until events were acknowledged again."""
+        restarted = time.monotonic()
+        await start()
+        figures["start_s"] = round(time.monotonic() - restarted, 1)
+        try:
+            figures["resumed_s"] = await meter.resumed_after(restarted)
+        except TimeoutError:
+            log.error("no event acknowledged within 120 s of Kafka's restart")
+            figures["resumed_s"] = None
+
+    async def _failover(
+        self, offsets: EndOffsets, partitions: list[int], lost: float
+    ) -> float | None:
+        """Seconds from `lost` (their leader killed) until each of `partitions` has a new leader
+        that answers and took a write: the end offsets are read from the new leaders (what was
+        acknowledged before), then waited on to grow."""
+        try:
+            async with asyncio.timeout(120):
+                while True:
+                    before = await offsets.read(partitions)
+                    if before is not None:
+                        break
+                    await asyncio.sleep(0.2)
+            await offsets.advanced(before)
+        except TimeoutError:
+            log.error("events partitions %s took no write within 120 s of the kill", partitions)
+            return None
+        return round(time.monotonic() - lost, 2)
+
+    @contextlib.asynccontextmanager
+    async def _measured(self, step: Step) -> AsyncIterator[tuple[FaultMeter, dict[str, Any]]]:
+        """A meter for one Kafka fault (the action calls `begin()` when the fault starts) and the
+        figures the action fills in, added to `outages` when the fault is over."""
+        meter = FaultMeter(self.services, self.workers)
+        figures: dict[str, Any] = {"fault": step.fault.value, "hold": step.hold}
+        try:
+            yield meter, figures
+        finally:
+            await meter.end()
+        log.info("%s: %s", step.describe(), figures)
+        self.outages.append(figures)
+
+    @contextlib.asynccontextmanager
+    async def _end_offsets(self, partitions: int) -> AsyncIterator[EndOffsets]:
+        offsets = EndOffsets(self.bootstrap, self.topics.events, partitions)
+        await offsets.start()
+        try:
+            yield offsets
+        finally:
+            await offsets.stop()
+
+    def _need_cluster(self) -> LocalCluster:
+        if self.cluster is None:
+            raise Skipped("a cluster fault without a LocalCluster")
+        return self.cluster
+
+    async def _leaders(self) -> dict[int, int]:
+        """Events partition → index in `cluster.nodes` of its running leader."""
+        cluster = self._need_cluster()
+        described = await describe_topic(self.topics.events, bootstrap_servers=self.bootstrap)
+        assert described is not None, f"no topic {self.topics.events}"
+        return {p: await cluster.leader_of(self.topics.events, p) for p in range(described[0])}
 
     async def _simulator_restart(self, step: Step) -> None:
         self.sim.restart()
@@ -410,8 +576,10 @@ class ChaosRun:
             mismatches["invented records on the events topic"] = len(invented)
             mismatches["undecodable records"] = events.undecodable
             mismatches.update(await self._check_dead_letters())
-            mismatches.update(await self._check_projector(events))
+            # first: nothing the workers hold is still to be written (the fold can converge on
+            # snapshots while held events, stale by then, are still on their way)
             mismatches["received but not acknowledged"] = await self._check_received()
+            mismatches.update(await self._check_projector(events))
         finally:
             await events.stop()
         mismatches.update(await self._stop_and_check_logs())
@@ -486,15 +654,17 @@ class ChaosRun:
 
     async def _check_projector(self, events: TopicReader) -> dict[str, int]:
         """Caught up with the events topic: its state topic and read API against the truth and
-        against the fold of the very same records."""
+        against the fold of the very same records (the state is read while the events topic's
+        ends are the ones the fold and the group's committed offsets have reached)."""
         for _ in range(5):
             ends = await events.catch_up()
             # no liveness check: an exit is restarted by the supervisor and caught up again
             await wait_committed(self.bootstrap, self.group, self.topics.events, within=180)
+            state = await read_state_topic(self.topics.state, bootstrap_servers=self.bootstrap)
             if await events.catch_up() == ends:
                 break
+            log.info("the events topic grew while the state was read: again")
         truth = self.sim.truth()
-        state = await read_state_topic(self.topics.state, bootstrap_servers=self.bootstrap)
         projected = {m: MailboxState.from_record(r).to_json() for m, r in state.items()}
         exact = state_differences(events.projection, state)
         for problem in exact[:10]:
@@ -528,11 +698,7 @@ class ChaosRun:
         while True:
             missing = 0
             for worker in self.workers:
-                _, text = await worker.get_text("/metrics")
-                totals: Counter[str] = Counter()
-                for family in text_string_to_metric_families(text):
-                    for sample in family.samples:
-                        totals[sample.name] += int(sample.value)
+                totals = await worker_totals(worker) or Counter[str]()
                 missing += totals["cumi_worker_events_received_total"] - (
                     totals["cumi_worker_events_published_total"]
                     + totals["cumi_worker_events_dead_lettered_total"]

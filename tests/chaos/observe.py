@@ -10,21 +10,31 @@ the malformed payloads it was made to send, and readers that follow the pipeline
   times as it was delivered, and nothing else.
 - `TopicReader` reads a topic from the beginning and follows it, decoding every record once and
   folding the events/snapshots into a `Projection` as it goes.
+- `FaultMeter` measures the processes during one fault (log lines, CPU, records held, events
+  acknowledged) and when acknowledgements resume; `EndOffsets` when writes to given partitions
+  go through again (a cluster node's partitions after it was lost).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import itertools
 import random
 import re
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+from prometheus_client.parser import text_string_to_metric_families
 
+from chaos.processes import Service
 from ingest.errors import DecodeError
 from ingest.eventlog import codec
 from ingest.eventlog.topics import describe_topic
@@ -256,3 +266,157 @@ class TopicReader:
 
     def decoded(self) -> list[object]:
         return [r for partition in sorted(self.records) for r in self.records[partition]]
+
+
+async def worker_totals(worker: Service) -> Counter[str] | None:
+    """A worker's /metrics summed by sample name (labels added up); None if it does not answer."""
+    try:
+        _, text = await worker.get_text("/metrics")
+    except (aiohttp.ClientError, TimeoutError):
+        return None
+    totals: Counter[str] = Counter()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            totals[sample.name] += int(sample.value)
+    return totals
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    at: float
+    """time.monotonic()"""
+    held: int
+    """Records the workers hold unacknowledged (`cumi_worker_queue_events`, all workers)."""
+    published: int
+    """Events Kafka acknowledged so far (`cumi_worker_events_published_total`, all workers)."""
+
+
+class FaultMeter:
+    """What the pipeline did during one fault: per process the log lines it wrote and the share
+    of a core it used (from `begin()` to `figures()`), and from the workers' /metrics, sampled
+    every `every` s, the most records held unacknowledged and the events acknowledged meanwhile.
+    `resumed_after()` tells when acknowledgements came again after the fault was lifted."""
+
+    def __init__(
+        self, services: Sequence[Service], workers: Sequence[Service], every: float = 0.25
+    ) -> None:
+        self._services = services
+        self._workers = workers
+        self._every = every
+        self._before: dict[str, tuple[int, float]] = {}
+        self._t0 = 0.0
+        self.samples: list[Sample] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def begin(self) -> None:
+        self._before = {s.name: s.usage() for s in self._services}
+        self._t0 = time.monotonic()
+        self.samples = []
+        self._task = asyncio.create_task(self._sample(), name="fault-meter")
+
+    async def end(self) -> None:
+        """Stop sampling; idempotent."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def figures(self) -> dict[str, Any]:
+        """Since `begin()`: seconds, per service log lines (per minute) and CPU %, and the
+        workers' most records held and events acknowledged."""
+        seconds = time.monotonic() - self._t0
+        out: dict[str, Any] = {"seconds": round(seconds, 1)}
+        for service in self._services:
+            lines, cpu = service.usage()
+            lines0, cpu0 = self._before[service.name]
+            out[service.name] = {
+                "log_lines": lines - lines0,
+                "log_lines_per_minute": round((lines - lines0) * 60 / seconds, 1),
+                "cpu_percent": round(100 * (cpu - cpu0) / seconds, 1) if cpu >= cpu0 >= 0 else None,
+            }
+        samples = self.samples
+        out["held_max"] = max((s.held for s in samples), default=None)
+        out["acknowledged"] = samples[-1].published - samples[0].published if samples else None
+        return out
+
+    def acknowledged_since(self, moment: float) -> int | None:
+        """Events acknowledged from the first sample after `moment` to the latest one."""
+        after = [sample for sample in self.samples if sample.at >= moment]
+        return after[-1].published - after[0].published if after else None
+
+    def longest_stall(self) -> float | None:
+        """The longest time, in seconds, with no event acknowledged (between samples)."""
+        if not self.samples:
+            return None
+        longest, changed = 0.0, self.samples[0]
+        for sample in self.samples[1:]:
+            if sample.published != changed.published:
+                changed = sample
+            longest = max(longest, sample.at - changed.at)
+        return round(longest, 2)
+
+    async def resumed_after(self, moment: float, within: float = 120.0) -> float:
+        """Seconds from `moment` to the first sample after it with more events acknowledged
+        than the sample before (waited for, up to `within` s)."""
+        async with asyncio.timeout(within):
+            while True:
+                for before, sample in itertools.pairwise(self.samples):
+                    if sample.at > moment and sample.published > before.published:
+                        return round(sample.at - moment, 2)
+                await asyncio.sleep(self._every)
+
+    async def _sample(self) -> None:
+        while True:
+            held = published = 0
+            complete = True
+            for worker in self._workers:
+                totals = await worker_totals(worker)
+                if totals is None:
+                    complete = False
+                    break
+                held += totals["cumi_worker_queue_events"]
+                published += totals["cumi_worker_events_published_total"]
+            if complete:
+                self.samples.append(Sample(time.monotonic(), held, published))
+            await asyncio.sleep(self._every)
+
+
+class EndOffsets:
+    """The end offsets of a topic's partitions, asked again and again by a consumer that reads
+    nothing: when did writes to these partitions go through again after a node was lost?"""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+        self._topic = topic
+        self._partitions = [TopicPartition(topic, p) for p in range(partitions)]
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=5000
+        )
+
+    async def start(self) -> None:
+        await self._consumer.start()
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+
+    async def read(self, partitions: Collection[int] | None = None) -> dict[int, int] | None:
+        """Current end offsets (of `partitions`, default all), None if not all could be read
+        within a few seconds (a partition without a working leader)."""
+        wanted = [tp for tp in self._partitions if partitions is None or tp.partition in partitions]
+        try:
+            async with asyncio.timeout(6):
+                ends = await self._consumer.end_offsets(wanted)
+        except (KafkaError, TimeoutError):
+            return None
+        return {tp.partition: offset for tp, offset in ends.items()}
+
+    async def advanced(self, since: dict[int, int], within: float = 120.0) -> None:
+        """Wait until each partition of `since` has its end offset beyond the one given."""
+        waiting = dict(since)
+        async with asyncio.timeout(within):
+            while waiting:
+                now = await self.read(waiting)
+                if now is not None:
+                    waiting = {p: o for p, o in waiting.items() if now[p] <= o}
+                if waiting:
+                    await asyncio.sleep(0.2)

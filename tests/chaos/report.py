@@ -64,6 +64,34 @@ def _outage_table(runs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _cluster_table(runs: list[dict[str, Any]]) -> list[str]:
+    """One row per fault of the cluster runs (tests/integration/test_cluster_chaos.py)."""
+    lines = [
+        "",
+        "| cluster fault | held for | failover / acks resumed | longest pause in acks "
+        "| records held (max) | worker: log lines, CPU | projector: log lines, CPU |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        for fault in run["outages"]:
+            if "failover_s" in fault:
+                timing = f"failover {fault['failover_s']} s"
+            elif "resumed_s" in fault:
+                timing = f"resumed {fault['resumed_s']} s after the start call"
+            else:
+                timing = "—"
+            cells = [
+                f"{fault[name]['log_lines']}, {fault[name]['cpu_percent']} %"
+                for name in ("worker-0", "projector")
+            ]
+            lines.append(
+                f"| {fault['fault']} | {fault['hold']:g} s | {timing} "
+                f"| {fault.get('longest_stall_s')} s | {fault.get('held_max')} "
+                f"| {cells[0]} | {cells[1]} |"
+            )
+    return lines
+
+
 def render(path: Path) -> str:
     """Markdown tables of a results log (the chaos runs, the fuzz counts, the memory peaks)."""
     entries = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
@@ -84,6 +112,7 @@ def render(path: Path) -> str:
             f"| `{command}` |"
         )
     lines += _outage_table([e for e in entries if e["kind"] == "long-outage"])
+    lines += _cluster_table([e for e in entries if e["kind"] == "cluster-chaos"])
     lines += ["", "| fuzz test | inputs | outcomes |", "|---|---|---|"]
     for e in (e for e in entries if e["kind"] == "fuzz"):
         outcomes = e.get("outcomes") or {"lines": e.get("lines")}

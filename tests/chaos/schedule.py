@@ -5,7 +5,7 @@ the same order, with the same start times, durations and sizes (what the results
 "command to reproduce" relies on). Every kind of fault appears at least once when `faults` allows;
 the rest are drawn at random. Faults start `spacing` seconds apart and may outlast the gap, so they
 overlap (a worker killed while Kafka is down, a restart during a 503 storm…); two faults of the
-same kind never overlap.
+same kind never overlap. The cluster faults (`CLUSTER`) are not drawn: their runs give fixed steps.
 """
 
 from __future__ import annotations
@@ -38,7 +38,24 @@ class Fault(enum.StrEnum):
     that each one is known to have reached the worker: see harness.MalformedInjector)."""
     SLOW_REST = "slow-rest"
     """Every REST response delayed by `size` s, for `hold` s."""
+    # a `LocalCluster` run only:
+    LEADER_KILL = "kill-9-leader"
+    """SIGKILL of the node leading events partition 0; started again after `hold` s."""
+    ROLLING_RESTART = "rolling-restart"
+    """Each node in turn stopped cleanly, `hold` s down, started, the cluster healthy again."""
+    MAJORITY_DOWN = "majority-down"
+    """Every node but the leader of events partition 0 SIGKILLed (the KRaft quorum and
+    min.insync.replicas lost) for `hold` s, then started again."""
+    CLUSTER_CRASH = "kill-9-every-broker"
+    """Every node SIGKILLed at once, started again after `hold` s."""
 
+
+CLUSTER = frozenset(
+    {Fault.LEADER_KILL, Fault.ROLLING_RESTART, Fault.MAJORITY_DOWN, Fault.CLUSTER_CRASH}
+)
+"""Faults that need a multi-node `LocalCluster` (tests/integration/test_cluster_chaos.py)."""
+SEEDED = frozenset(Fault) - CLUSTER
+"""What the seeded schedules draw from: every fault the single session broker allows."""
 
 DISRUPTIVE = frozenset(
     {
@@ -47,6 +64,7 @@ DISRUPTIVE = frozenset(
         Fault.SIMULATOR_RESTART,
         Fault.NOTIFIER_DOWNTIME,
         Fault.CONNECTION_DROP,
+        *CLUSTER,
     }
 )
 """Faults that can lose a payload on its way to the worker (and so a malformed one): malformed
@@ -82,6 +100,10 @@ _DRAWS: dict[Fault, Draw] = {
     Fault.DUPLICATES: lambda r: (r.uniform(2.0, 6.0), round(r.uniform(0.05, 0.3), 2)),
     Fault.MALFORMED: lambda r: (0.0, float(r.randint(2, 5))),
     Fault.SLOW_REST: lambda r: (r.uniform(1.0, 4.0), round(r.uniform(0.1, 0.5), 2)),
+    Fault.LEADER_KILL: lambda r: (r.uniform(2.0, 10.0), 0.0),
+    Fault.ROLLING_RESTART: lambda r: (r.uniform(1.0, 4.0), 0.0),
+    Fault.MAJORITY_DOWN: lambda r: (r.uniform(10.0, 60.0), 0.0),
+    Fault.CLUSTER_CRASH: lambda r: (r.uniform(1.0, 10.0), 0.0),
 }
 
 
@@ -90,7 +112,7 @@ def plan(
     faults: int,
     *,
     spacing: tuple[float, float] = (1.5, 4.0),
-    kinds: frozenset[Fault] = frozenset(Fault),
+    kinds: frozenset[Fault] = SEEDED,
 ) -> list[Step]:
     """`faults` steps drawn from `seed`: each of `kinds` once (if room), the rest at random."""
     rng = random.Random(f"chaos-schedule-{seed}")

@@ -8,18 +8,18 @@ import asyncio
 import base64
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 from chaos.observe import TopicReader
 from chaos.processes import Service
 from fixtures.producing import wait_committed
+from fixtures.secure_kafka import SecureBroker
 from fixtures.simulator import MakeSimulator
 from fixtures.tls import TlsFiles
 from fixtures.worker import decode_all, fold_records, read_topic, running_worker, settle, worker_env
@@ -27,8 +27,6 @@ from fixtures.worker import decode_all, fold_records, read_topic, running_worker
 from ingest.cumi.credentials import Credential
 from ingest.cumi.rest import CumiRestClient
 from ingest.cumi.session import CometSession
-from ingest.devservices.kafka import LocalBroker
-from ingest.devservices.process import free_ports
 from ingest.errors import TransportError
 from ingest.eventlog.topics import TopicNames, TopicSpec, ensure_topics
 from ingest.ops.backoff import Backoff
@@ -151,47 +149,14 @@ class TestCumiTls:
 # -- TLS to Kafka ----------------------------------------------------------------------------------
 
 
-class SslBroker(LocalBroker):
-    """The local broker with a second, SSL listener (PEM keystore); tests only."""
-
-    def __init__(self, keystore: Path, data_dir: Path) -> None:
-        super().__init__(data_dir=data_dir)
-        self.ssl_port = free_ports(1)[0]
-        self._keystore = keystore
-
-    @property
-    def ssl_bootstrap(self) -> str:
-        return f"127.0.0.1:{self.ssl_port}"
-
-    def _write_server_properties(self) -> None:
-        super()._write_server_properties()
-        p = self.ports
-        listeners = f"PLAINTEXT://127.0.0.1:{p.port},SSL://127.0.0.1:{self.ssl_port}"
-        with self.server_properties.open("a", encoding="utf-8") as out:
-            # later keys win in a Java properties file
-            out.write(
-                f"\nlisteners={listeners},CONTROLLER://127.0.0.1:{p.controller_port}\n"
-                f"advertised.listeners={listeners}\n"
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SSL:SSL\n"
-                f"ssl.keystore.type=PEM\nssl.keystore.location={self._keystore}\n"
-                "ssl.client.auth=none\n"
-            )
-
-
-@pytest_asyncio.fixture
-async def ssl_broker(tls_files: TlsFiles, tmp_path: Path) -> AsyncIterator[SslBroker]:
-    async with SslBroker(tls_files.keystore, tmp_path / "ssl-kafka") as broker:
-        yield broker
-
-
 class TestKafkaTls:
     """The Kafka client settings against a real broker's SSL listener."""
 
     async def test_refused_by_default_accepted_with_its_ca(
-        self, ssl_broker: SslBroker, tls_files: TlsFiles
+        self, ssl_broker: SecureBroker, tls_files: TlsFiles
     ) -> None:
         base = {
-            "KAFKA_BOOTSTRAP_SERVERS": ssl_broker.ssl_bootstrap,
+            "KAFKA_BOOTSTRAP_SERVERS": ssl_broker.secure_bootstrap,
             "KAFKA_SECURITY_PROTOCOL": "SSL",
         }
         untrusting = load_kafka(SettingsSource(base)).client_kwargs()
@@ -207,7 +172,7 @@ class TestKafkaTls:
         ).client_kwargs()
         topic = f"tls-{uuid.uuid4().hex[:8]}"
         await ensure_topics(
-            ssl_broker.ssl_bootstrap,
+            ssl_broker.secure_bootstrap,
             [TopicSpec(topic, partitions=1)],
             **_without_bootstrap(trusting),
         )

@@ -194,8 +194,10 @@ class LocalBroker(LocalJvm):
         if (self._kraft_dir / "meta.properties").exists():
             return
         cluster_id = random_cluster_id() if self._quorum is None else self._quorum.cluster_id
-        argv = self._java(runtime, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c")
-        argv.append(str(self.server_properties))
+        argv = self._java(
+            runtime, "kafka.tools.StorageTool", "format", "-t", cluster_id, *self._format_options()
+        )
+        argv += ["-c", str(self.server_properties)]
         pid = process.spawn(argv, self.stdout_path, detach=False)
         done = await process.wait_exit(pid, FORMAT_TIMEOUT_S)
         if not done or not (self._kraft_dir / "meta.properties").exists():
@@ -220,6 +222,11 @@ class LocalBroker(LocalJvm):
 
     def _choose_ports(self) -> None:
         self._ports = choose_ports()
+
+    def _format_options(self) -> list[str]:
+        """More `kafka-storage format` options (a test broker adds SCRAM users with
+        `--add-scram`); applied once, when the storage directory is formatted."""
+        return []
 
     # -- internals --------------------------------------------------------------------------
 
