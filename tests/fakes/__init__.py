@@ -15,6 +15,8 @@ import heapq
 import itertools
 from collections.abc import Callable
 
+from fixtures import waiting
+
 from ingest.ops.clock import to_millis
 from ingest.ops.metrics import WORKER_REGISTRY
 
@@ -94,13 +96,9 @@ class FakeClock:
 
 
 async def eventually(check: Callable[[], bool], what: str, within: float = 2.0) -> None:
-    """Return once `check()` holds (polled between event-loop turns); fail after `within` s."""
-    try:
-        async with asyncio.timeout(within):
-            while not check():  # noqa: ASYNC110 - a predicate over plain state, no event
-                await asyncio.sleep(0.001)
-    except TimeoutError:
-        raise AssertionError(f"not within {within} s: {what}") from None
+    """Return once `check()` holds, polled between event-loop turns (fakes settle in
+    microseconds); fail after `within` s. The suite's one wait helper, `fixtures.waiting`."""
+    await waiting.eventually(check, within=within, what=what, interval=0.001)
 
 
 def sample(name: str, **labels: str) -> float:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from fixtures.vendor import vendor_example
+from fixtures.waiting import eventually
 from fixtures.worker import read_topic
 
 from ingest.devservices.kafka import LocalBroker
@@ -70,13 +70,6 @@ class TestAdmission:
         assert {r.partition for r in records} == {records[0].partition}
 
 
-async def wait_until(condition: Callable[[], bool], within: float, what: str) -> None:
-    async with asyncio.timeout(within):
-        while not condition():  # noqa: ASYNC110 - sink state, no event to wait on
-            await asyncio.sleep(0.05)
-    assert condition(), what
-
-
 class TestOutage:
     """The broker away for longer than KAFKA_REQUEST_TIMEOUT_MS: nothing received is lost."""
 
@@ -104,21 +97,31 @@ class TestOutage:
 
         producing = asyncio.create_task(produce())
         try:
-            await wait_until(lambda: usn >= 100, 30, "produced before the outage")
+            await eventually(
+                lambda: usn >= 100, within=30, what="produced before the outage", interval=0.05
+            )
             await kafka_broker.stop()
             outage = time.monotonic()
             # three request timeouts: aiokafka expires the batches of leaderless partitions
-            await wait_until(lambda: time.monotonic() - outage >= 9.0, 30, "outage")
+            await eventually(
+                lambda: time.monotonic() - outage >= 9.0, within=30, what="outage", interval=0.05
+            )
             assert sink.in_outage and sink.window.used > 0, "the outage is noticed, records held"
             await kafka_broker.start()
             resumed = usn
-            await wait_until(
-                lambda: usn >= resumed + 300 or sink.fatal is not None, 60, "producing again"
+            await eventually(
+                lambda: usn >= resumed + 300 or sink.fatal is not None,
+                within=60,
+                what="producing again",
+                interval=0.05,
             )
             done.set()
             await producing
-            await wait_until(
-                lambda: sink.window.used == 0 or sink.fatal is not None, 60, "all acknowledged"
+            await eventually(
+                lambda: sink.window.used == 0 or sink.fatal is not None,
+                within=60,
+                what="all acknowledged",
+                interval=0.05,
             )
         finally:
             done.set()
