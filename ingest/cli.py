@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "local Confluent-compatible schema registry (Apicurio)",
     ),
     "tail": ("ingest.commands.tail", "decode and print records of a topic"),
+    "export": ("ingest.commands.export", "the event log to Parquet files for SQL (DuckDB)"),
     "mailboxes": ("ingest.commands.mailboxes", "manage the mailbox registry topic"),
     "demo": ("ingest.demo.runner", "the whole pipeline end to end on the embedded defaults"),
 }

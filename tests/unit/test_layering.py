@@ -19,6 +19,7 @@ LAYERS: list[set[str]] = [
     {"eventlog"},
     {"state"},
     {"mailboxes"},
+    {"export"},
     {"worker", "projector"},
     {"commands", "cli", "__main__"},
 ]

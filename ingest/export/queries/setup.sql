@@ -1,0 +1,99 @@
+-- The export as tables (docs/voicemail-kpis.md). Run from the export directory, or after
+-- `SET file_search_path = '<export dir>'`; times are UTC (`SET TimeZone = 'UTC'`).
+-- `ingest.export.sql.connect()` runs exactly this file.
+
+-- one row per message named by a record of the events topic (events and gap-repair snapshots)
+CREATE OR REPLACE VIEW events AS
+SELECT * FROM read_parquet('events/*/*.parquet', hive_partitioning = true,
+                           hive_types = {'date': DATE});
+
+-- end-of-day folder states: per day, the mailboxes that had records that day
+CREATE OR REPLACE VIEW states AS
+SELECT * FROM read_parquet('states/*/*.parquet', hive_partitioning = true,
+                           hive_types = {'date': DATE});
+
+-- the bounded labels of the KPIs: lower-cased vendor MsgType / Priority, anything else 'other'
+CREATE OR REPLACE MACRO msg_type_label(t) AS
+    CASE WHEN lower(t) IN ('voice', 'fax', 'email', 'receipt') THEN lower(t) ELSE 'other' END;
+CREATE OR REPLACE MACRO priority_label(p) AS
+    CASE WHEN lower(p) IN ('normal', 'normal-priority') THEN 'normal'
+         WHEN lower(p) IN ('urgent', 'urgent-priority') THEN 'urgent'
+         ELSE 'other' END;
+
+-- every mailbox's folder state at the end of day `d`: the rows of its latest day <= d
+-- (a mailbox has rows only for days it had records); Inbox and Deleted messages only.
+-- (A join, not max(date) OVER (PARTITION BY mailbox_id): DuckDB 2.0.1 computes that window
+-- over the unfiltered hive partitions, ignoring `WHERE date <= d`.)
+CREATE OR REPLACE MACRO states_at(d) AS TABLE
+WITH latest AS (
+    SELECT mailbox_id, max(date) AS date FROM states WHERE date <= d GROUP BY mailbox_id
+)
+SELECT s.* FROM states AS s JOIN latest USING (mailbox_id, date)
+WHERE s.message_id IS NOT NULL;
+
+-- the rows about each message in USN order: by USN; at one USN the events (NEW_MESSAGE first)
+-- before a snapshot taken at that USN (it already reflects them); then by log position
+CREATE OR REPLACE VIEW message_records AS
+SELECT *,
+       kind = 'snapshot' AS from_snapshot,
+       {'usn': usn, 'snapshot': kind = 'snapshot',
+        'not_new': coalesce(event_type, '') <> 'NEW_MESSAGE',
+        'partition': "partition", 'offset': "offset"} AS usn_order,
+       coalesce(event_type IN ('SAVED_MESSAGE', 'DELETED_MESSAGE_READ'), false)
+           OR (kind = 'snapshot' AND coalesce(read, false)) AS says_read
+FROM events
+WHERE message_id IS NOT NULL;
+
+-- one row per message (MailboxId, bare MessageId): what the KPIs count
+CREATE OR REPLACE VIEW messages AS
+WITH inbox_changes AS (  -- a DELETED_MESSAGE_DELETE with an Inbox event at its USN is an undelete
+    SELECT DISTINCT mailbox_id, message_id, usn FROM message_records
+    WHERE event_type IN ('NEW_MESSAGE', 'SAVED_MESSAGE', 'UNREAD_MESSAGE',
+                         'DELETED_MESSAGE_UNDELETE')
+), flagged AS (
+    SELECT r.*,
+           coalesce(r.event_type IN ('DELETED_MESSAGE', 'DELETED_MESSAGE_CREATE',
+                                     'DELETED_MESSAGE_READ', 'DELETED_MESSAGE_UNREAD'), false)
+           OR (r.event_type = 'DELETED_MESSAGE_DELETE' AND i.usn IS NULL)
+           OR (r.from_snapshot AND r.folder = 'DELETED') AS says_deleted
+    FROM message_records r LEFT JOIN inbox_changes i USING (mailbox_id, message_id, usn)
+), facts AS (
+    SELECT mailbox_id, message_id,
+           arg_min(CASE WHEN from_snapshot THEN 'snapshot'
+                        WHEN event_type = 'NEW_MESSAGE' THEN 'new'
+                        ELSE 'restatement' END, usn_order) AS first_seen,
+           min(usn) AS first_usn,
+           arg_min(coalesce(receive_time, "timestamp"), usn_order)
+               FILTER (WHERE event_type = 'NEW_MESSAGE') AS new_arrival,
+           arg_min(msg_type, usn_order) FILTER (WHERE msg_type IS NOT NULL) AS msg_type,
+           arg_min(priority, usn_order) FILTER (WHERE priority IS NOT NULL) AS priority,
+           min(usn) FILTER (WHERE says_read) AS first_read_usn,
+           arg_min(from_snapshot, usn_order) FILTER (WHERE says_read) AS first_read_in_snapshot,
+           arg_min("timestamp", usn_order) FILTER (WHERE says_read) AS first_read_time,
+           min(usn) FILTER (WHERE says_deleted) AS first_delete_usn
+    FROM flagged
+    GROUP BY mailbox_id, message_id
+)
+SELECT mailbox_id, message_id,
+       first_seen,       -- 'new' (a NEW_MESSAGE event), 'snapshot', 'restatement' (another event)
+       first_usn,
+       msg_type_label(msg_type) AS msg_type,
+       priority_label(priority) AS priority,
+       CASE WHEN first_seen = 'new' THEN new_arrival END AS arrival,  -- NULL: unknown
+       CASE WHEN first_read_usn IS NULL THEN NULL
+            WHEN first_seen = 'new' AND NOT first_read_in_snapshot THEN 'known'
+            ELSE 'unknown' END AS first_listen,                       -- NULL: never read
+       CASE WHEN first_seen = 'new' AND NOT first_read_in_snapshot THEN first_read_time
+            END AS first_listen_time,
+       CASE WHEN first_seen = 'new' AND NOT first_read_in_snapshot
+            THEN epoch(first_read_time) - epoch(new_arrival) END AS seconds_to_first_listen,
+       first_read_usn,
+       first_delete_usn,
+       first_delete_usn IS NOT NULL
+           AND (first_read_usn IS NULL OR first_read_usn > first_delete_usn) AS deleted_unheard
+FROM facts;
+
+-- the buckets of the KPI histograms, in seconds (1m 5m 15m 1h 4h 12h 1d 3d 7d +Inf)
+CREATE OR REPLACE VIEW age_buckets AS
+SELECT * FROM (VALUES (60.0), (300.0), (900.0), (3600.0), (14400.0), (43200.0), (86400.0),
+                      (259200.0), (604800.0), ('inf'::DOUBLE)) AS b(le);
