@@ -177,7 +177,7 @@ class ExportRun:
                     *pending, timeout_ms=_FETCH_MS, max_records=_MAX_RECORDS
                 )
                 for tp, messages in batch.items():
-                    self.take(tp.partition, messages, ends[tp])
+                    self._take_in_batches(tp.partition, messages, ends[tp])
                 for tp in list(pending):
                     # markers of committed transactions have offsets but yield no record
                     position = await consumer.position(tp)
@@ -185,14 +185,21 @@ class ExportRun:
                     mark.offset = max(mark.offset, min(position, ends[tp]))
                     if mark.offset >= ends[tp]:
                         pending.discard(tp)
-                if self.due():
-                    self.commit()
                 if reporter is not None:
                     reporter.update(self._result.records)
             self.commit()
         finally:
             if reporter is not None:
                 reporter.close()
+
+    def _take_in_batches(self, partition: int, messages: list[Any], end: int) -> None:
+        start = 0
+        while start < len(messages):
+            room = max(1, self._batch_records - self._in_batch)
+            self.take(partition, messages[start : start + room], end)
+            start += room
+            if self.due():
+                self.commit()
 
     def take(self, partition: int, messages: Iterable[Any], end: int | None = None) -> None:
         """Fold and tabulate one partition's fetched records (ConsumerRecords, up to `end`)."""
