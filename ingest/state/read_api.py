@@ -203,7 +203,7 @@ class ReadApi:
         owned = partition in self._view.partitions
         return problem(
             404,
-            f"mailbox {mailbox_id!r} is not in this instance's state"
+            f"mailbox {mailbox_id} is not in this instance's state"
             + ("" if owned or partition is None else f" (partition {partition} is another's)"),
             kind="unknown-mailbox",
             title="Unknown mailbox",
