@@ -48,6 +48,8 @@ class HttpListener:
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         """The bound port once started (useful with port 0)."""
+        self.address: str | None = None
+        """The bound address once started."""
 
     @property
     def scheme(self) -> str:
@@ -72,7 +74,7 @@ class HttpListener:
         self._runner = runner
         server = site._server  # aiohttp keeps the listening socket here
         sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else self._port
+        self.address, self.port = sockets[0].getsockname()[:2] if sockets else (None, self._port)
         log.info("%s on %s://%s:%s", self._name, self.scheme, self._host, self.port)
 
     async def stop(self) -> None:
@@ -114,6 +116,11 @@ class OpsServer:
     def port(self) -> int | None:
         """The bound port once started (useful with port 0)."""
         return self._listener.port
+
+    @property
+    def address(self) -> str | None:
+        """The bound address once started."""
+        return self._listener.address
 
     def add_routes(self, routes: Iterable[web.AbstractRouteDef]) -> None:
         self.app.router.add_routes(routes)

@@ -158,6 +158,10 @@ class ReadApi:
         """Where the read API is served once started."""
         return self._ops.port if self._listener is None else self._listener.port
 
+    @property
+    def address(self) -> str | None:
+        return self._ops.address if self._listener is None else self._listener.address
+
     async def start(self) -> None:
         if self._listener is not None:
             await self._listener.start()

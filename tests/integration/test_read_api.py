@@ -1,6 +1,6 @@
-"""The projector's read API over real sockets, served from real projections (no Kafka needed):
-every answer checked against the OpenAPI document, conditional GET, cursor paging, bearer tokens
-and mutual TLS on a listener of its own, and connection timeouts."""
+"""The projector's read API over real sockets, served from real projections (Kafka only for the
+projector's own wiring): every answer checked against the OpenAPI document, conditional GET,
+cursor paging, bearer tokens and mutual TLS on a listener of its own, connection timeouts."""
 
 from __future__ import annotations
 
@@ -20,11 +20,13 @@ import pytest
 from fixtures.openapi import Answer, Contract
 from fixtures.producing import generate
 from fixtures.tls import TlsFiles
+from fixtures.waiting import eventually
 from multidict import CIMultiDict
 
-from ingest.eventlog.topics import partition_for
+from ingest.eventlog.topics import TopicNames, partition_for
 from ingest.events import LogRecord
 from ingest.ops.http import OpsServer
+from ingest.projector import Projector, ProjectorSettings
 from ingest.settings import SettingsSource, load_process, load_read_api
 from ingest.state.projection import MailboxState, Projection
 from ingest.state.read_api import ReadApi, openapi_document
@@ -371,6 +373,43 @@ class TestAccess:
                 with pytest.raises(aiohttp.ClientError):
                     await fetch(anonymous, served.read_url, "/mailboxes?limit=1")
         assert answer.status == 200
+
+
+class TestProjectorListeners:
+    """The projector process's wiring: by default everything on the loopback; with
+    CUMI_READ_API_PORT the read API on a listener of its own behind the token."""
+
+    async def test_own_read_api_listener(
+        self,
+        kafka_bootstrap: str,
+        fresh_topics: TopicNames,
+        http: aiohttp.ClientSession,
+        tmp_path: Path,
+    ) -> None:
+        settings = ProjectorSettings.load(
+            env={
+                "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+                "KAFKA_EVENTS_TOPIC": fresh_topics.events,
+                "KAFKA_STATE_TOPIC": fresh_topics.state,
+                "CUMI_PROJECTOR_GROUP_ID": f"listeners-{fresh_topics.events}",
+                "CUMI_METRICS_PORT": "0",
+                "CUMI_READ_API_PORT": "0",
+                "CUMI_READ_API_TOKEN_FILE": token_file(tmp_path, TOKEN),
+            }
+        )
+        async with Projector(settings) as projector:
+            await eventually(lambda: projector.ready, within=60, what="projector ready")
+            assert projector.ops.address == projector.read_api.address == "127.0.0.1"
+            assert projector.read_api.port != projector.ops.port
+            ops = f"http://127.0.0.1:{projector.ops.port}"
+            read = f"http://127.0.0.1:{projector.read_api.port}"
+            ready = await fetch(http, ops, "/healthz/ready")
+            not_here = await fetch(http, ops, "/mailboxes")
+            refused = await fetch(http, read, "/mailboxes")
+            auth = {"Authorization": f"Bearer {TOKEN}"}
+            page = await fetch(http, read, "/mailboxes", headers=auth)
+        assert (ready.status, not_here.status, refused.status, page.status) == (200, 404, 401, 200)
+        assert json.loads(page.body)["partitions"] == list(range(PARTITIONS))
 
 
 class TestConnectionTimeouts:
