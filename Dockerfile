@@ -27,9 +27,15 @@ RUN groupadd --system --gid 10001 cumi \
       --shell /usr/sbin/nologin cumi
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-index --find-links /wheels cumi-pipeline \
- && python -c "import importlib.resources as r; assert r.files('ingest').joinpath('schemas').is_dir()"
+ && python -c "import importlib.resources as r; assert r.files('ingest').joinpath('schemas').is_dir()" \
+ && python -c "from ingest.state.read_api import openapi_document; assert openapi_document()"
 # the root filesystem is read-only at run time; the chart mounts a writable emptyDir on /tmp
 USER 10001:10001
-EXPOSE 9102
+# Outside Kubernetes the processes bind 127.0.0.1 unless told otherwise; in a container that
+# would leave the published ports unreachable, and publishing them (-p) is the explicit step
+ENV CUMI_METRICS_HOST=0.0.0.0
+# 9102: /metrics and the probes (and the read API unless CUMI_READ_API_PORT); 9103: the chart's
+# read API port
+EXPOSE 9102 9103
 ENTRYPOINT ["ingest"]
 CMD ["worker"]

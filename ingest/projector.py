@@ -41,7 +41,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,9 +75,17 @@ from ingest.ops.metrics import (
     PROJECTOR_TRANSACTION_SECONDS,
     PROJECTOR_TRANSACTIONS,
 )
-from ingest.settings import KafkaSettings, SettingsSource, load_kafka, load_process
+from ingest.settings import (
+    HttpTimeouts,
+    KafkaSettings,
+    ReadApiSettings,
+    SettingsSource,
+    load_kafka,
+    load_process,
+    load_read_api,
+)
 from ingest.state.projection import MailboxState, Projection
-from ingest.state.read_api import routes as read_api_routes
+from ingest.state.read_api import ReadApi
 from ingest.state.store import Fenced, StateReader, StateWriter, TransactionFailed
 
 log = logging.getLogger(__name__)
@@ -120,11 +128,14 @@ class ProjectorSettings:
     as a StatefulSet pod name): a restarted instance takes its partitions back at once instead of
     waiting for the session timeout and a rebalance. Unset: dynamic membership."""
     http_host: str
-    """CUMI_METRICS_HOST: read API, /metrics and health."""
+    """CUMI_METRICS_HOST: /metrics and health (and the read API unless it has its own port)."""
     http_port: int
     """CUMI_METRICS_PORT."""
     shutdown_timeout_seconds: float
     log_level: str
+    read_api: ReadApiSettings
+    """CUMI_READ_API_*: the read API's listener, tokens and TLS."""
+    http_timeouts: HttpTimeouts
 
     @classmethod
     def load(
@@ -154,6 +165,8 @@ class ProjectorSettings:
             http_port=common.metrics_port,
             shutdown_timeout_seconds=common.shutdown_timeout_seconds,
             log_level=common.log_level or "INFO",
+            read_api=load_read_api(s, common),
+            http_timeouts=common.http_timeouts,
         )
 
 
@@ -194,8 +207,9 @@ class Projector:
             live={"projector": lambda: self._failure is None},
             ready={"restored": lambda: self.ready},
             registry=PROJECTOR_REGISTRY,
+            timeouts=settings.http_timeouts,
         )
-        self.ops.add_routes(read_api_routes(self))
+        self.read_api = ReadApi(self, settings.read_api, self.ops, timeouts=settings.http_timeouts)
         self._ids = schema_ids(k.schema_registry)
         """Registry mode: the schema ids of Confluent-framed records (either framing is read)."""
         self._reader = StateReader(self.state_topic, ids=self._ids, **self._client)
@@ -227,10 +241,8 @@ class Projector:
                 return number, state
         return None
 
-    def states(self) -> Iterator[tuple[int, MailboxState]]:
-        for number, owned in self.partitions.items():
-            for state in owned.projection.mailboxes.values():
-                yield number, state
+    def projections(self) -> dict[int, Projection]:
+        return {number: owned.projection for number, owned in self.partitions.items()}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -251,6 +263,7 @@ class Projector:
         )
         await self.ops.start()
         try:
+            await self.read_api.start()
             refusal = await access_refused(self._client)
             if refusal is not None:
                 raise KafkaAccessRefused(f"Kafka at {self._client['bootstrap_servers']}: {refusal}")
@@ -369,6 +382,7 @@ class Projector:
 
     async def _close(self) -> None:
         await self._close_kafka()
+        await self.read_api.stop()
         await self.ops.stop()
 
     async def _close_kafka(self) -> None:

@@ -34,6 +34,8 @@ from ingest.errors import ConfigError
 E = TypeVar("E", bound=enum.StrEnum)
 
 CONFIG_FILE_VAR = "CUMI_CONFIG"
+_IN_KUBERNETES = "KUBERNETES_SERVICE_HOST"
+"""Set by the kubelet in every pod: where the HTTP servers may bind every address by default."""
 _USERINFO = re.compile(r"^([^/@]*//)?[^/@]*@")
 """`user:password@` at the start of a URL (with or without a scheme)."""
 
@@ -120,7 +122,8 @@ class SettingsSource:
         env = os.environ if env is None else env
         path = config_file or env.get(CONFIG_FILE_VAR) or None
         merged: dict[str, Any] = dict(read_config_file(Path(path))) if path else {}
-        merged.update({k: v for k, v in env.items() if k.startswith(("CUMI_", "KAFKA_"))})
+        ours = ("CUMI_", "KAFKA_", _IN_KUBERNETES)
+        merged.update({k: v for k, v in env.items() if k.startswith(ours)})
         return cls(merged)
 
     def raw(self, name: str) -> Any:
@@ -402,13 +405,48 @@ class KafkaSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpTimeouts:
+    """Bounds on one HTTP connection of the processes' servers (ops and read API)."""
+
+    idle_seconds: float = 15.0
+    """CUMI_HTTP_IDLE_TIMEOUT_SECONDS: a connection without a complete request header for this
+    long is closed: idle between keep-alive requests, or a request header sent by halves."""
+    body_seconds: float = 5.0
+    """CUMI_HTTP_BODY_TIMEOUT_SECONDS: how long the rest of a request body is read (and dropped:
+    no route takes one) after the answer, before the connection is closed."""
+
+
+DEFAULT_TIMEOUTS = HttpTimeouts()
+
+
+@dataclass(frozen=True, slots=True)
+class ReadApiSettings:
+    """The projector's read API listener (docs/operations.md, "The projector's read API")."""
+
+    port: int | None
+    """CUMI_READ_API_PORT: a listener of its own; None = served on the ops port (CUMI_METRICS_PORT)
+    as before, with the same bind address."""
+    host: str
+    """CUMI_READ_API_HOST (default: the ops server's address)."""
+    tokens: tuple[Secret, ...]
+    """CUMI_READ_API_TOKEN_FILE: bearer tokens accepted, one a line (two during a rotation);
+    empty = no token required."""
+    tls_cert_file: Path | None = None
+    """CUMI_READ_API_TLS_CERT_FILE (and _KEY_FILE): HTTPS on the read API's own listener."""
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    """CUMI_READ_API_TLS_CLIENT_CA_FILE: mutual TLS, clients need a certificate from this CA."""
+
+
+@dataclass(frozen=True, slots=True)
 class ProcessSettings:
     """What every long-running process (worker, projector) has: one name each."""
 
     metrics_port: int
-    """CUMI_METRICS_PORT: /metrics, health (and the projector's read API)."""
+    """CUMI_METRICS_PORT: /metrics, health (and the projector's read API unless it has its own)."""
     metrics_host: str
-    """CUMI_METRICS_HOST."""
+    """CUMI_METRICS_HOST: default 127.0.0.1, or 0.0.0.0 in a Kubernetes pod."""
+    http_timeouts: HttpTimeouts
     log_level: str | None
     """CUMI_LOG_LEVEL; None leaves the command line's --log-level in force."""
     shutdown_timeout_seconds: float
@@ -425,6 +463,7 @@ class WorkerSettings:
     """CUMI_LOG_LEVEL; None leaves the command line's --log-level in force."""
     shutdown_timeout_seconds: float
     reconcile_on_start: bool
+    http_timeouts: HttpTimeouts
     group_id: str
     """KAFKA_WORKER_GROUP: the consumer group sharing the registry (registry source only)."""
     group_session_timeout_ms: int
@@ -650,10 +689,60 @@ def load_process(s: SettingsSource) -> ProcessSettings:
         )
     return ProcessSettings(
         metrics_port=s.integer("CUMI_METRICS_PORT", 9102, maximum=65535),
-        metrics_host=s.text("CUMI_METRICS_HOST", "0.0.0.0") or "0.0.0.0",
+        metrics_host=s.text("CUMI_METRICS_HOST") or default_bind_host(s),
+        http_timeouts=HttpTimeouts(
+            idle_seconds=s.number("CUMI_HTTP_IDLE_TIMEOUT_SECONDS", 15.0),
+            body_seconds=s.number("CUMI_HTTP_BODY_TIMEOUT_SECONDS", 5.0),
+        ),
         log_level=level,
         shutdown_timeout_seconds=s.number("CUMI_SHUTDOWN_TIMEOUT_SECONDS", 20.0, minimum=0.0),
     )
+
+
+def default_bind_host(s: SettingsSource) -> str:
+    """Every address in a Kubernetes pod (probes and Services come from outside the pod), the
+    loopback anywhere else: nothing is reachable from the network unless configured so."""
+    return "0.0.0.0" if s.text(_IN_KUBERNETES) else "127.0.0.1"
+
+
+def load_read_api(s: SettingsSource, process: ProcessSettings) -> ReadApiSettings:
+    """The read API's listener, bearer tokens and TLS files (checked together here)."""
+    port = s.integer("CUMI_READ_API_PORT", -1, minimum=0, maximum=65535)
+    # unset, or the ops port itself: one listener serves both, as before the read API had its own
+    shared = port < 0 or (port == process.metrics_port and port != 0)
+    cert, key = s.path("CUMI_READ_API_TLS_CERT_FILE"), s.path("CUMI_READ_API_TLS_KEY_FILE")
+    client_ca = s.path("CUMI_READ_API_TLS_CLIENT_CA_FILE")
+    if (cert is None) != (key is None):
+        raise ConfigError("CUMI_READ_API_TLS_CERT_FILE and CUMI_READ_API_TLS_KEY_FILE go together")
+    if client_ca is not None and cert is None:
+        raise ConfigError(
+            "CUMI_READ_API_TLS_CLIENT_CA_FILE needs CUMI_READ_API_TLS_CERT_FILE/_KEY_FILE: "
+            "mutual TLS is TLS with client certificates"
+        )
+    if cert is not None and shared:
+        raise ConfigError(
+            "CUMI_READ_API_TLS_* needs CUMI_READ_API_PORT, another port than CUMI_METRICS_PORT: "
+            "TLS is served on the read API's own listener (probes and /metrics stay plain HTTP)"
+        )
+    return ReadApiSettings(
+        port=None if shared else port,
+        host=s.text("CUMI_READ_API_HOST") or process.metrics_host,
+        tokens=_tokens(s, "CUMI_READ_API_TOKEN_FILE"),
+        tls_cert_file=cert,
+        tls_key_file=key,
+        tls_client_ca_file=client_ca,
+    )
+
+
+def _tokens(s: SettingsSource, name: str) -> tuple[Secret, ...]:
+    """The non-empty lines of a token file (a Secret key mounted as a file)."""
+    secret = s.secret_file(name)
+    if secret is None:
+        return ()
+    tokens = tuple(Secret(line.strip()) for line in secret.reveal().splitlines() if line.strip())
+    if any(len(t.reveal()) < 16 or not t.reveal().isascii() for t in tokens):
+        raise ConfigError(f"{name}: every token must be at least 16 ASCII characters")
+    return tokens
 
 
 def load_worker(s: SettingsSource) -> WorkerSettings:
@@ -665,6 +754,7 @@ def load_worker(s: SettingsSource) -> WorkerSettings:
         log_level=process.log_level,
         shutdown_timeout_seconds=process.shutdown_timeout_seconds,
         reconcile_on_start=s.flag("CUMI_RECONCILE_ON_START", True),
+        http_timeouts=process.http_timeouts,
         **_worker_group(s),
     )
 

@@ -129,6 +129,7 @@ class Worker:
             live={"producer": lambda: sink.fatal is None},
             ready={"worker": self.is_ready},
             registry=WORKER_REGISTRY,
+            timeouts=s.worker.http_timeouts,
         )
         self.ops = ops
         ssl_context = c.ssl_context()

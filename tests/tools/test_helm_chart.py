@@ -44,7 +44,8 @@ SELECTOR_KEYS = {
 MOUNT_ROOT = "/etc/cumi-pipeline/"
 # Settings deliberately not reachable from values, with the reason.
 NOT_IN_CHART = {
-    "CUMI_METRICS_HOST": "the probes and Services need the HTTP server on every interface",
+    "CUMI_READ_API_HOST": "the Service needs the read API on every interface of the pod",
+    "KUBERNETES_SERVICE_HOST": "set by the kubelet in every pod (the processes' binding default)",
     "CUMI_PROJECTOR_GROUP_INSTANCE_ID": "static membership needs a stable name per instance "
     "(a StatefulSet); a Deployment's pod names change with every rollout",
 }
@@ -205,7 +206,10 @@ def materialise(env: dict[str, str], root: Path) -> dict[str, str]:
             path.mkdir(parents=True, exist_ok=True)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("{}\n" if path.suffix == ".json" else "alice\n")
+            content = "{}" if path.suffix == ".json" else "alice"
+            if name.endswith("TOKEN_FILE"):
+                content = "a-token-of-at-least-16-characters"
+            path.write_text(content + "\n")
         local[name] = str(path)
     return local
 
@@ -494,9 +498,12 @@ class TestWorkloads:
     def test_probes_and_port(self, rendered: dict[str, list[Manifest]], scenario: str) -> None:
         for component in ("worker", "projector"):
             c = workload(rendered[scenario], component)
-            (port,) = c.spec["ports"]
-            assert port["name"] == "http"
-            assert port["containerPort"] == int(c.env["CUMI_METRICS_PORT"])
+            ports = {p["name"]: p["containerPort"] for p in c.spec["ports"]}
+            expected_ports = {"http": int(c.env["CUMI_METRICS_PORT"])}
+            if component == "projector":
+                expected_ports["read-api"] = int(c.env["CUMI_READ_API_PORT"])
+            assert ports == expected_ports
+            assert c.env["CUMI_METRICS_HOST"] == "0.0.0.0"  # not the loopback default
             for probe, path in (
                 ("startupProbe", "/healthz/live"),
                 ("livenessProbe", "/healthz/live"),
@@ -821,7 +828,7 @@ class TestMonitoring:
 
     def test_optional_features_off_by_default(self, rendered: dict[str, list[Manifest]]) -> None:
         kinds = {d["kind"] for d in rendered["default"]}
-        assert not kinds & {"NetworkPolicy", "ServiceMonitor", "PrometheusRule"}
+        assert not kinds & {"ServiceMonitor", "PrometheusRule"}
         names = {d["metadata"]["name"] for d in rendered["default"]}
         assert not [n for n in names if n.endswith("-dashboard")]
 
@@ -885,3 +892,82 @@ class TestMonitoring:
 
         assert 7443 in egress_ports(worker)
         assert 7443 not in egress_ports(projector)  # the projector never talks to Connection
+
+
+class TestExposure:
+    """The NetworkPolicies are on by default; the read API has a port of its own that they (and
+    an optional token and TLS) restrict, while /metrics and the probes stay open."""
+
+    @staticmethod
+    def ingress(policy: Manifest, port: str) -> list[Manifest]:
+        rules = [
+            r for r in policy["spec"]["ingress"] if {"port": port, "protocol": "TCP"} in r["ports"]
+        ]
+        assert len(rules) == 1, (port, policy["spec"]["ingress"])
+        return rules[0].get("from", [])  # type: ignore[no-any-return]
+
+    def test_network_policies_on_by_default(self, rendered: dict[str, list[Manifest]]) -> None:
+        docs = rendered["default"]
+        worker = one(docs, "NetworkPolicy", "worker")
+        projector = one(docs, "NetworkPolicy", "projector")
+        assert self.ingress(worker, "http") == [] and self.ingress(projector, "http") == []
+        assert len(worker["spec"]["ingress"]) == 1  # no read API on the workers
+        peers = self.ingress(projector, "read-api")
+        release = labels(one(docs, "Pod"))
+        selectors = [p["podSelector"]["matchLabels"] for p in peers]
+        assert any(s.items() <= release.items() for s in selectors), "the helm test pod"
+        assert {"cumi-pipeline-read-api-client": "true"} in selectors
+        assert all(set(p) == {"podSelector"} for p in peers)  # this namespace only
+
+    def test_configured_read_api_peers(self, rendered: dict[str, list[Manifest]]) -> None:
+        projector = one(rendered["all-features-on"], "NetworkPolicy", "projector")
+        peers = self.ingress(projector, "read-api")
+        assert {"podSelector": {"matchLabels": {"voicemail-portal": "true"}}} in peers
+        assert "cumi-pipeline-read-api-client" not in str(peers)
+        namespace = {"matchLabels": {"kubernetes.io/metadata.name": "voicemail-portal"}}
+        assert {"namespaceSelector": namespace} in peers
+        assert not [p for p in self.ingress(projector, "http") if "voicemail-portal" in str(p)]
+
+    def test_can_be_turned_off(self, helm: str) -> None:
+        kinds = {d["kind"] for d in template(helm, "--set", "networkPolicy.enabled=false")}
+        assert "NetworkPolicy" not in kinds
+
+    @pytest.mark.parametrize(
+        ("url", "port"),
+        [
+            ("https://registry.example.net/apis/ccompat/v7", 443),
+            ("http://apicurio:8080/apis/ccompat/v7", 8080),
+        ],
+    )
+    def test_egress_reaches_the_schema_registry(self, helm: str, url: str, port: int) -> None:
+        docs = template(helm, "--set", f"kafka.schemaRegistry.url={url}")
+        for component in ("worker", "projector"):
+            egress = one(docs, "NetworkPolicy", component)["spec"]["egress"]
+            assert {"port": port, "protocol": "TCP"} in [p for r in egress for p in r["ports"]]
+
+    @pytest.mark.parametrize("scenario", SCENARIOS)
+    def test_read_api_port_service_and_env(
+        self, rendered: dict[str, list[Manifest]], scenario: str, tmp_path: Path
+    ) -> None:
+        docs = rendered[scenario]
+        env = workload(docs, "projector").env
+        service = one(docs, "Service", "projector")
+        ports = {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]}
+        assert ports["read-api"] == (int(env["CUMI_READ_API_PORT"]), "read-api")
+        assert ports["http"][0] != ports["read-api"][0]
+        loaded = ProjectorSettings.load(env=materialise(env, tmp_path))
+        assert loaded.read_api.port == int(env["CUMI_READ_API_PORT"])
+        assert loaded.read_api.host == loaded.http_host == "0.0.0.0"
+
+    def test_token_and_mutual_tls_wiring(self, rendered: dict[str, list[Manifest]]) -> None:
+        env = workload(rendered["all-features-on"], "projector").env
+        assert env["CUMI_READ_API_TOKEN_FILE"] == "/etc/cumi-pipeline/read-api-auth/token"
+        assert env["CUMI_READ_API_TLS_CERT_FILE"] == "/etc/cumi-pipeline/read-api-tls/tls.crt"
+        assert env["CUMI_READ_API_TLS_KEY_FILE"] == "/etc/cumi-pipeline/read-api-tls/tls.key"
+        assert env["CUMI_READ_API_TLS_CLIENT_CA_FILE"] == "/etc/cumi-pipeline/read-api-tls/ca.crt"
+        default = workload(rendered["default"], "projector").env
+        assert not [n for n in default if n.startswith("CUMI_READ_API_T")]
+
+    def test_read_api_port_must_not_be_the_http_port(self, helm: str) -> None:
+        error = template_error(helm, "--set", "projector.readApi.port=9102")
+        assert "projector.readApi.port must differ from httpPort" in error

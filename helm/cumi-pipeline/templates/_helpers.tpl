@@ -116,6 +116,9 @@ True ("true") when the Kafka protocol uses TLS / SASL.
 Fail early, with a readable message, on combinations the schema cannot express.
 */}}
 {{- define "cumi-pipeline.validate" -}}
+{{- if eq (int .Values.projector.readApi.port) (int .Values.httpPort) }}
+{{- fail "projector.readApi.port must differ from httpPort: the read API has a listener of its own so that the NetworkPolicy, tokens and TLS can restrict it while /metrics and the probes stay open" }}
+{{- end }}
 {{- if and .Values.cumi.tls.ca.secretName .Values.cumi.tls.ca.configMapName }}
 {{- fail "cumi.tls.ca: set secretName or configMapName, not both" }}
 {{- end }}
@@ -216,6 +219,8 @@ Only names the code reads (ingest/settings.py); null values are left to the code
 {{- end }}
 - name: CUMI_METRICS_PORT
   value: {{ .Values.httpPort | quote }}
+- name: CUMI_METRICS_HOST
+  value: "0.0.0.0"
 - name: CUMI_LOG_LEVEL
   value: {{ .Values.logLevel | quote }}
 {{- end }}
@@ -286,6 +291,65 @@ Environment of the projector only.
 */}}
 {{- define "cumi-pipeline.projectorEnv" -}}
 {{- include "cumi-pipeline.optionalEnv" (list "CUMI_SHUTDOWN_TIMEOUT_SECONDS" .Values.projector.shutdownTimeoutSeconds) }}
+{{- with .Values.projector.readApi }}
+- name: CUMI_READ_API_PORT
+  value: {{ .port | quote }}
+{{- if .auth.existingSecret }}
+- name: CUMI_READ_API_TOKEN_FILE
+  value: /etc/cumi-pipeline/read-api-auth/{{ .auth.tokenKey }}
+{{- end }}
+{{- if .tls.existingSecret }}
+- name: CUMI_READ_API_TLS_CERT_FILE
+  value: /etc/cumi-pipeline/read-api-tls/{{ .tls.certKey }}
+- name: CUMI_READ_API_TLS_KEY_FILE
+  value: /etc/cumi-pipeline/read-api-tls/{{ .tls.keyKey }}
+{{- if .tls.clientCaKey }}
+- name: CUMI_READ_API_TLS_CLIENT_CA_FILE
+  value: /etc/cumi-pipeline/read-api-tls/{{ .tls.clientCaKey }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The projector's read API Secrets (token file, TLS files) as volumes, and their mounts.
+*/}}
+{{- define "cumi-pipeline.readApiVolumes" -}}
+{{- with .Values.projector.readApi }}
+{{- if .auth.existingSecret }}
+- name: read-api-auth
+  secret:
+    secretName: {{ .auth.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ .auth.tokenKey }}
+        path: {{ .auth.tokenKey }}
+{{- end }}
+{{- if .tls.existingSecret }}
+- name: read-api-tls
+  secret:
+    secretName: {{ .tls.existingSecret }}
+    defaultMode: 0440
+    items:
+      {{- range compact (list .tls.certKey .tls.keyKey .tls.clientCaKey) }}
+      - key: {{ . }}
+        path: {{ . }}
+      {{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "cumi-pipeline.readApiVolumeMounts" -}}
+{{- if .Values.projector.readApi.auth.existingSecret }}
+- name: read-api-auth
+  mountPath: /etc/cumi-pipeline/read-api-auth
+  readOnly: true
+{{- end }}
+{{- if .Values.projector.readApi.tls.existingSecret }}
+- name: read-api-tls
+  mountPath: /etc/cumi-pipeline/read-api-tls
+  readOnly: true
+{{- end }}
 {{- end }}
 
 {{/*
