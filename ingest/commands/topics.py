@@ -43,6 +43,20 @@ def _retention(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    checking = actions.add_parser("check", help="compare the topics with their specs")
+    _common(checking)
+    applying = actions.add_parser("apply", help="create missing topics, fix what is safe")
+    _common(applying)
+    applying.add_argument(
+        "--fix-configs",
+        action="store_true",
+        help="also set configs that differ in a way that deletes nothing (e.g. a shorter "
+        "retention than specified)",
+    )
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bootstrap",
         metavar="HOST:PORT[,…]",
@@ -73,17 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MS",
         help="retention of the events topic (default -1: kept forever, replay needs it)",
     )
-    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    checking = actions.add_parser("check", help="compare the topics with their specs")
-    checking.add_argument("--json", action="store_true", help="the report as one JSON document")
-    applying = actions.add_parser("apply", help="create missing topics, fix what is safe")
-    applying.add_argument(
-        "--fix-configs",
-        action="store_true",
-        help="also set configs that differ in a way that deletes nothing (e.g. a shorter "
-        "retention than specified)",
-    )
-    applying.add_argument("--json", action="store_true", help="the report after, as JSON")
+    parser.add_argument("--json", action="store_true", help="the report as one JSON document")
 
 
 def run(args: argparse.Namespace) -> int:
