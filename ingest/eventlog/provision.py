@@ -3,7 +3,7 @@ the safe part of the difference applied (`ingest topics check|apply`).
 
 `inspect` reads what exists (partitions, replication, the effective value of every config a spec
 names, whether a topic has ever held a record); `plan` is the pure comparison; `apply` does what
-`plan` marks safe. What is safe, and why (docs/topics.md, "Provisioning"):
+`plan` marks safe, and nothing while `plan` refuses something. What is safe, and why (docs/topics.md, "Provisioning"):
 
 | difference | apply |
 |---|---|
@@ -250,8 +250,12 @@ async def apply(
     specs: Sequence[TopicSpec], client_kwargs: Mapping[str, Any], *, fix_configs: bool = False
 ) -> tuple[Report, list[Difference]]:
     """Do what is safe (creations, partitions of empty topics, and with `fix_configs` the config
-    changes marked safe); (the report after, the differences fixed)."""
+    changes marked safe); (the report after, the differences fixed). All or nothing: with a
+    refused difference nothing is changed, since the topics belong together (the state topic
+    must have the events topic's partition count, which the operator has to settle first)."""
     before = await check(specs, client_kwargs)
+    if any(d.fix is None for d in before.differences):
+        return before, []
     todo = [
         d
         for d in before.differences

@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from fakes import FakeClock
 
-from ingest.commands import progress as command_progress
 from ingest.commands.progress import ReplayProgress
 from ingest.ops.progress import LoggedProgress
 
@@ -74,7 +75,7 @@ class TestReplayProgress:
         self, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         caplog.set_level("INFO", logger=LOGGER)
-        monkeypatch.setattr(command_progress.sys.stderr, "isatty", lambda: False)
+        monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
         progress = ReplayProgress()
         progress(0, 0)  # worker processes not started yet
         assert lines(caplog) == []
