@@ -3,18 +3,15 @@ and the command's output and exit codes (`ingest.eventlog.provision`, `ingest.co
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from fixtures.commands import ingest
 from fixtures.producing import delete_topics
 
 from ingest.commands._exits import Exit
@@ -22,30 +19,6 @@ from ingest.eventlog.provision import Fix, apply, check, inspect
 from ingest.eventlog.topics import TopicNames, default_specs
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass(frozen=True, slots=True)
-class Run:
-    code: int
-    out: str
-    err: str
-
-
-async def ingest(*argv: str, env: dict[str, str] | None = None) -> Run:
-    """`python -m ingest …` off a terminal, with no Kafka settings but those given."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "CUMI_"))}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "ingest",
-        *argv,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=clean | {"CUMI_LOG_FORMAT": "json"} | (env or {}),
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return Run(process.returncode, out.decode(), err.decode())
 
 
 @pytest.fixture
