@@ -3,7 +3,8 @@ the safe part of the difference applied (`ingest topics check|apply`).
 
 `inspect` reads what exists (partitions, replication, the effective value of every config a spec
 names, whether a topic has ever held a record); `plan` is the pure comparison; `apply` does what
-`plan` marks safe, and nothing while `plan` refuses something. What is safe, and why (docs/topics.md, "Provisioning"):
+`plan` marks safe, and nothing while `plan` refuses something. What is safe, and why
+(docs/topics.md, "Provisioning"):
 
 | difference | apply |
 |---|---|
@@ -24,8 +25,10 @@ current overrides are sent back with it.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +39,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, for_code
 
 from ingest.errors import BrokerError
-from ingest.eventlog.topics import TopicSpec, ensure_topics
+from ingest.eventlog.topics import READY_TIMEOUT_S, TopicSpec, ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -290,8 +293,24 @@ async def _add_partitions(
         for d in todo
         if d.fix is Fix.ADD_PARTITIONS
     }
-    if grow:
-        await admin.create_partitions(grow)
+    if not grow:
+        return
+    await admin.create_partitions(grow)
+    # the controller acknowledges before the metadata shows the new partitions with leaders
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        described = await admin.describe_topics(list(grow))
+        if all(
+            len(t["partitions"]) == grow[t["topic"]].total_count
+            and all(p["leader"] >= 0 for p in t["partitions"])
+            for t in described
+        ):
+            return
+        if time.monotonic() >= deadline:
+            raise BrokerError(
+                f"new partitions of {sorted(grow)} not served after {READY_TIMEOUT_S} s"
+            )
+        await asyncio.sleep(0.05)
 
 
 async def _set_configs(
