@@ -39,7 +39,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, for_code
 
 from ingest.errors import BrokerError
-from ingest.eventlog.topics import READY_TIMEOUT_S, TopicSpec, ensure_topics
+from ingest.eventlog.topics import READY_TIMEOUT_S, TopicSpec, describe_existing, ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -342,7 +342,7 @@ async def inspect(
     admin = AIOKafkaAdminClient(**client_kwargs)
     try:
         await admin.start()
-        described = {t["topic"]: t for t in await admin.describe_topics(list(names))}
+        described = {t["topic"]: t for t in await describe_existing(admin, names)}
         existing = [n for n in names if _exists(described.get(n))]
         configs = await _configs_of(admin, existing)
         counts = {n: len(described[n]["partitions"]) for n in existing}
