@@ -246,6 +246,10 @@ async def tail(
     pace_metadata(consumer._client)  # no busy loop while the broker is away
     try:
         await consumer.start()
+        if options.follow:
+            # following is a long watch: a later outage is news only the client's own
+            # (rate-limited) lines give; a failed start was one line of ours (ingest.cli)
+            logging.getLogger("aiokafka").setLevel(logging.WARNING)
         tps = _assign(consumer, options, partitions)
         end = await consumer.end_offsets(tps)
         for tp, offset in (await _start_offsets(consumer, tps, options, end)).items():
