@@ -129,7 +129,12 @@ def specs_of(
     kafka: KafkaSettings, events_partitions: int, replication: int, events_retention_ms: int
 ) -> list[TopicSpec]:
     """The four topics under the configured names."""
-    names = TopicNames(kafka.events_topic, kafka.dlq_topic, kafka.state_topic, kafka.registry_topic)
+    names = TopicNames(
+        events=kafka.events_topic,
+        dlq=kafka.dlq_topic,
+        state=kafka.state_topic,
+        registry=kafka.registry_topic,
+    )
     return default_specs(
         names,
         events_partitions=events_partitions,

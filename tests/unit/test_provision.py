@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from ingest.eventlog.provision import Fix, TopicState, plan
-from ingest.eventlog.topics import TopicNames, TopicSpec, default_specs
+from ingest.eventlog.topics import TopicNames, TopicSpec, default_specs, describe_existing
 
 SPECS = default_specs(TopicNames(), replication=3)
 EVENTS, DLQ, STATE, REGISTRY = SPECS
@@ -121,3 +121,26 @@ class TestPlan:
                 "advice": "`ingest topics apply` creates it",
             }
         ]
+
+
+class TestNoAutoCreation:
+    """A metadata request never names a topic that may not exist: a broker with
+    `auto.create.topics.enable` (Kafka's default) would create it with its own defaults."""
+
+    async def test_missing_names_are_never_described(self) -> None:
+        class Admin:
+            def __init__(self) -> None:
+                self.described: list[list[str]] = []
+
+            async def list_topics(self) -> list[str]:
+                return ["mailbox-events", "other"]
+
+            async def describe_topics(self, names: list[str]) -> list[dict[str, object]]:
+                self.described.append(names)
+                return [{"topic": n, "error_code": 0, "partitions": []} for n in names]
+
+        admin = Admin()
+        found = await describe_existing(admin, ["mailbox-events", "mailbox-state"])
+        assert [t["topic"] for t in found] == ["mailbox-events"]
+        assert await describe_existing(admin, ["nope"]) == []
+        assert admin.described == [["mailbox-events"]]
