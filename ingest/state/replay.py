@@ -40,7 +40,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from ingest.errors import ConfigError, DecodeError
+from ingest.errors import ConfigError, DecodeError, TopicMissing
 from ingest.eventlog.reader import decode_log_record
 from ingest.eventlog.schema_registry import schema_ids
 from ingest.eventlog.topics import describe_topic, partition_for
@@ -111,7 +111,7 @@ async def replay(
         raise ConfigError("a USN or offset bound needs a mailbox (they are per mailbox)")
     described = await describe_topic(topic, bootstrap_servers=bootstrap, **client_kwargs)
     if described is None:
-        raise ConfigError(f"topic {topic} does not exist")
+        raise TopicMissing(f"topic {topic!r} does not exist")
     count = described[0]
     numbers = [partition_for(mailbox, count)] if mailbox is not None else list(range(count))
     job = _Job(bootstrap, topic, tuple(numbers), mailbox, until, client_kwargs, schema_registry)
