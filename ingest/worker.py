@@ -31,6 +31,7 @@ from ingest.cumi.rest import CumiRestClient
 from ingest.cumi.session import CometSession
 from ingest.cumi.subscriptions import SubscriptionManager, SubscriptionPolicy
 from ingest.errors import BrokerError
+from ingest.eventlog.clients import access_refused
 from ingest.eventlog.records import RecordWriter
 from ingest.eventlog.schema_registry import register_writers
 from ingest.eventlog.sink import Sink
@@ -234,8 +235,12 @@ class Worker:
 
     async def _topics_present(self) -> None:
         """Wait until the events and dead-letter topics exist (readiness `topics` names them
-        meanwhile). Kafka unreachable: left to the sink's start, which waits it out."""
+        meanwhile). Kafka unreachable or refusing us: left to the sink's start, which waits the
+        first out and stops on the second."""
         k = self.settings.kafka
+        if await access_refused(k.client_kwargs()) is not None:
+            self._missing_topics = None
+            return  # the sink's start stops the worker with the one line that says why
 
         def note(missing: list[str]) -> None:
             self._missing_topics = (
