@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,8 +39,6 @@ from aiokafka.errors import KafkaError, for_code
 
 from ingest.errors import BrokerError
 from ingest.eventlog.topics import READY_TIMEOUT_S, TopicSpec, describe_existing, ensure_topics
-
-log = logging.getLogger(__name__)
 
 _UNKNOWN_TOPIC = 3
 _DYNAMIC_TOPIC_CONFIG = 1
