@@ -20,8 +20,9 @@ import contextlib
 import enum
 import logging
 import signal
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from ingest.cumi.credentials import CredentialsProvider, build_provider
 from ingest.cumi.gap_repair import Reconciler
@@ -29,12 +30,16 @@ from ingest.cumi.normalizer import TimeZones
 from ingest.cumi.rest import CumiRestClient
 from ingest.cumi.session import CometSession
 from ingest.cumi.subscriptions import SubscriptionManager, SubscriptionPolicy
+from ingest.errors import BrokerError
+from ingest.eventlog.clients import access_refused
 from ingest.eventlog.records import RecordWriter
 from ingest.eventlog.schema_registry import register_writers
 from ingest.eventlog.sink import Sink
+from ingest.eventlog.topics import wait_until_present
 from ingest.mailboxes.assignment import CredentialRefs, RegistryAssignment
 from ingest.mailboxes.mailbox_file import watched_aliases
 from ingest.ops.backoff import Backoff
+from ingest.ops.clock import SYSTEM_CLOCK
 from ingest.ops.http import OpsServer
 from ingest.ops.metrics import WORKER_READY, WORKER_REGISTRY
 from ingest.ops.progress import LoggedProgress, ProgressFactory
@@ -69,18 +74,33 @@ class Worker:
         self.reconciler: Reconciler | None = None
         self.ops: OpsServer | None = None
         self.assignment: RegistryAssignment | None = None
+        self._missing_topics: str | None = "the topics have not been looked up yet"
 
     def stop(self) -> None:
         self._stop.set()
 
     def is_ready(self) -> bool:
-        return (
-            self.sink is not None
-            and self.sink.ready
-            and self.manager is not None
-            and self.manager.ready.is_set()
-            and (self.assignment is None or self.assignment.ready)
-        )
+        return all(why is None for why in self.readiness().values())
+
+    def readiness(self) -> dict[str, str | None]:
+        """Each readiness check → None when it passes, else why not (the names are the checks
+        of /healthz/ready; `registry` only with the registry source)."""
+        sink, manager = self.sink, self.manager
+        checks: dict[str, str | None] = {
+            "topics": self._missing_topics,
+            "kafka": None if sink is not None and sink.ready else "the Kafka producer is not up",
+            "subscriptions": None
+            if manager is not None and manager.ready.is_set()
+            else "not every mailbox has had its subscription attempt yet",
+        }
+        if self.settings.cumi.mailbox_source is MailboxSource.REGISTRY and self.aliases is None:
+            assignment = self.assignment
+            checks["registry"] = (
+                None
+                if assignment is not None and assignment.ready
+                else "the worker group has not assigned and loaded this worker's share yet"
+            )
+        return checks
 
     async def run(self, *, handle_signals: bool = False) -> int:
         s = self.settings
@@ -93,6 +113,8 @@ class Worker:
             f"{len(aliases)} mailboxes" if aliases is not None else "registered mailboxes",
             s.describe(),
         )
+        for warning in transport_warnings(s):
+            log.warning("%s", warning)
         loop = asyncio.get_running_loop()
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -127,7 +149,7 @@ class Worker:
             s.worker.metrics_host,
             s.worker.metrics_port,
             live={"producer": lambda: sink.fatal is None},
-            ready={"worker": self.is_ready},
+            ready={name: self._check(name) for name in self.readiness()},
             registry=WORKER_REGISTRY,
             timeouts=s.worker.http_timeouts,
         )
@@ -197,6 +219,8 @@ class Worker:
             )
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(ops)
+            if await self._wait_or_stop(self._topics_present()):
+                return 0
             if await self._wait_or_stop(sink.start()):
                 return 0
             stack.push_async_callback(sink.stop)  # drains and flushes: after the rest has stopped
@@ -206,6 +230,35 @@ class Worker:
                 await stack.enter_async_context(self.assignment)  # leaves the group first
             return await self._serve(manager, sink)
         return 0  # pragma: no cover - mypy: the stack does not swallow exceptions
+
+    def _check(self, name: str) -> Callable[[], bool]:
+        return lambda: self.readiness().get(name) is None
+
+    async def _topics_present(self) -> None:
+        """Wait until the events and dead-letter topics exist (readiness `topics` names them
+        meanwhile). Kafka unreachable or refusing us: left to the sink's start, which waits the
+        first out and stops on the second."""
+        k = self.settings.kafka
+        if await access_refused(k.client_kwargs()) is not None:
+            self._missing_topics = None
+            return  # the sink's start stops the worker with the one line that says why
+
+        def note(missing: list[str]) -> None:
+            self._missing_topics = (
+                f"topic(s) {', '.join(missing)} do not exist: run `ingest topics apply`"
+                if missing
+                else None
+            )
+
+        try:
+            await wait_until_present(
+                [k.events_topic, k.dlq_topic],
+                k.client_kwargs(),
+                on_missing=note,
+                sleep=SYSTEM_CLOCK.sleep,
+            )
+        except BrokerError:
+            self._missing_topics = None
 
     async def _wait_or_stop(self, step: Coroutine[Any, Any, None]) -> bool:
         """Run a start-up step unless stop is asked first; True when stopped."""
@@ -239,3 +292,28 @@ class Worker:
                 task.cancel()
         broken = sink.fatal is not None or (self.assignment and self.assignment.fatal)
         return 1 if broken else 0
+
+
+def transport_warnings(settings: Settings) -> list[str]:
+    """What the worker says once at start about a connection to Connection that exposes the
+    mailbox credentials: a certificate it does not check, or credentials sent without TLS."""
+    c = settings.cumi
+    warnings = []
+    if not c.tls_verify:
+        warnings.append(
+            "CUMI_TLS_VERIFY=false: the Connection server's certificate is not checked, so "
+            "anyone on the path can pose as it and read the mailbox credentials; give its CA "
+            "with CUMI_TLS_CA_FILE instead"
+        )
+    plain = [
+        name
+        for name, url in (("CUMI_SERVER_URL", c.server_url), ("CUMI_COMETD_URL", c.cometd_url))
+        if urlsplit(url).scheme == "http"
+    ]
+    if plain:
+        verb = "use" if len(plain) > 1 else "uses"
+        warnings.append(
+            f"{' and '.join(plain)} {verb} http://: the mailbox credentials (HTTP Basic, or the "
+            "delegate's Bearer token) cross the network in clear; use https://"
+        )
+    return warnings

@@ -21,7 +21,8 @@ from typing import TextIO
 
 from aiokafka.errors import KafkaError
 
-from ingest.errors import BrokerError, ConfigError
+from ingest.commands._exits import exit_code, explain
+from ingest.errors import ConfigError, IngestError
 from ingest.events import MailboxRegistryEntry
 from ingest.mailboxes.mailbox_file import parse_mailbox_file
 from ingest.mailboxes.registry import (
@@ -88,9 +89,10 @@ def run(args: argparse.Namespace) -> int:
         hint = " (or pass --bootstrap)" if "KAFKA_BOOTSTRAP_SERVERS is required" in str(e) else ""
         print(f"ingest mailboxes: {e}{hint}", file=sys.stderr)
         return 2
-    except (BrokerError, KafkaError) as e:
-        print(f"ingest mailboxes: Kafka error: {e}", file=sys.stderr)
-        return 1
+    except (IngestError, KafkaError) as e:
+        where = env.get("KAFKA_BOOTSTRAP_SERVERS")
+        print(f"ingest mailboxes: {explain(e, where)}", file=sys.stderr)
+        return exit_code(e)
 
 
 async def _run(

@@ -18,8 +18,8 @@ class BarProgress:
         self._task: TaskID = self._bar.add_task(what, total=total)
         self._bar.start()
 
-    def update(self, done: int) -> None:
-        self._bar.update(self._task, completed=done)
+    def update(self, done: int, total: int | None = None) -> None:
+        self._bar.update(self._task, completed=done, total=total)
 
     def close(self) -> None:
         self._bar.stop()
@@ -28,3 +28,28 @@ class BarProgress:
 def terminal_progress(what: str, total: int) -> Progress:
     """A bar when stderr is a terminal, else log lines."""
     return BarProgress(what, total) if sys.stderr.isatty() else LoggedProgress(what, total)
+
+
+class ReplayProgress:
+    """`ingest.state.replay`'s progress callback (records read, records to read) on a
+    `terminal_progress`, opened at the first call that knows the total: a replay in several
+    processes learns it before its workers start, and no line goes out before that."""
+
+    def __init__(self, what: str = "replay: records") -> None:
+        self._what = what
+        self._progress: Progress | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._progress is None:
+            if total <= 0:
+                return
+            self._progress = (
+                BarProgress(self._what, total)
+                if sys.stderr.isatty()
+                else LoggedProgress(self._what, total, start_line=True)
+            )
+        self._progress.update(done, total)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.close()

@@ -15,13 +15,15 @@ import json
 import logging
 import os
 import sys
-import time
-from typing import Any, TextIO
+from typing import TextIO
 
+from aiokafka.errors import KafkaError
 from rich.console import Console
-from rich.progress import Progress as Bar
 from rich.table import Table
 
+from ingest.commands._exits import Exit, exit_code, explain
+from ingest.commands._times import parse_moment
+from ingest.commands.progress import ReplayProgress
 from ingest.errors import ConfigError, IngestError
 from ingest.events import Folder
 from ingest.settings import SettingsSource, load_kafka
@@ -29,7 +31,6 @@ from ingest.state.projection import Projection
 from ingest.state.replay import (
     AUTO_MIN_RECORDS,
     Bound,
-    Progress,
     UntilOffset,
     UntilTime,
     UntilUsn,
@@ -38,21 +39,11 @@ from ingest.state.replay import (
 
 log = logging.getLogger(__name__)
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-
 
 def parse_time(text: str) -> dt.datetime:
-    """ISO 8601 (zone-less = UTC) or epoch milliseconds, as an aware datetime."""
-    value = text.strip()
-    if value.lstrip("-").isdigit():
-        return _EPOCH + dt.timedelta(milliseconds=int(value))
-    try:
-        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(
-            f"not an ISO 8601 time or epoch milliseconds: {text!r}"
-        ) from e
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+    """`--at`: ISO 8601 (zone-less = UTC), epoch milliseconds or an age (`2h`), as `--since`
+    of `ingest tail` (the one parser: `ingest.commands._times`)."""
+    return parse_moment(text)
 
 
 def _non_negative(text: str) -> int:
@@ -84,13 +75,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS)",
     )
     parser.add_argument(
+        "--config", metavar="FILE", help="settings file, as for the worker (default $CUMI_CONFIG)"
+    )
+    parser.add_argument(
         "--topic", default=None, help="events topic (default: the KAFKA_EVENTS_TOPIC setting)"
     )
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--mailbox", metavar="ID", help="one mailbox (reads one partition)")
     target.add_argument("--all", action="store_true", help="every mailbox (progress on a TTY)")
     bound = parser.add_mutually_exclusive_group()
-    bound.add_argument("--at", type=parse_time, metavar="TIME", help="ISO 8601 or epoch ms")
+    bound.add_argument(
+        "--at", type=parse_time, metavar="TIME", help="ISO 8601, epoch ms or an age (2h, 15m)"
+    )
     bound.add_argument("--usn", type=_non_negative, metavar="N", help="up to USN N (--mailbox)")
     bound.add_argument("--offset", type=_non_negative, metavar="P", help="up to offset P")
     parser.add_argument("--format", choices=("json", "table"), default="json")
@@ -119,38 +115,47 @@ def run(args: argparse.Namespace) -> int:
         env = dict(os.environ)
         if args.bootstrap is not None:
             env["KAFKA_BOOTSTRAP_SERVERS"] = args.bootstrap
-        kafka = load_kafka(SettingsSource.load(env))
+        kafka = load_kafka(SettingsSource.load(env, args.config))
     except ConfigError as e:
-        log.error("%s", e)
-        return 2
+        hint = " (or pass --bootstrap)" if "KAFKA_BOOTSTRAP_SERVERS is required" in str(e) else ""
+        print(f"ingest replay: {e}{hint}", file=sys.stderr)
+        return Exit.USAGE
     client = kafka.client_kwargs()
     bootstrap = client.pop("bootstrap_servers")
     topic = args.topic or kafka.events_topic
-    with ProgressDisplay(enabled=args.all) as progress:
-        try:
-            projection = asyncio.run(
-                replay(
-                    bootstrap,
-                    topic,
-                    args.mailbox,
-                    until,
-                    progress=progress,
-                    workers=args.workers,
-                    schema_registry=kafka.schema_registry,
-                    **client,
-                )
+    progress = ReplayProgress() if args.all else None
+    try:
+        projection = asyncio.run(
+            replay(
+                bootstrap,
+                topic,
+                args.mailbox,
+                until,
+                progress=progress,
+                workers=args.workers,
+                schema_registry=kafka.schema_registry,
+                **client,
             )
-        except IngestError as e:
-            log.error("%s", e)
-            return 2 if isinstance(e, ConfigError) else 1
+        )
+    except (IngestError, KafkaError) as e:
+        print(f"ingest replay: {explain(e, bootstrap)}", file=sys.stderr)
+        return exit_code(e)
+    finally:
+        if progress is not None:
+            progress.close()
     if args.mailbox is not None and projection.get(args.mailbox) is None:
-        log.warning("no records of mailbox %s in %s up to that point", args.mailbox, topic)
+        print(
+            f"ingest replay: mailbox {args.mailbox} not found: no records of it in {topic} up to "
+            "that point; check the id (`ingest mailboxes list`) and KAFKA_TOPIC_PREFIX",
+            file=sys.stderr,
+        )
+        return Exit.NOT_FOUND
     if args.format == "json":
         json.dump(projection.to_json(), sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
     else:
         print_table(projection, sys.stdout)
-    return 0
+    return Exit.OK
 
 
 def print_table(projection: Projection, out: TextIO) -> None:
@@ -177,37 +182,3 @@ def print_table(projection: Projection, out: TextIO) -> None:
                 sender,
             )
     Console(file=out, width=200 if not out.isatty() else None).print(table)
-
-
-class ProgressDisplay:
-    """A rich progress bar on a TTY (stderr), a line every 10 % otherwise; nothing if disabled."""
-
-    def __init__(self, *, enabled: bool) -> None:
-        self._enabled = enabled
-        self._bar: Bar | None = None
-        self._task: Any = None
-        self._next_report = 0.0
-        self._started = time.monotonic()
-
-    def __enter__(self) -> Progress | None:
-        if not self._enabled:
-            return None
-        if sys.stderr.isatty():
-            self._bar = Bar(console=Console(stderr=True))
-            self._bar.start()
-            self._task = self._bar.add_task("replaying", total=None)
-        return self._update
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-    def _update(self, done: int, total: int) -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, completed=done, total=total)
-            return
-        share = done / total if total else 1.0
-        if share >= self._next_report:
-            rate = done / max(time.monotonic() - self._started, 1e-9)
-            print(f"replay: {done}/{total} records ({share:.0%}, {rate:,.0f}/s)", file=sys.stderr)
-            self._next_report = min(1.0, share + 0.1) if share < 1.0 else 2.0

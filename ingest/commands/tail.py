@@ -35,7 +35,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from ingest.errors import ConfigError, TopicMissing
+from ingest.commands._exits import exit_code, explain
+from ingest.commands._times import parse_moment, to_millis
+from ingest.errors import ConfigError, IngestError
 from ingest.eventlog import codec
 from ingest.eventlog.clients import close_consumer, pace_metadata
 from ingest.eventlog.schema_registry import schema_ids
@@ -56,8 +58,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LAST = 10
 POLL_MS = 200
-_RELATIVE = re.compile(r"^(\d+)\s*([smhd])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _TOPIC_ALIASES = ("events", "dlq", "state", "registry")
 _UNKNOWN_TOPIC = 3  # Kafka error code UNKNOWN_TOPIC_OR_PARTITION
 
@@ -157,12 +157,9 @@ def run(args: argparse.Namespace) -> int:
     write = _stdout_writer(flush=options.follow)
     try:
         asyncio.run(_main(options, kafka.client_kwargs(), write))
-    except TopicMissing as e:
-        print(f"ingest tail: {e}", file=sys.stderr)
-        return 2
-    except KafkaError as e:
-        print(f"ingest tail: Kafka error: {e!r}", file=sys.stderr)
-        return 1
+    except (IngestError, KafkaError) as e:
+        print(f"ingest tail: {explain(e, kafka.bootstrap_servers)}", file=sys.stderr)
+        return exit_code(e)
     except BrokenPipeError:
         # the reader went away (`| head`): not an error; keep Python from complaining at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -186,20 +183,7 @@ def resolve_topic(name: str, kafka: KafkaSettings) -> str:
 
 def parse_since(text: str, now: Callable[[], dt.datetime] | None = None) -> int:
     """`--since` → epoch milliseconds (argparse type: raises ArgumentTypeError on nonsense)."""
-    text = text.strip()
-    if text.isdigit():
-        return int(text)
-    relative = _RELATIVE.match(text)
-    if relative:
-        moment = (now or _utcnow)() - dt.timedelta(seconds=int(relative[1]) * _UNITS[relative[2]])
-        return _millis(moment)
-    try:
-        moment = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not ISO 8601, epoch milliseconds or an age like 15m"
-        ) from None
-    return _millis(moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC))
+    return to_millis(parse_moment(text, now))
 
 
 def _positive(text: str) -> int:
@@ -210,14 +194,6 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
-
-
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _millis(moment: dt.datetime) -> int:
-    return int(moment.timestamp() * 1000)
 
 
 def _stdout_writer(*, flush: bool) -> Callable[[str], None]:
@@ -270,6 +246,10 @@ async def tail(
     pace_metadata(consumer._client)  # no busy loop while the broker is away
     try:
         await consumer.start()
+        if options.follow:
+            # following is a long watch: a later outage is news only the client's own
+            # (rate-limited) lines give; a failed start was one line of ours (ingest.cli)
+            logging.getLogger("aiokafka").setLevel(logging.WARNING)
         tps = _assign(consumer, options, partitions)
         end = await consumer.end_offsets(tps)
         for tp, offset in (await _start_offsets(consumer, tps, options, end)).items():

@@ -232,8 +232,12 @@ class Sink:
         except KafkaError as e:
             await producer.stop()
             raise BrokerError(
-                f"Kafka topic {topic!r} is not available (create the topics first): {e!r}"
+                f"Kafka topic {topic!r} is not available: run `ingest topics apply` "
+                f"({type(e).__name__})"
             ) from e
+        except BaseException:  # stopped while starting: no "Unclosed AIOKafkaProducer"
+            await producer.stop()
+            raise
         self._producer = self._template = producer
         self._usable.set()
         self._tasks = [

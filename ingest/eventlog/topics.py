@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,10 +152,19 @@ async def ensure_topics(
     return created
 
 
+async def describe_existing(admin: AIOKafkaAdminClient, names: Sequence[str]) -> list[Any]:
+    """The admin client's descriptions of those of `names` that exist. A metadata request that
+    names a topic makes a broker with `auto.create.topics.enable` (Kafka's default) create it
+    with the broker's defaults, so missing names are found in the topic list and never asked."""
+    present = set(await admin.list_topics())
+    existing = [name for name in names if name in present]
+    return await admin.describe_topics(existing) if existing else []
+
+
 async def _partition_counts(admin: AIOKafkaAdminClient, names: Sequence[str]) -> dict[str, int]:
     """Partition count of each of `names` that exists."""
     counts: dict[str, int] = {}
-    for topic in await admin.describe_topics(list(names)):
+    for topic in await describe_existing(admin, names):
         if topic["error_code"] == 0:
             counts[topic["topic"]] = len(topic["partitions"])
         elif topic["error_code"] != _UNKNOWN_TOPIC:
@@ -289,15 +298,48 @@ async def describe_topic(topic: str, **client_kwargs: Any) -> tuple[int, int] | 
     admin = AIOKafkaAdminClient(**client_kwargs)
     try:
         await admin.start()
-        (description,) = await admin.describe_topics([topic])
+        found = await describe_existing(admin, [topic])
     except KafkaError as e:
-        raise BrokerError(f"describing topic {topic}: {e!r}") from e
+        raise BrokerError(f"describing topic {topic}: {type(e).__name__}") from e
     finally:
         await admin.close()
+    if not found:
+        return None
+    (description,) = found
     partitions = description.get("partitions") or []
     if description["error_code"] != 0 or not partitions:
         return None
     return len(partitions), len(partitions[0].get("replicas") or [1])
+
+
+MISSING_LOG = logging.getLogger(__name__ + ".missing")
+"""Where `wait_until_present` says what is missing: rate-limited (ingest.ops.logs), so the line
+comes once, then once per period with the count of the repeats it held back."""
+
+
+async def wait_until_present(
+    names: Sequence[str],
+    client_kwargs: Mapping[str, Any],
+    *,
+    on_missing: Callable[[list[str]], None],
+    sleep: Callable[[float], Awaitable[None]],
+    every: float = 2.0,
+) -> None:
+    """Return once every topic of `names` exists; meanwhile, at each look, `on_missing(names)`
+    and one line naming them and what to do. A topic is only ever created by `ingest topics
+    apply` (or the chart's hook Job): a service never creates the topics it expects, since a
+    prefix typo would otherwise make a second, empty pipeline."""
+    while True:
+        missing = [n for n in names if await describe_topic(n, **client_kwargs) is None]
+        on_missing(missing)
+        if not missing:
+            return
+        MISSING_LOG.error(
+            "Kafka topic(s) %s do not exist: run `ingest topics apply`, or check "
+            "KAFKA_TOPIC_PREFIX and the topic names; waiting for them",
+            ", ".join(missing),
+        )
+        await sleep(every)
 
 
 async def topic_partitions(

@@ -92,8 +92,8 @@ async def read_registry(kafka: KafkaSettings) -> Registry:
     except TopicMissing as e:
         raise TopicMissing(f"{e} (`ingest mailboxes add` makes it)") from e
     consumer = AIOKafkaConsumer(enable_auto_commit=False, **kafka.client_kwargs())
-    await consumer.start()
     try:
+        await consumer.start()
         tps = [TopicPartition(kafka.registry_topic, p) for p in partitions]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
@@ -151,7 +151,11 @@ class RegistryWriter:
             producer = AIOKafkaProducer(
                 acks="all", enable_idempotence=True, linger_ms=5, **self._kafka.client_kwargs()
             )
-            await producer.start()
+            try:
+                await producer.start()
+            except BaseException:
+                await producer.stop()  # else "Unclosed AIOKafkaProducer" at exit
+                raise
             self._producer = producer
 
     async def stop(self) -> None:

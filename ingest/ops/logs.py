@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 
-RATE_LIMITED_LOGGERS = ("aiokafka",)
+RATE_LIMITED_LOGGERS = ("aiokafka", "ingest.eventlog.topics.missing")
 """Logger name prefixes whose repeated lines are limited."""
 
 

@@ -40,7 +40,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from ingest.errors import ConfigError, DecodeError
+from ingest.errors import ConfigError, DecodeError, TopicMissing
 from ingest.eventlog.reader import decode_log_record
 from ingest.eventlog.schema_registry import schema_ids
 from ingest.eventlog.topics import describe_topic, partition_for
@@ -111,7 +111,7 @@ async def replay(
         raise ConfigError("a USN or offset bound needs a mailbox (they are per mailbox)")
     described = await describe_topic(topic, bootstrap_servers=bootstrap, **client_kwargs)
     if described is None:
-        raise ConfigError(f"topic {topic} does not exist")
+        raise TopicMissing(f"topic {topic!r} does not exist")
     count = described[0]
     numbers = [partition_for(mailbox, count)] if mailbox is not None else list(range(count))
     job = _Job(bootstrap, topic, tuple(numbers), mailbox, until, client_kwargs, schema_registry)
@@ -140,16 +140,21 @@ async def _auto_workers(job: _Job) -> int:
     workers = min(available_cpus(), len(job.partitions))
     if workers < 2:
         return 1
+    to_read = sum((await _records_to_read(job)).values())
+    return workers if to_read >= AUTO_MIN_RECORDS else 1
+
+
+async def _records_to_read(job: _Job) -> dict[int, int]:
+    """Partition → records between its beginning and the job's bound."""
     consumer = _consumer(job)
-    await consumer.start()
     try:
+        await consumer.start()
         tps = [TopicPartition(job.topic, n) for n in job.partitions]
         starts = await consumer.beginning_offsets(tps)
         stops = await _stops(consumer, tps, job.until)
     finally:
         await consumer.stop()
-    to_read = sum(max(0, stops[tp] - starts[tp]) for tp in tps)
-    return workers if to_read >= AUTO_MIN_RECORDS else 1
+    return {tp.partition: max(0, stops[tp] - starts[tp]) for tp in tps}
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +253,10 @@ async def _replay_in_processes(job: _Job, progress: Progress | None, workers: in
     ]
     context = multiprocessing.get_context("spawn")  # no fork of a process running an event loop
     queue = context.SimpleQueue()
-    counts = [(0, 0)] * workers
+    # the totals before the processes start (a second or more to spawn and import): progress
+    # then never shows a made-up 0/0, and a group that has not reported yet counts at 0 done
+    to_read = await _records_to_read(job) if progress is not None else {}
+    counts = [(0, sum(to_read.get(p, 0) for p in group.partitions)) for group in groups]
     loop = asyncio.get_running_loop()
     with ProcessPoolExecutor(workers, context, _init_worker, (queue,)) as pool:
         futures = [

@@ -315,6 +315,7 @@ def concrete(expr: str) -> str:
     """A dashboard expression with Grafana's variables as Grafana would fill them here."""
     return (
         expr.replace("$__rate_interval", "10s")
+        .replace('"$job"', '"cumi-pipeline"')
         .replace('"$namespace"', '".*"')
         .replace('"$instance"', '".*"')
     )

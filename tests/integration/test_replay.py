@@ -179,7 +179,8 @@ class TestWholeLog:
         code, out, err = await ingest_replay(event_log, "--all")
         assert code == 0
         assert json.loads(out) == fold(event_log.records).to_json()
-        assert f"{len(event_log.records)}/{len(event_log.records)} records" in err
+        n = len(event_log.records)
+        assert f"replay: records {n}/{n} (100%" in err
 
 
 async def ingest_replay(log: Log, *args: str) -> tuple[int, str, str]:

@@ -429,7 +429,8 @@ class TestSecurityContext:
     def test_every_container(self, rendered: dict[str, list[Manifest]], scenario: str) -> None:
         all_containers = list(containers(rendered[scenario]))
         owners = {c.owner.split("/")[0] for c in all_containers}
-        assert owners == {"Deployment", "Pod"}, owners  # the helm test pod is included
+        # the helm test pod and the topics hook Job are included
+        assert owners == {"Deployment", "Pod", "Job"}, owners
         for c in all_containers:
             pod_sc, sc = c.pod.get("securityContext", {}), c.spec.get("securityContext", {})
 

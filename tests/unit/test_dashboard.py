@@ -116,13 +116,45 @@ class TestShape:
             assert panel["fieldConfig"]["defaults"].get("unit"), panel["title"]
 
 
+class TestTemplateVariables:
+    """Grafana's dashboard linter conventions (template-job-rule, template-instance-rule): `job`
+    and `instance` are multi-select Prometheus queries on the data source variable, with `.+` as
+    their all-value, so the dashboard serves any job name a scrape config gives."""
+
+    @pytest.mark.parametrize("name", ["job", "instance"])
+    def test_linter_rules(self, dashboard: dict[str, Any], name: str) -> None:
+        (variable,) = [v for v in dashboard["templating"]["list"] if v["name"] == name]
+        assert variable["label"] == name.title()
+        assert variable["type"] == "query"
+        assert variable["datasource"] == DATASOURCE
+        assert variable["multi"] is True and variable["includeAll"] is True
+        assert variable["allValue"] == ".+"
+        assert variable["query"]["query"].startswith("label_values(")
+
+    def test_job_defaults_to_the_charts_job_label(self, dashboard: dict[str, Any]) -> None:
+        (job,) = [v for v in dashboard["templating"]["list"] if v["name"] == "job"]
+        assert job["current"]["value"] == ["cumi-pipeline"]
+
+    def test_no_fixed_job(self, dashboard: dict[str, Any]) -> None:
+        assert 'job=\\"cumi-pipeline\\"' not in DASHBOARD.read_text()
+        assert 'job="cumi-pipeline"' not in json.dumps(dashboard["templating"])
+
+    def test_variables_chain(self, dashboard: dict[str, Any]) -> None:
+        """Each variable's choices are narrowed by the ones before it."""
+        names = [v["name"] for v in dashboard["templating"]["list"]]
+        assert names == ["datasource", "job", "namespace", "instance"]
+        queries = {v["name"]: v["query"]["query"] for v in dashboard["templating"]["list"][1:]}
+        assert 'job=~"$job"' in queries["namespace"]
+        assert 'job=~"$job", namespace=~"$namespace"' in queries["instance"]
+
+
 class TestQueries:
     """PromQL habits whose mistakes give plausible but wrong graphs."""
 
     def test_every_selector_is_scoped_to_the_variables(self, dashboard: dict[str, Any]) -> None:
         for title, expr in exprs(dashboard):
             for metric, matchers in SELECTOR.findall(expr):
-                assert 'job="cumi-pipeline"' in matchers, f"{title}: {metric}"
+                assert 'job=~"$job"' in matchers, f"{title}: {metric}"
                 assert 'instance=~"$instance"' in matchers, f"{title}: {metric}"
                 assert 'namespace=~"$namespace"' in matchers, f"{title}: {metric}"
 

@@ -171,6 +171,20 @@ Environment shared by both processes: Kafka, topics, HTTP port, logging.
 Only names the code reads (ingest/settings.py); null values are left to the code's defaults.
 */}}
 {{- define "cumi-pipeline.commonEnv" -}}
+{{ include "cumi-pipeline.kafkaEnv" . }}
+- name: CUMI_METRICS_PORT
+  value: {{ .Values.httpPort | quote }}
+- name: CUMI_METRICS_HOST
+  value: "0.0.0.0"
+- name: CUMI_LOG_LEVEL
+  value: {{ .Values.logLevel | quote }}
+{{- end }}
+
+{{/*
+The Kafka settings (brokers, security, topic names, schema registry): both processes and the
+topics hook Job.
+*/}}
+{{- define "cumi-pipeline.kafkaEnv" -}}
 - name: KAFKA_BOOTSTRAP_SERVERS
   value: {{ .Values.kafka.bootstrapServers | quote }}
 - name: KAFKA_SECURITY_PROTOCOL
@@ -217,12 +231,6 @@ Only names the code reads (ingest/settings.py); null values are left to the code
 {{- include "cumi-pipeline.optionalEnv" (list "KAFKA_SCHEMA_REGISTRY_TIMEOUT_SECONDS" .timeoutSeconds) }}
 {{- end }}
 {{- end }}
-- name: CUMI_METRICS_PORT
-  value: {{ .Values.httpPort | quote }}
-- name: CUMI_METRICS_HOST
-  value: "0.0.0.0"
-- name: CUMI_LOG_LEVEL
-  value: {{ .Values.logLevel | quote }}
 {{- end }}
 
 {{/*
