@@ -231,8 +231,12 @@ class Worker:
             return await self._serve(manager, sink)
         return 0  # pragma: no cover - mypy: the stack does not swallow exceptions
 
-    def _check(self, name: str) -> Callable[[], bool]:
-        return lambda: self.readiness().get(name) is None
+    def _check(self, name: str) -> Callable[[], bool | str]:
+        def check() -> bool | str:
+            why = self.readiness().get(name)
+            return True if why is None else why
+
+        return check
 
     async def _topics_present(self) -> None:
         """Wait until the events and dead-letter topics exist (readiness `topics` names them

@@ -253,16 +253,36 @@ async def apply(
     changes marked safe); (the report after, the differences fixed). All or nothing: with a
     refused difference nothing is changed, since the topics belong together (the state topic
     must have the events topic's partition count, which the operator has to settle first)."""
-    before = await check(specs, client_kwargs)
-    if any(d.fix is None for d in before.differences):
-        return before, []
-    todo = [
-        d
-        for d in before.differences
-        if d.fix is not None and (d.fix is not Fix.SET_CONFIG or fix_configs)
-    ]
-    if not todo:
-        return before, []
+    done: list[Difference] = []
+    # A topic created by someone else a moment ago may not be listed yet: our creation then finds
+    # it there, with its own partition count, and the next round plans again from what is there.
+    for _ in range(_APPLY_ROUNDS):
+        report = await check(specs, client_kwargs)
+        if any(d.fix is None for d in report.differences):
+            return report, done
+        todo = [
+            d
+            for d in report.differences
+            if d.fix is not None and (d.fix is not Fix.SET_CONFIG or fix_configs)
+        ]
+        if not todo:
+            return report, done
+        await _fix(specs, client_kwargs, report, todo)
+        again = {d.topic for d in todo}
+        done = [d for d in done if not (d.fix is Fix.CREATE and d.topic in again)]
+        done.extend(todo)
+    return await check(specs, client_kwargs), done
+
+
+_APPLY_ROUNDS = 3
+
+
+async def _fix(
+    specs: Sequence[TopicSpec],
+    client_kwargs: Mapping[str, Any],
+    before: Report,
+    todo: Sequence[Difference],
+) -> None:
     by_name = {s.name: s for s in specs}
     kwargs = dict(client_kwargs)
     bootstrap = kwargs.pop("bootstrap_servers")
@@ -279,7 +299,6 @@ async def apply(
             await admin.close()
     except KafkaError as e:
         raise BrokerError(f"changing topics on {bootstrap}: {type(e).__name__}: {e}") from e
-    return await check(specs, client_kwargs), todo
 
 
 async def _add_partitions(

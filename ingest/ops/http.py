@@ -1,10 +1,11 @@
 """The HTTP servers of the processes: `HttpListener` (one aiohttp application on one address)
 and `OpsServer`, the listener every process runs: `/metrics`, `/healthz/live`, `/healthz/ready`.
 
-Liveness and readiness are named checks (callables returning bool); each probe answers 200 when all
-of its checks pass and 503 otherwise, with a JSON body naming every check, so a failing probe says
-why. The projector serves its read API on this listener too (`add_routes` before `start`), or on
-a listener of its own (`ingest.state.read_api`). Errors are problem details (`ingest.ops.problems`).
+Liveness and readiness are named checks (callables returning True when they pass, else False or
+a one-line reason); each probe answers 200 when all of its checks pass and 503 otherwise, with a
+JSON body naming every check and the reason of each failing one, so a failing probe says why.
+The projector serves its read API on this listener too (`add_routes` before `start`), or on a
+listener of its own (`ingest.state.read_api`). Errors are problem details (`ingest.ops.problems`).
 
 Every listener bounds its connections (`HttpTimeouts`): aiohttp closes a connection that has no
 complete request header `idle_seconds` after it opened or after its last answer — so an idle
@@ -26,7 +27,8 @@ from ingest.settings import DEFAULT_TIMEOUTS, HttpTimeouts
 
 log = logging.getLogger(__name__)
 
-Check = Callable[[], bool]
+Check = Callable[[], "bool | str"]
+"""True: passes; False or a reason (one line): fails."""
 
 
 class HttpListener:
@@ -151,16 +153,21 @@ class OpsServer:
     @staticmethod
     def _probe(checks: Mapping[str, Check]) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:
-            results = {}
+            results: dict[str, bool] = {}
+            reasons: dict[str, str] = {}
             for name, check in checks.items():
                 try:
-                    results[name] = bool(check())
-                except Exception:  # a broken check is a failing check, not a 500
+                    outcome = check()
+                except Exception as e:  # a broken check is a failing check, not a 500
                     log.exception("health check %s raised", name)
-                    results[name] = False
+                    outcome = f"the check raised {type(e).__name__}"
+                results[name] = outcome is True
+                if isinstance(outcome, str):
+                    reasons[name] = outcome
             ok = all(results.values())
-            return web.json_response(
-                {"status": "ok" if ok else "failing", "checks": results}, status=200 if ok else 503
-            )
+            body: dict[str, object] = {"status": "ok" if ok else "failing", "checks": results}
+            if reasons:
+                body["reasons"] = reasons
+            return web.json_response(body, status=200 if ok else 503)
 
         return handler

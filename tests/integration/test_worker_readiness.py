@@ -55,11 +55,12 @@ async def test_missing_topics_named_until_applied(
 
         async def says_topics_missing() -> bool:
             status, body = await ready_body(port)
-            return status == 503 and body["checks"] == {
-                "topics": False,
-                "kafka": False,
-                "subscriptions": False,
-            }
+            return (
+                status == 503
+                and body["checks"] == {"topics": False, "kafka": False, "subscriptions": False}
+                and names.events in str(body.get("reasons"))
+                and "ingest topics apply" in str(body.get("reasons"))
+            )
 
         await eventually(says_topics_missing, within=30, what="readiness naming the topics")
         why = worker.readiness()["topics"]
@@ -79,7 +80,7 @@ async def test_missing_topics_named_until_applied(
         assert report.in_line
         await eventually(worker.is_ready, within=60, what="ready once the topics exist")
         status, body = await ready_body(port)
-        assert status == 200 and body["status"] == "ok"
+        assert status == 200 and body["status"] == "ok" and "reasons" not in body
     finally:
         worker.stop()
         async with asyncio.timeout(30):
