@@ -19,6 +19,7 @@ LAYERS: list[set[str]] = [
     {"eventlog"},
     {"state"},
     {"mailboxes"},
+    {"kpis"},
     {"worker", "projector"},
     {"commands", "cli", "__main__"},
 ]
