@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Metric
@@ -152,6 +153,7 @@ class KpiConsumer:
             ready={"rebuilt": lambda: self.ready},
             registry=self.registry,
         )
+        self.ops.add_routes([web.get("/kpis", self._kpis_json)])
         self._ids: SchemaIds | None = schema_ids(k.schema_registry)
         self._consumer: AIOKafkaConsumer | None = None
         self._stopping = asyncio.Event()
@@ -159,6 +161,17 @@ class KpiConsumer:
         self._task: asyncio.Task[None] | None = None
         self._started_at = 0.0
         self._committed_at = 0.0
+
+    async def _kpis_json(self, request: web.Request) -> web.Response:
+        """`GET /kpis[?now=<epoch s>]`: every KPI as JSON (`KpiLedger.summary`), 503 until the
+        rebuild is done: what the demo compares with the simulator's truth."""
+        if not self.ready:
+            raise web.HTTPServiceUnavailable(text="rebuilding the KPIs from the events topic")
+        try:
+            now = float(request.query.get("now") or self.clock.wall())
+        except ValueError as e:
+            raise web.HTTPBadRequest(text="now: epoch seconds") from e
+        return web.json_response(self.ledger.summary(now))
 
     # -- lifecycle ------------------------------------------------------------------------------
 
