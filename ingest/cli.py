@@ -27,6 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "ingest.commands.projector",
         "run the projector: events → per-mailbox folder state",
     ),
+    "kpis": (
+        "ingest.commands.kpis",
+        "run the KPI consumer: events → cumi_voicemail_* metrics",
+    ),
     "replay": ("ingest.commands.replay", "state of mailboxes as of a past time, USN or offset"),
     "fold": (
         "ingest.commands.fold",

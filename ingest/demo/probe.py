@@ -117,6 +117,16 @@ class Probe:
         truth: dict[str, Any] = await self._get_json(f"{self._simulator}/_sim/truth")
         return truth
 
+    async def kpis(self, kpis_url: str, now: float) -> dict[str, Any]:
+        """The KPI consumer's KPIs as of `now` (`GET /kpis`); {} while it is not ready."""
+        text = await self._get(f"{kpis_url}/kpis?now={now}")
+        return _json(text)
+
+    async def kpi_truth(self, now: float) -> dict[str, Any]:
+        """The simulator's KPIs as of `now` (`/_sim/kpi-truth`)."""
+        truth: dict[str, Any] = await self._get_json(f"{self._simulator}/_sim/kpi-truth?now={now}")
+        return truth
+
     async def read_api_state(self, known: set[str]) -> dict[str, Any]:
         """Every mailbox the projector serves or `known` names, from `GET /mailboxes/<id>` (the
         fold format plus detail); a mailbox it does not know is left out."""

@@ -49,7 +49,7 @@ from ingest.demo.processes import (
     stop_jvm,
     write_config,
 )
-from ingest.demo.report import Endpoints, Report, Verdict, compare
+from ingest.demo.report import Endpoints, KpiCheck, Report, Verdict, compare
 from ingest.demo.view import Sample, View, make_view
 from ingest.devservices.registry import LocalRegistry
 from ingest.errors import IngestError
@@ -67,6 +67,7 @@ BROKER_READY_S = 150.0
 PIPELINE_READY_S = 180.0
 DRAIN_TIMEOUT_S = 90.0
 VERIFY_TIMEOUT_S = 30.0
+KPI_TIMEOUT_S = 20.0
 DUPLICATES, MALFORMED = 0.02, 0.003
 """Share of events the simulator re-sends verbatim, and that it follows with a junk payload."""
 
@@ -115,7 +116,7 @@ class Demo:
         self.service_pids: dict[str, int | None] = {}
         """Stopped services that are not children (the JVMs), by name."""
         self.bootstrap = self.sim_url = ""
-        self.worker_url = self.projector_url = ""
+        self.worker_url = self.projector_url = self.kpis_url = ""
         self.http: aiohttp.ClientSession | None = None
         self.probe: Probe | None = None
         self._monitor: asyncio.Task[None] | None = None
@@ -137,7 +138,8 @@ class Demo:
             await self._drain()
             verdict, api_state, truth = await self._verify()
             code = verdict.exit_code
-            self._report(verdict, api_state, truth)
+            kpis = await self._kpis()
+            self._report(verdict, api_state, truth, kpis)
             if self.config.keep_running:
                 await self._hold()
         except asyncio.CancelledError:
@@ -206,6 +208,7 @@ class Demo:
         await ensure_topics(self.bootstrap, default_specs(TopicNames()))
         v.phase("starting the projector and the worker; subscribing every mailbox")
         await self._start_projector()
+        await self._start_kpis()
         await self._start_worker(cometd, users)
         assert self.http is not None
         self.probe = Probe(self.http, self.sim_url, self.worker_url, self.projector_url)
@@ -238,6 +241,23 @@ class Demo:
         await projector.start()
         self.projector_url = f"http://127.0.0.1:{port}"
         self.view.process("projector", projector.pid, f"{self.projector_url} (read API, /metrics)")
+
+    async def _start_kpis(self) -> None:
+        port = free_port()
+        config = write_config(
+            self.work / "kpis.toml",
+            {
+                "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+                "CUMI_METRICS_HOST": "127.0.0.1",
+                "CUMI_METRICS_PORT": port,
+                "CUMI_SHUTDOWN_TIMEOUT_SECONDS": 10,
+                **self._registry_settings(),
+            },
+        )
+        kpis = self._child("kpis", ["kpis", "--config", str(config)], 20)
+        await kpis.start()
+        self.kpis_url = f"http://127.0.0.1:{port}"
+        self.view.process("kpis", kpis.pid, f"{self.kpis_url}/metrics (KPIs, also /kpis)")
 
     async def _start_worker(self, cometd: str, users: Path) -> None:
         port = free_port()
@@ -321,7 +341,30 @@ class Demo:
                 return verdict, api_state, truth
             await asyncio.sleep(1.0)
 
-    def _report(self, verdict: Verdict, api_state: dict[str, Any], truth: dict[str, Any]) -> None:
+    async def _kpis(self) -> KpiCheck:
+        """The KPI consumer's KPIs and the simulator's at one evaluation time, once they agree or
+        after KPI_TIMEOUT_S (the consumer may still be folding the last records). Informational:
+        some Notifier-downtime edge cases cannot be told from the log (docs/metrics.md)."""
+        self.view.phase("comparing the voicemail KPIs with the simulator's")
+        assert self.probe is not None
+        deadline = time.monotonic() + KPI_TIMEOUT_S
+        while True:
+            now = time.time()
+            check = KpiCheck(
+                await self.probe.kpis(self.kpis_url, now),
+                await self.probe.kpi_truth(now),
+            )
+            if check.ok or time.monotonic() > deadline:
+                return check
+            await asyncio.sleep(1.0)
+
+    def _report(
+        self,
+        verdict: Verdict,
+        api_state: dict[str, Any],
+        truth: dict[str, Any],
+        kpis: KpiCheck,
+    ) -> None:
         if self._monitor is not None:
             self._monitor.cancel()  # the report shows the last sample; none needed after it
         self.view.close()
@@ -331,11 +374,12 @@ class Demo:
             read_api=self.projector_url,
             worker_metrics=f"{self.worker_url}/metrics",
             projector_metrics=f"{self.projector_url}/metrics",
+            kpis=self.kpis_url,
             simulator=self.sim_url,
             logs=str(self.work) if keep else None,
             restarted_at=self.restarted_at,
         )
-        report = Report(verdict, api_state, truth, self.view.sample, endpoints)
+        report = Report(verdict, api_state, truth, self.view.sample, endpoints, kpis)
         report.render(self.view, top=self.config.top, running=self.config.keep_running)
 
     async def _hold(self) -> None:
@@ -355,7 +399,7 @@ class Demo:
         if self.http is not None:
             await self.http.close()
         # the worker drains into Kafka, the projector commits, then Kafka itself goes
-        for name in ("worker", "projector", "simulator", "kafka", "kafka-fetch"):
+        for name in ("worker", "kpis", "projector", "simulator", "kafka", "kafka-fetch"):
             child = self.children.get(name)
             if child is not None and child.pid is not None:
                 outcome = await child.stop()

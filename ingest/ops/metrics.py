@@ -1,4 +1,5 @@
-"""Prometheus metric definitions: the worker's and the projector's, each in its own registry.
+"""Prometheus metric definitions: the worker's, the projector's and the KPI consumer's, each in
+its own registry.
 
 Conventions: names `cumi_<process>_*`, base units (seconds, bytes), counters end in `_total`,
 latency histograms in `_seconds`. Labels are closed sets (event type, reason, state, endpoint,
@@ -45,6 +46,9 @@ def _registry() -> CollectorRegistry:
 
 WORKER_REGISTRY = _registry()
 PROJECTOR_REGISTRY = _registry()
+KPIS_REGISTRY = _registry()
+"""`ingest kpis`: these process metrics; its `cumi_voicemail_*` families come from a collector of
+its own (ingest.kpis.exposition), registered per consumer."""
 
 # Broker acks take ~1-50 ms; EventTime has one-second resolution, so its lag buckets start coarser.
 _ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -332,6 +336,46 @@ PROJECTOR_REPLAY_PROGRESS = Gauge(
 )
 
 # ---------------------------------------------------------------------------------------------
+# KPIS — ingest.kpis (the KPI consumer's own health; the KPIs are cumi_voicemail_*)
+# ---------------------------------------------------------------------------------------------
+
+KPIS_RECORDS = Counter(
+    "cumi_kpis_records_total",
+    "Records of the events topic folded by the KPI consumer, by outcome (applied, duplicate, "
+    "stale); counted again from offset 0 after a restart (the rebuild).",
+    ["outcome"],
+    registry=KPIS_REGISTRY,
+)
+KPIS_SKIPPED = Counter(
+    "cumi_kpis_records_skipped_total",
+    "Records of the events topic the KPI consumer could not fold (undecodable, unexpected_kind).",
+    ["reason"],
+    registry=KPIS_REGISTRY,
+)
+KPIS_LAG = Gauge(
+    "cumi_kpis_consumer_lag",
+    "Records of an events partition the KPI consumer has not folded yet.",
+    ["partition"],
+    registry=KPIS_REGISTRY,
+)
+KPIS_READY = Gauge(
+    "cumi_kpis_ready",
+    "1 once the KPI consumer has folded the log as it was at start: cumi_voicemail_* are served.",
+    registry=KPIS_REGISTRY,
+)
+KPIS_REBUILD_SECONDS = Gauge(
+    "cumi_kpis_rebuild_seconds",
+    "Time the start-up rebuild took (folding the events topic from offset 0 to its end at start).",
+    registry=KPIS_REGISTRY,
+)
+KPIS_EVALUATION_SECONDS = Histogram(
+    "cumi_kpis_evaluation_seconds",
+    "Time to compute the cumi_voicemail_* families for one scrape (the gauges walk every mailbox).",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    registry=KPIS_REGISTRY,
+)
+
+# ---------------------------------------------------------------------------------------------
 # LABEL VALUES — every known value of a labelled counter exists at 0 from the first scrape:
 # `increase()` cannot see the increment that creates a series. The literal sets are the values
 # the call sites use (docs/metrics.md, "Label values"). Not here: the REST `status` (any HTTP
@@ -377,3 +421,5 @@ init_label_values(PROJECTOR_EVENTS, EventType, Outcome)
 init_label_values(PROJECTOR_SNAPSHOTS, Outcome)
 init_label_values(PROJECTOR_SKIPPED, PROJECTOR_SKIP_REASONS)
 init_label_values(PROJECTOR_TRANSACTIONS, TRANSACTION_OUTCOMES)
+init_label_values(KPIS_RECORDS, Outcome)
+init_label_values(KPIS_SKIPPED, PROJECTOR_SKIP_REASONS)

@@ -2,6 +2,8 @@
 
     GET  /_sim/stats                 counters (Stats.to_json)
     GET  /_sim/truth                 ground truth, `ingest fold` format
+    GET  /_sim/kpi-truth             the voicemail KPIs from the server's side (kpitruth.py);
+                                     ?now=<epoch s>&thresholds=3600,14400,86400 (both optional)
     POST /_sim/scenario              {"events": N, "rate": R, "duration": S}  (all optional)
     POST /_sim/scenario/stop
     POST /_sim/emit                  {"events": N}: emit N events now, answer when done (bursts)
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from aiohttp import web
 
 from ingest.simulator.faults import MalformedKind
+from ingest.simulator.kpitruth import THRESHOLDS
 
 if TYPE_CHECKING:
     from ingest.simulator.app import Simulator
@@ -53,6 +56,14 @@ def add_admin_routes(app: web.Application, sim: Simulator) -> None:
 
     async def truth(_: web.Request) -> web.Response:
         return web.json_response(sim.truth())
+
+    async def kpi_truth(request: web.Request) -> web.Response:
+        try:
+            now = float(request.query["now"]) if "now" in request.query else None
+            thresholds = [float(t) for t in request.query.get("thresholds", "").split(",") if t]
+        except ValueError as e:
+            raise web.HTTPBadRequest(text=f"now and thresholds are numbers: {e}") from e
+        return web.json_response(sim.kpis(now, thresholds or THRESHOLDS))
 
     async def scenario(request: web.Request) -> web.Response:
         body = await _body(request)
@@ -89,6 +100,7 @@ def add_admin_routes(app: web.Application, sim: Simulator) -> None:
 
     app.router.add_get("/_sim/stats", stats)
     app.router.add_get("/_sim/truth", truth)
+    app.router.add_get("/_sim/kpi-truth", kpi_truth)
     app.router.add_post("/_sim/scenario", scenario)
     app.router.add_post("/_sim/scenario/stop", stop_scenario)
     app.router.add_post("/_sim/emit", emit)

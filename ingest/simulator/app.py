@@ -19,6 +19,7 @@ import random
 import socket
 import ssl
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -32,6 +33,7 @@ from ingest.simulator.bayeux import COMETD_PATH, BayeuxConfig, BayeuxServer
 from ingest.simulator.bridge import PublishBridge
 from ingest.simulator.comet import EventType
 from ingest.simulator.faults import Faults, MalformedKind
+from ingest.simulator.kpitruth import THRESHOLDS, KpiTruth
 from ingest.simulator.mailbox import random_message
 from ingest.simulator.notifier import Notifier, Subscriptions
 from ingest.simulator.rest import RestApi
@@ -129,8 +131,12 @@ class Simulator:
         config: SimulatorConfig | None = None,
         *,
         ssl_context: ssl.SSLContext | None = None,
+        arrival_clock: Callable[[], float] | None = None,
         **overrides: Any,
     ) -> None:
+        """`arrival_clock` (tests): epoch seconds that new messages' arrival (ReceiveTime) is
+        taken from instead of the wall clock, e.g. to have messages deposited hours before they
+        are notified; EventTimes stay on the wall clock."""
         config = dataclasses.replace(config or SimulatorConfig(), **overrides)
         self.config = config
         self.ssl_context = ssl_context
@@ -144,7 +150,11 @@ class Simulator:
             zone=ZoneInfo(config.server_zone),
             initial_messages=config.initial_messages,
             multi_ratio=config.multi_message_ratio,
+            clock=arrival_clock or time.time,
         )
+        self.kpi_truth = KpiTruth()
+        """Arrival, first read and what subscribers were told, per message (`kpis()`)."""
+        self.kpi_truth.existing(self.scenario.mailboxes.values())
         self.subscriptions = Subscriptions()
         self.bayeux = BayeuxServer(
             BayeuxConfig(
@@ -169,6 +179,7 @@ class Simulator:
             self.counters,
             self.faults,
             seed=config.seed,
+            truth=self.kpi_truth,
         )
         self._runners: list[web.AppRunner] = []
         self._cometd_runner: web.AppRunner | None = None
@@ -192,6 +203,7 @@ class Simulator:
             queue_limit=self.config.rest_queue_limit,
             retry_after=self.config.retry_after,
             delegate_notifications=self.config.delegate_notifications,
+            on_listed=self.kpi_truth.listed,
         ).add_routes(rest_app)
         if self.config.admin:
             add_admin_routes(rest_app, self)
@@ -280,6 +292,15 @@ class Simulator:
     def truth(self) -> dict[str, Any]:
         """Every mailbox in the `ingest fold` format (see Scenario.truth)."""
         return self.scenario.truth()
+
+    def kpis(
+        self, now: float | None = None, thresholds: Sequence[float] = THRESHOLDS
+    ) -> dict[str, Any]:
+        """The voicemail KPIs as of `now` (epoch seconds; default: the wall clock) from the
+        server's side (see ingest.simulator.kpitruth)."""
+        return self.kpi_truth.kpis(
+            self.scenario.mailboxes, time.time() if now is None else now, thresholds
+        )
 
     @property
     def stats(self) -> Stats:

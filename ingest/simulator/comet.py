@@ -64,6 +64,11 @@ class EventClock:
         self._second = -1
         self._text = ""
 
+    @property
+    def second(self) -> int:
+        """The epoch second of the last `now()`."""
+        return self._second
+
     def now(self) -> str:
         second = int(time.time())
         if second != self._second:

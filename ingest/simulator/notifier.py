@@ -21,6 +21,7 @@ at the message's latest USN (messages sharing USN and status share one event):
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -35,6 +36,7 @@ from ingest.simulator.comet import (
     event_message,
 )
 from ingest.simulator.faults import Faults, MalformedKind, malformed
+from ingest.simulator.kpitruth import KpiTruth
 from ingest.simulator.mailbox import Folder, Mailbox, Message
 from ingest.simulator.scenario import Change
 from ingest.simulator.stats import Counters
@@ -87,8 +89,10 @@ class Notifier:
         faults: Faults,
         *,
         seed: int,
+        truth: KpiTruth | None = None,
     ) -> None:
         self._subscriptions = subscriptions
+        self._truth = truth
         self._deliver = deliver
         self._counters = counters
         self._faults = faults
@@ -100,6 +104,8 @@ class Notifier:
 
     def publish(self, change: Change) -> None:
         mailbox = change.mailbox
+        if self._truth is not None:
+            self._truth.changed(mailbox, change.before, time.time())
         if not self.is_up:
             _, touched = self._pending.setdefault(mailbox.alias, (mailbox, {}))
             for message, before in change.before:
@@ -154,6 +160,8 @@ class Notifier:
             reached += self._deliver(channel, payload)
             if duplicate:
                 self._deliver(channel, payload)
+        if reached and self._truth is not None:
+            self._truth.told(event_type, messages, self._clock.second)
         if not reached:
             self._counters.lost += 1
         elif duplicate:

@@ -81,8 +81,12 @@ class RestApi:
         queue_limit: int = 50,
         retry_after: int | None = None,
         delegate_notifications: bool = True,
+        on_listed: Callable[[Iterable[Message]], object] | None = None,
     ) -> None:
         self._users = users
+        self._on_listed = on_listed
+        """Told which messages a folder listing showed (the KPI truth's "first seen in a
+        snapshot")."""
         self._mailboxes = mailboxes
         self._subscriptions = subscriptions
         self._faults = faults
@@ -207,6 +211,8 @@ class RestApi:
         messages = [m for m in mailbox.folder(folder).values() if m.usn > after]
         messages.sort(key=lambda m: (-m.arrival_ms, m.message_id))
         chosen = messages[(page - 1) * rows : page * rows]
+        if self._on_listed is not None:
+            self._on_listed(chosen)
         return web.json_response(_collection("Message", len(messages), map(_message_json, chosen)))
 
 

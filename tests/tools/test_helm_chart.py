@@ -26,6 +26,7 @@ from fixtures.chart import ALERT_RULES, CHART
 from fixtures.tools import tool
 
 from ingest import settings as settings_module
+from ingest.kpis.consumer import KpiSettings
 from ingest.mailboxes.mailbox_file import watched_aliases
 from ingest.ops.http import OpsServer
 from ingest.projector import ProjectorSettings
@@ -147,13 +148,15 @@ class CodeSettings:
 
     worker: frozenset[str]
     projector: frozenset[str]
+    kpis: frozenset[str]
 
     def of(self, component: str) -> frozenset[str]:
-        return self.worker if component == "worker" else self.projector
+        found: frozenset[str] = getattr(self, component)
+        return found
 
     @property
     def all(self) -> frozenset[str]:
-        return self.worker | self.projector
+        return self.worker | self.projector | self.kpis
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +191,9 @@ def code_settings(tmp_path_factory: pytest.TempPathFactory) -> CodeSettings:
         return frozenset(seen)
 
     return CodeSettings(
-        worker=record(settings_module.Settings.load), projector=record(ProjectorSettings.load)
+        worker=record(settings_module.Settings.load),
+        projector=record(ProjectorSettings.load),
+        kpis=record(KpiSettings.load),
     )
 
 
@@ -264,7 +269,7 @@ class TestSettingsContract:
     """The chart sets exactly settings the code reads, and enough of them for the code to start."""
 
     @pytest.mark.parametrize("scenario", SCENARIOS)
-    @pytest.mark.parametrize("component", ["worker", "projector"])
+    @pytest.mark.parametrize("component", ["worker", "projector", "kpis"])
     def test_every_env_var_is_a_setting_the_process_reads(
         self,
         rendered: dict[str, list[Manifest]],
@@ -299,6 +304,15 @@ class TestSettingsContract:
         assert loaded.kafka.bootstrap_servers == env["KAFKA_BOOTSTRAP_SERVERS"]
         assert loaded.http_port == int(env["CUMI_METRICS_PORT"])
 
+    @pytest.mark.parametrize("scenario", SCENARIOS)
+    def test_kpis_env_loads_with_the_real_settings(
+        self, rendered: dict[str, list[Manifest]], scenario: str, tmp_path: Path
+    ) -> None:
+        env = materialise(workload(rendered[scenario], "kpis").env, tmp_path)
+        loaded = KpiSettings.load(env=env)
+        assert loaded.kafka.events_topic.endswith(env.get("KAFKA_EVENTS_TOPIC", "mailbox-events"))
+        assert loaded.http_port == int(env["CUMI_METRICS_PORT"])
+
     def test_projector_gets_no_connection_settings(
         self, rendered: dict[str, list[Manifest]]
     ) -> None:
@@ -313,7 +327,7 @@ class TestSettingsContract:
         """A setting the code gains must get a values key, a `settings` entry or a reason."""
         schema = json.loads((CHART / "values.schema.json").read_text())
         free_form: set[str] = set()
-        for component in ("worker", "projector"):
+        for component in ("worker", "projector", "kpis"):
             names = set(schema["$defs"][f"{component}Settings"]["propertyNames"]["enum"])
             unread = names - code_settings.of(component)
             assert not unread, f"{component}.settings allows {sorted(unread)}, unread by it"
@@ -333,7 +347,7 @@ class TestSettingsContract:
         used_free_form = {
             name
             for path in CHART.glob("ci/*-values.yaml")
-            for component in ("worker", "projector")
+            for component in ("worker", "projector", "kpis")
             for name in (yaml.safe_load(path.read_text()).get(component) or {}).get("settings", {})
         }
         dedicated = rendered_names - used_free_form
@@ -497,7 +511,7 @@ class TestWorkloads:
 
     @pytest.mark.parametrize("scenario", SCENARIOS)
     def test_probes_and_port(self, rendered: dict[str, list[Manifest]], scenario: str) -> None:
-        for component in ("worker", "projector"):
+        for component in ("worker", "projector", "kpis"):
             c = workload(rendered[scenario], component)
             ports = {p["name"]: p["containerPort"] for p in c.spec["ports"]}
             expected_ports = {"http": int(c.env["CUMI_METRICS_PORT"])}
@@ -517,6 +531,7 @@ class TestWorkloads:
 
     def test_replicas(self, rendered: dict[str, list[Manifest]]) -> None:
         docs = rendered["several-workers"]
+        assert one(docs, "Deployment", "kpis")["spec"]["replicas"] == 1  # never two sets of KPIs
         assert one(docs, "Deployment", "worker")["spec"]["replicas"] == 4
         assert one(docs, "Deployment", "projector")["spec"]["replicas"] == 2
         pdb = one(docs, "PodDisruptionBudget", "worker")
@@ -569,7 +584,7 @@ class TestWorkloads:
         expected = {
             f"http://{one(docs, 'Service', component)['metadata']['name']}:"
             f"{one(docs, 'Service', component)['spec']['ports'][0]['port']}{path}"
-            for component in ("worker", "projector")
+            for component in ("worker", "projector", "kpis")
             for path in ("/healthz/live", "/healthz/ready", "/metrics")
         }
         assert urls == expected
@@ -833,7 +848,7 @@ class TestMonitoring:
         names = {d["metadata"]["name"] for d in rendered["default"]}
         assert not [n for n in names if n.endswith("-dashboard")]
 
-    def test_service_monitor_scrapes_both_services(
+    def test_service_monitor_scrapes_every_service(
         self, rendered: dict[str, list[Manifest]]
     ) -> None:
         docs = rendered["all-features-on"]
@@ -844,7 +859,11 @@ class TestMonitoring:
         selector = spec["selector"]["matchLabels"]
         services = [d for d in docs if d["kind"] == "Service"]
         scraped = [s for s in services if selector.items() <= labels(s).items()]
-        assert len(scraped) == 2
+        assert {labels(s)["app.kubernetes.io/component"] for s in scraped} == {
+            "worker",
+            "projector",
+            "kpis",
+        }
         (endpoint,) = spec["endpoints"]
         assert endpoint["path"] == "/metrics"
         assert set(endpoint) <= {
@@ -871,9 +890,13 @@ class TestMonitoring:
         (configmap,) = [d for d in docs if d["metadata"]["name"].endswith("-dashboard")]
         assert configmap["metadata"]["namespace"] == "monitoring"
         assert labels(configmap)["grafana_dashboard"] == "1"
-        dashboard = json.loads(configmap["data"]["cumi-pipeline.json"])
-        assert dashboard == json.loads((CHART / "files" / "dashboard.json").read_text())
-        assert dashboard["panels"] and dashboard["title"]
+        for key, name in (
+            ("cumi-pipeline.json", "dashboard.json"),
+            ("cumi-voicemail.json", "voicemail-dashboard.json"),
+        ):
+            dashboard = json.loads(configmap["data"][key])
+            assert dashboard == json.loads((CHART / "files" / name).read_text())
+            assert dashboard["panels"] and dashboard["title"]
 
     def test_network_policies(self, rendered: dict[str, list[Manifest]]) -> None:
         docs = rendered["all-features-on"]

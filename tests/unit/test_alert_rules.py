@@ -23,7 +23,7 @@ from fixtures.chart import (
 
 METRICS_DOC = REPO / "docs" / "metrics.md"
 SEVERITIES = {"critical", "warning"}
-COMPONENTS = {"pipeline", "worker", "projector"}
+COMPONENTS = {"pipeline", "worker", "projector", "kpis", "voicemail"}
 ANNOTATIONS = {"summary", "description", "runbook_url"}
 DURATION = re.compile(r"^(\d+[smhd])+$")
 

@@ -20,6 +20,7 @@ LAYERS: list[set[str]] = [
     {"state"},
     {"mailboxes"},
     {"export"},
+    {"kpis"},
     {"worker", "projector"},
     {"commands", "cli", "__main__"},
 ]

@@ -29,10 +29,16 @@ from ingest.cumi.rest import Endpoint
 from ingest.cumi.session import LossReason
 from ingest.cumi.subscriptions import SubState
 from ingest.events import EventType, RejectReason, RepairReason
+from ingest.kpis.exposition import FAMILIES as KPI_FAMILIES
+from ingest.kpis.exposition import families as kpi_families
+from ingest.kpis.ledger import KpiLedger
 from ingest.ops import metrics
 
 REPO = Path(__file__).resolve().parents[2]
-DASHBOARD = REPO / "helm" / "cumi-pipeline" / "files" / "dashboard.json"
+DASHBOARDS = [
+    REPO / "helm" / "cumi-pipeline" / "files" / name
+    for name in ("dashboard.json", "voicemail-dashboard.json")
+]
 RULES = REPO / "helm" / "cumi-pipeline" / "files" / "alerts.yaml"
 
 SUFFIXES = {
@@ -197,9 +203,11 @@ def label_values_argument(query: str) -> str:
 
 
 def families() -> Iterator[Metric]:
-    """The families of both processes' registries (the process collectors' twice)."""
-    for registry in (metrics.WORKER_REGISTRY, metrics.PROJECTOR_REGISTRY):
+    """The families of every process's registry (the process collectors' thrice), and the KPI
+    consumer's `cumi_voicemail_*` families (a collector of its own, every label value at 0)."""
+    for registry in (metrics.WORKER_REGISTRY, metrics.PROJECTOR_REGISTRY, metrics.KPIS_REGISTRY):
         yield from registry.collect()
+    yield from kpi_families(KpiLedger(), 0.0)
 
 
 def exported() -> dict[str, frozenset[str]]:
@@ -246,18 +254,21 @@ def dashboard_queries() -> list[tuple[str, str]]:
 
 
 def dashboard_targets() -> list[tuple[str, str, str]]:
-    """(where, PromQL, legend format) of every panel target and template variable."""
-    dashboard = json.loads(DASHBOARD.read_text())
+    """(where, PromQL, legend format) of every panel target and template variable of every
+    dashboard of the chart."""
     queries = []
-    for panel in all_panels(dashboard["panels"]):
-        for target in panel.get("targets", []):
-            where = f"panel {panel['title']!r} {target['refId']}"
-            queries.append((where, target["expr"], target.get("legendFormat", "")))
-    for variable in dashboard["templating"]["list"]:
-        if variable["type"] == "query":
-            query = variable["query"]
-            text = query["query"] if isinstance(query, dict) else query
-            queries.append((f"variable {variable['name']}", label_values_argument(text), ""))
+    for path in DASHBOARDS:
+        dashboard = json.loads(path.read_text())
+        for panel in all_panels(dashboard["panels"]):
+            for target in panel.get("targets", []):
+                where = f"{path.name}: panel {panel['title']!r} {target['refId']}"
+                queries.append((where, target["expr"], target.get("legendFormat", "")))
+        for variable in dashboard["templating"]["list"]:
+            if variable["type"] == "query":
+                query = variable["query"]
+                text = query["query"] if isinstance(query, dict) else query
+                where = f"{path.name}: variable {variable['name']}"
+                queries.append((where, label_values_argument(text), ""))
     return queries
 
 
@@ -475,6 +486,7 @@ class TestCatalogue:
             name: (wrapper._type, sorted(wrapper._labelnames))
             for name, wrapper in cumi_wrappers().items()
         }
+        code |= {name: (kind, sorted(labels)) for name, (kind, _, labels) in KPI_FAMILIES.items()}
         assert rows == code
 
 
@@ -483,7 +495,15 @@ class TestConventions:
 
     def test_names_say_their_process(self) -> None:
         for name in cumi_wrappers():
-            assert name.startswith(("cumi_worker_", "cumi_projector_")), name
+            assert name.startswith(("cumi_worker_", "cumi_projector_", "cumi_kpis_")), name
+
+    def test_kpi_families(self) -> None:
+        """The KPI consumer's own collector: one prefix, base units, no identity labels."""
+        for name, (kind, _, labels) in KPI_FAMILIES.items():
+            assert name.startswith("cumi_voicemail_"), name
+            assert (kind == "counter") == name.endswith("_total"), name
+            assert "histogram" not in kind or name.endswith(UNIT_SUFFIXES), name
+            assert not set(labels) & FORBIDDEN_LABELS, name
 
     def test_histograms_are_in_base_units(self) -> None:
         for name, wrapper in cumi_wrappers().items():

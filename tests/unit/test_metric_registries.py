@@ -29,6 +29,7 @@ import ingest.cumi.session  # their label values: LossReason, Endpoint
 import ingest.cumi.rest
 texts["worker"] = generate_latest(metrics.WORKER_REGISTRY).decode()
 texts["projector"] = generate_latest(metrics.PROJECTOR_REGISTRY).decode()
+texts["kpis"] = generate_latest(metrics.KPIS_REGISTRY).decode()
 print(json.dumps(texts))
 """
 OPEN_LABELS = {"cumi_worker_rest_requests_total"}
@@ -75,13 +76,18 @@ class TestSeparateRegistries:
         assert "cumi_projector_ready 0.0" in texts["projector"]
         assert "cumi_worker_" not in texts["projector"]
 
-    @pytest.mark.parametrize("process", ["worker", "projector"])
+    def test_kpis_text_has_only_its_own_series(self, texts: Mapping[str, str]) -> None:
+        assert "cumi_kpis_ready 0.0" in texts["kpis"]
+        assert "cumi_worker_" not in texts["kpis"]
+        assert "cumi_projector_" not in texts["kpis"]
+
+    @pytest.mark.parametrize("process", ["worker", "projector", "kpis"])
     def test_each_has_the_process_collectors(self, texts: Mapping[str, str], process: str) -> None:
         found = samples(texts[process])
         assert "process_start_time_seconds" in found
         assert "python_info" in found
 
-    @pytest.mark.parametrize("process", ["worker", "projector"])
+    @pytest.mark.parametrize("process", ["worker", "projector", "kpis"])
     def test_each_has_all_of_its_own_families(self, texts: Mapping[str, str], process: str) -> None:
         shown = {family.name for family in text_string_to_metric_families(texts[process])}
         defined = {
@@ -143,10 +149,21 @@ class TestLabelValuesAtZero:
             ("committed",), ("aborted",)
         )
 
+    def test_kpis_counters(self, texts: Mapping[str, str]) -> None:
+        found = samples(texts["kpis"])
+        assert series(found, "cumi_kpis_records_total") == zeros(*((o.value,) for o in Outcome))
+        assert series(found, "cumi_kpis_records_skipped_total") == zeros(
+            ("undecodable",), ("unexpected_kind",)
+        )
+
     def test_no_labelled_counter_is_left_out(self, texts: Mapping[str, str]) -> None:
         """A labelled counter added later must get its values initialised too (or be listed
         as open-ended here, with the reason)."""
-        found = {**samples(texts["worker"]), **samples(texts["projector"])}
+        found = {
+            **samples(texts["worker"]),
+            **samples(texts["projector"]),
+            **samples(texts["kpis"]),
+        }
         labelled = {
             wrapper._name + "_total"
             for wrapper in vars(metrics).values()

@@ -361,6 +361,14 @@ The projector's read API Secrets (token file, TLS files) as volumes, and their m
 {{- end }}
 
 {{/*
+Environment of the KPI consumer only.
+*/}}
+{{- define "cumi-pipeline.kpisEnv" -}}
+{{- include "cumi-pipeline.optionalEnv" (list "CUMI_KPIS_URGENT_THRESHOLDS" .Values.kpis.urgentThresholds) }}
+{{- include "cumi-pipeline.optionalEnv" (list "CUMI_SHUTDOWN_TIMEOUT_SECONDS" .Values.kpis.shutdownTimeoutSeconds) }}
+{{- end }}
+
+{{/*
 One env entry, only when the value is set (not null). Call with (list "NAME" value).
 */}}
 {{- define "cumi-pipeline.optionalEnv" -}}

@@ -1,0 +1,226 @@
+"""Ground truth of the voicemail KPIs, from the server's side (`GET /_sim/kpi-truth`).
+
+The server knows what happened to each message — when it arrived, when it was first read, whether
+it left the Inbox never read — and what it told its subscribers: which notification first named
+the message, which first said it was read (and with which EventTime), which folder listing showed
+it. The KPIs of docs/metrics.md ("Voicemail KPIs") are computed here from those facts, the way a
+perfect observer of the notifications would, so a test can compare the pipeline's KPIs with them:
+
+- a message's arrival is known when the first thing told about it was a NEW_MESSAGE (live, or
+  restated after Notifier downtime while still unread in the Inbox); its ReceiveTime is the arrival;
+- its first listen is the EventTime of the first notification saying it read; a read the server
+  only showed in a listing (nobody was listening), or of a message whose arrival is unknown, is
+  counted as unknown;
+- `listen_delay_by_downtime_seconds`: how much later than the real first read the notification
+  that reported it was sent (a read during Notifier downtime is only told at recovery): the error
+  the log cannot avoid, for tests and docs.
+
+Label values and buckets mirror the pipeline's on purpose, written again here: the simulator plays
+the vendor and imports none of the pipeline (like `comet.EventType`).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from ingest.simulator.comet import EventType
+from ingest.simulator.mailbox import Folder, Mailbox, Message
+
+BUCKETS = (60, 300, 900, 3600, 14_400, 43_200, 86_400, 259_200, 604_800)
+THRESHOLDS = (3600, 14_400, 86_400)
+_READ_TOLD = frozenset({EventType.SAVED_MESSAGE, EventType.DELETED_MESSAGE_READ})
+
+
+class Facts:
+    """One message as the server knows it."""
+
+    __slots__ = (
+        "arrival_s",
+        "deleted_unheard",
+        "first_read_s",
+        "msg_type",
+        "priority",
+        "read_before_start",
+        "read_known",
+        "seen",
+        "told_read_s",
+    )
+
+    def __init__(self, message: Message, *, before_start: bool = False) -> None:
+        self.arrival_s = message.arrival_ms // 1000
+        """What ReceiveTime says (whole seconds)."""
+        self.priority = message.priority
+        self.msg_type = message.msg_type
+        self.read_before_start = before_start and message.read
+        self.first_read_s: float | None = None
+        """When the server first marked it read (wall clock), if during the run."""
+        self.deleted_unheard = False
+        """It left the Inbox (to Deleted or gone) never read."""
+        self.seen: str | None = None
+        """How subscribers first learned of it: new, restatement, snapshot (a listing)."""
+        self.read_known: str | None = None
+        """How subscribers first learned it was read: event, listing."""
+        self.told_read_s: int | None = None
+        """EventTime (epoch second) of the first notification saying it read."""
+
+    @property
+    def ever_read(self) -> bool:
+        return self.read_before_start or self.first_read_s is not None
+
+
+class KpiTruth:
+    """Facts about every message, fed by the scenario, the Notifier and the REST listings."""
+
+    def __init__(self) -> None:
+        self.facts: dict[str, Facts] = {}
+
+    # -- what happened --------------------------------------------------------------------------
+
+    def existing(self, mailboxes: Iterable[Mailbox]) -> None:
+        """Messages already there when the simulator started (never notified)."""
+        for mailbox in mailboxes:
+            for message in (*mailbox.inbox.values(), *mailbox.deleted.values()):
+                self.facts[message.message_id] = Facts(message, before_start=True)
+
+    def changed(
+        self,
+        mailbox: Mailbox,
+        before: Sequence[tuple[Message, Folder | None]],
+        now: float,
+    ) -> None:
+        """A change reached the truth (whether or not the Notifier was up)."""
+        for message, was in before:
+            facts = self.facts.get(message.message_id)
+            if facts is None:
+                facts = self.facts[message.message_id] = Facts(message)
+            if message.read and not facts.ever_read:
+                facts.first_read_s = now
+            if was is Folder.INBOX and mailbox.where(message.message_id) is not Folder.INBOX:
+                facts.deleted_unheard |= not facts.ever_read
+
+    def told(self, event_type: EventType, messages: Iterable[Message], second: int) -> None:
+        """A notification reached at least one subscriber."""
+        for message in messages:
+            facts = self.facts.get(message.message_id)
+            if facts is None:
+                continue
+            if facts.seen is None:
+                facts.seen = "new" if event_type is EventType.NEW_MESSAGE else "restatement"
+            if event_type in _READ_TOLD and facts.read_known is None:
+                facts.read_known, facts.told_read_s = "event", second
+
+    def listed(self, messages: Iterable[Message]) -> None:
+        """A folder listing showed these messages to a client (gap repair)."""
+        for message in messages:
+            facts = self.facts.get(message.message_id)
+            if facts is None:
+                continue
+            if facts.seen is None:
+                facts.seen = "snapshot"
+            if message.read and facts.read_known is None:
+                facts.read_known = "listing"
+
+    # -- the KPIs -------------------------------------------------------------------------------
+
+    def kpis(
+        self,
+        mailboxes: Mapping[str, Mailbox],
+        now: float,
+        thresholds: Sequence[float] = THRESHOLDS,
+    ) -> dict[str, Any]:
+        """Every KPI as of `now` (epoch seconds), in the shape of the pipeline's
+        `KpiLedger.summary`; plus `listen_delay_by_downtime_seconds`."""
+        result = self._counters()
+        result.update(self._gauges(mailboxes, now, thresholds))
+        return result
+
+    def _counters(self) -> dict[str, Any]:
+        received: dict[str, int] = {}
+        first_seen = {"snapshot": 0, "restatement": 0}
+        listen = {p: _histogram() for p in _PRIORITIES}
+        unknown = dict.fromkeys(_PRIORITIES, 0)
+        deleted = dict.fromkeys(_PRIORITIES, 0)
+        delays: list[float] = []
+        for facts in self.facts.values():
+            priority = _priority(facts.priority)
+            if facts.seen == "new":
+                key = f"{_msg_type(facts.msg_type)}/{priority}"
+                received[key] = received.get(key, 0) + 1
+            elif facts.seen is not None:
+                first_seen[facts.seen] += 1
+            if facts.seen == "new" and facts.read_known == "event":
+                assert facts.told_read_s is not None
+                _observe(listen[priority], max(0, facts.told_read_s - facts.arrival_s))
+            elif facts.read_known is not None:
+                unknown[priority] += 1
+            if facts.deleted_unheard and facts.seen is not None:
+                deleted[priority] += 1
+            if facts.told_read_s is not None and facts.first_read_s is not None:
+                delays.append(max(0.0, facts.told_read_s - facts.first_read_s))
+        return {
+            "received": received,
+            "first_seen": first_seen,
+            "time_to_first_listen": listen,
+            "first_listen_unknown": unknown,
+            "deleted_unheard": deleted,
+            "listen_delay_by_downtime_seconds": max(delays, default=0.0),
+        }
+
+    def _gauges(
+        self, mailboxes: Mapping[str, Mailbox], now: float, thresholds: Sequence[float]
+    ) -> dict[str, Any]:
+        unread, blind = 0, 0
+        ages = _histogram()
+        urgent = {_duration(t): 0 for t in thresholds}
+        for mailbox in mailboxes.values():
+            arrivals = [(self.facts[m.message_id], m) for m in mailbox.inbox.values() if not m.read]
+            if not arrivals:
+                continue
+            unread += len(arrivals)
+            known = [f for f, _ in arrivals if f.seen == "new"]
+            if len(known) < len(arrivals):
+                blind += 1
+            else:
+                _observe(ages, max(0.0, now - min(f.arrival_s for f in known)))
+            urgent_known = [f.arrival_s for f in known if _priority(f.priority) == "urgent"]
+            for threshold in thresholds:
+                if urgent_known and now - min(urgent_known) > threshold:
+                    urgent[_duration(threshold)] += 1
+        return {
+            "unread_messages": unread,
+            "oldest_unread_age": ages,
+            "unread_unknown_age_mailboxes": blind,
+            "mailboxes_with_urgent_unread": urgent,
+        }
+
+
+_PRIORITIES = ("normal", "urgent", "other")
+
+
+def _priority(raw: str) -> str:
+    value = raw.strip().lower().removesuffix("-priority")
+    return value if value in ("normal", "urgent") else "other"
+
+
+def _msg_type(raw: str) -> str:
+    value = raw.strip().lower()
+    return value if value in ("voice", "fax", "email", "receipt") else "other"
+
+
+def _duration(seconds: float) -> str:
+    whole = int(seconds)
+    if whole % 3600 == 0:
+        return f"{whole // 3600}h"
+    return f"{whole // 60}m" if whole % 60 == 0 else f"{whole}s"
+
+
+def _histogram() -> dict[str, Any]:
+    return {"count": 0, "sum": 0.0, "buckets": [0] * (len(BUCKETS) + 1)}
+
+
+def _observe(histogram: dict[str, Any], value: float) -> None:
+    histogram["count"] += 1
+    histogram["sum"] += value
+    histogram["buckets"][bisect.bisect_left(BUCKETS, value)] += 1
