@@ -20,8 +20,9 @@ import sys
 import time
 from collections.abc import Callable
 
-RATE_LIMITED_LOGGERS = ("aiokafka",)
-"""Logger name prefixes whose repeated lines are limited."""
+RATE_LIMITED_LOGGERS = ("aiokafka", "ingest.eventlog.records.unparsed")
+"""Logger name prefixes whose repeated lines are limited: aiokafka's, and the worker's lines about
+notification fields it could not read (one logger per field name)."""
 
 
 class JsonFormatter(logging.Formatter):
