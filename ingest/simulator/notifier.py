@@ -142,8 +142,9 @@ class Notifier:
         reached = 0
         for subscription_id in self._subscriptions.of_mailbox(mailbox.alias):
             channel = channel_of(subscription_id)
+            malformed_payload = False
             if corrupt:
-                payload = self._corrupted(
+                payload, malformed_payload = self._corrupted(
                     channel,
                     mailbox=mailbox,
                     event_type=event_type,
@@ -163,13 +164,18 @@ class Notifier:
                     event_type=event_type,
                     display_name=mailbox.user.display_name,
                 )
-            reached += self._deliver(channel, payload)
+            delivered = self._deliver(channel, payload)
+            reached += delivered
+            if malformed_payload:
+                self._counters.corrupted_malformed += delivered
             if duplicate:
                 self._deliver(channel, payload)
         if not reached:
             self._counters.lost += 1
         elif duplicate:
             self._counters.duplicates += 1
+        if reached and corrupt:
+            self._counters.corrupted += 1
         if reached and faults.malformed_ratio and self._rng.random() < faults.malformed_ratio:
             self.inject_malformed(mailbox, event_type, usn, messages)
         return reached
@@ -184,8 +190,9 @@ class Notifier:
         messages: Sequence[Message],
         event_time: str,
         subscription_id: str,
-    ) -> bytes:
-        """The corrupt fault's payload in place of a valid event (counted once it is sent)."""
+    ) -> tuple[bytes, bool]:
+        """The corrupt fault's payload in place of a valid event, and whether it is malformed
+        (a dead letter) rather than irregular."""
         valid = event_data(
             infos=[m.info for m in messages],
             usn=usn,
@@ -196,10 +203,7 @@ class Notifier:
             display_name=mailbox.user.display_name,
         )
         kind, data = corrupted(valid, self._rng)
-        self._counters.corrupted += 1
-        if kind in set(MalformedKind):
-            self._counters.corrupted_malformed += 1
-        return bayeux_message(channel, data)
+        return bayeux_message(channel, data), kind in set(MalformedKind)
 
     def inject_malformed(
         self,

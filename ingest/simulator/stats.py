@@ -31,9 +31,10 @@ class Counters:
     malformed: int = 0
     """Malformed payloads published by the malformed fault (never part of the truth)."""
     corrupted: int = 0
-    """Events sent broken instead of valid by the corrupt fault (their changes are in the truth)."""
+    """Events sent broken instead of valid by the corrupt fault, to at least one session (their
+    changes are in the truth)."""
     corrupted_malformed: int = 0
-    """Of those, malformed payloads delivered (one per session reached): each a dead letter."""
+    """Of their payloads, the malformed ones delivered (per session reached): each a dead letter."""
     rest_requests: int = 0
     rest_unauthorized: int = 0
     rest_throttled: int = 0
