@@ -221,6 +221,7 @@ class RejectReason(enum.StrEnum):
     BAD_TYPE = "bad_type"
     BAD_VALUE = "bad_value"
     BAD_TIME = "bad_time"
+    """Not written since MailboxEvent v2 (no time decides folder state); kept for older letters."""
     UNKNOWN_EVENT_TYPE = "unknown_event_type"
     EMPTY_MESSAGE_INFO = "empty_message_info"
     ENCODE_FAILED = "encode_failed"
