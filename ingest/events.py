@@ -176,7 +176,8 @@ class MailboxEvent:
     source: str | None = None
     """Which CUMI server the event came from (its configured name)."""
     unparsed: tuple[UnparsedField, ...] = ()
-    """The fields the worker could not read, in payload order (schema v2; empty before)."""
+    """The fields the worker could not read: the event's (EventTime, SubscriptionId, DisplayName),
+    then each message's in order (schema v2; empty in v1 records)."""
 
 
 @dataclass(frozen=True, slots=True)
