@@ -396,7 +396,8 @@ def _event_to_avro(event: MailboxEvent) -> dict[str, Any]:
 def _event_from_avro(datum: dict[str, Any]) -> MailboxEvent:
     datum["event_type"] = EventType(datum["event_type"])
     datum["messages"] = tuple(MessageInfo(**m) for m in datum["messages"])
-    datum["unparsed"] = tuple(UnparsedField(**f) for f in datum["unparsed"])
+    unparsed = datum["unparsed"]
+    datum["unparsed"] = tuple(UnparsedField(**f) for f in unparsed) if unparsed else ()
     return MailboxEvent(**datum)
 
 

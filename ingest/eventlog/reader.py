@@ -39,6 +39,7 @@ from ingest.events import (
 from ingest.speedups import fast_constructor
 
 _START = wire.HEADER_SIZE
+_HEADER = wire.header(wire.FAST_EVENT_SCHEMA)
 _CONFLUENT_START = wire.CONFLUENT_HEADER_SIZE
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MILLI = dt.timedelta(milliseconds=1)
@@ -53,7 +54,9 @@ def decode_log_record(
 
     `ids` resolves the schema ids of Confluent-framed records (registry mode)."""
     reader, start = None, _START
-    if value[:2] == wire.MAGIC:
+    if value.startswith(_HEADER):  # today's events: nearly every record
+        reader = _FAST_EVENT_READER
+    elif value[:2] == wire.MAGIC:
         reader = _FAST.get(value[2:_START])
     elif value[:1] == wire.CONFLUENT_MAGIC and ids is not None and len(value) > _CONFLUENT_START:
         reader = _FAST.get(ids.fingerprint(int.from_bytes(value[1:_CONFLUENT_START], "big")))
@@ -125,7 +128,7 @@ sender, type, priority, receive time), so most are found here by their bytes."""
 # IndexError or as the final `pos != len(data)`.
 
 
-def _read_event(data: bytes, start: int = _START, v1: bool = False) -> MailboxEvent:  # noqa: PLR0912 - one straight line, inlined on purpose
+def _read_event(data: bytes, start: int = _START, v1: bool = False) -> MailboxEvent:  # noqa: PLR0912, PLR0915 - one straight line, inlined on purpose
     """The body after the header (`start` bytes), field by field as mailbox_event.avsc orders
     them; `v1`: as its first release did (event_time_raw and subscription_id plain strings, no
     `unparsed`)."""
@@ -140,8 +143,29 @@ def _read_event(data: bytes, start: int = _START, v1: bool = False) -> MailboxEv
     if kind & 0x81 or kind >= 2 * len(_TYPES):  # one byte, zig-zag, a known symbol
         raise ValueError("event type index")
     event_time, pos = _stamp(data, pos + 1)
-    event_time_raw, pos = _present_string(data, pos, v1)
-    subscription_id, pos = _present_string(data, pos, v1)
+    # v2: both optional strings, nearly always there (v1: plain strings, no union branch)
+    event_time_raw: str | None
+    if v1 or data[pos] == 2:
+        at = pos if v1 else pos + 1
+        size = data[at]
+        if size & 0x81:
+            event_time_raw, pos = _string(data, at)
+        else:
+            pos = at + 1 + (size >> 1)
+            event_time_raw = data[at + 1 : pos].decode()
+    else:  # null, or a bad branch (`_optional_string` says which)
+        event_time_raw, pos = _optional_string(data, pos)
+    subscription_id: str | None
+    if v1 or data[pos] == 2:
+        at = pos if v1 else pos + 1
+        size = data[at]
+        if size & 0x81:
+            subscription_id, pos = _string(data, at)
+        else:
+            pos = at + 1 + (size >> 1)
+            subscription_id = data[at + 1 : pos].decode()
+    else:
+        subscription_id, pos = _optional_string(data, pos)
     if data[pos] == 0:
         display_name: str | None = None
         pos += 1
@@ -162,11 +186,12 @@ def _read_event(data: bytes, start: int = _START, v1: bool = False) -> MailboxEv
     else:
         source, pos = _optional_string(data, pos)
     unparsed: tuple[UnparsedField, ...] = ()
-    if not v1:
-        if data[pos]:
-            unparsed, pos = _unparsed(data, pos)
-        else:
-            pos += 1
+    if v1:
+        pass  # v1 ends with the source
+    elif data[pos] == 0:  # nearly always: no field the worker could not read
+        pos += 1
+    else:
+        unparsed, pos = _unparsed(data, pos)
     if pos != len(data):
         raise ValueError("not exactly one MailboxEvent")
     return _MailboxEvent(
@@ -186,19 +211,6 @@ def _read_event(data: bytes, start: int = _START, v1: bool = False) -> MailboxEv
 
 def _read_event_v1(data: bytes, start: int = _START) -> MailboxEvent:
     return _read_event(data, start, v1=True)
-
-
-def _present_string(data: bytes, pos: int, plain: bool) -> tuple[str | None, int]:
-    """An optional string that is nearly always there (`plain`: a string without a union branch,
-    as v1 wrote these fields), its usual case inline."""
-    at = pos if plain else pos + 1
-    if not plain and data[pos] != 2:  # null, or a bad branch (`_optional_string` says which)
-        return _optional_string(data, pos)
-    size = data[at]
-    if size & 0x81:
-        return _string(data, at)
-    end = at + 1 + (size >> 1)
-    return data[at + 1 : end].decode(), end
 
 
 def _unparsed(data: bytes, pos: int) -> tuple[tuple[UnparsedField, ...], int]:
@@ -390,3 +402,4 @@ if _FAST_EVENTS:
     _FAST[wire.FAST_EVENT_SCHEMA_V1] = _read_event_v1
 if _FAST_SNAPSHOTS:
     _FAST[wire.FAST_SNAPSHOT_SCHEMA] = _read_snapshot
+_FAST_EVENT_READER = _FAST.get(wire.FAST_EVENT_SCHEMA)
