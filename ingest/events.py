@@ -74,6 +74,9 @@ class RepairReason(enum.StrEnum):
     KAFKA_OUTAGE = "kafka-outage"
     """The CometD session was lost because the worker stopped pulling while Kafka was away (its
     in-flight bound was full): events of that time may be missing from the log before this."""
+    DEAD_LETTER = "dead-letter"
+    """A payload that names the mailbox was dead-lettered: the change it stood for is missing from
+    the log before this (rate-limited per mailbox: CUMI_DEAD_LETTER_REPAIR_INTERVAL_SECONDS)."""
 
     @classmethod
     def _missing_(cls, value: object) -> RepairReason | None:
@@ -95,7 +98,9 @@ class Outcome(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class MessageInfo:
-    """One entry of a Comet event's MessageInfo array, normalized."""
+    """One entry of a Comet event's MessageInfo array, normalized. A text field that is not a
+    JSON string, or a ReceiveTime not in the documented format, is None here and listed in the
+    event's `unparsed` with what was sent."""
 
     message_id: str
     """CUMI message id (a GUID in Comet events; folder listings prefix it with `0:`, stripped)."""
@@ -108,14 +113,48 @@ class MessageInfo:
     priority: str | None = None
     """e.g. Normal-Priority, Urgent-Priority."""
     receive_time: dt.datetime | None = None
-    """ReceiveTime parsed in the configured server zone, as an aware UTC datetime."""
+    """ReceiveTime parsed in the configured server zone, as an aware UTC datetime; None when
+    absent or not in the documented format (`11:15:40 PM 10/30/2008`)."""
     receive_time_raw: str | None = None
-    """ReceiveTime exactly as the server sent it (no zone in the wire format)."""
+    """ReceiveTime exactly as the server sent it (no zone in the wire format); a JSON value that
+    is not a string as compact JSON."""
+
+
+LENIENT_FIELDS = (
+    "EventTime",
+    "SubscriptionId",
+    "DisplayName",
+    "CallerAni",
+    "Sender",
+    "MsgType",
+    "Priority",
+    "ReceiveTime",
+)
+"""The notification fields read leniently — every one but MailboxId, EventType, USN and MessageId:
+what `UnparsedField.name` can be, a metric label."""
+
+
+@dataclass(frozen=True, slots=True)
+class UnparsedField:
+    """A field of a notification the worker could not read (docs/design.md §3, "What makes an
+    event invalid"): its parsed value in the record is null (`event_time`: `ingested_at`)."""
+
+    field: str
+    """Where it is in the payload: `EventTime`, `SubscriptionId`, `MessageInfo[0].ReceiveTime`…"""
+    raw: str | None = None
+    """What the server sent: a string as is, any other JSON value as compact JSON; None: absent."""
+
+    @property
+    def name(self) -> str:
+        """The field's name without its place (`ReceiveTime`): a bounded metric label."""
+        return self.field.rpartition(".")[2]
 
 
 @dataclass(frozen=True, slots=True)
 class MailboxEvent:
-    """One Comet notification, validated and normalized."""
+    """One Comet notification, validated and normalized. Only MailboxId, EventType, USN and
+    MessageId decide whether it is one; any other field that cannot be read is listed in
+    `unparsed` and left null."""
 
     mailbox_id: str
     """MailboxId (the user's alias); the Kafka key."""
@@ -123,10 +162,12 @@ class MailboxEvent:
     """Mailbox update sequence number; events sharing a USN are one change."""
     event_type: EventType
     event_time: dt.datetime
-    """EventTime parsed in the configured zone (default UTC), aware, UTC."""
-    event_time_raw: str
-    """EventTime exactly as sent."""
-    subscription_id: str
+    """EventTime parsed in the configured zone (default UTC), aware, UTC; `ingested_at` when
+    EventTime could not be read (then listed in `unparsed`): the record's time axis needs one."""
+    event_time_raw: str | None
+    """EventTime exactly as sent (None: not sent)."""
+    subscription_id: str | None
+    """None: neither the payload nor its Bayeux channel named one."""
     messages: tuple[MessageInfo, ...]
     """At least one message."""
     ingested_at: dt.datetime
@@ -134,6 +175,9 @@ class MailboxEvent:
     display_name: str | None = None
     source: str | None = None
     """Which CUMI server the event came from (its configured name)."""
+    unparsed: tuple[UnparsedField, ...] = ()
+    """The fields the worker could not read: the event's (EventTime, SubscriptionId, DisplayName),
+    then each message's in order (schema v2; empty in v1 records)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +222,7 @@ class RejectReason(enum.StrEnum):
     BAD_TYPE = "bad_type"
     BAD_VALUE = "bad_value"
     BAD_TIME = "bad_time"
+    """Not written since MailboxEvent v2 (no time decides folder state); kept for older letters."""
     UNKNOWN_EVENT_TYPE = "unknown_event_type"
     EMPTY_MESSAGE_INFO = "empty_message_info"
     ENCODE_FAILED = "encode_failed"

@@ -316,6 +316,12 @@ class CumiSettings:
     mailbox_source: MailboxSource
     mailboxes_file: Path | None
     """Required with the file source; not used with the registry source."""
+    dead_letter_repair_interval_seconds: float = 30.0
+    """CUMI_DEAD_LETTER_REPAIR_INTERVAL_SECONDS: at most one gap repair per mailbox in this time
+    because of dead letters naming it (one more follows at its end if another came meanwhile)."""
+    server_time_zone_set: bool = True
+    """Whether CUMI_SERVER_TIME_ZONE was given (else ReceiveTime is read as UTC, and the worker
+    says so at start)."""
 
     def ssl_context(self) -> ssl.SSLContext | bool:
         """What aiohttp's `ssl=` takes: a verifying context (custom CA if set) or False."""
@@ -549,6 +555,10 @@ def load_cumi(s: SettingsSource) -> CumiSettings:
         server_time_zone=s.zone("CUMI_SERVER_TIME_ZONE"),
         mailbox_source=source,
         mailboxes_file=mailboxes,
+        dead_letter_repair_interval_seconds=s.number(
+            "CUMI_DEAD_LETTER_REPAIR_INTERVAL_SECONDS", 30.0, minimum=0.0
+        ),
+        server_time_zone_set=s.raw("CUMI_SERVER_TIME_ZONE") is not None,
     )
 
 

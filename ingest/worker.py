@@ -20,13 +20,13 @@ import contextlib
 import enum
 import logging
 import signal
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from ingest.cumi.credentials import CredentialsProvider, build_provider
 from ingest.cumi.gap_repair import Reconciler
-from ingest.cumi.normalizer import TimeZones
+from ingest.cumi.normalizer import TimeZones, named_subscription
 from ingest.cumi.rest import CumiRestClient
 from ingest.cumi.session import CometSession
 from ingest.cumi.subscriptions import SubscriptionManager, SubscriptionPolicy
@@ -36,6 +36,7 @@ from ingest.eventlog.records import RecordWriter
 from ingest.eventlog.schema_registry import register_writers
 from ingest.eventlog.sink import Sink
 from ingest.eventlog.topics import wait_until_present
+from ingest.events import DeadLetter
 from ingest.mailboxes.assignment import CredentialRefs, RegistryAssignment
 from ingest.mailboxes.mailbox_file import watched_aliases
 from ingest.ops.backoff import Backoff
@@ -43,11 +44,21 @@ from ingest.ops.clock import SYSTEM_CLOCK
 from ingest.ops.http import OpsServer
 from ingest.ops.metrics import WORKER_READY, WORKER_REGISTRY
 from ingest.ops.progress import LoggedProgress, ProgressFactory
-from ingest.settings import CredentialsProviderKind, MailboxSource, Settings
+from ingest.settings import CredentialsProviderKind, CumiSettings, MailboxSource, Settings
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+def note_receive_time_zone(cumi: CumiSettings) -> None:
+    """One start-up line when CUMI_SERVER_TIME_ZONE is not set: ReceiveTime carries no zone, and
+    read as UTC on a server elsewhere every receive_time is off by hours, silently."""
+    if not cumi.server_time_zone_set:
+        log.warning(
+            "CUMI_SERVER_TIME_ZONE is not set: ReceiveTime is read as UTC; set it to the "
+            "Connection server's IANA time zone, e.g. CUMI_SERVER_TIME_ZONE=America/New_York"
+        )
 
 
 class _Stopped(enum.Enum):
@@ -115,6 +126,7 @@ class Worker:
         )
         for warning in transport_warnings(s):
             log.warning("%s", warning)
+        note_receive_time_zone(s.cumi)
         loop = asyncio.get_running_loop()
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -143,6 +155,7 @@ class Worker:
             zones=TimeZones(event_time=c.event_time_zone, receive_time=c.server_time_zone),
             drain_timeout=s.worker.shutdown_timeout_seconds * 0.75,
             encoder=encoder,
+            on_dead_letter=self._dead_lettered,
         )
         self.sink = sink
         ops = OpsServer(
@@ -176,6 +189,7 @@ class Worker:
             source=c.server_name,
             concurrency=c.reconcile_concurrency,
             page_size=c.reconcile_page_size,
+            dead_letter_interval=c.dead_letter_repair_interval_seconds,
         )
         self.reconciler = reconciler
 
@@ -263,6 +277,11 @@ class Worker:
             )
         except BrokerError:
             self._missing_topics = None
+
+    def _dead_lettered(self, letter: DeadLetter, message: Mapping[str, Any]) -> None:
+        """A payload was dead-lettered: gap repair of the mailbox it names, if it is ours."""
+        if self.manager is not None:
+            self.manager.dead_lettered(letter.mailbox_id, named_subscription(message))
 
     async def _wait_or_stop(self, step: Coroutine[Any, Any, None]) -> bool:
         """Run a start-up step unless stop is asked first; True when stopped."""

@@ -21,6 +21,13 @@ Therefore the mailbox USN is read **before** listing, after the subscription is 
 Reading the USN *after* listing would be wrong: a change between a folder read and that USN read
 would be neither in the listing nor applied (its event ≤ S would count as stale).
 
+A dead letter that names a subscribed mailbox is a gap too: the change it stood for is not in the
+log. `request_dead_letter` repairs the mailbox at once (its USN, read after the bad payload
+arrived, covers that change) — at most once per `dead_letter_interval` seconds per mailbox
+(CUMI_DEAD_LETTER_REPAIR_INTERVAL_SECONDS): a dead letter within the interval defers one repair
+to its end, however many follow, so a server that breaks every payload of a mailbox costs one
+listing per interval, and the last bad payload is still covered.
+
 One hazard remains: pagination. A message arriving or leaving between two page reads shifts the
 pages, so an unrelated message may be missed (it would then vanish from the projection). A folder
 read in one page is consistent; when either folder needs several pages, the mailbox USN is read
@@ -63,6 +70,7 @@ class Reconciler:
         max_attempts: int = 5,
         retry_base: float = 1.0,
         retry_cap: float = 60.0,
+        dead_letter_interval: float = 30.0,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._rest = rest
@@ -83,6 +91,9 @@ class Reconciler:
         # cancelled while running: a failure of that listing is not retried
         self._dropped: set[str] = set()
         self._attempts: dict[str, int] = {}
+        self._dead_letter_interval = dead_letter_interval
+        self._dead_letter_repaired: dict[str, float] = {}  # alias → when a dead letter repaired it
+        self._deferred: set[str] = set()  # a dead-letter repair due at their interval's end
         self._timers: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._idle = asyncio.Event()
@@ -117,7 +128,7 @@ class Reconciler:
 
     @property
     def pending(self) -> int:
-        return len(self._wanted) + len(self._running)
+        return len(self._wanted) + len(self._running) + len(self._deferred)
 
     def request(self, alias: str, reason: RepairReason) -> None:
         """Repair `alias` soon. Asked again while listing, it is listed once more afterwards."""
@@ -129,9 +140,40 @@ class Reconciler:
             self._queue.put_nowait(alias)
         self._changed()
 
+    def request_dead_letter(self, alias: str) -> str:
+        """Repair `alias` after a dead letter named it, rate-limited (module docstring). Returns
+        `triggered` (requested now) or `deferred` (one request follows at the interval's end)."""
+        now = self._clock.monotonic()
+        last = self._dead_letter_repaired.get(alias)
+        if last is None or now - last >= self._dead_letter_interval:
+            self._dead_letter_repaired[alias] = now
+            self._forget_old_dead_letters(now)
+            self.request(alias, RepairReason.DEAD_LETTER)
+            return "triggered"
+        if alias not in self._deferred:
+            self._deferred.add(alias)
+            self._later(self._dead_letter_interval - (now - last), self._deferred_due, alias)
+            self._changed()
+        return "deferred"
+
+    def _deferred_due(self, alias: str) -> None:
+        if alias in self._deferred:  # not cancelled meanwhile
+            self._deferred.discard(alias)
+            self._dead_letter_repaired[alias] = self._clock.monotonic()
+            self.request(alias, RepairReason.DEAD_LETTER)
+
+    def _forget_old_dead_letters(self, now: float) -> None:
+        """Keep the rate-limit memory to the mailboxes repaired within the interval."""
+        if len(self._dead_letter_repaired) > 1024:
+            interval = self._dead_letter_interval
+            for alias, when in list(self._dead_letter_repaired.items()):
+                if now - when >= interval:
+                    del self._dead_letter_repaired[alias]
+
     def cancel(self, alias: str) -> None:
         """Forget a queued repair (its subscription is gone again; it will be asked anew). A
         listing already under way is finished, but not retried if it fails."""
+        self._deferred.discard(alias)
         self._wanted.pop(alias, None)
         self._again.pop(alias, None)
         if alias in self._running:
@@ -205,12 +247,20 @@ class Reconciler:
         WORKER_RECONCILE_RUNS.labels(reason, "success").inc()
 
     def _retry_later(self, alias: str, delay: float) -> None:
+        self._later(delay, self._retry_due, alias)
+
+    def _retry_due(self, alias: str) -> None:
+        if alias in self._wanted:
+            self._queue.put_nowait(alias)
+
+    def _later(self, delay: float, due: Callable[[str], None], alias: str) -> None:
+        """`due(alias)` after `delay` seconds of the clock (a timer `stop` cancels)."""
+
         async def fire() -> None:
             await self._clock.sleep(delay)
-            if alias in self._wanted:
-                self._queue.put_nowait(alias)
+            due(alias)
 
-        timer = asyncio.create_task(fire(), name=f"reconcile-retry-{alias}")
+        timer = asyncio.create_task(fire(), name=f"reconcile-timer-{alias}")
         self._timers.add(timer)
         timer.add_done_callback(self._timers.discard)
 

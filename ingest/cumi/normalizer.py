@@ -3,19 +3,35 @@
 The one place where untrusted server input is checked. `parse_event` raises only `InvalidEvent`,
 whose `reason` is a `RejectReason` value, so every rejection can be dead-lettered and counted.
 
+What makes a notification invalid (docs/design.md §3): only the fields that decide folder state
+— MailboxId, EventType, USN and each MessageInfo's MessageId (so MessageInfo itself). Every other
+field is read *leniently*: a value that cannot be read (a ReceiveTime of "N/A" or in another
+locale's format, a CallerAni or DisplayName sent as a JSON number, a missing SubscriptionId) leaves
+its parsed field null, keeps what was sent (`*_raw` fields, and `MailboxEvent.unparsed`, which
+names each such field with its raw text), and the event is published with its folder change. The
+worker counts them by field (`cumi_worker_fields_unparsed_total`).
+
 Leniency, decided once here (and tested):
 - A Bayeux envelope `{"channel": …, "data": {…}}` is unwrapped; a missing SubscriptionId is then
   taken from a `/vmrest/mailbox/<subscriptionId>` channel.
 - `USN` may be a JSON integer or a string of ASCII digits ("2265"); anything else (bool, float,
   "12a", "-1") is `bad_type`. It must be ≥ 0 and fit an Avro long (`bad_value`).
-- The string "null" and JSON null mean absent. For a required field that is `missing_field`.
+- The string "null" and JSON null mean absent. For a deciding field that is `missing_field`; for
+  SubscriptionId and EventTime (always sent) it is an unparsed field with no raw text.
 - `MessageInfo` may be a single object instead of a one-element array (the JSON quirk Cisco's
   serializer shows in folder listings); `MessageId` loses a folder-listing `0:` prefix.
+- Text fields (CallerAni, Sender, MsgType, Priority, DisplayName, SubscriptionId) take JSON
+  strings only: a number is not read as text (its raw text is kept in `unparsed`), so the one
+  rule is "a JSON string, or unparsed".
 - Unknown extra fields are ignored.
 
-Times: `EventTime` / `ReceiveTime` carry no zone; each is read in its configured zone
-(`TimeZones`) by `ingest.cumi.timestamps` and stored as an aware UTC datetime next to the raw
-string.
+Times: `EventTime` / `ReceiveTime` carry no zone and have one documented format,
+`11:15:40 PM 10/30/2008`; each is read in its configured zone (`TimeZones`) by
+`ingest.cumi.timestamps` and stored as an aware UTC datetime next to the raw string. Anything else
+(another locale's `30/10/2008 16:15:40`, a zone suffix, "N/A") is not guessed at: unparsed. The
+record needs a time for its Kafka timestamp and the projection's `updated_at`, so an unparsed
+EventTime is replaced by `ingested_at` (the worker's receive time) — listed in `unparsed`, so a
+consumer can tell.
 """
 
 from __future__ import annotations
@@ -38,6 +54,7 @@ from ingest.events import (
     MailboxEvent,
     MessageInfo,
     RejectReason,
+    UnparsedField,
     bare_message_id,
 )
 from ingest.ops.clock import SYSTEM_CLOCK, to_millis
@@ -54,7 +71,7 @@ MAX_USN = 2**63 - 1  # Avro long
 
 _EVENT_TYPES: dict[str, EventType] = {t.value: t for t in EventType}
 _CHANNEL_PREFIX = "/vmrest/mailbox/"
-_MAILBOX_ID_IN_TEXT = re.compile(rb'"MailboxId"\s*:\s*"([^"\\]{1,256})"')
+_MAILBOX_ID_IN_TEXT = re.compile(rb'"MailboxId"\s*:\s*(?:"([^"\\]{1,256})"|(\d{1,64})[,}\s])')
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,27 +115,31 @@ def _checked_event(
     source: str | None,
     ingested_at: dt.datetime,
 ) -> MailboxEvent:
-    """Every field checked in turn, raising `InvalidEvent` for the first one that is wrong."""
+    """Every field checked in turn: the deciding ones raise `InvalidEvent` for the first one that
+    is wrong; the others are read leniently, into `unparsed`."""
     mailbox_id = _required_str(data, "MailboxId")
     if not mailbox_id.strip():
         raise InvalidEvent(RejectReason.BAD_VALUE, "empty MailboxId", "MailboxId")
     event_type = _event_type(data)
     usn = _usn(data)
-    event_time_raw = _required_str(data, "EventTime")
-    event_time = _time(event_time_raw, zones.event_time, "EventTime")
-    subscription_id = _subscription_id(data, channel)
-    messages = _messages(data.get("MessageInfo"), zones.receive_time)
+    infos = _message_entries(data.get("MessageInfo"))
+    unparsed: list[UnparsedField] = []
+    event_time_raw, event_time = _event_time(data, zones.event_time, unparsed)
+    subscription_id = _subscription_id(data, channel, unparsed)
+    display_name = _text(data, "DisplayName", "", unparsed)
+    messages = tuple(_message(item, i, zones.receive_time, unparsed) for i, item in infos)
     return MailboxEvent(
         mailbox_id=mailbox_id,
         usn=usn,
         event_type=event_type,
-        event_time=event_time,
+        event_time=event_time or ingested_at,
         event_time_raw=event_time_raw,
         subscription_id=subscription_id,
         messages=messages,
         ingested_at=ingested_at,
-        display_name=_optional_str(data, "DisplayName"),
+        display_name=display_name,
         source=source,
+        unparsed=tuple(unparsed),
     )
 
 
@@ -181,6 +202,7 @@ def _plain_event(
         ingested_at,
         display_name,
         source,
+        (),
     )
 
 
@@ -224,11 +246,14 @@ def dead_letter_for(
     error: Exception,
     source: str | None = None,
     received_at: dt.datetime | None = None,
+    *,
+    decoded: Mapping[str, Any] | None = None,
 ) -> DeadLetter:
     """The dead-letter record for a payload `parse_event` (or the encoder) rejected.
 
     Keeps the payload verbatim (at most `MAX_DEAD_LETTER_RAW` bytes, truncation noted in `detail`)
-    and extracts the MailboxId on a best-effort basis so the record can be keyed by mailbox.
+    and extracts the MailboxId on a best-effort basis (`named_mailbox`) so the record can be keyed
+    by mailbox — from `decoded`, the JSON object `raw` was serialized from, when there is one.
     """
     payload = _raw_bytes(raw)
     if isinstance(error, InvalidEvent):
@@ -246,7 +271,7 @@ def dead_letter_for(
         received_at=to_millis(received_at) if received_at else SYSTEM_CLOCK.utc_now(),
         field=field,
         source=source,
-        mailbox_id=_guess_mailbox_id(raw),
+        mailbox_id=named_mailbox(decoded if decoded is not None else raw),
     )
 
 
@@ -348,13 +373,6 @@ def _required_str(data: Mapping[str, Any], field: str, prefix: str = "") -> str:
     return _check_str(value, prefix + field)
 
 
-def _optional_str(data: Mapping[str, Any], field: str, prefix: str = "") -> str | None:
-    value = data.get(field)
-    if value.__class__ is str and value.isascii():  # the hot path: plain text
-        return None if value == "null" else value
-    return None if _absent(value) else _check_str(value, prefix + field)
-
-
 def _event_type(data: Mapping[str, Any]) -> EventType:
     name = _required_str(data, "EventType")
     try:
@@ -379,21 +397,41 @@ def _usn(data: Mapping[str, Any]) -> int:
     return value
 
 
-def _subscription_id(data: Mapping[str, Any], channel: str | None) -> str:
-    value = data.get("SubscriptionId")
-    if _absent(value) and channel and channel.startswith(_CHANNEL_PREFIX):
-        value = channel[len(_CHANNEL_PREFIX) :]
+def _subscription_id(
+    data: Mapping[str, Any], channel: str | None, unparsed: list[UnparsedField]
+) -> str | None:
+    """The payload's SubscriptionId, else the channel's; an unreadable or missing one is listed
+    (with the channel's still used when it names one)."""
+    value = _text(data, "SubscriptionId", "", unparsed)
+    if value is not None and not value.strip():
+        unparsed.append(UnparsedField("SubscriptionId", value))
+        value = None
+    if value is None and channel and channel.startswith(_CHANNEL_PREFIX):
+        from_channel = channel[len(_CHANNEL_PREFIX) :]
+        if from_channel.strip() and _encodable(from_channel):
+            return from_channel
+    if value is None and not any(f.field == "SubscriptionId" for f in unparsed):
+        unparsed.append(UnparsedField("SubscriptionId"))
+    return value
+
+
+def _event_time(
+    data: Mapping[str, Any], zone: dt.tzinfo, unparsed: list[UnparsedField]
+) -> tuple[str | None, dt.datetime | None]:
+    """(EventTime as sent, parsed); an unreadable or missing one is listed, parsed None."""
+    value = data.get("EventTime")
     if _absent(value):
-        raise InvalidEvent(
-            RejectReason.MISSING_FIELD, "SubscriptionId is required", "SubscriptionId"
-        )
-    subscription_id = _check_str(value, "SubscriptionId")
-    if not subscription_id.strip():
-        raise InvalidEvent(RejectReason.BAD_VALUE, "empty SubscriptionId", "SubscriptionId")
-    return subscription_id
+        unparsed.append(UnparsedField("EventTime"))
+        return None, None
+    raw = _raw_text(value)
+    parsed = parse_cumi_time(value, zone) if value.__class__ is str and raw is value else None
+    if parsed is None:
+        unparsed.append(UnparsedField("EventTime", raw))
+    return raw, parsed
 
 
-def _messages(value: object, zone: dt.tzinfo) -> tuple[MessageInfo, ...]:
+def _message_entries(value: object) -> list[tuple[int, Mapping[str, Any]]]:
+    """The MessageInfo entries, each an object: MessageInfo decides (it carries the MessageIds)."""
     if _absent(value):
         raise InvalidEvent(RejectReason.MISSING_FIELD, "MessageInfo is required", "MessageInfo")
     if type(value) is not list and isinstance(value, Mapping):
@@ -403,36 +441,68 @@ def _messages(value: object, zone: dt.tzinfo) -> tuple[MessageInfo, ...]:
         raise InvalidEvent(RejectReason.BAD_TYPE, detail, "MessageInfo")
     if not value:
         raise InvalidEvent(RejectReason.EMPTY_MESSAGE_INFO, "no messages", "MessageInfo")
-    return tuple(_message(item, i, zone) for i, item in enumerate(value))
+    entries = []
+    for index, item in enumerate(value):
+        if type(item) is not dict and not isinstance(item, Mapping):
+            detail = f"expected an object, got {_json_type(item)}"
+            raise InvalidEvent(RejectReason.BAD_TYPE, detail, f"MessageInfo[{index}]")
+        prefix = f"MessageInfo[{index}]."
+        message_id = bare_message_id(_required_str(item, "MessageId", prefix))
+        if not message_id.strip():
+            raise InvalidEvent(RejectReason.BAD_VALUE, "empty MessageId", prefix + "MessageId")
+        entries.append((index, item))
+    return entries
 
 
-def _message(item: object, index: int, zone: dt.tzinfo) -> MessageInfo:
-    where = f"MessageInfo[{index}]"
-    if type(item) is not dict and not isinstance(item, Mapping):
-        detail = f"expected an object, got {_json_type(item)}"
-        raise InvalidEvent(RejectReason.BAD_TYPE, detail, where)
-    prefix = where + "."
-    message_id = bare_message_id(_required_str(item, "MessageId", prefix))
-    if not message_id.strip():
-        raise InvalidEvent(RejectReason.BAD_VALUE, "empty MessageId", prefix + "MessageId")
-    receive_raw = _optional_str(item, "ReceiveTime", prefix)
+def _message(
+    item: Mapping[str, Any], index: int, zone: dt.tzinfo, unparsed: list[UnparsedField]
+) -> MessageInfo:
+    """One entry whose MessageId `_message_entries` has checked; the rest read leniently."""
+    prefix = f"MessageInfo[{index}]."
+    message_id = bare_message_id(item["MessageId"])
+    caller_ani = _text(item, "CallerAni", prefix, unparsed)
+    sender = _text(item, "Sender", prefix, unparsed)
+    msg_type = _text(item, "MsgType", prefix, unparsed)
+    priority = _text(item, "Priority", prefix, unparsed)
+    value = item.get("ReceiveTime")
+    receive_raw = receive_time = None
+    if not _absent(value):
+        receive_raw = _raw_text(value)
+        if value.__class__ is str and receive_raw is value:
+            receive_time = parse_cumi_time(value, zone) if value else None
+        if receive_raw and receive_time is None:  # "" stays what it always was: no time
+            unparsed.append(UnparsedField(prefix + "ReceiveTime", receive_raw))
     return MessageInfo(
-        message_id,
-        _optional_str(item, "CallerAni", prefix),
-        _optional_str(item, "Sender", prefix),
-        _optional_str(item, "MsgType", prefix),
-        _optional_str(item, "Priority", prefix),
-        _time(receive_raw, zone, prefix + "ReceiveTime") if receive_raw else None,
-        receive_raw,
+        message_id, caller_ani, sender, msg_type, priority, receive_time, receive_raw
     )
 
 
-def _time(raw: str, zone: dt.tzinfo, field: str) -> dt.datetime:
-    parsed = parse_cumi_time(raw, zone)  # a cache hit costs a tenth of parsing
-    if parsed is None:
-        detail = f"{_short(raw)!r} is not a valid time like '11:15:40 PM 10/30/2008'"
-        raise InvalidEvent(RejectReason.BAD_TIME, detail, field)
-    return parsed
+def _text(
+    data: Mapping[str, Any], field: str, prefix: str, unparsed: list[UnparsedField]
+) -> str | None:
+    """A display field's text: a JSON string (that can be written as UTF-8); "null"/null mean
+    absent; anything else is listed with its raw text, and None."""
+    value = data.get(field)
+    if value.__class__ is str and value.isascii():  # the hot path: plain text
+        return None if value == "null" else value
+    if _absent(value):
+        return None
+    if isinstance(value, str) and _encodable(value):
+        return value
+    unparsed.append(UnparsedField(prefix + field, _raw_text(value)))
+    return None
+
+
+def _raw_text(value: object) -> str:
+    """What the server sent, as text a record can hold: a string as is (JSON-escaped if it has a
+    lone surrogate, which UTF-8 cannot carry), any other JSON value as compact JSON."""
+    if isinstance(value, str) and _encodable(value):
+        return value
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=True)
+        return text if _encodable(text) else json.dumps(value, separators=(",", ":"))
+    except (ValueError, TypeError, RecursionError):
+        return f"<unserializable {type(value).__name__}>"
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -483,17 +553,35 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def _guess_mailbox_id(raw: object) -> str | None:
-    """MailboxId from whatever the payload is, if it plainly contains one; never raises."""
+def named_mailbox(raw: object) -> str | None:
+    """The mailbox a rejected payload names, read as leniently as it can be: a MailboxId string
+    (surrounding blanks dropped) or integer, in the notification or its Bayeux envelope, or in
+    the text of a payload that is not JSON at all. None if it names none; never raises."""
     if isinstance(raw, Mapping):
         data = raw.get("data") if "channel" in raw else raw
         value = data.get("MailboxId") if isinstance(data, Mapping) else None
-        if isinstance(value, str) and value.strip() and value != "null" and _encodable(value):
-            return _short(value, 256)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)[:256]
+        if isinstance(value, str) and _encodable(value):
+            value = value.strip()
+            return _short(value, 256) if value and value != "null" else None
         return None
     text = _raw_bytes(raw)[:DEFAULT_MAX_BYTES]
     match = _MAILBOX_ID_IN_TEXT.search(text)
     if match is None:
         return None
-    value = match.group(1).decode("utf-8", "replace")
-    return value if value.strip() and value != "null" else None
+    value = (match.group(1) or match.group(2)).decode("utf-8", "replace").strip()
+    return value if value and value != "null" else None
+
+
+def named_subscription(raw: object) -> str | None:
+    """The subscription a rejected payload came on: its Bayeux channel's, else its SubscriptionId
+    string. For payloads whose MailboxId cannot be read; None if neither is there."""
+    if not isinstance(raw, Mapping):
+        return None
+    channel = raw.get("channel")
+    if isinstance(channel, str) and channel.startswith(_CHANNEL_PREFIX):
+        return channel[len(_CHANNEL_PREFIX) :] or None
+    data = raw.get("data") if "channel" in raw else raw
+    value = data.get("SubscriptionId") if isinstance(data, Mapping) else None
+    return value if isinstance(value, str) and value.strip() and value != "null" else None

@@ -22,6 +22,10 @@ The set of mailboxes can change while running (`add`, `remove`: the registry sou
 ingest.mailboxes.assignment): an added mailbox is subscribed by the next pass, a removed one's
 channel is unsubscribed at once, and one removed while its request or subscribe is in flight is
 dropped (or unsubscribed) when that finishes.
+
+A dead-lettered payload that names a subscribed mailbox — by its MailboxId, or by the channel or
+SubscriptionId it came with when the MailboxId cannot be read — has that mailbox repaired
+(`dead_lettered`; the reconciler rate-limits it per mailbox).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from ingest.ops.backoff import Backoff
 from ingest.ops.clock import SYSTEM_CLOCK, Clock, wait_event
 from ingest.ops.metrics import (
     WORKER_AUTH_FAILURES,
+    WORKER_DEAD_LETTER_REPAIRS,
     WORKER_SESSION_RESTARTS,
     WORKER_SUBSCRIBE_SECONDS,
     WORKER_SUBSCRIPTIONS,
@@ -159,6 +164,8 @@ class SubscriptionManager:
         """Set while a session is up and every mailbox has had its subscription attempt."""
         self.sessions_started = 0
         self._wake = asyncio.Event()
+        self._changes = 0  # state changes so far: when the subscription index is out of date
+        self._by_subscription: tuple[int, dict[str, str]] = (-1, {})
         self._publish_counts()
 
     # -- bookkeeping -----------------------------------------------------------------------------
@@ -168,6 +175,7 @@ class SubscriptionManager:
             mailbox.state = state
             return
         old = mailbox.state
+        self._changes += 1
         self._counts[old] -= 1
         self._counts[state] += 1
         mailbox.state = state
@@ -224,6 +232,32 @@ class SubscriptionManager:
         if channels and session is not None:
             await session.unsubscribe_many(channels)
         return removed
+
+    def dead_lettered(self, mailbox_id: str | None, subscription_id: str | None) -> str:
+        """A payload naming `mailbox_id` (or, if that is not one of ours, having come on
+        `subscription_id`) was dead-lettered: repair the mailbox if it is subscribed. Returns the
+        outcome counted in `cumi_worker_dead_letter_repairs_total`."""
+        alias = self._subscribed_alias(mailbox_id, subscription_id)
+        if alias is None or self._reconciler is None:
+            outcome = "unwatched"
+        else:
+            outcome = self._reconciler.request_dead_letter(alias)
+        WORKER_DEAD_LETTER_REPAIRS.labels(outcome).inc()
+        return outcome
+
+    def _subscribed_alias(self, mailbox_id: str | None, subscription_id: str | None) -> str | None:
+        mailbox = self.mailboxes.get(mailbox_id) if mailbox_id is not None else None
+        if mailbox is None and subscription_id:
+            changes, index = self._by_subscription
+            if changes != self._changes:  # rebuilt after subscriptions changed, not per letter
+                mailboxes = self.mailboxes.items()
+                index = {m.subscription_id: a for a, m in mailboxes if m.subscription_id}
+                self._by_subscription = (self._changes, index)
+            alias = index.get(subscription_id)
+            mailbox = self.mailboxes.get(alias) if alias is not None else None
+        if mailbox is None or mailbox.state is not SubState.ACTIVE:
+            return None
+        return mailbox.alias
 
     # -- the supervisor --------------------------------------------------------------------------
 

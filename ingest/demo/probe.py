@@ -61,6 +61,8 @@ def sample_of(at: float, sim: Mapping[str, Any], worker: Metrics, projector: Met
         generated=emitted - int(sim.get("coalesced", 0)) + int(sim.get("withheld", 0)),
         emitted=emitted,
         malformed=int(sim.get("malformed", 0)),
+        corrupted=int(sim.get("corrupted", 0)),
+        corrupted_malformed=int(sim.get("corrupted_malformed", 0)),
         duplicates=int(sim.get("duplicates", 0)),
         withheld=int(sim.get("withheld", 0)),
         coalesced=int(sim.get("coalesced", 0)),

@@ -180,6 +180,11 @@ def render_counters(console: Console, s: Sample) -> None:
         ("", "withheld while the Notifier was down", s.withheld),
         ("", "lost: no subscription (after the restart)", s.lost),
         ("", "duplicates re-sent / malformed payloads", f"{s.duplicates} / {s.malformed}"),
+        (
+            "",
+            "events sent broken instead (dead letters)",
+            f"{s.corrupted} ({s.corrupted_malformed})",
+        ),
         ("worker", "Comet messages received", s.received),
         ("", "events published to Kafka", s.published),
         ("", "dead letters", s.dead_letters),

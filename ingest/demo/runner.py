@@ -7,8 +7,9 @@ Starts, as separate processes talking over sockets on 127.0.0.1, exactly what an
 a Kafka broker of its own (`ingest broker start --foreground`, in a temporary data directory), the
 CUMI simulator (`ingest simulator --admin`), the projector and an ingest worker (`ingest projector`,
 `ingest worker`, each with a config file). Once every mailbox is subscribed it plays a scenario of
-random mailbox activity with duplicates and malformed payloads, and along the way a CometD
-connection drop, a Notifier downtime and a Connection Jetty restart (all sessions and
+random mailbox activity with duplicates, malformed payloads and events sent broken instead of
+valid (repaired after their dead letter, or published without the odd field), and along the way a
+CometD connection drop, a Notifier downtime and a Connection Jetty restart (all sessions and
 subscriptions lost). Then it waits for the pipeline to drain, compares the projection — from the
 projector's read API and from the compacted state topic — with the simulator's ground truth, prints
 a per-mailbox summary and where to look next, and stops every process (SIGTERM, then SIGKILL after
@@ -68,8 +69,10 @@ PIPELINE_READY_S = 180.0
 DRAIN_TIMEOUT_S = 90.0
 VERIFY_TIMEOUT_S = 30.0
 KPI_TIMEOUT_S = 20.0
-DUPLICATES, MALFORMED = 0.02, 0.003
-"""Share of events the simulator re-sends verbatim, and that it follows with a junk payload."""
+DUPLICATES, MALFORMED, CORRUPT = 0.02, 0.003, 0.003
+"""Share of events the simulator re-sends verbatim, that it follows with a junk payload, and that
+it sends broken instead of valid (half of those dead letters: only the gap repair they trigger
+brings their change, and the final comparison with the truth shows it did)."""
 
 FAULTS: tuple[tuple[float, str, str], ...] = (
     (0.20, "drop_connections", "network blip: every CometD connection dropped"),
@@ -176,7 +179,8 @@ class Demo:
             ["simulator", "--mailboxes", str(c.mailboxes), "--seed", str(c.seed), "--rate", "0",
              "--port", "0", "--cometd-port", "0", "--admin", "--users-file", str(users),
              "--initial-messages", str(c.initial_messages),
-             "--duplicates", str(DUPLICATES), "--malformed", str(MALFORMED)],
+             "--duplicates", str(DUPLICATES), "--malformed", str(MALFORMED),
+             "--corrupt", str(CORRUPT)],
             stop_timeout=10,
         )  # fmt: skip
         await sim.start()
@@ -288,7 +292,8 @@ class Demo:
         await self._admin("scenario", {"events": c.events, "rate": c.rate})
         v.event(
             f"scenario started: {c.events} events at {c.rate:.0f}/s, "
-            f"{DUPLICATES:.0%} duplicates, {MALFORMED:.1%} malformed payloads"
+            f"{DUPLICATES:.0%} duplicates, {MALFORMED:.1%} malformed payloads, "
+            f"{CORRUPT:.1%} events sent broken instead"
         )
         started = time.monotonic()
         for share, fault, text in FAULTS:

@@ -43,6 +43,10 @@ class Sample:
     emitted: int = 0
     """Events the simulator published (including the Notifier's latest-status events)."""
     malformed: int = 0
+    corrupted: int = 0
+    """Events the simulator sent broken instead of valid."""
+    corrupted_malformed: int = 0
+    """Of those, payloads the worker must dead-letter (then repair the mailbox)."""
     duplicates: int = 0
     """Events the simulator re-sent verbatim."""
     withheld: int = 0
@@ -214,7 +218,8 @@ class LiveView(View):
              f"{s.withheld} withheld by the Notifier, {s.lost} lost unsubscribed"),
             ("out: worker → Kafka", self._rate("published"), str(s.published),
              f"{s.received} received"),
-            ("dead letters", "", str(s.dead_letters), f"simulator sent {s.malformed} malformed"),
+            ("dead letters", "", str(s.dead_letters),
+             f"simulator sent {s.malformed} malformed, {s.corrupted_malformed} instead of events"),
             ("gap-repair snapshots", "", str(sum(s.snapshots.values())), snapshots),
             ("projector applied", self._rate("applied"), str(s.applied),
              f"{s.ignored} duplicates/stale ignored"),

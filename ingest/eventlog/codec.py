@@ -45,6 +45,7 @@ from ingest.events import (
     RecordKind,
     RepairReason,
     SnapshotMessage,
+    UnparsedField,
 )
 
 Record = MailboxEvent | MailboxSnapshot | DeadLetter | MailboxStateRecord | MailboxRegistryEntry
@@ -388,12 +389,15 @@ def _event_to_avro(event: MailboxEvent) -> dict[str, Any]:
         "messages": messages,
         "ingested_at": _utc(event.ingested_at),
         "source": event.source,
+        "unparsed": [{"field": f.field, "raw": f.raw} for f in event.unparsed],
     }
 
 
 def _event_from_avro(datum: dict[str, Any]) -> MailboxEvent:
     datum["event_type"] = EventType(datum["event_type"])
     datum["messages"] = tuple(MessageInfo(**m) for m in datum["messages"])
+    unparsed = datum["unparsed"]
+    datum["unparsed"] = tuple(UnparsedField(**f) for f in unparsed) if unparsed else ()
     return MailboxEvent(**datum)
 
 
@@ -551,8 +555,7 @@ def _fast_event_writer(header: bytes) -> Callable[[MailboxEvent], bytes]:
         # the strings of the event inline (a call per field was a third of the writer's time);
         # the fields with few distinct values come encoded from `_REPEATED`
         mailbox_id = event.mailbox_id.encode()
-        subscription_id = event.subscription_id.encode()
-        event_time_raw = repeated.get(event.event_time_raw) or _repeated(event.event_time_raw)
+        subscription_id = event.subscription_id
         display_name = event.display_name
         parts = [
             header,
@@ -561,11 +564,8 @@ def _fast_event_writer(header: bytes) -> Callable[[MailboxEvent], bytes]:
             _long(event.usn),
             event_types[event.event_type],
             _timestamp(event.event_time),
-            event_time_raw[1:],  # required: without the union branch
-            one_byte[len(subscription_id) << 1]
-            if len(subscription_id) < 64
-            else _long(len(subscription_id)),
-            subscription_id,
+            repeated.get(event.event_time_raw) or _repeated(event.event_time_raw),
+            _NULL if subscription_id is None else _SOME + _string(subscription_id),
             _NULL if display_name is None else _SOME + _string(display_name),
             _long(len(event.messages)),
         ]
@@ -588,6 +588,10 @@ def _fast_event_writer(header: bytes) -> Callable[[MailboxEvent], bytes]:
             _timestamp(event.ingested_at),
             repeated.get(event.source) or _repeated(event.source),
         )
+        if event.unparsed:  # rare: a field the worker could not read
+            parts.append(_long(len(event.unparsed)))
+            parts += (_string(f.field) + _optional_string(f.raw) for f in event.unparsed)
+        parts.append(_NULL)
         return b"".join(parts)
 
     return write

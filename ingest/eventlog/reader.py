@@ -7,7 +7,9 @@ MailboxSnapshot schema are read by straight-line decoders instead of fastavro's 
 plus the dict-to-dataclass step, which was most of the cost of folding the log (on the reference
 machine ≈ 40 µs per event with fastavro, ≈ 9 µs here with the caches below; ≈ 0.4 ms per snapshot
 of a few dozen messages, half that here). They mirror the codec's fast event *writer* and are
-used only while the schemas have the fingerprints they were written for. They read only the
+used only while the schemas have the fingerprints they were written for (the event decoder also
+reads the first release of the MailboxEvent schema, so a log written before v2 folds as fast).
+They read only the
 canonical encoding a writer produces (short lengths, in-range values); anything else — something
 they do not recognise, or cannot read to the last byte — goes to `codec.decode`, which decides
 (and raises `DecodeError` for what nobody can read). Unit tests and hypothesis properties check
@@ -21,6 +23,7 @@ read its body, five bytes in instead of ten.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
 from ingest import speedups
 from ingest.eventlog import codec, wire
@@ -31,12 +34,12 @@ from ingest.events import (
     MessageInfo,
     RepairReason,
     SnapshotMessage,
+    UnparsedField,
 )
 from ingest.speedups import fast_constructor
 
+_START = wire.HEADER_SIZE
 _HEADER = wire.header(wire.FAST_EVENT_SCHEMA)
-_SNAPSHOT_HEADER = wire.header(wire.FAST_SNAPSHOT_SCHEMA)
-_START = len(_HEADER)
 _CONFLUENT_START = wire.CONFLUENT_HEADER_SIZE
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MILLI = dt.timedelta(milliseconds=1)
@@ -50,27 +53,19 @@ def decode_log_record(
     """The event or snapshot in `value`; None for another record type. Raises `DecodeError`.
 
     `ids` resolves the schema ids of Confluent-framed records (registry mode)."""
-    if value.startswith(_HEADER):
-        if _FAST_EVENTS:
-            try:
-                return _read_event(value, _START)
-            except _MISREAD:
-                pass  # let the codec say what is wrong with it
-    elif value.startswith(_SNAPSHOT_HEADER):
-        if _FAST_SNAPSHOTS:
-            try:
-                return _read_snapshot(value, _START)
-            except _MISREAD:
-                pass
+    reader, start = None, _START
+    if value.startswith(_HEADER):  # today's events: nearly every record
+        reader = _FAST_EVENT_READER
+    elif value[:2] == wire.MAGIC:
+        reader = _FAST.get(value[2:_START])
     elif value[:1] == wire.CONFLUENT_MAGIC and ids is not None and len(value) > _CONFLUENT_START:
-        fp = ids.fingerprint(int.from_bytes(value[1:_CONFLUENT_START], "big"))
+        reader = _FAST.get(ids.fingerprint(int.from_bytes(value[1:_CONFLUENT_START], "big")))
+        start = _CONFLUENT_START
+    if reader is not None:
         try:
-            if fp == wire.FAST_EVENT_SCHEMA and _FAST_EVENTS:
-                return _read_event(value, _CONFLUENT_START)
-            if fp == wire.FAST_SNAPSHOT_SCHEMA and _FAST_SNAPSHOTS:
-                return _read_snapshot(value, _CONFLUENT_START)
+            return reader(value, start)
         except _MISREAD:
-            pass
+            pass  # let the codec say what is wrong with it
     record = codec.decode(value, ids)
     return record if isinstance(record, MailboxEvent | MailboxSnapshot) else None
 
@@ -133,9 +128,10 @@ sender, type, priority, receive time), so most are found here by their bytes."""
 # IndexError or as the final `pos != len(data)`.
 
 
-def _read_event(data: bytes, start: int = _START) -> MailboxEvent:  # noqa: PLR0912 - one straight line, inlined on purpose
+def _read_event(data: bytes, start: int = _START, v1: bool = False) -> MailboxEvent:  # noqa: PLR0912, PLR0915 - one straight line, inlined on purpose
     """The body after the header (`start` bytes), field by field as mailbox_event.avsc orders
-    them."""
+    them; `v1`: as its first release did (event_time_raw and subscription_id plain strings, no
+    `unparsed`)."""
     size = data[start]
     if size & 0x81:
         mailbox_id, pos = _string(data, start)
@@ -147,18 +143,29 @@ def _read_event(data: bytes, start: int = _START) -> MailboxEvent:  # noqa: PLR0
     if kind & 0x81 or kind >= 2 * len(_TYPES):  # one byte, zig-zag, a known symbol
         raise ValueError("event type index")
     event_time, pos = _stamp(data, pos + 1)
-    size = data[pos]
-    if size & 0x81:
-        event_time_raw, pos = _string(data, pos)
+    # v2: both optional strings, nearly always there (v1: plain strings, no union branch)
+    event_time_raw: str | None
+    if v1 or data[pos] == 2:
+        at = pos if v1 else pos + 1
+        size = data[at]
+        if size & 0x81:
+            event_time_raw, pos = _string(data, at)
+        else:
+            pos = at + 1 + (size >> 1)
+            event_time_raw = data[at + 1 : pos].decode()
+    else:  # null, or a bad branch (`_optional_string` says which)
+        event_time_raw, pos = _optional_string(data, pos)
+    subscription_id: str | None
+    if v1 or data[pos] == 2:
+        at = pos if v1 else pos + 1
+        size = data[at]
+        if size & 0x81:
+            subscription_id, pos = _string(data, at)
+        else:
+            pos = at + 1 + (size >> 1)
+            subscription_id = data[at + 1 : pos].decode()
     else:
-        start, pos = pos + 1, pos + 1 + (size >> 1)
-        event_time_raw = data[start:pos].decode()
-    size = data[pos]
-    if size & 0x81:
-        subscription_id, pos = _string(data, pos)
-    else:
-        start, pos = pos + 1, pos + 1 + (size >> 1)
-        subscription_id = data[start:pos].decode()
+        subscription_id, pos = _optional_string(data, pos)
     if data[pos] == 0:
         display_name: str | None = None
         pos += 1
@@ -173,12 +180,20 @@ def _read_event(data: bytes, start: int = _START) -> MailboxEvent:  # noqa: PLR0
     else:
         messages, pos = _messages(data, pos)
     ingested_at, pos = _stamp(data, pos)
-    if data[pos] == 0 and pos + 1 == len(data):
+    if data[pos] == 0:
         source = None
+        pos += 1
     else:
         source, pos = _optional_string(data, pos)
-        if pos != len(data):
-            raise ValueError("not exactly one MailboxEvent")
+    unparsed: tuple[UnparsedField, ...] = ()
+    if v1:
+        pass  # v1 ends with the source
+    elif data[pos] == 0:  # nearly always: no field the worker could not read
+        pos += 1
+    else:
+        unparsed, pos = _unparsed(data, pos)
+    if pos != len(data):
+        raise ValueError("not exactly one MailboxEvent")
     return _MailboxEvent(
         mailbox_id,
         usn,
@@ -190,7 +205,28 @@ def _read_event(data: bytes, start: int = _START) -> MailboxEvent:  # noqa: PLR0
         ingested_at,
         display_name,
         source,
+        unparsed,
     )
+
+
+def _read_event_v1(data: bytes, start: int = _START) -> MailboxEvent:
+    return _read_event(data, start, v1=True)
+
+
+def _unparsed(data: bytes, pos: int) -> tuple[tuple[UnparsedField, ...], int]:
+    """The `unparsed` array in any block layout (rare: not worth a cache)."""
+    fields = []
+    count, pos = _long(data, pos)
+    while count:
+        if count < 0:
+            count = -count
+            _, pos = _long(data, pos)
+        for _ in range(count):
+            field, pos = _string(data, pos)
+            raw, pos = _optional_string(data, pos)
+            fields.append(UnparsedField(field, raw))
+        count, pos = _long(data, pos)
+    return tuple(fields), pos
 
 
 def _stamp(data: bytes, pos: int) -> tuple[dt.datetime, int]:
@@ -359,3 +395,11 @@ def _optional_moment(data: bytes, pos: int) -> tuple[dt.datetime | None, int]:
 
 _FAST_EVENTS = speedups.ENABLED and _events_readable()
 _FAST_SNAPSHOTS = speedups.ENABLED and _snapshots_readable()
+_FAST: dict[bytes, Callable[[bytes, int], MailboxEvent | MailboxSnapshot]] = {}
+"""Writer schema fingerprint → the straight-line decoder of its records."""
+if _FAST_EVENTS:
+    _FAST[wire.FAST_EVENT_SCHEMA] = _read_event
+    _FAST[wire.FAST_EVENT_SCHEMA_V1] = _read_event_v1
+if _FAST_SNAPSHOTS:
+    _FAST[wire.FAST_SNAPSHOT_SCHEMA] = _read_snapshot
+_FAST_EVENT_READER = _FAST.get(wire.FAST_EVENT_SCHEMA)

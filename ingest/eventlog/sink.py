@@ -40,7 +40,8 @@ lasted. Only an error that no new producer can cure (a record too large, authori
 it is logged, counted, and makes the worker unhealthy so that it exits and is restarted (its
 start-up gap repair then covers what was in flight).
 
-Invalid payloads go to the dead-letter topic with the raw bytes and the reason; the worker goes on.
+Invalid payloads go to the dead-letter topic with the raw bytes and the reason, and are handed to
+`on_dead_letter` (the worker repairs the mailbox they name); the worker goes on.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ from ingest.errors import BrokerError, KafkaAccessRefused
 from ingest.eventlog.clients import abandon, access_refused, pace_metadata
 from ingest.eventlog.codec import Encoder
 from ingest.eventlog.outage import Outage
-from ingest.eventlog.records import Record, RecordWriter
+from ingest.eventlog.records import OnDeadLetter, Record, RecordWriter
 from ingest.eventlog.topics import Partitioner
 from ingest.eventlog.window import Window
 from ingest.events import MailboxSnapshot, RepairReason
@@ -181,6 +182,7 @@ class Sink:
         repair_grace: float = 300.0,
         clock: Clock = SYSTEM_CLOCK,
         encoder: Encoder | None = None,
+        on_dead_letter: OnDeadLetter | None = None,
     ) -> None:
         self._drain_timeout = drain_timeout
         self._kafka = kafka
@@ -198,7 +200,12 @@ class Sink:
         """Set when the current producer is found unusable; the keeper replaces it."""
         self._partition = Partitioner()
         self._records = RecordWriter(
-            kafka.events_topic, kafka.dlq_topic, source=source, zones=zones, encoder=encoder
+            kafka.events_topic,
+            kafka.dlq_topic,
+            source=source,
+            zones=zones,
+            encoder=encoder,
+            on_dead_letter=on_dead_letter,
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._backoff = Backoff(retry_base, retry_cap)

@@ -36,8 +36,11 @@ CONFLUENT_HEADER_SIZE = len(CONFLUENT_MAGIC) + SCHEMA_ID_SIZE
 MAX_SCHEMA_ID = 2**31 - 1
 """Registries hand out ids as signed 32-bit integers."""
 
-FAST_EVENT_SCHEMA = bytes.fromhex("5be9f43649860e88")
-"""The MailboxEvent schema (schemas/mailbox_event.avsc) the fast writer and reader serve."""
+FAST_EVENT_SCHEMA = bytes.fromhex("acdf21c35aa2011e")
+"""The MailboxEvent schema (schemas/mailbox_event.avsc, v2) the fast writer and reader serve."""
+FAST_EVENT_SCHEMA_V1 = bytes.fromhex("5be9f43649860e88")
+"""The first release of the MailboxEvent schema, which the fast reader reads too (the log written
+before v2): it differs in two fields' types and the absence of `unparsed`."""
 FAST_SNAPSHOT_SCHEMA = bytes.fromhex("fb1721ab5af3fe8c")
 """The MailboxSnapshot schema (schemas/mailbox_snapshot.avsc) the fast reader was written for."""
 

@@ -20,8 +20,14 @@ import sys
 import time
 from collections.abc import Callable
 
-RATE_LIMITED_LOGGERS = ("aiokafka", "ingest.eventlog.topics.missing")
-"""Logger name prefixes whose repeated lines are limited."""
+RATE_LIMITED_LOGGERS = (
+    "aiokafka",
+    "ingest.eventlog.topics.missing",
+    "ingest.eventlog.records.unparsed",
+)
+"""Logger name prefixes whose repeated lines are limited: aiokafka's, the worker's line about a
+missing topic, and its lines about notification fields it could not read (one logger per field
+name)."""
 
 
 class JsonFormatter(logging.Formatter):

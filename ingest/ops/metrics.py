@@ -33,7 +33,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 
-from ingest.events import EventType, Outcome, RejectReason, RepairReason
+from ingest.events import LENIENT_FIELDS, EventType, Outcome, RejectReason, RepairReason
 
 
 def _registry() -> CollectorRegistry:
@@ -74,6 +74,21 @@ WORKER_EVENTS_DEAD_LETTERED = Counter(
     "cumi_worker_events_dead_lettered_total",
     "Payloads that could not become a MailboxEvent, acknowledged on the dead-letter topic.",
     ["reason"],
+    registry=WORKER_REGISTRY,
+)
+WORKER_FIELDS_UNPARSED = Counter(
+    "cumi_worker_fields_unparsed_total",
+    "Fields of accepted notifications the worker could not read (published null, the raw text "
+    "kept in the event's unparsed list), by field.",
+    ["field"],
+    registry=WORKER_REGISTRY,
+)
+WORKER_DEAD_LETTER_REPAIRS = Counter(
+    "cumi_worker_dead_letter_repairs_total",
+    "Dead letters by the gap repair they caused: triggered (the mailbox they name is repaired), "
+    "deferred (one repair follows at the end of the mailbox's rate-limit interval), unwatched "
+    "(they name no mailbox this worker watches).",
+    ["outcome"],
     registry=WORKER_REGISTRY,
 )
 WORKER_SNAPSHOTS_PUBLISHED = Counter(
@@ -387,6 +402,7 @@ HISTORY_GAP_REASONS = (RepairReason.KAFKA_OUTAGE.value,)
 HANDSHAKE_OUTCOMES = ("success", "failure")
 REGISTRY_SKIP_REASONS = ("undecodable", "key_mismatch", "other_server")
 RECONCILE_OUTCOMES = ("success", "failure")
+DEAD_LETTER_REPAIR_OUTCOMES = ("triggered", "deferred", "unwatched")
 PROJECTOR_SKIP_REASONS = ("undecodable", "unexpected_kind")
 TRANSACTION_OUTCOMES = ("committed", "aborted")
 
@@ -411,6 +427,8 @@ def init_label_values(counter: Counter, *values: Iterable[str]) -> None:
 
 init_label_values(WORKER_EVENTS_PUBLISHED, EventType)
 init_label_values(WORKER_EVENTS_DEAD_LETTERED, RejectReason)
+init_label_values(WORKER_FIELDS_UNPARSED, LENIENT_FIELDS)
+init_label_values(WORKER_DEAD_LETTER_REPAIRS, DEAD_LETTER_REPAIR_OUTCOMES)
 init_label_values(WORKER_PRODUCER_ERRORS, PRODUCER_ERROR_KINDS)
 init_label_values(WORKER_HISTORY_GAPS, HISTORY_GAP_REASONS)
 init_label_values(WORKER_HANDSHAKES, HANDSHAKE_OUTCOMES)

@@ -9,8 +9,9 @@
     POST /_sim/emit                  {"events": N}: emit N events now, answer when done (bursts)
     POST /_sim/fault/<name>          JSON body with the fault's parameters:
          drop_connections | restart | notifier_down | notifier_up | clear
-         duplicates {"ratio": 0.1} | malformed {"ratio": 0.1} | slow {"latency": 0.5}
-         storm {"duration": 5} | inject_malformed {"alias": "user0001", "kind": "bad_time"}
+         duplicates {"ratio": 0.1} | malformed {"ratio": 0.1} | corrupt {"ratio": 0.1}
+         slow {"latency": 0.5}
+         storm {"duration": 5} | inject_malformed {"alias": "user0001", "kind": "not_an_object"}
 
 They are served on the REST port without authentication: the simulator is a local development tool
 bound to 127.0.0.1.
@@ -42,6 +43,7 @@ FAULTS: dict[str, Fault] = {
     "clear": lambda sim, _: sim.clear_faults(),
     "duplicates": lambda sim, body: sim.duplicates(float(body["ratio"])),
     "malformed": lambda sim, body: sim.malformed(float(body["ratio"])),
+    "corrupt": lambda sim, body: sim.corrupt(float(body["ratio"])),
     "slow": lambda sim, body: sim.slow(float(body["latency"])),
     "storm": lambda sim, body: sim.storm(float(body["duration"])),
     "inject_malformed": lambda sim, body: sim.inject_malformed(

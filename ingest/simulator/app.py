@@ -424,6 +424,11 @@ class Simulator:
         """Follow this share of events with a malformed payload on the same channel."""
         self.faults.malformed_ratio = ratio
 
+    def corrupt(self, ratio: float) -> None:
+        """Send this share of events broken instead of valid (0 turns it off): malformed ones are
+        dead-lettered, irregular ones published without the odd field (ingest.simulator.faults)."""
+        self.faults.corrupt_ratio = ratio
+
     def inject_malformed(self, alias: str, kind: MalformedKind | None = None) -> int:
         """Publish one malformed payload to `alias`'s subscribers now; returns sessions reached."""
         mailbox = self.scenario.mailboxes[alias]

@@ -35,7 +35,7 @@ from ingest.simulator.comet import (
     event_data,
     event_message,
 )
-from ingest.simulator.faults import Faults, MalformedKind, malformed
+from ingest.simulator.faults import Faults, MalformedKind, corrupted, malformed
 from ingest.simulator.kpitruth import KpiTruth
 from ingest.simulator.mailbox import Folder, Mailbox, Message
 from ingest.simulator.scenario import Change
@@ -144,20 +144,36 @@ class Notifier:
         event_time = self._clock.now()
         faults = self._faults
         duplicate = bool(faults.duplicate_ratio) and self._rng.random() < faults.duplicate_ratio
+        corrupt = bool(faults.corrupt_ratio) and self._rng.random() < faults.corrupt_ratio
         reached = 0
         for subscription_id in self._subscriptions.of_mailbox(mailbox.alias):
             channel = channel_of(subscription_id)
-            payload = event_message(
-                channel=channel,
-                infos_json=infos_json,
-                usn=usn,
-                event_time=event_time,
-                subscription_id=subscription_id,
-                mailbox_id=mailbox.alias,
-                event_type=event_type,
-                display_name=mailbox.user.display_name,
-            )
-            reached += self._deliver(channel, payload)
+            malformed_payload = False
+            if corrupt:
+                payload, malformed_payload = self._corrupted(
+                    channel,
+                    mailbox=mailbox,
+                    event_type=event_type,
+                    usn=usn,
+                    messages=messages,
+                    event_time=event_time,
+                    subscription_id=subscription_id,
+                )
+            else:
+                payload = event_message(
+                    channel=channel,
+                    infos_json=infos_json,
+                    usn=usn,
+                    event_time=event_time,
+                    subscription_id=subscription_id,
+                    mailbox_id=mailbox.alias,
+                    event_type=event_type,
+                    display_name=mailbox.user.display_name,
+                )
+            delivered = self._deliver(channel, payload)
+            reached += delivered
+            if malformed_payload:
+                self._counters.corrupted_malformed += delivered
             if duplicate:
                 self._deliver(channel, payload)
         if reached and self._truth is not None:
@@ -166,9 +182,36 @@ class Notifier:
             self._counters.lost += 1
         elif duplicate:
             self._counters.duplicates += 1
+        if reached and corrupt:
+            self._counters.corrupted += 1
         if reached and faults.malformed_ratio and self._rng.random() < faults.malformed_ratio:
             self.inject_malformed(mailbox, event_type, usn, messages)
         return reached
+
+    def _corrupted(
+        self,
+        channel: str,
+        *,
+        mailbox: Mailbox,
+        event_type: EventType,
+        usn: int,
+        messages: Sequence[Message],
+        event_time: str,
+        subscription_id: str,
+    ) -> tuple[bytes, bool]:
+        """The corrupt fault's payload in place of a valid event, and whether it is malformed
+        (a dead letter) rather than irregular."""
+        valid = event_data(
+            infos=[m.info for m in messages],
+            usn=usn,
+            event_time=event_time,
+            subscription_id=subscription_id,
+            mailbox_id=mailbox.alias,
+            event_type=event_type,
+            display_name=mailbox.user.display_name,
+        )
+        kind, data = corrupted(valid, self._rng)
+        return bayeux_message(channel, data), kind in set(MalformedKind)
 
     def inject_malformed(
         self,

@@ -30,6 +30,11 @@ class Counters:
     """Events re-sent verbatim by the duplicate fault."""
     malformed: int = 0
     """Malformed payloads published by the malformed fault (never part of the truth)."""
+    corrupted: int = 0
+    """Events sent broken instead of valid by the corrupt fault, to at least one session (their
+    changes are in the truth)."""
+    corrupted_malformed: int = 0
+    """Of their payloads, the malformed ones delivered (per session reached): each a dead letter."""
     rest_requests: int = 0
     rest_unauthorized: int = 0
     rest_throttled: int = 0
@@ -64,6 +69,8 @@ class Stats:
     handshakes: int
     expired_sessions: int
     restarts: int
+    corrupted: int = 0
+    corrupted_malformed: int = 0
     sessions: int = 0
     channel_subscriptions: int = 0
     """Session-to-channel subscriptions over all sessions."""

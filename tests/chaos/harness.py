@@ -11,7 +11,10 @@ then check:
 
 1. the fold of the events topic equals the simulator's truth;
 2. the events topic holds only events the simulator emitted (and snapshots), every record decodes;
-3. the dead-letter topic holds exactly the malformed payloads injected, as often as delivered;
+3. the dead-letter topic holds exactly the malformed payloads injected, as often as delivered,
+   and those the simulator sent in place of real events (its corrupt fault, switched on for a
+   moment with each malformed injection: their changes reach the fold of check 1 only through
+   the gap repair their dead letters trigger; its irregular payloads are published as events);
 4. the projector's state topic equals the truth, and equals the fold of the events topic record
    for record, counters included (nothing applied twice, nothing lost) — exactly once;
 5. the projector's read API serves the truth for every mailbox;
@@ -63,6 +66,11 @@ from ingest.state.projection import MailboxState, diff_states
 from ingest.state.store import read_state_topic
 
 log = logging.getLogger(__name__)
+
+CORRUPT_RATIO = 0.05
+CORRUPT_SECONDS = 1.0
+"""With each malformed injection, this share of the scenario's events (300/s) is sent broken
+instead of valid for this long: about 15 events, half of them dead letters."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -525,9 +533,12 @@ class ChaosRun:
         async with self.calm.exclusive():
             if not await self._quiet(within=90):
                 raise Skipped("no calm moment within 90 s")
-            before = self.malformed.deliveries
+            before = self.malformed.deliveries + self.sim.stats.corrupted_malformed
             self.malformed.inject(int(step.size))
-            expected = self.malformed.deliveries
+            self.sim.corrupt(CORRUPT_RATIO)  # real events replaced, while the scenario plays
+            await asyncio.sleep(CORRUPT_SECONDS)
+            self.sim.corrupt(0)
+            expected = self.malformed.deliveries + self.sim.stats.corrupted_malformed
             log.info("injected %d malformed deliveries", expected - before)
             reader = TopicReader(self.bootstrap, self.topics.dlq)
             await reader.start()
@@ -607,6 +618,8 @@ class ChaosRun:
                 "duplicated": stats.duplicates,
                 "dropped": stats.dropped,
                 "restarts": stats.restarts,
+                "corrupted": stats.corrupted,
+                "corrupted_dead_letters": stats.corrupted_malformed,
             },
             mismatches=mismatches,
             unplanned_exits={
@@ -650,7 +663,7 @@ class ChaosRun:
         finally:
             await reader.stop()
         self._dead_letter_count = len(letters)
-        return self.malformed.check(letters)
+        return self.malformed.check(letters, self.sim.stats.corrupted_malformed)
 
     async def _check_projector(self, events: TopicReader) -> dict[str, int]:
         """Caught up with the events topic: its state topic and read API against the truth and

@@ -166,23 +166,29 @@ class MalformedInjector:
     def deliveries(self) -> int:
         return sum(self.injected.values())
 
-    def check(self, letters: Sequence[object]) -> dict[str, int]:
-        """Mismatches between the dead-letter topic and what was injected (all 0 when exact)."""
+    def check(self, letters: Sequence[object], corrupted: int = 0) -> dict[str, int]:
+        """Mismatches between the dead-letter topic and what was injected (all 0 when exact):
+        the marked payloads, and `corrupted` unmarked ones (the simulator's corrupt fault sent
+        that many malformed payloads in place of real events)."""
         seen: Counter[str] = Counter()
-        unexpected = 0
+        unexpected = unmarked = 0
         for letter in letters:
             if not isinstance(letter, DeadLetter) or letter.reason not in set(RejectReason):
                 unexpected += 1
                 continue
             markers = {m.decode() for m in MARKER.findall(letter.raw)}
+            if not markers:
+                unmarked += 1
+                continue
             if len(markers) != 1 or not markers <= set(self.injected):
                 unexpected += 1
                 continue
             seen[markers.pop()] += 1
         return {
-            "dead letters not injected": unexpected,
+            "dead letters not injected": unexpected + max(0, unmarked - corrupted),
             "malformed payloads not dead-lettered": len(set(self.injected) - set(seen)),
-            "dead-letter count off": abs(len(letters) - self.deliveries),
+            "corrupted payloads not dead-lettered": max(0, corrupted - unmarked),
+            "dead-letter count off": abs(len(letters) - self.deliveries - corrupted),
             "dead letters per payload off": sum(abs(seen[m] - n) for m, n in self.injected.items()),
         }
 

@@ -15,6 +15,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import enum
+import io
 import json
 import os
 import sys
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import fastavro
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
@@ -34,15 +36,18 @@ from fixtures.worker import fold_records, read_topic, running_worker, settle, wo
 
 from ingest.commands.tail import StartAt, TailOptions, tail
 from ingest.devservices.registry import LocalRegistry
-from ingest.eventlog import codec
+from ingest.eventlog import codec, wire
+from ingest.eventlog.reader import decode_log_record
 from ingest.eventlog.schema_registry import schema_ids, subject_name
 from ingest.eventlog.topics import TopicNames
 from ingest.events import (
     DeadLetter,
+    EventType,
     MailboxEvent,
     MailboxRegistryEntry,
     MailboxSnapshot,
     MailboxStateRecord,
+    MessageInfo,
 )
 from ingest.mailboxes.registry import RegistryWriter, read_registry
 from ingest.projector import Projector, ProjectorSettings
@@ -381,6 +386,56 @@ class TestCompatibility:
         # a compatible change (a field with a default) is accepted
         schema["fields"][-1]["default"] = 0
         assert registry.client.register_schema(subject, Schema(json.dumps(schema), "AVRO")) > 0
+
+    async def test_new_release_registered_over_the_previous(
+        self,
+        make_simulator: MakeSimulator,
+        kafka_bootstrap: str,
+        fresh_topics: TopicNames,
+        registry: Registry,
+        tmp_path: Path,
+    ) -> None:
+        """A subject holding the first release of MailboxEvent (what an earlier worker
+        registered) takes today's as a new version under BACKWARD, and a record written with
+        the old id still decodes, fast, into today's record."""
+        subject = subject_name(fresh_topics.events, MailboxEvent)
+        v1 = (REPO / "schemas" / "history" / "mailbox_event.v1.avsc").read_text(encoding="utf-8")
+        v1_schema = json.loads(v1)
+        old_id = registry.client.register_schema(
+            subject, Schema(json.dumps(v1_schema, separators=(",", ":")), "AVRO")
+        )
+        registry.client.set_compatibility(subject, "BACKWARD")
+        sim = await make_simulator(mailboxes=2, seed=174)
+        env = worker_env(
+            sim, kafka_bootstrap, fresh_topics, tmp_path, KAFKA_SCHEMA_REGISTRY_URL=registry.url
+        )
+        async with running_worker(env):
+            pass  # registered at start
+        assert registry.client.get_versions(subject) == [1, 2]
+        latest = registry.client.get_latest_version(subject)
+        new_id, text = latest.schema_id, latest.schema.schema_str
+        assert new_id is not None and new_id != old_id and text is not None
+        assert json.loads(text) == json.loads(codec.schema_text(MailboxEvent)[1])
+        ids = schema_ids(SchemaRegistrySettings(registry.url))
+        assert ids is not None
+        assert ids.fingerprint(old_id) == wire.FAST_EVENT_SCHEMA_V1
+        assert ids.fingerprint(new_id) == wire.FAST_EVENT_SCHEMA
+        event = MailboxEvent(
+            mailbox_id="abell",
+            usn=2265,
+            event_type=EventType.SAVED_MESSAGE,
+            event_time=dt.datetime(2008, 10, 30, 23, 15, 40, tzinfo=dt.UTC),
+            event_time_raw="11:15:40 PM 10/30/2008",
+            subscription_id="sub-1",
+            messages=(MessageInfo("m1"),),
+            ingested_at=dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
+        )
+        datum = codec._event_to_avro(event)
+        del datum["unparsed"]
+        body = io.BytesIO()
+        fastavro.schemaless_writer(body, fastavro.parse_schema(v1_schema, named_schemas={}), datum)
+        value = wire.confluent_header(old_id) + body.getvalue()
+        assert decode_log_record(value, ids) == codec.decode(value, ids) == event
 
     async def test_worker_stops_at_start_with_one_line(
         self,

@@ -121,7 +121,7 @@ class TestAdminEndpoints:
         status, body = await post(http, admin + "fault/notifier_up")
         assert status == 200 and body["result"] == sim.stats.coalesced > 0
         status, body = await post(
-            http, admin + "fault/inject_malformed", {"alias": "user0001", "kind": "bad_time"}
+            http, admin + "fault/inject_malformed", {"alias": "user0001", "kind": "mistyped_usn"}
         )
         assert (status, body["result"]) == (200, 0), "no session was subscribed"
         assert (await post(http, admin + "fault/drop_connections"))[0] == 200

@@ -65,6 +65,7 @@ def is_valid(data: Any) -> bool:
         and data["EventType"] in EVENT_TYPES
         and isinstance(data["MessageInfo"], list)
         and bool(data["MessageInfo"])
+        and all(isinstance(info.get("MessageId"), str) for info in data["MessageInfo"])
         and TIME.match(str(data["EventTime"])) is not None
     )
 
@@ -235,7 +236,7 @@ class TestDuplicatesAndMalformed:
             junk = simulator.stats.malformed
             got = await receive(client, 60 + junk)
             simulator.malformed(0)
-            assert simulator.inject_malformed("user0003", MalformedKind.BAD_TIME) == 1
+            assert simulator.inject_malformed("user0003", MalformedKind.MISTYPED_USN) == 1
             (bad_time,) = await receive(client, 1)
         valid = [d for d in got if is_valid(d)]
         assert 0 < junk < 60 and len(valid) == 60

@@ -24,7 +24,7 @@ from fixtures.worker import (
 
 from ingest.cumi.normalizer import MAX_DEAD_LETTER_RAW
 from ingest.eventlog.topics import TopicNames
-from ingest.events import DeadLetter, MailboxSnapshot, RejectReason, RepairReason
+from ingest.events import DeadLetter, MailboxEvent, MailboxSnapshot, RejectReason, RepairReason
 from ingest.simulator import Simulator
 from ingest.simulator.comet import bayeux_message, channel_of, event_data
 from ingest.state.projection import diff_states
@@ -146,3 +146,53 @@ class TestHostilePayloads:
         decoded = decode_all(await read_topic(kafka_bootstrap, fresh_topics.events))
         repairs = {d.reason for d in decoded if isinstance(d, MailboxSnapshot)}
         assert RepairReason.CONNECT_FAILED in repairs  # the unreadable response was noticed
+
+
+class TestCorruptedEvents:
+    """Events sent broken *instead of* valid: a display field the pipeline cannot read is
+    published all the same; a payload it must dead-letter has the mailbox it names repaired. Either
+    way the events topic folds to the truth."""
+
+    async def test_tolerated_or_repaired(
+        self,
+        make_simulator: MakeSimulator,
+        kafka_bootstrap: str,
+        fresh_topics: TopicNames,
+        tmp_path: Path,
+    ) -> None:
+        sim = await make_simulator(mailboxes=20, seed=53)
+        env = worker_env(
+            sim,
+            kafka_bootstrap,
+            fresh_topics,
+            tmp_path,
+            CUMI_DEAD_LETTER_REPAIR_INTERVAL_SECONDS="2",
+        )
+        async with running_worker(env) as worker:
+            sim.emit(100)
+            await settle(worker, sim)
+            before = {
+                o: metric("cumi_worker_dead_letter_repairs_total", outcome=o)
+                for o in ("triggered", "deferred", "unwatched")
+            }
+            sim.corrupt(0.3)
+            sim.emit(300)
+            sim.corrupt(0)
+            await assert_converges(worker, sim, kafka_bootstrap, fresh_topics.events)
+            caused = {
+                o: metric("cumi_worker_dead_letter_repairs_total", outcome=o) - n
+                for o, n in before.items()
+            }
+        stats = sim.stats
+        assert stats.corrupted_malformed > 0 and stats.corrupted > stats.corrupted_malformed
+        letters = await dead_letters(kafka_bootstrap, fresh_topics.dlq, stats.corrupted_malformed)
+        assert len(letters) == stats.corrupted_malformed
+        assert caused["triggered"] + caused["deferred"] == len(letters)
+        assert caused["unwatched"] == 0
+        decoded = decode_all(await read_topic(kafka_bootstrap, fresh_topics.events))
+        repaired = [
+            d for d in decoded if isinstance(d, MailboxSnapshot) and d.reason == "dead-letter"
+        ]
+        assert 0 < len(repaired) <= len(letters)
+        tolerated = [d for d in decoded if isinstance(d, MailboxEvent) and d.unparsed]
+        assert len(tolerated) >= (stats.corrupted - stats.corrupted_malformed) // 2

@@ -127,6 +127,24 @@ class TestDeadLetterCheck:
         assert found == {
             "dead letters not injected": 3,
             "malformed payloads not dead-lettered": 1,
+            "corrupted payloads not dead-lettered": 0,
             "dead-letter count off": 1,
             "dead letters per payload off": 2,
         }
+
+    def test_corrupted_payloads_are_the_unmarked_letters(self) -> None:
+        """The simulator's corrupt fault sent `corrupted` malformed payloads in place of events:
+        exactly that many unmarked letters are expected, no more, no fewer."""
+        marked = [letter(b'{"ChaosId":"chaos-9-0"}'), *[letter(b"x ChaosId=chaos-9-1")] * 2]
+        unmarked = [letter(b'{"USN":"usn-3"}')] * 2
+        assert set(self.injector().check(marked + unmarked, corrupted=2).values()) == {0}
+        assert self.injector().check(marked + unmarked, corrupted=3) == {
+            "dead letters not injected": 0,
+            "malformed payloads not dead-lettered": 0,
+            "corrupted payloads not dead-lettered": 1,
+            "dead-letter count off": 1,
+            "dead letters per payload off": 0,
+        }
+        assert (
+            self.injector().check(marked + unmarked, corrupted=1)["dead letters not injected"] == 1
+        )

@@ -18,6 +18,7 @@ from ingest.events import (
     MailboxEvent,
     MessageInfo,
     SnapshotMessage,
+    UnparsedField,
 )
 from ingest.speedups import fast_constructor
 
@@ -28,7 +29,19 @@ CASES: list[tuple[type, tuple[object, ...]]] = [
     (SnapshotMessage, ("m2", True, T0, "s", None, "Urgent-Priority", "Fax")),
     (
         MailboxEvent,
-        ("abell", 7, EventType.NEW_MESSAGE, T0, "raw", "sub", (INFO,), T0, None, "cuc1"),
+        (
+            "abell",
+            7,
+            EventType.NEW_MESSAGE,
+            T0,
+            "raw",
+            "sub",
+            (INFO,),
+            T0,
+            None,
+            "cuc1",
+            (UnparsedField("MessageInfo[0].ReceiveTime", "N/A"),),
+        ),
     ),
 ]
 

@@ -424,6 +424,100 @@ class TestFailures:
         assert after == failures + 1
 
 
+INTERVAL = 30.0
+"""The reconciler's default dead_letter_interval (CUMI_DEAD_LETTER_REPAIR_INTERVAL_SECONDS)."""
+
+
+class TestDeadLetterRepair:
+    """A dead letter naming a mailbox repairs it (reason `dead-letter`), at most once per interval
+    per mailbox; one within the interval defers a single repair to the interval's end."""
+
+    async def test_repaired_at_once_with_its_reason(
+        self, reconciler: Reconciler, sink: FakeSink
+    ) -> None:
+        assert reconciler.request_dead_letter("alice") == "triggered"
+        await idle(reconciler)
+        assert [(s.mailbox_id, s.reason) for s in sink.snapshots] == [("alice", "dead-letter")]
+
+    async def test_within_the_interval_one_repair_follows_at_its_end(
+        self, reconciler: Reconciler, rest: FakeRestClient, sink: FakeSink, clock: FakeClock
+    ) -> None:
+        """Many dead letters in the interval: one deferred repair, which counts as pending (the
+        worker is not idle until it ran) and lists what changed after the first repair."""
+        reconciler.request_dead_letter("alice")
+        await eventually(lambda: len(sink.snapshots) == 1, "the first repair")
+        clock.advance(10)
+        rest.server["alice"].arrive("m9")  # the change a second bad payload stood for
+        outcomes = [reconciler.request_dead_letter("alice") for _ in range(5)]
+        assert outcomes == ["deferred"] * 5
+        assert reconciler.pending == 1
+        assert await clock.waiting() == [INTERVAL - 10]
+        assert len(sink.snapshots) == 1
+        await clock.skip()
+        await idle(reconciler)
+        assert [s.reason for s in sink.snapshots] == ["dead-letter", "dead-letter"]
+        assert "m9" in [m.message_id for m in sink.snapshots[-1].inbox]
+
+    async def test_after_the_interval_repaired_at_once_again(
+        self, reconciler: Reconciler, sink: FakeSink, clock: FakeClock
+    ) -> None:
+        reconciler.request_dead_letter("alice")
+        await idle(reconciler)
+        clock.advance(INTERVAL)
+        assert reconciler.request_dead_letter("alice") == "triggered"
+        await idle(reconciler)
+        assert len(sink.of("alice")) == 2
+        assert clock.pending() == []
+
+    async def test_the_limit_is_per_mailbox(self, reconciler: Reconciler, sink: FakeSink) -> None:
+        assert reconciler.request_dead_letter("alice") == "triggered"
+        assert reconciler.request_dead_letter("bob") == "triggered"
+        await idle(reconciler)
+        assert sorted(s.mailbox_id for s in sink.snapshots) == ["alice", "bob"]
+
+    async def test_the_interval_is_a_setting(
+        self, rest: FakeRestClient, sink: FakeSink, credentials: FakeCredentials, clock: FakeClock
+    ) -> None:
+        async with Reconciler(
+            rest, credentials, sink.publish_snapshot, dead_letter_interval=5.0, clock=clock
+        ) as reconciler:
+            reconciler.request_dead_letter("alice")
+            clock.advance(1)
+            assert reconciler.request_dead_letter("alice") == "deferred"
+            assert await clock.waiting() == [4.0]
+            await clock.skip()
+            await idle(reconciler)
+        assert len(sink.of("alice")) == 2
+
+    async def test_cancel_drops_the_deferred_repair(
+        self, reconciler: Reconciler, sink: FakeSink, clock: FakeClock
+    ) -> None:
+        """The mailbox is no longer subscribed (removed, or its session lost: that repair is
+        its own): the deferred dead-letter repair is not made."""
+        reconciler.request_dead_letter("alice")
+        await idle(reconciler)
+        reconciler.request_dead_letter("alice")
+        reconciler.cancel("alice")
+        assert reconciler.pending == 0
+        await clock.skip()  # the timer still fires; it must find nothing to do
+        await eventually(lambda: not reconciler._timers, "the timer fired")
+        await idle(reconciler)
+        assert len(sink.of("alice")) == 1
+
+    async def test_a_dead_letter_during_a_listing_lists_again(
+        self, reconciler: Reconciler, rest: FakeRestClient, sink: FakeSink
+    ) -> None:
+        """A listing under way may have read the USN before the bad payload's change: the
+        mailbox is listed once more afterwards."""
+        gate = rest.hold("list:inbox", "alice")
+        reconciler.request("alice", RepairReason.STARTUP)
+        await eventually(lambda: rest.count("list:inbox") == 1, "listing under way")
+        assert reconciler.request_dead_letter("alice") == "triggered"
+        gate.set()
+        await idle(reconciler)
+        assert [s.reason for s in sink.snapshots] == ["startup", "dead-letter"]
+
+
 class TestLifecycle:
     async def test_stop_cancels_work_and_timers_and_is_idempotent(
         self, rest: FakeRestClient, sink: FakeSink, credentials: FakeCredentials, clock: FakeClock

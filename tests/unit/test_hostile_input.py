@@ -42,7 +42,7 @@ from ingest.cumi.normalizer import (
 )
 from ingest.errors import InvalidEvent
 from ingest.eventlog import codec
-from ingest.events import EventType, MailboxEvent, RejectReason
+from ingest.events import LENIENT_FIELDS, EventType, MailboxEvent, RejectReason
 from ingest.simulator.comet import event_data, format_time
 from ingest.state.projection import Projection
 
@@ -116,6 +116,55 @@ def valid_events(draw: st.DrawFn, names: st.SearchStrategy[str] = names) -> dict
     if draw(st.booleans()):
         del data["SubscriptionId"]  # the channel names it
     return {"channel": f"/vmrest/mailbox/{subscription}", "data": data}
+
+
+DISPLAY_FIELDS = ("EventTime", "SubscriptionId", "DisplayName")
+MESSAGE_DISPLAY_FIELDS = ("CallerAni", "Sender", "MsgType", "Priority", "ReceiveTime")
+"""Every field but the four that decide (MailboxId, EventType, USN, MessageId)."""
+IRREGULAR_VALUES: st.SearchStrategy[Any] = st.sampled_from(
+    [
+        "N/A",
+        "30/10/2008 16:15:40",
+        "11:15:40 PM 10/30/2008 +0100",
+        "2008-10-30T23:15:40Z",
+        "Very-Urgent",
+        "",
+        " ",
+        "\ud800",
+        4085550100,
+        1.5,
+        True,
+        None,
+        "null",
+        [],
+        {"x": 1},
+    ]
+)
+
+
+@st.composite
+def irregular_events(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(a valid event, the same event with display fields dropped or given odd values)."""
+    valid = draw(valid_events(ascii_names.filter(str.strip) | names))
+    event = json.loads(json.dumps(valid))
+    data = event["data"] if "channel" in event else event
+    edits = draw(st.lists(st.tuples(st.integers(-1, 2), st.booleans()), min_size=1, max_size=5))
+    for index, drop in edits:
+        infos = data["MessageInfo"]
+        target = data if index < 0 else infos[index % len(infos)]
+        fields = DISPLAY_FIELDS if index < 0 else MESSAGE_DISPLAY_FIELDS
+        field = draw(st.sampled_from(fields))
+        if drop:
+            target.pop(field, None)
+        else:
+            target[field] = draw(IRREGULAR_VALUES | json_values)
+    return valid, event
+
+
+def folder_change(event: MailboxEvent) -> tuple[object, ...]:
+    """What an event says about folder state: the deciding fields."""
+    ids = tuple(m.message_id for m in event.messages)
+    return event.mailbox_id, event.usn, event.event_type, ids
 
 
 HOSTILE_VALUES = json_values | st.sampled_from(
@@ -205,7 +254,9 @@ def classify(raw: Any) -> MailboxEvent | RejectReason:
         assert len(letter.raw) <= MAX_DEAD_LETTER_RAW
         assert codec.decode(codec.encode(letter)) == letter
         return RejectReason(e.reason)
-    assert event.mailbox_id.strip() and event.subscription_id.strip() and event.messages
+    assert event.mailbox_id.strip() and event.messages
+    assert event.subscription_id is None or event.subscription_id.strip()
+    assert {f.name for f in event.unparsed} <= set(LENIENT_FIELDS)
     assert 0 <= event.usn < 2**63
     assert codec.decode(codec.encode(event)) == event
     Projection().apply(event)
@@ -278,6 +329,44 @@ class TestParserFuzz:
         check()
         # the property is only worth something if the fast path is actually taken
         assert taken["fast"] >= EXAMPLES // 10, taken
+
+    def test_the_fast_path_on_irregular_display_fields(self) -> None:
+        """The same, on events whose display fields are odd or missing: the checked path
+        tolerates them (`unparsed`); the fast path takes the plain ones to the same event."""
+        zones = TimeZones(receive_time=ZoneInfo("America/Los_Angeles"))
+        taken = Counter[str]()
+
+        @given(irregular_events())
+        def check(pair: tuple[dict[str, Any], dict[str, Any]]) -> None:
+            data, channel = _unwrap(pair[1])
+            fast = _plain_event(data, zones, "cuc1", NOW)
+            checked = _checked_event(data, channel, zones, "cuc1", NOW)
+            taken["fast" if fast is not None else "checked"] += 1
+            taken["unparsed" if checked.unparsed else "clean"] += 1
+            assert fast is None or fast == checked
+            assert fast is None or not fast.unparsed
+
+        check()
+        assert taken["fast"] >= EXAMPLES // 20 and taken["unparsed"] >= EXAMPLES // 4, taken
+
+    def test_only_the_deciding_fields_can_reject(self) -> None:
+        """Whatever happens to the other fields, the event is accepted with its folder change,
+        in every form, and what it could not read is listed by a known field name."""
+        inputs = Inputs("parse_event: valid events with irregular display fields")
+
+        @given(irregular_events())
+        def check(pair: tuple[dict[str, Any], dict[str, Any]]) -> None:
+            valid, irregular = pair
+            expected = folder_change(parse_event(valid, now=lambda: NOW))
+            text = json.dumps(irregular)
+            for form in (irregular, text, text.encode()):
+                outcome = classify(form)
+                assert isinstance(outcome, MailboxEvent), f"rejected: {outcome} for {text:.300}"
+                assert folder_change(outcome) == expected
+            inputs.saw(outcome)
+
+        check()
+        inputs.report()
 
     def test_valid_events_are_accepted(self) -> None:
         inputs = Inputs("parse_event: generated valid events")

@@ -4,24 +4,30 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import io
+import json
+from pathlib import Path
 
+import fastavro
 import pytest
 from fixtures.producing import generate
 
 from ingest import speedups
 from ingest.errors import DecodeError
-from ingest.eventlog import codec
+from ingest.eventlog import codec, wire
 from ingest.eventlog import reader as log_reader
 from ingest.eventlog.reader import (
     _FAST_EVENTS,
     _FAST_SNAPSHOTS,
-    _HEADER,
     _read_event,
+    _read_event_v1,
     decode_log_record,
 )
-from ingest.events import DeadLetter, EventType, MailboxEvent, MessageInfo
+from ingest.events import DeadLetter, EventType, MailboxEvent, MessageInfo, UnparsedField
 
 AT = dt.datetime(2024, 3, 1, 8, 0, 0, 123_000, tzinfo=dt.UTC)
+_HEADER = wire.header(wire.FAST_EVENT_SCHEMA)
+V1 = Path(__file__).resolve().parents[2] / "schemas" / "history" / "mailbox_event.v1.avsc"
 
 
 def event(**changes: object) -> MailboxEvent:
@@ -97,6 +103,16 @@ class TestSameAsCodec:
                 )
             },
             {"event_time": dt.datetime(1969, 12, 31, 23, 59, 59, tzinfo=dt.UTC)},
+            {"subscription_id": None, "event_time_raw": None},
+            {"event_time_raw": "x" * 200, "source": None},
+            {
+                "unparsed": (
+                    UnparsedField("EventTime", "30/10/2008 16:15:40"),
+                    UnparsedField("SubscriptionId"),
+                    UnparsedField("MessageInfo[0].CallerAni", "4085550100" * 10),
+                )
+            },
+            {"unparsed": tuple(UnparsedField(f"MessageInfo[{i}].Sender", "{}") for i in range(70))},
         ],
     )
     def test_edge_values(self, changes: dict[str, object]) -> None:
@@ -111,14 +127,44 @@ class TestSameAsCodec:
             len(zigzag(len(s.encode()))) + len(s.encode())
             for s in ("jdoe", "08:00:00 AM 03/01/2024", "sub-1")
         )
+        head += 2  # event_time_raw and subscription_id: union branch 1 (since v2)
         head += len(zigzag(2265)) + 1 + len(zigzag(codec.timestamp_ms(original)))
         head += 1 + len(zigzag(8)) + len(b"Jane Doe")  # display_name: branch 1, string
         assert value[head : head + 1] == zigzag(2)
-        tail = len(zigzag(codec.timestamp_ms(original))) + 1 + 1 + len(b"cuc1")
+        tail = len(zigzag(codec.timestamp_ms(original))) + 1 + 1 + len(b"cuc1") + 1  # + unparsed
         items = value[head + 1 : len(value) - tail - 1]  # up to the array's closing 0
         rewritten = value[:head] + zigzag(-2) + zigzag(len(items)) + value[head + 1 :]
         assert _read_event(rewritten) == original  # the fast path itself, no fallback
         assert decode_log_record(rewritten) == codec.decode(rewritten) == original
+
+
+class TestFirstRelease:
+    """Records written with v1 of the schema (the log before v2) are read fast, as the codec
+    reads them: into today's record, `unparsed` empty."""
+
+    def v1_value(self, original: MailboxEvent) -> bytes:
+        schema = json.loads(V1.read_text(encoding="utf-8"))
+        datum = codec._event_to_avro(original)
+        del datum["unparsed"]
+        out = io.BytesIO(wire.header(wire.FAST_EVENT_SCHEMA_V1))
+        out.seek(0, io.SEEK_END)
+        fastavro.schemaless_writer(out, fastavro.parse_schema(schema, named_schemas={}), datum)
+        return out.getvalue()
+
+    @pytest.mark.parametrize(
+        "changes", [{}, {"subscription_id": "s" * 300, "display_name": None, "source": None}]
+    )
+    def test_v1_record(self, changes: dict[str, object]) -> None:
+        original = event(**changes)
+        value = self.v1_value(original)
+        assert _read_event_v1(value) == original  # the fast path itself, no fallback
+        assert decode_log_record(value) == codec.decode(value) == original
+
+    def test_v1_record_with_the_v2_reader_is_misread(self) -> None:
+        """The two layouts really differ: the v2 reader cannot take a v1 body."""
+        value = self.v1_value(event())
+        with pytest.raises((ValueError, IndexError)):
+            _read_event(value)
 
 
 class TestOtherRecords:

@@ -28,7 +28,7 @@ from prometheus_client import Metric
 from ingest.cumi.rest import Endpoint
 from ingest.cumi.session import LossReason
 from ingest.cumi.subscriptions import SubState
-from ingest.events import EventType, RejectReason, RepairReason
+from ingest.events import LENIENT_FIELDS, EventType, RejectReason, RepairReason
 from ingest.kpis.exposition import FAMILIES as KPI_FAMILIES
 from ingest.kpis.exposition import families as kpi_families
 from ingest.kpis.ledger import KpiLedger
@@ -535,6 +535,8 @@ def label_value_enums() -> dict[str, set[str]]:
         # closed sets that are literals at their call sites, listed in ingest.ops.metrics
         "`reason` (projector)": metrics.PROJECTOR_SKIP_REASONS,
         "`kind`": metrics.PRODUCER_ERROR_KINDS,
+        "`field`": LENIENT_FIELDS,
+        "`outcome` (repair after dead letters)": metrics.DEAD_LETTER_REPAIR_OUTCOMES,
     }
     return {row: {str(member) for member in enum} for row, enum in enums.items()}
 

@@ -13,7 +13,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from fixtures.simulator import fold
 
-from ingest.errors import ConfigError
+from ingest.cumi.normalizer import parse_event
+from ingest.errors import ConfigError, InvalidEvent
 from ingest.events import EventType as DomainEventType
 from ingest.simulator import SimulatorConfig
 from ingest.simulator.comet import (
@@ -24,7 +25,7 @@ from ingest.simulator.comet import (
     event_message,
     format_time,
 )
-from ingest.simulator.faults import Faults, MalformedKind, malformed
+from ingest.simulator.faults import Faults, IrregularKind, MalformedKind, irregular, malformed
 from ingest.simulator.mailbox import Folder
 from ingest.simulator.notifier import Notifier, Subscriptions
 from ingest.simulator.scenario import OP_EVENTS, Change, Op, Scenario
@@ -341,31 +342,57 @@ class TestFaultPayloads:
         assert counters.duplicates == counters.emitted.total()
 
     @pytest.mark.parametrize("kind", list(MalformedKind))
-    def test_each_malformed_kind_breaks_the_event(self, kind: MalformedKind) -> None:
-        valid = {
-            "MessageInfo": [{"MessageId": "m1"}],
-            "USN": 5,
-            "EventTime": "04:15:40 PM 10/30/2008",
-            "SubscriptionId": "s",
-            "MailboxId": "abell",
-            "EventType": "NEW_MESSAGE",
-            "DisplayName": "A",
-        }
-        broken = malformed(kind, valid, random.Random(1))
-        assert broken != valid and valid["USN"] == 5
-        if kind is MalformedKind.NOT_AN_OBJECT:
-            assert not isinstance(broken, dict)
-            return
-        assert isinstance(broken, dict)
-        problems = [
-            set(valid) - set(broken),
-            not isinstance(broken.get("USN", 0), int),
-            broken.get("MessageInfo", [{}]) == []
-            or not isinstance(broken.get("MessageInfo", []), list),
-            broken.get("EventType", "NEW_MESSAGE") not in {e.value for e in EventType},
-            not TIME.match(str(broken.get("EventTime", "04:15:40 PM 10/30/2008"))),
-        ]
-        assert sum(bool(p) for p in problems) == 1
+    def test_each_malformed_kind_is_dead_lettered(self, kind: MalformedKind) -> None:
+        """A field that decides folder state is broken: the pipeline's parser rejects it."""
+        broken = malformed(kind, VALID, random.Random(1))
+        assert broken != VALID and VALID["USN"] == 5
+        with pytest.raises(InvalidEvent):
+            parse_event({"channel": "/vmrest/mailbox/s", "data": broken})
+
+    @pytest.mark.parametrize("kind", list(IrregularKind))
+    def test_each_irregular_kind_is_published_with_its_change(self, kind: IrregularKind) -> None:
+        """Only a display field is odd: the event parses to the same folder change, the odd
+        field listed as unparsed (without an envelope, which would name the subscription)."""
+        odd = irregular(kind, VALID, random.Random(1))
+        assert odd != VALID and VALID["MessageInfo"] == [{"MessageId": "m1"}]
+        event = parse_event(odd)
+        assert (event.mailbox_id, event.usn, event.event_type, event.messages[0].message_id) == (
+            "abell",
+            5,
+            DomainEventType.NEW_MESSAGE,
+            "m1",
+        )
+        assert len(event.unparsed) == 1
+
+    def test_corrupt_fault_sends_broken_events_instead(self) -> None:
+        """Every event replaced (ratio 1): nothing valid is sent; about half the payloads are
+        dead letters, the other half still carry their change."""
+        sc = scenario()
+        notifier, collector, counters = notifier_for(sc, Faults(corrupt_ratio=1.0))
+        for _ in range(40):
+            notifier.publish(sc.step())
+        payloads = collector.payloads
+        assert len(payloads) == counters.corrupted == counters.emitted.total()
+        outcomes = Counter[str]()
+        for payload in payloads:
+            try:
+                outcomes["unparsed" if parse_event(payload).unparsed else "clean"] += 1
+            except InvalidEvent:
+                outcomes["dead letter"] += 1
+        assert outcomes["clean"] <= outcomes["unparsed"] // 4  # a no_subscription_id is clean
+        assert outcomes["dead letter"] == counters.corrupted_malformed
+        assert 0.25 < counters.corrupted_malformed / counters.corrupted < 0.75
+
+
+VALID: dict[str, Any] = {
+    "MessageInfo": [{"MessageId": "m1"}],
+    "USN": 5,
+    "EventTime": "04:15:40 PM 10/30/2008",
+    "SubscriptionId": "s",
+    "MailboxId": "abell",
+    "EventType": "NEW_MESSAGE",
+    "DisplayName": "A",
+}
 
 
 class TestUsers:

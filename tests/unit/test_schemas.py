@@ -25,6 +25,7 @@ from ingest.events import (
     RejectReason,
     RepairReason,
     SnapshotMessage,
+    UnparsedField,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,6 +93,7 @@ class TestSchemaFiles:
 MIRRORS: list[tuple[str, str, type]] = [
     ("mailbox_event.avsc", "MailboxEvent", MailboxEvent),
     ("mailbox_event.avsc", "MessageInfo", MessageInfo),
+    ("mailbox_event.avsc", "UnparsedField", UnparsedField),
     ("mailbox_snapshot.avsc", "MailboxSnapshot", MailboxSnapshot),
     ("mailbox_snapshot.avsc", "SnapshotMessage", SnapshotMessage),
     ("dead_letter.avsc", "DeadLetter", DeadLetter),

@@ -49,6 +49,8 @@ class TestDefaults:
         assert s.kafka.events_topic == "mailbox-events"
         assert s.kafka.dlq_topic == "mailbox-events-dlq"
         assert s.worker.metrics_port == 9102
+        assert s.cumi.dead_letter_repair_interval_seconds == 30.0
+        assert s.cumi.server_time_zone_set is False
 
     @pytest.mark.parametrize(
         ("server", "expected"),
@@ -117,6 +119,8 @@ class TestValidation:
             ("CUMI_METRICS_PORT", "70000"),
             ("CUMI_LOG_LEVEL", "LOUD"),
             ("CUMI_CREDENTIALS_PROVIDER", "vault"),
+            ("CUMI_DEAD_LETTER_REPAIR_INTERVAL_SECONDS", "0"),
+            ("CUMI_DEAD_LETTER_REPAIR_INTERVAL_SECONDS", "soon"),
         ],
     )
     def test_bad_value_names_the_setting(

@@ -535,6 +535,70 @@ class TestLiveChanges:
             assert sum(m.manager.counts().values()) == 1
 
 
+class TestDeadLetters:
+    """A dead letter naming a subscribed mailbox — by MailboxId, or by the subscription it came
+    on — has that mailbox repaired (reason `dead-letter`); others are counted as unwatched."""
+
+    @staticmethod
+    def outcomes() -> dict[str, float]:
+        return {
+            o: sample("cumi_worker_dead_letter_repairs_total", outcome=o)
+            for o in ("triggered", "deferred", "unwatched")
+        }
+
+    async def test_named_by_mailbox_id(self) -> None:
+        async with Manager(["a", "b"]) as m:
+            await m.ready()
+            m.reconciler.log.clear()
+            before = self.outcomes()
+            assert m.manager.dead_lettered("b", None) == "triggered"
+            assert m.reconciler.requests() == [("b", "dead-letter")]
+            assert self.outcomes()["triggered"] == before["triggered"] + 1
+
+    async def test_named_by_its_subscription_when_the_mailbox_id_is_not_ours(self) -> None:
+        """An unreadable (or foreign) MailboxId: the channel's subscription id finds it."""
+        async with Manager(["a", "b"]) as m:
+            await m.ready()
+            m.reconciler.log.clear()
+            assert m.manager.dead_lettered(None, subscription_id("b")) == "triggered"
+            assert m.manager.dead_lettered("B ", subscription_id("a")) == "triggered"
+            assert m.reconciler.requests() == [("b", "dead-letter"), ("a", "dead-letter")]
+
+    async def test_a_new_subscription_id_is_found(self) -> None:
+        """After a lost session every mailbox has a new subscription id: the old one names
+        nothing, the new one its mailbox."""
+        async with Manager(["a"]) as m:
+            await m.ready()
+            await m.lose()
+            m.reconciler.log.clear()
+            assert m.manager.dead_lettered(None, subscription_id("a", 1)) == "unwatched"
+            assert m.manager.dead_lettered(None, subscription_id("a", 2)) == "triggered"
+            assert m.reconciler.requests() == [("a", "dead-letter")]
+
+    async def test_not_ours_or_not_subscribed_is_unwatched(self) -> None:
+        credentials = FakeCredentials(missing=["failed"])
+        async with Manager(["a", "failed", "gone"], credentials=credentials) as m:
+            await m.ready()
+            await m.manager.remove(["gone"])
+            m.reconciler.log.clear()
+            before = self.outcomes()
+            for named, sub in [
+                ("other", None),
+                (None, None),
+                (None, "no-such-subscription"),
+                ("failed", None),
+                ("gone", subscription_id("gone")),
+            ]:
+                assert m.manager.dead_lettered(named, sub) == "unwatched", (named, sub)
+            assert m.reconciler.log == []
+            assert self.outcomes()["unwatched"] == before["unwatched"] + 5
+
+    async def test_without_a_reconciler(self) -> None:
+        async with Manager(["a"], repairs=False) as m:
+            await m.ready()
+            assert m.manager.dead_lettered("a", None) == "unwatched"
+
+
 @pytest.mark.parametrize("reason", list(LossReason))
 async def test_every_loss_reason_restarts_the_session(reason: LossReason) -> None:
     """Whatever the reason, a lost session is stopped and replaced; the restart is counted."""
