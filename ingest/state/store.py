@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -43,6 +43,7 @@ from ingest.eventlog.schema_registry import register_writers
 from ingest.eventlog.topics import describe_topic
 from ingest.events import MailboxStateRecord
 from ingest.settings import SchemaRegistrySettings
+from ingest.state.projection import MailboxState
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,24 @@ class TransactionFailed(BrokerError):
 def transactional_id(prefix: str, events_topic: str, partition: int) -> str:
     """Stable per events partition, the same on every instance (see the module docstring)."""
     return f"{prefix}.{events_topic}.{partition}"
+
+
+# --- one mapping: a mailbox's state ⇄ a state-topic value ---------------------------------------
+
+
+def encode_state(state: MailboxState) -> bytes:
+    """A mailbox's folded state as a state-topic value (Avro single-object encoding). Whatever
+    else stores states (checkpoints) stores these bytes, so the state schema has one mapping."""
+    return codec.encode(state.to_record())
+
+
+def decode_state(value: bytes, ids: codec.SchemaIds | None = None) -> MailboxState:
+    """The state in a state-topic value of any released state schema, either framing. Raises
+    `DecodeError` for anything else."""
+    record = codec.decode(value, ids)
+    if not isinstance(record, MailboxStateRecord):
+        raise DecodeError(f"a {type(record).__name__} record, not a MailboxState")
+    return MailboxState.from_record(record)
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -273,11 +292,19 @@ class StateWriter:
         await self.close(list(self._producers))
 
     async def commit(
-        self, partition: int, states: Sequence[MailboxStateRecord], next_offset: int
+        self,
+        partition: int,
+        states: Sequence[MailboxStateRecord],
+        next_offset: int,
+        *,
+        also: Callable[[AIOKafkaProducer], Awaitable[object]] | None = None,
     ) -> None:
         """One transaction: `states` to state partition `partition`, and the group's committed
         offset of events partition `partition` set to `next_offset`. Raises `Fenced` when another
-        instance owns the partition now, `TransactionFailed` when the transaction was aborted."""
+        instance owns the partition now, `TransactionFailed` when the transaction was aborted.
+
+        `also` sends more records in the same transaction (a checkpoint), after the states are
+        acknowledged and before the offset: all of it is committed, or none."""
         producer = self._producers.get(partition)
         if producer is None:
             raise TransactionFailed(f"no producer for partition {partition} (not owned)")
@@ -301,6 +328,8 @@ class StateWriter:
                 )
                 await asyncio.sleep(0)  # encoding is CPU work: let heartbeats through
             await asyncio.gather(*sent)
+            if also is not None:
+                await also(producer)
             await producer.send_offsets_to_transaction(offsets, self.group_id)
             await producer.commit_transaction()
         except ProducerFenced as e:
