@@ -271,9 +271,9 @@ def timestamp_ms(record: Record) -> int:
     elif isinstance(record, MailboxRegistryEntry):
         moment = record.updated_at
     elif isinstance(record, CheckpointManifest):
-        moment = record.last_time or record.written_at
+        moment = record.written_at
     elif isinstance(record, CheckpointChunk):
-        return 0  # its manifest's time: the writer sets it (ingest.state.checkpoints)
+        return 0  # its manifest's written_at: the writer sets it (ingest.state.checkpoints)
     else:
         moment = record.updated_at or _EPOCH
     if moment.tzinfo is None:

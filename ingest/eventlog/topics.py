@@ -45,8 +45,7 @@ EVENTS_PARTITIONS = 12
 REGISTRY_PARTITIONS = 24
 DLQ_RETENTION_MS = 30 * 24 * 3600 * 1000
 CHECKPOINTS_RETENTION_MS = 90 * 24 * 3600 * 1000
-"""Checkpoints are stamped with the latest EventTime they cover: `replay --at` is fast for the last
-90 days of event time, and folds from the log's beginning before that."""
+"""Checkpoints are stamped with the time they were written: each is kept 90 days."""
 READY_TIMEOUT_S = 30.0
 _TOPIC_ALREADY_EXISTS = 36
 _UNKNOWN_TOPIC = 3
@@ -95,7 +94,7 @@ def checkpoints_spec(
     retention_ms: int = CHECKPOINTS_RETENTION_MS,
 ) -> TopicSpec:
     """Two partitions per events partition (manifests, then chunks; see the module docstring);
-    CreateTime, because records are stamped with the EventTime they cover (retention by it)."""
+    CreateTime: records are stamped when the projector wrote them (retention goes by that)."""
     return TopicSpec(
         name,
         2 * events_partitions,

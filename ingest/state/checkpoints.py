@@ -26,7 +26,7 @@ same transaction.
 
 Checkpoints carry `FOLD_VERSION`: when what the fold computes changes (projection semantics, or a
 state field the fold needs), bump it and every older checkpoint is ignored (replays fold from the
-log's beginning until the projector has written new ones). tests/unit/test_checkpoints.py pins the
+log's beginning until the projector has written new ones). tests/unit/test_checkpointing.py pins the
 fold's code to the version, so a change to the fold cannot forget the question.
 """
 
@@ -157,11 +157,18 @@ class PendingCheckpoint:
     first_ms: int | None
     last_ms: int | None
     chunks: tuple[CheckpointChunk, ...]
+    written_at: dt.datetime
 
     @property
     def timestamp_ms(self) -> int:
-        """Kafka timestamp of its records: the latest EventTime folded (retention goes by it)."""
-        return self.last_ms if self.last_ms is not None else int(time.time() * 1000)
+        """Kafka timestamp of its records: when it was written (retention goes by it). Not the
+        EventTime it covers: a rebuild writes checkpoints of old history, which the broker's
+        time-based retention would delete at once (the active segment included)."""
+        return self.written_ms
+
+    @property
+    def written_ms(self) -> int:
+        return int(self.written_at.timestamp() * 1000)
 
     async def send(self, producer: AIOKafkaProducer) -> CheckpointManifest:
         """Chunks, then the manifest pointing at them; inside the caller's transaction."""
@@ -212,7 +219,7 @@ class PendingCheckpoint:
             state_bytes=sum(len(e.state) for e in entries),
             max_usn=max((e.usn for e in entries), default=-1),
             chunks=tuple(refs),
-            written_at=dt.datetime.now(dt.UTC).replace(microsecond=0),
+            written_at=self.written_at,
         )
 
     @property
@@ -259,6 +266,7 @@ async def prepare(
         first_ms=tracker.first_ms,
         last_ms=tracker.last_ms,
         chunks=tuple(_chunks(events_topic, partition, next_offset, entries, chunk_bytes)),
+        written_at=dt.datetime.now(dt.UTC).replace(microsecond=0),
     )
 
 

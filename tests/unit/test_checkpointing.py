@@ -141,7 +141,7 @@ class TestChunks:
         assert made.max_usn == max(s.usn for s in projection.mailboxes.values())
         assert (made.from_offset, made.next_offset, made.fold_version) == (4, 10, FOLD_VERSION)
         assert made.first_time == dt.datetime(1970, 1, 1, 0, 0, 1, tzinfo=UTC)
-        assert pending.timestamp_ms == 2_000
+        assert pending.timestamp_ms == made.written_at.timestamp() * 1000
         assert codec.decode(codec.encode(made)) == made
         for chunk in pending.chunks:
             assert codec.decode(codec.encode(chunk)) == chunk
