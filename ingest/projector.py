@@ -62,6 +62,7 @@ from ingest.eventlog.topics import TopicSpec, checkpoints_spec, describe_topic, 
 from ingest.events import EventType, MailboxEvent, MailboxSnapshot, Outcome
 from ingest.ops.backoff import Backoff
 from ingest.ops.clock import SYSTEM_CLOCK, wait_event
+from ingest.ops.gc_tuning import CatchUpFreezer
 from ingest.ops.http import OpsServer
 from ingest.ops.metrics import (
     PROJECTOR_CHECKPOINT_BYTES,
@@ -92,12 +93,25 @@ from ingest.state.checkpoints import (
 )
 from ingest.state.projection import MailboxState, Projection
 from ingest.state.read_api import routes as read_api_routes
-from ingest.state.store import Fenced, StateReader, StateWriter, TransactionFailed
+from ingest.state.store import (
+    Fenced,
+    StateReader,
+    StateValue,
+    StateWriter,
+    TransactionFailed,
+    state_value,
+)
 
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_FENCED = 0, 1, 2, 3
 _MAX_POLL_RECORDS = 5000
+_CATCHING_UP = 50_000
+"""Records behind the end (all owned partitions) from which the projector is catching up: its
+growing state is then spared from the collector's full passes (ops.gc_tuning.CatchUpFreezer),
+and partitions commit _CATCH_UP_FACTOR times less often (the interval and the record count):
+each commit encodes every mailbox changed since the last, and while catching up nearly all are."""
+_CATCH_UP_FACTOR = 10
 _APPLY_SLICE = 500
 """Records applied between two yields to the event loop (heartbeats, the read API)."""
 _RECONNECT = Backoff(base=0.5, cap=10.0)
@@ -198,6 +212,9 @@ class OwnedPartition:
     """Monotonic time of the oldest uncommitted record."""
     checkpoint: Tracker = field(default_factory=lambda: Tracker(from_offset=0))
     """Where the partition's checkpoints are (ingest.state.checkpoints)."""
+    encoded: dict[str, bytes] = field(default_factory=dict)
+    """The last committed encoding of each mailbox's state: a checkpoint reuses those of the
+    mailboxes not changed since (while catching up, nearly all) instead of encoding again."""
 
 
 class Projector:
@@ -246,6 +263,8 @@ class Projector:
         self._lost_at: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._started = False
+        self._freezer = CatchUpFreezer()
+        self._catching_up = False
 
     # -- the read side (ingest.state.read_api) ---------------------------------------------------
 
@@ -327,6 +346,9 @@ class Projector:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=_MAX_POLL_RECORDS,
+            # as `ingest replay` reads: fewer, bigger fetches while catching up
+            fetch_max_bytes=64 * 1024 * 1024,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
             session_timeout_ms=self.settings.session_timeout_ms,
             heartbeat_interval_ms=max(300, self.settings.session_timeout_ms // 10),
             group_instance_id=self.settings.group_instance_id,
@@ -404,6 +426,7 @@ class Projector:
     async def _close_kafka(self) -> None:
         """Close the consumer, the transactional producers and the state reader (bounded: the
         cluster may be gone) and forget every partition."""
+        self._freezer.release()
         self.ready = False
         PROJECTOR_READY.set(0)
         consumer, self._consumer = self._consumer, None
@@ -460,7 +483,8 @@ class Projector:
                             self._apply(tp, records[start : start + _APPLY_SLICE])
                             await asyncio.sleep(0)
                     await self._commit_due(force=False)
-                self._update_gauges(consumer)
+                self._catching_up = self._update_gauges(consumer) >= _CATCHING_UP
+                self._freezer.after_batch(self._catching_up)
             async with self._lock:
                 if self._failure is None and self._trouble is None:
                     await self._commit_due(force=True)
@@ -504,12 +528,12 @@ class Projector:
 
     async def _commit_due(self, *, force: bool) -> None:
         now, s = time.monotonic(), self.settings
-        interval = s.commit_interval_ms / 1000
+        factor = _CATCH_UP_FACTOR if self._catching_up else 1
+        interval, most = factor * s.commit_interval_ms / 1000, factor * s.commit_max_records
         due = [
             owned
             for owned in self.partitions.values()
-            if owned.pending
-            and (force or owned.pending >= s.commit_max_records or now - owned.since >= interval)
+            if owned.pending and (force or owned.pending >= most or now - owned.since >= interval)
         ]
         if not due:
             return
@@ -522,12 +546,12 @@ class Projector:
             raise error
 
     async def _commit(self, owned: OwnedPartition) -> None:
-        checkpoint = await self._checkpoint_due(owned)
         started = time.monotonic()
         states = []
         for mailbox_id in sorted(owned.dirty):
-            states.append(owned.projection.mailboxes[mailbox_id].to_record())
+            states.append(state_value(owned.projection.mailboxes[mailbox_id]))
             await asyncio.sleep(0)  # a big mailbox takes milliseconds; let heartbeats through
+        checkpoint = await self._checkpoint_due(owned, states)
         written: list[Any] = []
 
         async def also(producer: Any) -> None:
@@ -553,16 +577,25 @@ class Projector:
         owned.dirty.clear()
         owned.pending = 0
         owned.committed_offset = owned.next_offset
+        if self.settings.checkpoints.enabled:
+            owned.encoded.update((s.mailbox_id, s.value) for s in states)
         if checkpoint is not None and written:
+            owned.encoded.update(
+                (e.mailbox_id, e.state) for c in checkpoint.chunks for e in c.entries
+            )
             owned.checkpoint.written(written[0])
             PROJECTOR_CHECKPOINTS.inc()
             PROJECTOR_CHECKPOINT_BYTES.inc(checkpoint.size)
 
-    async def _checkpoint_due(self, owned: OwnedPartition) -> PendingCheckpoint | None:
-        """The partition's checkpoint, encoded, if this commit is to carry one."""
+    async def _checkpoint_due(
+        self, owned: OwnedPartition, states: Sequence[StateValue]
+    ) -> PendingCheckpoint | None:
+        """The partition's checkpoint, encoded, if this commit (writing `states`) is to carry
+        one. Mailboxes unchanged since their last commit keep that encoding."""
         if not self.settings.checkpoints.due(owned.checkpoint, owned.next_offset, time.time()):
             return None
         started = time.monotonic()
+        fresh = {**owned.encoded, **{s.mailbox_id: s.value for s in states}}
         checkpoint = await prepare(
             topic=self.checkpoints_topic,
             events_topic=self.events_topic,
@@ -571,16 +604,22 @@ class Projector:
             next_offset=owned.next_offset,
             tracker=owned.checkpoint,
             states=owned.projection.mailboxes,
+            encoded=fresh,
         )
         PROJECTOR_CHECKPOINT_SECONDS.observe(time.monotonic() - started)
         return checkpoint
 
-    def _update_gauges(self, consumer: AIOKafkaConsumer) -> None:
+    def _update_gauges(self, consumer: AIOKafkaConsumer) -> int:
+        """The lag gauges; the records behind in all owned partitions."""
+        behind = 0
         for number, owned in self.partitions.items():
             high = consumer.highwater(TopicPartition(self.events_topic, number))
             if high is not None:
-                PROJECTOR_LAG.labels(str(number)).set(max(0, high - owned.next_offset))
+                lag = max(0, high - owned.next_offset)
+                PROJECTOR_LAG.labels(str(number)).set(lag)
+                behind += lag
         PROJECTOR_MAILBOXES.set(sum(len(o.projection.mailboxes) for o in self.partitions.values()))
+        return behind
 
     def _fail(self, error: BaseException) -> None:
         if _recoverable(error) and not self._stopping.is_set():

@@ -246,16 +246,22 @@ async def prepare(
     next_offset: int,
     tracker: Tracker,
     states: Mapping[str, MailboxState],
+    encoded: Mapping[str, bytes] | None = None,
     chunk_bytes: int = CHUNK_BYTES,
 ) -> PendingCheckpoint:
-    """Encode every state of the partition (outside any transaction: it is the costly part),
-    yielding to the event loop now and then, and cut them into chunks by mailbox id."""
+    """Every state of the partition as an entry (outside any transaction), cut into chunks by
+    mailbox id. `encoded` has the current `encode_state` of some mailboxes already; the others
+    are encoded here, yielding to the event loop now and then."""
     entries: list[CheckpointEntry] = []
+    known = encoded or {}
     for count, mailbox_id in enumerate(sorted(states), 1):
         state = states[mailbox_id]
-        entries.append(CheckpointEntry(mailbox_id, state.usn, encode_state(state)))
-        if count % 50 == 0:
-            await asyncio.sleep(0)  # heartbeats, the read API
+        value = known.get(mailbox_id)
+        if value is None:
+            value = encode_state(state)
+            if count % 50 == 0:
+                await asyncio.sleep(0)  # heartbeats, the read API
+        entries.append(CheckpointEntry(mailbox_id, state.usn, value))
     return PendingCheckpoint(
         topic=topic,
         events_topic=events_topic,
