@@ -40,6 +40,7 @@ from aiokafka.errors import KafkaError, ProducerFenced
 from ingest.errors import BrokerError, DecodeError, IngestError
 from ingest.eventlog import codec, wire
 from ingest.eventlog.clients import abandon, close_consumer, pace_metadata
+from ingest.eventlog.reader import decode_state_record
 from ingest.eventlog.schema_registry import register_writers
 from ingest.eventlog.topics import describe_topic
 from ingest.events import MailboxStateRecord
@@ -98,6 +99,8 @@ def state_value(state: MailboxState) -> StateValue:
 def decode_state(value: bytes, ids: codec.SchemaIds | None = None) -> MailboxState:
     """The state in a state-topic value of any released state schema, either framing. Raises
     `DecodeError` for anything else."""
+    if ids is None:  # single-object, as checkpoints hold them: the fast reader's case
+        return MailboxState.from_record(decode_state_record(value))
     record = codec.decode(value, ids)
     if not isinstance(record, MailboxStateRecord):
         raise DecodeError(f"a {type(record).__name__} record, not a MailboxState")

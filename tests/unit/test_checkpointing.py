@@ -13,8 +13,18 @@ from pathlib import Path
 import pytest
 from fixtures.producing import fold, generate
 
-from ingest.eventlog import codec
-from ingest.events import CheckpointEntry, CheckpointManifest, MailboxEvent
+from ingest import speedups
+from ingest.errors import DecodeError
+from ingest.eventlog import codec, reader
+from ingest.events import (
+    CheckpointEntry,
+    CheckpointManifest,
+    EventType,
+    Folder,
+    MailboxEvent,
+    MailboxStateRecord,
+    MessageStateRecord,
+)
 from ingest.state import checkpoints
 from ingest.state.checkpoints import (
     FOLD_VERSION,
@@ -246,3 +256,52 @@ def test_fold_version_is_pinned_to_the_fold_code() -> None:
     assert PINNED_FOLD.get(FOLD_VERSION) == fold_code_hash(), (
         f"ingest/state/projection.py changed (hash {fold_code_hash()}): see this test's doc"
     )
+
+
+class TestFastStateReader:
+    """`reader.decode_state_record` (checkpoints decode thousands of states) equals
+    `codec.decode` on every folded state, and leaves what it cannot read to the codec."""
+
+    def test_same_as_the_codec(self, projection: Projection) -> None:
+        values = [encode_state(s) for s in projection.mailboxes.values()]
+        assert reader._FAST_STATES == speedups.ENABLED
+        for value in values:
+            assert reader.decode_state_record(value) == codec.decode(value)
+        assert any(m.receive_time for v in values for m in codec.decode(v).messages)  # type: ignore[union-attr]
+
+    def test_every_symbol_and_optional_branch(self) -> None:
+        record = MailboxStateRecord(
+            mailbox_id="m" * 70,  # a length in two bytes
+            usn=2**40,
+            snapshot_usn=-1,
+            updated_at=None,
+            messages=tuple(
+                MessageStateRecord(
+                    message_id=f"id-{i}",
+                    folder=folder,
+                    read=i % 2 == 0,
+                    usn=i,
+                    applied=tuple(list(EventType)[: i % 10]),
+                    base_folder=list(Folder)[(i + 1) % 3],
+                    base_read=i % 3 == 0,
+                    base_read_usn=-1 if i % 2 else i,
+                    caller_ani=None if i % 2 else "+1555",
+                    sender="s" * (i * 10),
+                    msg_type=None,
+                    priority="Urgent" if i % 3 else None,
+                    receive_time=None if i % 2 else dt.datetime(2030, 1, 1, tzinfo=UTC),
+                    receive_time_raw=None if i % 2 else "1/1/2030",
+                )
+                for i, folder in zip(range(12), itertools.cycle(Folder), strict=False)
+            ),
+        )
+        value = codec.encode(record)
+        assert reader.decode_state_record(value) == record
+
+    def test_older_versions_and_damage_go_to_the_codec(self, projection: Projection) -> None:
+        value = encode_state(next(iter(projection.mailboxes.values())))
+        for broken in (value[:-1], value + b"\x00", value[:20]):
+            with pytest.raises(DecodeError):
+                reader.decode_state_record(broken)
+        with pytest.raises(DecodeError, match="not a MailboxState"):
+            reader.decode_state_record(codec.encode(manifest(1)))
