@@ -530,10 +530,19 @@ class Projector:
         now, s = time.monotonic(), self.settings
         factor = _CATCH_UP_FACTOR if self._catching_up else 1
         interval, most = factor * s.commit_interval_ms / 1000, factor * s.commit_max_records
+        checkpoint_due, wall = self.settings.checkpoints.due, time.time()
+        # a checkpoint that is due commits too: while catching up, commits are rarer than the
+        # checkpoint interval, which must still bound the records a replay folds after one
         due = [
             owned
             for owned in self.partitions.values()
-            if owned.pending and (force or owned.pending >= most or now - owned.since >= interval)
+            if owned.pending
+            and (
+                force
+                or owned.pending >= most
+                or now - owned.since >= interval
+                or checkpoint_due(owned.checkpoint, owned.next_offset, wall)
+            )
         ]
         if not due:
             return
