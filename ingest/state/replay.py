@@ -148,6 +148,11 @@ async def replay(
 AUTO_MIN_RECORDS = 200_000
 """Below this, `workers=None` folds in this process: starting a worker process (a fresh Python
 importing aiokafka) costs about what folding 50,000 records does."""
+AUTO_MIN_AFTER_CHECKPOINTS = 4 * AUTO_MIN_RECORDS
+"""The same when the replay starts from checkpoints: each worker process then also hands back
+every mailbox's state, checkpointed ones included (pickled, rebuilt in this process), which on
+the benchmark log (2,000 mailboxes, 150,000 records after the checkpoints) made two processes
+take twice as long as one."""
 
 
 def available_cpus() -> int:
@@ -169,10 +174,13 @@ async def _auto_workers(job: _Job) -> int:
         stops = await _stops(consumer, tps, job.until)
     finally:
         await consumer.stop()
+    threshold = AUTO_MIN_RECORDS
     if job.checkpoints is not None:
-        starts, _ = await _from_checkpoints(job, tps, starts, stops, load=False)
+        begin, _ = await _from_checkpoints(job, tps, starts, stops, load=False)
+        if begin != starts:
+            starts, threshold = begin, AUTO_MIN_AFTER_CHECKPOINTS
     to_read = sum(max(0, stops[tp] - starts[tp]) for tp in tps)
-    return workers if to_read >= AUTO_MIN_RECORDS else 1
+    return workers if to_read >= threshold else 1
 
 
 @dataclass(frozen=True, slots=True)
