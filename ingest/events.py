@@ -46,6 +46,10 @@ class RecordKind(enum.StrEnum):
     DEAD_LETTER = "dead_letter"
     STATE = "state"
     REGISTRY = "registry"
+    CHECKPOINT = "checkpoint"
+    """A checkpoint's manifest (the checkpoints topic)."""
+    CHECKPOINT_CHUNK = "checkpoint_chunk"
+    """Part of a checkpoint's mailbox states (the checkpoints topic)."""
 
 
 class RepairReason(enum.StrEnum):
@@ -309,3 +313,55 @@ class MailboxRegistryEntry:
     credentials_ref: str | None = None
     """Name of the mailbox's secret in the credentials provider; None: the mailbox id."""
     enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointEntry:
+    """One mailbox of a checkpoint (schemas/checkpoint_chunk.avsc `CheckpointEntry`)."""
+
+    mailbox_id: str
+    usn: int
+    """The state's mailbox USN, readable without decoding `state`."""
+    state: bytes
+    """The mailbox's state as a state-topic value (`ingest.state.store.encode_state`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointChunk:
+    """Consecutive mailboxes (by id) of one checkpoint (schemas/checkpoint_chunk.avsc)."""
+
+    events_topic: str
+    partition: int
+    next_offset: int
+    index: int
+    entries: tuple[CheckpointEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointChunkRef:
+    """Where one chunk of a checkpoint is, and which mailboxes it holds."""
+
+    offset: int
+    first_mailbox_id: str
+    last_mailbox_id: str
+    mailboxes: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointManifest:
+    """A checkpoint of one events partition (schemas/checkpoint_manifest.avsc): the fold of every
+    record below `next_offset`, its states in `chunks`."""
+
+    events_topic: str
+    partition: int
+    next_offset: int
+    from_offset: int
+    first_time: dt.datetime | None
+    last_time: dt.datetime | None
+    fold_version: int
+    mailboxes: int
+    state_bytes: int
+    max_usn: int
+    chunks: tuple[CheckpointChunkRef, ...]
+    written_at: dt.datetime

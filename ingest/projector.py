@@ -9,6 +9,10 @@ into one `Projection` per owned events partition. Every `CUMI_PROJECTOR_COMMIT_I
 the changed mailboxes' state records to the same partition of the compacted state topic *and* the
 group's offset of that events partition. A crash at any point therefore restarts from a state and
 an offset that belong together (see `ingest.state.store` for co-partitioning and zombie fencing).
+Every `CUMI_PROJECTOR_CHECKPOINT_RECORDS` offsets (or `CUMI_PROJECTOR_CHECKPOINT_INTERVAL_SECONDS`)
+such a transaction also carries a checkpoint of the partition's whole state
+(`ingest.state.checkpoints`), which `ingest replay` starts from; a partition with neither committed
+offsets nor state (a new group, a lost state topic) starts from its newest checkpoint.
 
 Rebalancing (aiokafka's eager protocol: revoke everything, then assign):
 - revoked: the open changes of every owned partition are committed (finished, not lost), and
@@ -54,12 +58,16 @@ from ingest.eventlog.clients import access_refused, close_consumer, pace_metadat
 from ingest.eventlog.codec import SchemaIds
 from ingest.eventlog.reader import decode_log_record
 from ingest.eventlog.schema_registry import schema_ids
-from ingest.eventlog.topics import TopicSpec, describe_topic, ensure_topics
-from ingest.events import MailboxEvent, MailboxSnapshot
+from ingest.eventlog.topics import TopicSpec, checkpoints_spec, describe_topic, ensure_topics
+from ingest.events import EventType, MailboxEvent, MailboxSnapshot, Outcome
 from ingest.ops.backoff import Backoff
 from ingest.ops.clock import SYSTEM_CLOCK, wait_event
+from ingest.ops.gc_tuning import CatchUpFreezer
 from ingest.ops.http import OpsServer
 from ingest.ops.metrics import (
+    PROJECTOR_CHECKPOINT_BYTES,
+    PROJECTOR_CHECKPOINT_SECONDS,
+    PROJECTOR_CHECKPOINTS,
     PROJECTOR_EVENTS,
     PROJECTOR_LAG,
     PROJECTOR_MAILBOXES,
@@ -84,14 +92,34 @@ from ingest.settings import (
     load_process,
     load_read_api,
 )
+from ingest.state.checkpoints import (
+    CheckpointPolicy,
+    CheckpointReader,
+    PendingCheckpoint,
+    Tracker,
+    prepare,
+)
 from ingest.state.projection import MailboxState, Projection
 from ingest.state.read_api import ReadApi
-from ingest.state.store import Fenced, StateReader, StateWriter, TransactionFailed
+from ingest.state.store import (
+    Fenced,
+    StateReader,
+    StateValue,
+    StateWriter,
+    TransactionFailed,
+    state_value,
+)
 
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_FENCED = 0, 1, 2, 3
 _MAX_POLL_RECORDS = 5000
+_CATCHING_UP = 50_000
+"""Records behind the end (all owned partitions) from which the projector is catching up: its
+growing state is then spared from the collector's full passes (ops.gc_tuning.CatchUpFreezer),
+and partitions commit _CATCH_UP_FACTOR times less often (the interval and the record count):
+each commit encodes every mailbox changed since the last, and while catching up nearly all are."""
+_CATCH_UP_FACTOR = 10
 _APPLY_SLICE = 500
 """Records applied between two yields to the event loop (heartbeats, the read API)."""
 _RECONNECT = Backoff(base=0.5, cap=10.0)
@@ -136,6 +164,9 @@ class ProjectorSettings:
     read_api: ReadApiSettings
     """CUMI_READ_API_*: the read API's listener, tokens and TLS."""
     http_timeouts: HttpTimeouts
+    checkpoints: CheckpointPolicy = field(default_factory=CheckpointPolicy)
+    """CUMI_PROJECTOR_CHECKPOINT_RECORDS (0: none) and CUMI_PROJECTOR_CHECKPOINT_INTERVAL_SECONDS
+    (ingest.state.checkpoints)."""
 
     @classmethod
     def load(
@@ -167,6 +198,12 @@ class ProjectorSettings:
             log_level=common.log_level or "INFO",
             read_api=load_read_api(s, common),
             http_timeouts=common.http_timeouts,
+            checkpoints=CheckpointPolicy(
+                records=s.integer("CUMI_PROJECTOR_CHECKPOINT_RECORDS", 25_000, minimum=0),
+                interval_s=s.integer(
+                    "CUMI_PROJECTOR_CHECKPOINT_INTERVAL_SECONDS", 86_400, minimum=1
+                ),
+            ),
         )
 
 
@@ -186,6 +223,11 @@ class OwnedPartition:
     """Records consumed since the last commit."""
     since: float = 0.0
     """Monotonic time of the oldest uncommitted record."""
+    checkpoint: Tracker = field(default_factory=lambda: Tracker(from_offset=0))
+    """Where the partition's checkpoints are (ingest.state.checkpoints)."""
+    encoded: dict[str, bytes] = field(default_factory=dict)
+    """The last committed encoding of each mailbox's state: a checkpoint reuses those of the
+    mailboxes not changed since (while catching up, nearly all) instead of encoding again."""
 
 
 class Projector:
@@ -197,6 +239,7 @@ class Projector:
         k = settings.kafka
         self._client = k.client_kwargs()
         self.events_topic, self.state_topic = k.events_topic, k.state_topic
+        self.checkpoints_topic = k.checkpoints_topic
         self.partitions: dict[int, OwnedPartition] = {}
         self.partition_count = 0
         """Partitions of the events topic, known once started."""
@@ -213,6 +256,9 @@ class Projector:
         self._ids = schema_ids(k.schema_registry)
         """Registry mode: the schema ids of Confluent-framed records (either framing is read)."""
         self._reader = StateReader(self.state_topic, ids=self._ids, **self._client)
+        self._checkpoints = CheckpointReader(
+            self.checkpoints_topic, self.events_topic, **self._client
+        )
         self._writer = StateWriter(
             schema_registry=k.schema_registry,
             state_topic=self.state_topic,
@@ -231,6 +277,8 @@ class Projector:
         self._lost_at: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._started = False
+        self._freezer = CatchUpFreezer()
+        self._catching_up = False
 
     # -- the read side (ingest.state.read_api) ---------------------------------------------------
 
@@ -303,6 +351,7 @@ class Projector:
         await self._writer.start()  # registry mode: a refused schema stops us here
         await self._ensure_state_topic()
         await self._reader.start()
+        await self._checkpoints.start(self.partition_count)
         consumer = AIOKafkaConsumer(
             group_id=self.settings.group_id,
             client_id=f"projector-{self.instance}",
@@ -310,6 +359,9 @@ class Projector:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=_MAX_POLL_RECORDS,
+            # as `ingest replay` reads: fewer, bigger fetches while catching up
+            fetch_max_bytes=64 * 1024 * 1024,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
             session_timeout_ms=self.settings.session_timeout_ms,
             heartbeat_interval_ms=max(300, self.settings.session_timeout_ms // 10),
             group_instance_id=self.settings.group_instance_id,
@@ -388,6 +440,7 @@ class Projector:
     async def _close_kafka(self) -> None:
         """Close the consumer, the transactional producers and the state reader (bounded: the
         cluster may be gone) and forget every partition."""
+        self._freezer.release()
         self.ready = False
         PROJECTOR_READY.set(0)
         consumer, self._consumer = self._consumer, None
@@ -395,6 +448,7 @@ class Projector:
             await close_consumer(consumer, _CLOSE_WITHIN)
         await self._writer.stop()
         await self._reader.stop()
+        await self._checkpoints.stop()
         for number in list(self.partitions):
             self._drop(number)
 
@@ -407,9 +461,12 @@ class Projector:
         count, replication = events
         self.partition_count = count
         spec = TopicSpec(self.state_topic, count, replication, {"cleanup.policy": "compact"})
+        specs = [spec, checkpoints_spec(self.checkpoints_topic, count, replication)]
         bootstrap = self._client["bootstrap_servers"]
         extra = {k: v for k, v in self._client.items() if k != "bootstrap_servers"}
-        await ensure_topics(bootstrap, [spec], **extra)
+        await ensure_topics(
+            bootstrap, specs if self.settings.checkpoints.enabled else [spec], **extra
+        )
         state = await describe_topic(self.state_topic, **self._client)
         if state is None or state[0] != count:
             raise ConfigError(
@@ -440,7 +497,8 @@ class Projector:
                             self._apply(tp, records[start : start + _APPLY_SLICE])
                             await asyncio.sleep(0)
                     await self._commit_due(force=False)
-                self._update_gauges(consumer)
+                self._catching_up = self._update_gauges(consumer) >= _CATCHING_UP
+                self._freezer.after_batch(self._catching_up)
             async with self._lock:
                 if self._failure is None and self._trouble is None:
                     await self._commit_due(force=True)
@@ -452,33 +510,53 @@ class Projector:
         owned = self.partitions.get(tp.partition)
         if owned is None or tp.topic != self.events_topic:
             return  # fetched before a rebalance took the partition away
-        projection, dirty, consumed = owned.projection, owned.dirty, 0
-        for message in records:
-            if message.offset < owned.next_offset:
-                continue  # applied already (a batch fetched before the last restore)
-            owned.next_offset = message.offset + 1
-            consumed += 1
-            record = _decode(message.value, self._ids)
+        apply, dirty, ids = owned.projection.apply, owned.dirty, self._ids
+        # counted here and added to the metrics once per slice: a labelled inc() per record was
+        # a tenth of the projector's time while catching up
+        events: dict[tuple[EventType, Outcome], int] = {}
+        snapshots: dict[Outcome, int] = {}
+        fresh = [m for m in records if m.offset >= owned.next_offset]
+        for message in fresh:
+            record = _decode(message.value, ids)
             if record is None:
                 continue
-            outcome = projection.apply(record)
+            outcome = apply(record)
             dirty.add(record.mailbox_id)
-            if isinstance(record, MailboxEvent):
-                PROJECTOR_EVENTS.labels(record.event_type.value, outcome.value).inc()
+            if type(record) is MailboxEvent:
+                key = (record.event_type, outcome)
+                events[key] = events.get(key, 0) + 1
             else:
-                PROJECTOR_SNAPSHOTS.labels(outcome.value).inc()
-        if consumed and not owned.pending:
+                snapshots[outcome] = snapshots.get(outcome, 0) + 1
+        if not fresh:
+            return  # applied already (a batch fetched before the last restore)
+        owned.next_offset = fresh[-1].offset + 1
+        stamps = [m.timestamp for m in fresh]
+        owned.checkpoint.saw(min(stamps), max(stamps))
+        for (event_type, outcome), count in events.items():
+            PROJECTOR_EVENTS.labels(event_type.value, outcome.value).inc(count)
+        for outcome, count in snapshots.items():
+            PROJECTOR_SNAPSHOTS.labels(outcome.value).inc(count)
+        if not owned.pending:
             owned.since = time.monotonic()
-        owned.pending += consumed
+        owned.pending += len(fresh)
 
     async def _commit_due(self, *, force: bool) -> None:
         now, s = time.monotonic(), self.settings
-        interval = s.commit_interval_ms / 1000
+        factor = _CATCH_UP_FACTOR if self._catching_up else 1
+        interval, most = factor * s.commit_interval_ms / 1000, factor * s.commit_max_records
+        checkpoint_due, wall = self.settings.checkpoints.due, time.time()
+        # a checkpoint that is due commits too: while catching up, commits are rarer than the
+        # checkpoint interval, which must still bound the records a replay folds after one
         due = [
             owned
             for owned in self.partitions.values()
             if owned.pending
-            and (force or owned.pending >= s.commit_max_records or now - owned.since >= interval)
+            and (
+                force
+                or owned.pending >= most
+                or now - owned.since >= interval
+                or checkpoint_due(owned.checkpoint, owned.next_offset, wall)
+            )
         ]
         if not due:
             return
@@ -494,13 +572,20 @@ class Projector:
         started = time.monotonic()
         states = []
         for mailbox_id in sorted(owned.dirty):
-            states.append(owned.projection.mailboxes[mailbox_id].to_record())
+            states.append(state_value(owned.projection.mailboxes[mailbox_id]))
             await asyncio.sleep(0)  # a big mailbox takes milliseconds; let heartbeats through
+        checkpoint = await self._checkpoint_due(owned, states)
+        written: list[Any] = []
+
+        async def also(producer: Any) -> None:
+            if checkpoint is not None:
+                written.append(await checkpoint.send(producer))
+
         try:
             # a transaction Kafka cannot finish (it went away) is given up well before the
             # coordinator would time it out and fence the producer: the partitions are rejoined
             async with asyncio.timeout(self.settings.transaction_timeout_ms / 2000):
-                await self._writer.commit(owned.number, states, owned.next_offset)
+                await self._writer.commit(owned.number, states, owned.next_offset, also=also)
         except TimeoutError as e:
             PROJECTOR_TRANSACTIONS.labels("aborted").inc()
             raise TransactionFailed(
@@ -515,13 +600,49 @@ class Projector:
         owned.dirty.clear()
         owned.pending = 0
         owned.committed_offset = owned.next_offset
+        if self.settings.checkpoints.enabled:
+            owned.encoded.update((s.mailbox_id, s.value) for s in states)
+        if checkpoint is not None and written:
+            owned.encoded.update(
+                (e.mailbox_id, e.state) for c in checkpoint.chunks for e in c.entries
+            )
+            owned.checkpoint.written(written[0])
+            PROJECTOR_CHECKPOINTS.inc()
+            PROJECTOR_CHECKPOINT_BYTES.inc(checkpoint.size)
 
-    def _update_gauges(self, consumer: AIOKafkaConsumer) -> None:
+    async def _checkpoint_due(
+        self, owned: OwnedPartition, states: Sequence[StateValue]
+    ) -> PendingCheckpoint | None:
+        """The partition's checkpoint, encoded, if this commit (writing `states`) is to carry
+        one. Mailboxes unchanged since their last commit keep that encoding."""
+        if not self.settings.checkpoints.due(owned.checkpoint, owned.next_offset, time.time()):
+            return None
+        started = time.monotonic()
+        fresh = {**owned.encoded, **{s.mailbox_id: s.value for s in states}}
+        checkpoint = await prepare(
+            topic=self.checkpoints_topic,
+            events_topic=self.events_topic,
+            partition=owned.number,
+            events_partitions=self.partition_count,
+            next_offset=owned.next_offset,
+            tracker=owned.checkpoint,
+            states=owned.projection.mailboxes,
+            encoded=fresh,
+        )
+        PROJECTOR_CHECKPOINT_SECONDS.observe(time.monotonic() - started)
+        return checkpoint
+
+    def _update_gauges(self, consumer: AIOKafkaConsumer) -> int:
+        """The lag gauges; the records behind in all owned partitions."""
+        behind = 0
         for number, owned in self.partitions.items():
             high = consumer.highwater(TopicPartition(self.events_topic, number))
             if high is not None:
-                PROJECTOR_LAG.labels(str(number)).set(max(0, high - owned.next_offset))
+                lag = max(0, high - owned.next_offset)
+                PROJECTOR_LAG.labels(str(number)).set(lag)
+                behind += lag
         PROJECTOR_MAILBOXES.set(sum(len(o.projection.mailboxes) for o in self.partitions.values()))
+        return behind
 
     def _fail(self, error: BaseException) -> None:
         if _recoverable(error) and not self._stopping.is_set():
@@ -571,6 +692,23 @@ class Projector:
         except Exception as e:
             self._fail(e)
 
+    async def _start_from_checkpoint(self, owned: OwnedPartition, manifest: Any) -> None:
+        """No offsets, no state (a new group, a lost state topic): begin at the newest checkpoint
+        instead of the log's beginning; its states go to the state topic with the first commit."""
+        states = await self._checkpoints.states(manifest)
+        owned.projection.mailboxes.update(states)
+        owned.next_offset = manifest.next_offset
+        owned.dirty.update(states)
+        owned.pending = 1  # committed at the first chance, even if no record follows
+        owned.since = time.monotonic()
+        log.info(
+            "partition %d has neither offsets nor state: starting from its checkpoint at offset "
+            "%d (%d mailboxes)",
+            owned.number,
+            manifest.next_offset,
+            len(states),
+        )
+
     def _drop(self, number: int) -> None:
         del self.partitions[number]
         with contextlib.suppress(KeyError):
@@ -596,17 +734,23 @@ class Projector:
             or self.partitions[n].committed_offset != committed[n]
         ]
         restored = await self._reader.read(stale)
+        newest = await self._checkpoints.manifests(stale)
         for number in stale:
             projection = Projection()
             for record in restored[number].values():
                 projection.load(record)
             PROJECTOR_RESTORED.inc(len(restored[number]))
             start = max(0, committed[number])
-            self.partitions[number] = OwnedPartition(number, projection, start, committed[number])
+            latest = newest[number][-1] if newest[number] else None
+            owned = OwnedPartition(number, projection, start, committed[number])
+            if committed[number] < 0 and not restored[number] and latest is not None:
+                await self._start_from_checkpoint(owned, latest)
+            owned.checkpoint = Tracker.resumed(owned.next_offset, latest)
+            self.partitions[number] = owned
         for number in numbers:
             tp = TopicPartition(self.events_topic, number)
-            if committed[number] >= 0:
-                consumer.seek(tp, committed[number])
+            if self.partitions[number].next_offset > 0:
+                consumer.seek(tp, self.partitions[number].next_offset)
             else:
                 await consumer.seek_to_beginning(tp)
         PROJECTOR_PARTITIONS.set(len(self.partitions))

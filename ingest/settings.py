@@ -385,6 +385,9 @@ class KafkaSettings:
     request_timeout_ms: int
     schema_registry: SchemaRegistrySettings | None = None
     """Set: registry mode (Confluent wire format); None: Avro single-object encoding."""
+    checkpoints_topic: str = ""
+    """KAFKA_CHECKPOINTS_TOPIC: the projector's checkpoints (default: the state topic's name
+    + `-checkpoints`)."""
 
     def client_kwargs(self) -> dict[str, Any]:
         """Connection keyword arguments for any aiokafka client (producer, consumer, admin)."""
@@ -636,7 +639,15 @@ def load_kafka(s: SettingsSource) -> KafkaSettings:
         compression=compression,
         request_timeout_ms=s.integer("KAFKA_REQUEST_TIMEOUT_MS", 40_000, minimum=1000),
         schema_registry=load_schema_registry(s),
+        checkpoints_topic=_checkpoints_topic(s, prefix),
     )
+
+
+def _checkpoints_topic(s: SettingsSource, prefix: str) -> str:
+    named = s.text("KAFKA_CHECKPOINTS_TOPIC")
+    if named:
+        return prefix + _topic(s, "KAFKA_CHECKPOINTS_TOPIC", named)
+    return prefix + _topic(s, "KAFKA_STATE_TOPIC", "mailbox-state") + "-checkpoints"
 
 
 def load_schema_registry(s: SettingsSource) -> SchemaRegistrySettings | None:

@@ -4,6 +4,10 @@
     ingest replay --bootstrap HOST:PORT --mailbox ID (--at TIME | --usn N | --offset P)
     ingest replay --bootstrap HOST:PORT --all [--at TIME] [--workers N|auto]   # every mailbox
     ingest replay … --format json|table
+    ingest replay … --no-checkpoints    # fold from the log's beginning, not from checkpoints
+
+Each partition starts from the projector's newest checkpoint at or before the bound
+(KAFKA_CHECKPOINTS_TOPIC) and folds only the records after it; the answer is the same.
 """
 
 from __future__ import annotations
@@ -91,6 +95,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     bound.add_argument("--offset", type=_non_negative, metavar="P", help="up to offset P")
     parser.add_argument("--format", choices=("json", "table"), default="json")
     parser.add_argument(
+        "--no-checkpoints",
+        dest="checkpoints",
+        action="store_false",
+        help="fold every partition from the log's beginning instead of from the projector's "
+        "newest checkpoint before the bound (KAFKA_CHECKPOINTS_TOPIC); same answer, slower",
+    )
+    parser.add_argument(
         "--workers",
         type=_workers,
         default=None,
@@ -134,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
                 progress=progress,
                 workers=args.workers,
                 schema_registry=kafka.schema_registry,
+                checkpoints=kafka.checkpoints_topic if args.checkpoints else None,
                 **client,
             )
         )

@@ -33,6 +33,10 @@ from ingest import speedups
 from ingest.errors import DecodeError
 from ingest.eventlog import wire
 from ingest.events import (
+    CheckpointChunk,
+    CheckpointChunkRef,
+    CheckpointEntry,
+    CheckpointManifest,
     DeadLetter,
     EventType,
     Folder,
@@ -48,7 +52,15 @@ from ingest.events import (
     UnparsedField,
 )
 
-Record = MailboxEvent | MailboxSnapshot | DeadLetter | MailboxStateRecord | MailboxRegistryEntry
+Record = (
+    MailboxEvent
+    | MailboxSnapshot
+    | DeadLetter
+    | MailboxStateRecord
+    | MailboxRegistryEntry
+    | CheckpointManifest
+    | CheckpointChunk
+)
 """Everything the codec encodes."""
 
 MAGIC = wire.MAGIC
@@ -72,6 +84,16 @@ _FILES: dict[type, tuple[str, str, RecordKind]] = {
         "mailbox_registry.avsc",
         "cumi.pipeline.MailboxRegistryEntry",
         RecordKind.REGISTRY,
+    ),
+    CheckpointManifest: (
+        "checkpoint_manifest.avsc",
+        "cumi.pipeline.CheckpointManifest",
+        RecordKind.CHECKPOINT,
+    ),
+    CheckpointChunk: (
+        "checkpoint_chunk.avsc",
+        "cumi.pipeline.CheckpointChunk",
+        RecordKind.CHECKPOINT_CHUNK,
     ),
 }
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -249,6 +271,10 @@ def timestamp_ms(record: Record) -> int:
         moment = record.received_at
     elif isinstance(record, MailboxRegistryEntry):
         moment = record.updated_at
+    elif isinstance(record, CheckpointManifest):
+        moment = record.written_at
+    elif isinstance(record, CheckpointChunk):
+        return 0  # its manifest's written_at: the writer sets it (ingest.state.checkpoints)
     else:
         moment = record.updated_at or _EPOCH
     if moment.tzinfo is None:
@@ -597,12 +623,42 @@ def _fast_event_writer(header: bytes) -> Callable[[MailboxEvent], bytes]:
     return write
 
 
+_chunk_ref_dict = _flat(CheckpointChunkRef)
+_entry_dict = _flat(CheckpointEntry)
+
+
+def _manifest_to_avro(manifest: CheckpointManifest) -> dict[str, Any]:
+    datum = _flat(CheckpointManifest)(manifest)
+    datum["chunks"] = [_chunk_ref_dict(c) for c in manifest.chunks]
+    for name in ("first_time", "last_time", "written_at"):
+        datum[name] = _utc(datum[name])
+    return datum
+
+
+def _manifest_from_avro(datum: dict[str, Any]) -> CheckpointManifest:
+    datum["chunks"] = tuple(CheckpointChunkRef(**c) for c in datum["chunks"])
+    return CheckpointManifest(**datum)
+
+
+def _chunk_to_avro(chunk: CheckpointChunk) -> dict[str, Any]:
+    datum = _flat(CheckpointChunk)(chunk)
+    datum["entries"] = [_entry_dict(e) for e in chunk.entries]
+    return datum
+
+
+def _chunk_from_avro(datum: dict[str, Any]) -> CheckpointChunk:
+    datum["entries"] = tuple(CheckpointEntry(**e) for e in datum["entries"])
+    return CheckpointChunk(**datum)
+
+
 _TO_AVRO: dict[type, Callable[[Any], dict[str, Any]]] = {
     MailboxEvent: _event_to_avro,
     MailboxSnapshot: _snapshot_to_avro,
     DeadLetter: _dead_letter_to_avro,
     MailboxStateRecord: _state_to_avro,
     MailboxRegistryEntry: _registry_entry_to_avro,
+    CheckpointManifest: _manifest_to_avro,
+    CheckpointChunk: _chunk_to_avro,
 }
 _FROM_AVRO: dict[type, Callable[[dict[str, Any]], Record]] = {
     MailboxEvent: _event_from_avro,
@@ -610,4 +666,6 @@ _FROM_AVRO: dict[type, Callable[[dict[str, Any]], Record]] = {
     DeadLetter: _dead_letter_from_avro,
     MailboxStateRecord: _state_from_avro,
     MailboxRegistryEntry: _registry_entry_from_avro,
+    CheckpointManifest: _manifest_from_avro,
+    CheckpointChunk: _chunk_from_avro,
 }

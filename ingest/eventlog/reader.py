@@ -1,4 +1,5 @@
-"""Reading the events topic: its records decoded, fast, for the projector and replay.
+"""Reading the events topic: its records decoded, fast, for the projector and replay (and the
+mailbox states checkpoints hold: `decode_state_record`).
 
 `decode_log_record(value)` returns the `MailboxEvent` or `MailboxSnapshot` a record of the events
 topic holds, None for anything else (a dead letter or state record that does not belong there).
@@ -26,12 +27,16 @@ import datetime as dt
 from collections.abc import Callable
 
 from ingest import speedups
+from ingest.errors import DecodeError
 from ingest.eventlog import codec, wire
 from ingest.events import (
     EventType,
+    Folder,
     MailboxEvent,
     MailboxSnapshot,
+    MailboxStateRecord,
     MessageInfo,
+    MessageStateRecord,
     RepairReason,
     SnapshotMessage,
     UnparsedField,
@@ -393,6 +398,159 @@ def _optional_moment(data: bytes, pos: int) -> tuple[dt.datetime | None, int]:
     return _moment(millis), pos
 
 
+# --- states (the checkpoints' entries) ------------------------------------------------------
+
+_STATE_HEADER = wire.header(wire.FAST_STATE_SCHEMA)
+_FOLDERS: tuple[Folder, ...] = tuple(Folder)
+_MailboxStateRecord = fast_constructor(MailboxStateRecord)
+_MessageStateRecord = fast_constructor(MessageStateRecord)
+_applied_sets: dict[bytes, tuple[EventType, ...]] = {}
+"""Encoded `applied` arrays → decoded: a handful of distinct ones (the EventTypes of one change)."""
+
+
+def decode_state_record(value: bytes) -> MailboxStateRecord:
+    """The MailboxState in a single-object encoded value (any released version). Raises
+    `DecodeError`. Today's schema is read by a straight-line reader (a few times faster than
+    fastavro plus the dict-to-dataclass step); anything else goes to `codec.decode`."""
+    if _FAST_STATES and value.startswith(_STATE_HEADER):
+        try:
+            return _read_state(value, _START)
+        except _MISREAD:
+            pass  # let the codec say what is wrong with it
+    record = codec.decode(value)
+    if not isinstance(record, MailboxStateRecord):
+        raise DecodeError(f"a {type(record).__name__} record, not a MailboxState")
+    return record
+
+
+def _read_state(data: bytes, pos: int) -> MailboxStateRecord:
+    """The body after the header, field by field as mailbox_state.avsc (v2) orders them."""
+    mailbox_id, pos = _string(data, pos)
+    usn, pos = _long(data, pos)
+    snapshot_usn, pos = _long(data, pos)
+    updated_at, pos = _optional_moment(data, pos)
+    messages: list[MessageStateRecord] = []
+    count, pos = _long(data, pos)
+    while count:
+        if count < 0:  # a block that gives its size in bytes too
+            count = -count
+            _, pos = _long(data, pos)
+        for _ in range(count):
+            message, pos = _read_message_state(data, pos)
+            messages.append(message)
+        count, pos = _long(data, pos)
+    events_applied, pos = _long(data, pos)
+    duplicates, pos = _long(data, pos)
+    stale, pos = _long(data, pos)
+    snapshots_applied, pos = _long(data, pos)
+    if pos != len(data):
+        raise ValueError("not exactly one MailboxState")
+    return _MailboxStateRecord(
+        mailbox_id,
+        usn,
+        tuple(messages),
+        snapshot_usn,
+        updated_at,
+        events_applied,
+        duplicates,
+        stale,
+        snapshots_applied,
+    )
+
+
+def _read_message_state(data: bytes, pos: int) -> tuple[MessageStateRecord, int]:
+    size = data[pos]
+    if size & 0x81:
+        message_id, pos = _string(data, pos)
+    else:  # the usual short id: its length in one byte
+        start, pos = pos + 1, pos + 1 + (size >> 1)
+        message_id = data[start:pos].decode()
+    folder = _FOLDERS[_index(data[pos])]
+    read = data[pos + 1]
+    if read > 1:
+        raise ValueError("not a boolean")
+    usn, pos = _long(data, pos + 2)
+    applied, pos = _applied(data, pos)
+    base_folder = _FOLDERS[_index(data[pos])]
+    base_read = data[pos + 1]
+    if base_read > 1:
+        raise ValueError("not a boolean")
+    base_read_usn, pos = _long(data, pos + 2)
+    # the message info: strings that repeat (senders, types), then the receive time
+    caller_ani, pos = _optional_string(data, pos)
+    sender, pos = _optional_string(data, pos)
+    msg_type, pos = _optional_string(data, pos)
+    priority, pos = _optional_string(data, pos)
+    receive_time: dt.datetime | None
+    if data[pos] == 2 and pos + 1 + _STAMP <= len(data):
+        receive_time, pos = _stamp(data, pos + 1)
+    else:
+        receive_time, pos = _optional_moment(data, pos)
+    receive_time_raw, pos = _optional_string(data, pos)
+    message = _MessageStateRecord(
+        message_id,
+        folder,
+        read == 1,
+        usn,
+        applied,
+        base_folder,
+        base_read == 1,
+        base_read_usn,
+        caller_ani,
+        sender,
+        msg_type,
+        priority,
+        receive_time,
+        receive_time_raw,
+    )
+    return message, pos
+
+
+def _applied(data: bytes, pos: int) -> tuple[tuple[EventType, ...], int]:
+    """An array of EventType symbols, in the one-block layout a writer uses (else the general
+    way)."""
+    count = data[pos]
+    if not count & 0x81 and count:  # one block of fewer than 64 one-byte symbols, then 0
+        end = pos + 1 + (count >> 1)
+        if data[end] == 0:
+            key = data[pos : end + 1]
+            found = _applied_sets.get(key)
+            if found is None:
+                found = tuple(_TYPES[_index(b)] for b in key[1:-1])
+                _applied_sets[key] = found
+            return found, end + 1
+    types: list[EventType] = []
+    count, pos = _long(data, pos)
+    while count:
+        if count < 0:
+            count = -count
+            _, pos = _long(data, pos)
+        for _ in range(count):
+            index, pos = _long(data, pos)
+            if index < 0:
+                raise ValueError("enum index")
+            types.append(_TYPES[index])
+        count, pos = _long(data, pos)
+    return tuple(types), pos
+
+
+def _index(byte: int) -> int:
+    """An enum symbol's index written in one byte (zig-zag, < 64)."""
+    if byte & 0x81:
+        raise ValueError("enum index")
+    return byte >> 1
+
+
+def _states_readable() -> bool:
+    schema = codec.load_schema("mailbox_state.avsc")
+    message = schema["fields"][4]["type"]["items"]
+    return (
+        codec.fingerprint(MailboxStateRecord) == wire.FAST_STATE_SCHEMA
+        and message["fields"][1]["type"]["symbols"] == [f.value for f in _FOLDERS]
+        and message["fields"][4]["type"]["items"]["symbols"] == [t.value for t in _TYPES]
+    )
+
+
 _FAST_EVENTS = speedups.ENABLED and _events_readable()
 _FAST_SNAPSHOTS = speedups.ENABLED and _snapshots_readable()
 _FAST: dict[bytes, Callable[[bytes, int], MailboxEvent | MailboxSnapshot]] = {}
@@ -403,3 +561,4 @@ if _FAST_EVENTS:
 if _FAST_SNAPSHOTS:
     _FAST[wire.FAST_SNAPSHOT_SCHEMA] = _read_snapshot
 _FAST_EVENT_READER = _FAST.get(wire.FAST_EVENT_SCHEMA)
+_FAST_STATES = speedups.ENABLED and _states_readable()

@@ -6,6 +6,7 @@
 | `mailbox-events-dlq` | none      | 1          | delete, 30 days: rejected raw payloads          |
 | `mailbox-state`      | MailboxId | as events  | compact: latest folder state per mailbox        |
 | `mailbox-registry`   | MailboxId | 24         | compact: which mailboxes to watch               |
+| `…-checkpoints`      | see below | 2 x events | delete, 90 days: the projector's checkpoints    |
 
 The events topic keeps everything because replay (state as of a past time, USN or offset) folds the
 log from its beginning; operators who accept a bounded replay window set `events_retention_ms`.
@@ -16,6 +17,10 @@ The registry's partitions are the unit by which the worker group shares the mail
 any other count up to 24 the busiest worker carries at most one partition (~4 % of the mailboxes)
 more than another. Like the events topic's, the count must not change once the topic holds data: a
 key would move to another partition while its older records stay in the old one.
+The checkpoints topic (ingest.state.checkpoints) has two partitions per events partition p: p holds
+the small manifests, events partitions + p the chunks of mailbox states they point to, so a reader
+lists the checkpoints of p by reading a small partition. Its name defaults to the state topic's
+with `-checkpoints`: checkpoints belong to the state (same writer, same transactions).
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ log = logging.getLogger(__name__)
 EVENTS_PARTITIONS = 12
 REGISTRY_PARTITIONS = 24
 DLQ_RETENTION_MS = 30 * 24 * 3600 * 1000
+CHECKPOINTS_RETENTION_MS = 90 * 24 * 3600 * 1000
+"""Checkpoints are stamped with the time they were written: each is kept 90 days."""
 READY_TIMEOUT_S = 30.0
 _TOPIC_ALREADY_EXISTS = 36
 _UNKNOWN_TOPIC = 3
@@ -48,12 +55,18 @@ _INVALID_DEFINITION = {37, 38, 40, 41}  # partitions, replication factor, config
 
 @dataclass(frozen=True, slots=True)
 class TopicNames:
-    """The four topic names; `TopicNames.with_prefix("t-1234-")` for isolated tests or tenants."""
+    """The topic names; `TopicNames.with_prefix("t-1234-")` for isolated tests or tenants."""
 
     events: str = "mailbox-events"
     dlq: str = "mailbox-events-dlq"
     state: str = "mailbox-state"
     registry: str = "mailbox-registry"
+    checkpoints: str = ""
+    """Empty: `checkpoints_topic_of(state)`."""
+
+    def __post_init__(self) -> None:
+        if not self.checkpoints:
+            object.__setattr__(self, "checkpoints", checkpoints_topic_of(self.state))
 
     @classmethod
     def with_prefix(cls, prefix: str) -> TopicNames:
@@ -65,8 +78,33 @@ class TopicNames:
             registry=prefix + default.registry,
         )
 
-    def all(self) -> tuple[str, str, str, str]:
-        return (self.events, self.dlq, self.state, self.registry)
+    def all(self) -> tuple[str, ...]:
+        return (self.events, self.dlq, self.state, self.registry, self.checkpoints)
+
+
+def checkpoints_topic_of(state_topic: str) -> str:
+    """The default name of the checkpoints topic of a state topic."""
+    return f"{state_topic}-checkpoints"
+
+
+def checkpoints_spec(
+    name: str,
+    events_partitions: int,
+    replication: int = 1,
+    retention_ms: int = CHECKPOINTS_RETENTION_MS,
+) -> TopicSpec:
+    """Two partitions per events partition (manifests, then chunks; see the module docstring);
+    CreateTime: records are stamped when the projector wrote them (retention goes by that)."""
+    return TopicSpec(
+        name,
+        2 * events_partitions,
+        replication,
+        {
+            "cleanup.policy": "delete",
+            "retention.ms": str(retention_ms),
+            "message.timestamp.type": "CreateTime",
+        },
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +152,7 @@ def default_specs(
         ),
         TopicSpec(names.state, events_partitions, replication, compact),
         TopicSpec(names.registry, REGISTRY_PARTITIONS, replication, compact),
+        checkpoints_spec(names.checkpoints, events_partitions, replication),
     ]
 
 

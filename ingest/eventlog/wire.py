@@ -43,6 +43,9 @@ FAST_EVENT_SCHEMA_V1 = bytes.fromhex("5be9f43649860e88")
 before v2): it differs in two fields' types and the absence of `unparsed`."""
 FAST_SNAPSHOT_SCHEMA = bytes.fromhex("fb1721ab5af3fe8c")
 """The MailboxSnapshot schema (schemas/mailbox_snapshot.avsc) the fast reader was written for."""
+FAST_STATE_SCHEMA = bytes.fromhex("71232fc08fa27564")
+"""The MailboxState schema (schemas/mailbox_state.avsc v2) the fast state reader was written for
+(checkpoints hold thousands of states: `ingest replay` from a checkpoint decodes them all)."""
 
 
 def schema_fingerprint(schema: Mapping[str, Any]) -> bytes:

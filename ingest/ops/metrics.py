@@ -308,6 +308,22 @@ PROJECTOR_STATES_WRITTEN = Counter(
     "Mailbox state records written to the state topic in committed transactions.",
     registry=PROJECTOR_REGISTRY,
 )
+PROJECTOR_CHECKPOINTS = Counter(
+    "cumi_projector_checkpoints_total",
+    "Checkpoints of a partition's state committed to the checkpoints topic.",
+    registry=PROJECTOR_REGISTRY,
+)
+PROJECTOR_CHECKPOINT_BYTES = Counter(
+    "cumi_projector_checkpoint_bytes_total",
+    "Bytes of mailbox states in committed checkpoints.",
+    registry=PROJECTOR_REGISTRY,
+)
+PROJECTOR_CHECKPOINT_SECONDS = Histogram(
+    "cumi_projector_checkpoint_seconds",
+    "Time to encode one partition's checkpoint (every mailbox state), before its transaction.",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    registry=PROJECTOR_REGISTRY,
+)
 PROJECTOR_MAILBOXES = Gauge(
     "cumi_projector_mailboxes",
     "Mailboxes in this instance's state (of the partitions it owns).",

@@ -30,19 +30,22 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 
 from ingest.errors import BrokerError, DecodeError, IngestError
-from ingest.eventlog import codec
+from ingest.eventlog import codec, wire
 from ingest.eventlog.clients import abandon, close_consumer, pace_metadata
+from ingest.eventlog.reader import decode_state_record
 from ingest.eventlog.schema_registry import register_writers
 from ingest.eventlog.topics import describe_topic
 from ingest.events import MailboxStateRecord
 from ingest.settings import SchemaRegistrySettings
+from ingest.state.projection import MailboxState
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,42 @@ class TransactionFailed(BrokerError):
 def transactional_id(prefix: str, events_topic: str, partition: int) -> str:
     """Stable per events partition, the same on every instance (see the module docstring)."""
     return f"{prefix}.{events_topic}.{partition}"
+
+
+# --- one mapping: a mailbox's state ⇄ a state-topic value ---------------------------------------
+
+
+def encode_state(state: MailboxState) -> bytes:
+    """A mailbox's folded state as a state-topic value (Avro single-object encoding). Whatever
+    else stores states (checkpoints) stores these bytes, so the state schema has one mapping."""
+    return codec.encode(state.to_record())
+
+
+@dataclass(frozen=True, slots=True)
+class StateValue:
+    """One mailbox's state, encoded once (`state_value`) for the state topic and checkpoints."""
+
+    mailbox_id: str
+    value: bytes
+    """`encode_state`: single-object encoding (the writer reframes it in registry mode)."""
+    timestamp_ms: int
+    """The record timestamp: the state's `updated_at`."""
+
+
+def state_value(state: MailboxState) -> StateValue:
+    record = state.to_record()
+    return StateValue(state.mailbox_id, codec.encode(record), codec.timestamp_ms(record))
+
+
+def decode_state(value: bytes, ids: codec.SchemaIds | None = None) -> MailboxState:
+    """The state in a state-topic value of any released state schema, either framing. Raises
+    `DecodeError` for anything else."""
+    if ids is None:  # single-object, as checkpoints hold them: the fast reader's case
+        return MailboxState.from_record(decode_state_record(value))
+    record = codec.decode(value, ids)
+    if not isinstance(record, MailboxStateRecord):
+        raise DecodeError(f"a {type(record).__name__} record, not a MailboxState")
+    return MailboxState.from_record(record)
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -273,18 +312,25 @@ class StateWriter:
         await self.close(list(self._producers))
 
     async def commit(
-        self, partition: int, states: Sequence[MailboxStateRecord], next_offset: int
+        self,
+        partition: int,
+        states: Sequence[StateValue],
+        next_offset: int,
+        *,
+        also: Callable[[AIOKafkaProducer], Awaitable[object]] | None = None,
     ) -> None:
         """One transaction: `states` to state partition `partition`, and the group's committed
         offset of events partition `partition` set to `next_offset`. Raises `Fenced` when another
-        instance owns the partition now, `TransactionFailed` when the transaction was aborted."""
+        instance owns the partition now, `TransactionFailed` when the transaction was aborted.
+
+        `also` sends more records in the same transaction (a checkpoint), after the states are
+        acknowledged and before the offset: all of it is committed, or none."""
         producer = self._producers.get(partition)
         if producer is None:
             raise TransactionFailed(f"no producer for partition {partition} (not owned)")
         offsets = {TopicPartition(self.events_topic, partition): next_offset}
-        if self._encoder is None:
-            raise RuntimeError("StateWriter is not started")
-        encode = self._encoder.encode
+        frame = self._framing()
+        headers = codec.kafka_headers(_HEADERS_OF)
         sent: list[asyncio.Future[Any]] = []
         try:
             await producer.begin_transaction()
@@ -292,15 +338,17 @@ class StateWriter:
                 sent.append(
                     await producer.send(
                         self.state_topic,
-                        encode(state),
+                        frame + state.value[wire.HEADER_SIZE :] if frame else state.value,
                         key=state.mailbox_id.encode(),
                         partition=partition,
-                        timestamp_ms=codec.timestamp_ms(state) or None,
-                        headers=codec.kafka_headers(state),
+                        timestamp_ms=state.timestamp_ms or None,
+                        headers=headers,
                     )
                 )
                 await asyncio.sleep(0)  # encoding is CPU work: let heartbeats through
             await asyncio.gather(*sent)
+            if also is not None:
+                await also(producer)
             await producer.send_offsets_to_transaction(offsets, self.group_id)
             await producer.commit_transaction()
         except ProducerFenced as e:
@@ -313,6 +361,15 @@ class StateWriter:
             _consume_failures(sent)
             await self._abort(partition, producer)
             raise TransactionFailed(f"state transaction of partition {partition}: {e!r}") from e
+
+    def _framing(self) -> bytes:
+        """b"": values go as they are (single-object); else the Confluent header that replaces
+        their single-object one (registry mode: the Avro body is the same bytes)."""
+        if self._encoder is None:
+            raise RuntimeError("StateWriter is not started")
+        if not self._encoder.confluent:
+            return b""
+        return wire.confluent_header(self._encoder.schema_ids[MailboxStateRecord])
 
     async def _abort(self, partition: int, producer: AIOKafkaProducer) -> None:
         try:
@@ -335,6 +392,10 @@ class StateWriter:
         )
         pace_metadata(producer.client)
         return producer
+
+
+_HEADERS_OF = MailboxStateRecord("", 0, ())
+"""Any state record: the headers (kind, fingerprint) are the same for all."""
 
 
 def _consume_failures(futures: Iterable[asyncio.Future[Any]]) -> None:

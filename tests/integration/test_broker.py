@@ -121,7 +121,7 @@ class TestTopics:
             again = await ensure_topics(kafka_bootstrap, default_specs(names, events_partitions=4))
         assert again == []
         mismatches = [r.getMessage() for r in caplog.records if "partitions" in r.getMessage()]
-        assert len(mismatches) == 2  # events and state; left as they are
+        assert len(mismatches) == 3  # events, state and checkpoints; left as they are
         described = await describe(kafka_bootstrap, [names.events])
         assert described[names.events]["partitions"] == 12
 

@@ -13,6 +13,10 @@ import fastavro
 import pytest
 
 from ingest.events import (
+    CheckpointChunk,
+    CheckpointChunkRef,
+    CheckpointEntry,
+    CheckpointManifest,
     DeadLetter,
     EventType,
     Folder,
@@ -100,6 +104,10 @@ MIRRORS: list[tuple[str, str, type]] = [
     ("mailbox_state.avsc", "MailboxState", MailboxStateRecord),
     ("mailbox_state.avsc", "MessageState", MessageStateRecord),
     ("mailbox_registry.avsc", "MailboxRegistryEntry", MailboxRegistryEntry),
+    ("checkpoint_manifest.avsc", "CheckpointManifest", CheckpointManifest),
+    ("checkpoint_manifest.avsc", "CheckpointChunkRef", CheckpointChunkRef),
+    ("checkpoint_chunk.avsc", "CheckpointChunk", CheckpointChunk),
+    ("checkpoint_chunk.avsc", "CheckpointEntry", CheckpointEntry),
 ]
 
 # (schema file, Avro enum name) → the Python enum that must match it symbol for symbol

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from ingest.errors import ConfigError
-from ingest.eventlog.topics import DLQ_RETENTION_MS, TopicNames, TopicSpec, default_specs
+from ingest.eventlog.topics import (
+    CHECKPOINTS_RETENTION_MS,
+    DLQ_RETENTION_MS,
+    TopicNames,
+    TopicSpec,
+    default_specs,
+)
 
 
 class TestTopicNames:
@@ -15,7 +21,12 @@ class TestTopicNames:
             "mailbox-events-dlq",
             "mailbox-state",
             "mailbox-registry",
+            "mailbox-state-checkpoints",
         )
+
+    def test_checkpoints_follow_the_state_topic_unless_named(self) -> None:
+        assert TopicNames(state="s").checkpoints == "s-checkpoints"
+        assert TopicNames(checkpoints="c").checkpoints == "c"
 
     def test_prefix_applies_to_every_topic(self) -> None:
         names = TopicNames.with_prefix("acme.")
@@ -42,6 +53,15 @@ class TestDefaultSpecs:
         specs = self.specs(events_partitions=7)
         assert specs["p-mailbox-state"].config == {"cleanup.policy": "compact"}
         assert specs["p-mailbox-state"].partitions == specs["p-mailbox-events"].partitions == 7
+
+    def test_checkpoints_have_two_partitions_per_events_partition(self) -> None:
+        spec = self.specs(events_partitions=7)["p-mailbox-state-checkpoints"]
+        assert spec.partitions == 14
+        assert spec.config == {
+            "cleanup.policy": "delete",
+            "retention.ms": str(CHECKPOINTS_RETENTION_MS),
+            "message.timestamp.type": "CreateTime",
+        }
 
     def test_registry_is_compacted(self) -> None:
         assert self.specs()["p-mailbox-registry"].config == {"cleanup.policy": "compact"}
