@@ -11,7 +11,7 @@ from ingest.eventlog.provision import Fix, TopicState, plan
 from ingest.eventlog.topics import TopicNames, TopicSpec, default_specs, describe_existing
 
 SPECS = default_specs(TopicNames(), replication=3)
-EVENTS, DLQ, STATE, REGISTRY = SPECS
+EVENTS, DLQ, STATE, REGISTRY, CHECKPOINTS = SPECS
 
 
 def state_of(spec: TopicSpec, **changes: Any) -> TopicState:

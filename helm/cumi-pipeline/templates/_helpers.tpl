@@ -214,6 +214,7 @@ topics hook Job.
 {{- include "cumi-pipeline.optionalEnv" (list "KAFKA_DLQ_TOPIC" .Values.kafka.topics.deadLetter) }}
 {{- include "cumi-pipeline.optionalEnv" (list "KAFKA_STATE_TOPIC" .Values.kafka.topics.state) }}
 {{- include "cumi-pipeline.optionalEnv" (list "KAFKA_REGISTRY_TOPIC" .Values.kafka.topics.registry) }}
+{{- include "cumi-pipeline.optionalEnv" (list "KAFKA_CHECKPOINTS_TOPIC" .Values.kafka.topics.checkpoints) }}
 {{- with .Values.kafka.schemaRegistry }}
 {{- if .url }}
 - name: KAFKA_SCHEMA_REGISTRY_URL
