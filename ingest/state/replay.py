@@ -290,7 +290,8 @@ async def _from_checkpoints(
         await reader.stop()
     if load:
         skipped = sum(begin[tp] - starts[tp] for tp in tps)
-        log.info(
+        log.log(
+            logging.INFO if skipped else logging.DEBUG,
             "%d of %d partitions start from a checkpoint (%d mailbox states): %d records "
             "skipped, %d to fold",
             sum(begin[tp] > starts[tp] for tp in tps),

@@ -62,7 +62,7 @@ class TestCommand:
         before = await ingest("topics", "check", "--json", env=env)
         assert before.code == Exit.DRIFT, before.err
         report = json.loads(before.out)
-        assert [t["exists"] for t in report["topics"]] == [False] * 4
+        assert [t["exists"] for t in report["topics"]] == [False] * 5
         assert f"ingest topics: {names.events}: missing; `ingest topics apply` creates it" in (
             before.err
         )
@@ -81,6 +81,7 @@ class TestCommand:
             names.dlq: (1, "delete"),
             names.state: (12, "compact"),
             names.registry: (24, "compact"),
+            names.checkpoints: (24, "delete"),
         }
 
     async def test_refused_difference_is_one_line_and_exit_4(
