@@ -208,6 +208,15 @@ class Folder(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class MessageChange:
+    """A change of a projected message kept for late events (schemas/mailbox_state.avsc)."""
+
+    usn: int
+    applied: tuple[EventType, ...]
+    """EventTypes applied at `usn` (sorted)."""
+
+
+@dataclass(frozen=True, slots=True)
 class MessageStateRecord:
     """One message of a projected mailbox (schemas/mailbox_state.avsc `MessageState`)."""
 
@@ -223,13 +232,20 @@ class MessageStateRecord:
     base_read: bool
     """Read flag before the change at `usn`."""
     base_read_usn: int = -1
-    """USN at which `base_read` was last asserted first-hand (an event, or a listing); -1: never."""
+    """v2's snapshot bookkeeping, superseded by the kept changes: read, no longer written (-1)."""
     caller_ani: str | None = None
     sender: str | None = None
     msg_type: str | None = None
     priority: str | None = None
     receive_time: dt.datetime | None = None
     receive_time_raw: str | None = None
+    earlier: tuple[MessageChange, ...] = ()
+    """Changes before `usn` kept so that a late event can be placed among them, oldest first."""
+    floor_folder: Folder = Folder.GONE
+    floor_read: bool = False
+    floor_usn: int | None = None
+    """The state the kept changes apply to, as of this USN (a listing; -1: never seen). None: a
+    record written before v3, whose base sums up everything before `usn`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +266,8 @@ class MailboxStateRecord:
     duplicates: int = 0
     stale: int = 0
     snapshots_applied: int = 0
+    snapshot_taken_at: dt.datetime | None = None
+    """`taken_at` of the snapshot at `snapshot_usn`: of two at one USN the later one wins."""
 
 
 @dataclass(frozen=True, slots=True)

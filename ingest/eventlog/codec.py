@@ -40,6 +40,7 @@ from ingest.events import (
     MailboxRegistryEntry,
     MailboxSnapshot,
     MailboxStateRecord,
+    MessageChange,
     MessageInfo,
     MessageStateRecord,
     RecordKind,
@@ -440,6 +441,7 @@ def _state_to_avro(state: MailboxStateRecord) -> dict[str, Any]:
         entry = _message_state_dict(message)
         entry["applied"] = list(message.applied)
         entry["receive_time"] = _utc(message.receive_time)
+        entry["earlier"] = [{"usn": c.usn, "applied": list(c.applied)} for c in message.earlier]
         messages.append(entry)
     return {
         "mailbox_id": state.mailbox_id,
@@ -451,6 +453,7 @@ def _state_to_avro(state: MailboxStateRecord) -> dict[str, Any]:
         "duplicates": state.duplicates,
         "stale": state.stale,
         "snapshots_applied": state.snapshots_applied,
+        "snapshot_taken_at": _utc(state.snapshot_taken_at),
     }
 
 
@@ -460,6 +463,11 @@ def _state_from_avro(datum: dict[str, Any]) -> MailboxStateRecord:
         entry["folder"] = Folder(entry["folder"])
         entry["base_folder"] = Folder(entry["base_folder"])
         entry["applied"] = tuple(EventType(t) for t in entry["applied"])
+        entry["earlier"] = tuple(
+            MessageChange(c["usn"], tuple(EventType(t) for t in c["applied"]))
+            for c in entry["earlier"]
+        )
+        entry["floor_folder"] = Folder(entry["floor_folder"])
         messages.append(MessageStateRecord(**entry))
     datum["messages"] = tuple(messages)
     return MailboxStateRecord(**datum)
