@@ -217,6 +217,19 @@ class MessageChange:
 
 
 @dataclass(frozen=True, slots=True)
+class KeptChanges:
+    """What a projected message keeps so that a late event can be placed in USN order
+    (schemas/mailbox_state.avsc `KeptChanges`)."""
+
+    earlier: tuple[MessageChange, ...]
+    """Changes before the message's `usn`, oldest first."""
+    floor_folder: Folder
+    floor_read: bool
+    floor_usn: int
+    """The state the changes apply to, as of this USN (a listing's; -1: none)."""
+
+
+@dataclass(frozen=True, slots=True)
 class MessageStateRecord:
     """One message of a projected mailbox (schemas/mailbox_state.avsc `MessageState`)."""
 
@@ -239,13 +252,8 @@ class MessageStateRecord:
     priority: str | None = None
     receive_time: dt.datetime | None = None
     receive_time_raw: str | None = None
-    earlier: tuple[MessageChange, ...] = ()
-    """Changes before `usn` kept so that a late event can be placed among them, oldest first."""
-    floor_folder: Folder = Folder.GONE
-    floor_read: bool = False
-    floor_usn: int | None = None
-    """The state the kept changes apply to, as of this USN (a listing; -1: never seen). None: a
-    record written before v3, whose base sums up everything before `usn`."""
+    kept: KeptChanges | None = None
+    """None: nothing before `usn` is kept (the base sums it up; events below `usn` are stale)."""
 
 
 @dataclass(frozen=True, slots=True)

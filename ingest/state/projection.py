@@ -53,6 +53,7 @@ from ingest import speedups
 from ingest.events import (
     EventType,
     Folder,
+    KeptChanges,
     MailboxEvent,
     MailboxSnapshot,
     MailboxStateRecord,
@@ -229,9 +230,15 @@ class MessageState:
             if stating:
                 if self.earlier:
                     self.earlier = ()
+                if self.floor_usn != -1:
+                    self._forget_floor()
             elif previous:  # the latest change becomes an earlier one, a stating one the first
                 change = (self.usn, previous)
-                self.earlier = (change,) if _stating(previous) else (*self.earlier, change)
+                if _stating(previous):
+                    self.earlier = (change,)
+                    self._forget_floor()
+                else:
+                    self.earlier = (*self.earlier, change)
             self.base_folder, self.base_read = self.folder, self.read
             self.applied, self.usn = alone, usn
             self.folder, self.read = _resolved(self.base_folder, self.base_read, alone)
@@ -241,8 +248,9 @@ class MessageState:
             if event_type in applied:
                 return _DUPLICATE
             applied = self.applied = _joined(applied, event_type)
-            if self.earlier and _stating(applied):
+            if _stating(applied):
                 self.earlier = ()
+                self._forget_floor()
             self.folder, self.read = _resolved(self.base_folder, self.base_read, applied)
             return _APPLIED
         return self._apply_late(event_type, usn)
@@ -271,9 +279,10 @@ class MessageState:
     def _refold(self, changes: list[Change]) -> None:
         """Set the state to the floor with `changes` (USN order, not empty) applied, keeping
         them from the latest stating one on."""
-        for index in range(len(changes) - 1, 0, -1):
+        for index in range(len(changes) - 1, -1, -1):
             if _stating(changes[index][1]):
                 del changes[:index]
+                self._forget_floor()
                 break
         folder, read = self.floor_folder, self.floor_read
         for _, types in changes[:-1]:
@@ -282,6 +291,11 @@ class MessageState:
         self.base_folder, self.base_read = folder, read
         self.usn, self.applied = changes[-1]
         self.folder, self.read = _resolved(folder, read, self.applied)
+
+    def _forget_floor(self) -> None:
+        """A stating change comes first: the floor cannot matter. Set to the default, so that
+        two equal states are equal objects and write equal records."""
+        self.floor_folder, self.floor_read, self.floor_usn = _GONE, False, -1
 
     def take_info(self, info: MessageInfo) -> None:
         """What the message's newest event says about it (present fields win)."""
@@ -356,10 +370,19 @@ class MessageState:
             priority=self.priority,
             receive_time=self.receive_time,
             receive_time_raw=self.receive_time_raw,
-            earlier=tuple(MessageChange(usn, tuple(sorted(types))) for usn, types in self.earlier),
-            floor_folder=self.floor_folder,
-            floor_read=self.floor_read,
-            floor_usn=self.floor_usn,
+            kept=self._kept(),
+        )
+
+    def _kept(self) -> KeptChanges | None:
+        """None when the record's base and USN say it all (`from_record`): most messages."""
+        earlier, applied = self.earlier, self.applied
+        if not earlier and (not applied or _stating(applied)):
+            return None
+        return KeptChanges(
+            tuple(MessageChange(usn, tuple(sorted(types))) for usn, types in earlier),
+            self.floor_folder,
+            self.floor_read,
+            self.floor_usn,
         )
 
     @classmethod
@@ -371,10 +394,6 @@ class MessageState:
             applied=_interned(frozenset(record.applied)),
             base_folder=record.base_folder,
             base_read=record.base_read,
-            earlier=tuple((c.usn, _interned(frozenset(c.applied))) for c in record.earlier),
-            floor_folder=record.floor_folder,
-            floor_read=record.floor_read,
-            floor_usn=record.floor_usn if record.floor_usn is not None else -1,
             caller_ani=record.caller_ani,
             sender=record.sender,
             msg_type=record.msg_type,
@@ -382,11 +401,22 @@ class MessageState:
             receive_time=record.receive_time,
             receive_time_raw=record.receive_time_raw,
         )
-        if record.floor_usn is None:
-            # written before the kept changes (state schema v3): the base sums up everything
-            # before the latest change, so only events from its USN on can still be placed
-            state.floor_folder, state.floor_read = record.base_folder, record.base_read
-            state.floor_usn = record.usn - 1
+        kept = record.kept
+        if kept is not None:
+            state.earlier = tuple((c.usn, _interned(frozenset(c.applied))) for c in kept.earlier)
+            state.floor_folder, state.floor_read = kept.floor_folder, kept.floor_read
+            state.floor_usn = kept.floor_usn
+        elif not state.applied:  # the state is a listing's
+            state.floor_folder, state.floor_read, state.floor_usn = (
+                state.folder,
+                state.read,
+                state.usn,
+            )
+        elif not _stating(state.applied):
+            # only from a record written before v3: the base sums up everything before the
+            # latest change, so only events from its USN on can still be placed
+            state.floor_folder, state.floor_read = state.base_folder, state.base_read
+            state.floor_usn = state.usn - 1
         return state
 
 

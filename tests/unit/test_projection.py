@@ -288,8 +288,9 @@ class TestSnapshots:
         mailbox = fold(*records).mailboxes["abell"]
         record = codec.decode(codec.encode(mailbox.to_record()))
         assert isinstance(record, MailboxStateRecord)
-        message = record.messages[0]
-        assert (message.floor_folder, message.floor_read, message.floor_usn) == (INBOX, True, 20)
+        kept = record.messages[0].kept
+        assert kept is not None
+        assert (kept.floor_folder, kept.floor_read, kept.floor_usn) == (INBOX, True, 20)
         restored = Projection()
         restored.load(record)
         for later in (ev(DMR, 40, "zz"), snap(30, {}, {"0:a": True, "0:zz": True})):
