@@ -436,6 +436,9 @@ def _dead_letter_from_avro(datum: dict[str, Any]) -> DeadLetter:
     return DeadLetter(**datum)
 
 
+_KEPT_CHANGES = "cumi.pipeline.KeptChanges"
+
+
 def _state_to_avro(state: MailboxStateRecord) -> dict[str, Any]:
     messages = []
     for message in state.messages:
@@ -444,12 +447,17 @@ def _state_to_avro(state: MailboxStateRecord) -> dict[str, Any]:
         entry["receive_time"] = _utc(message.receive_time)
         kept = message.kept
         if kept is not None:  # most messages keep nothing: None is written as null
-            entry["kept"] = {
-                "earlier": [{"usn": c.usn, "applied": c.applied} for c in kept.earlier],
-                "floor_folder": kept.floor_folder,
-                "floor_read": kept.floor_read,
-                "floor_usn": kept.floor_usn,
-            }
+            # the union branch named, not guessed: fastavro would validate the whole datum
+            # against the record to pick it, which costs more than writing it
+            entry["kept"] = (
+                _KEPT_CHANGES,
+                {
+                    "earlier": [{"usn": c.usn, "applied": c.applied} for c in kept.earlier],
+                    "floor_folder": kept.floor_folder,
+                    "floor_read": kept.floor_read,
+                    "floor_usn": kept.floor_usn,
+                },
+            )
         messages.append(entry)
     return {
         "mailbox_id": state.mailbox_id,
@@ -471,6 +479,10 @@ _EVENT_TYPES = {event_type.value: event_type for event_type in EventType}
 every message of every restored state."""
 
 
+_new_change = speedups.fast_constructor(MessageChange)
+_new_kept = speedups.fast_constructor(KeptChanges)
+
+
 def _event_types(symbols: list[str]) -> tuple[EventType, ...]:
     return tuple(_EVENT_TYPES[symbol] for symbol in symbols)
 
@@ -483,8 +495,8 @@ def _state_from_avro(datum: dict[str, Any]) -> MailboxStateRecord:
         entry["applied"] = _event_types(entry["applied"])
         kept = entry["kept"]
         if kept is not None:
-            entry["kept"] = KeptChanges(
-                tuple(MessageChange(c["usn"], _event_types(c["applied"])) for c in kept["earlier"]),
+            entry["kept"] = _new_kept(
+                tuple(_new_change(c["usn"], _event_types(c["applied"])) for c in kept["earlier"]),
                 _FOLDERS[kept["floor_folder"]],
                 kept["floor_read"],
                 kept["floor_usn"],

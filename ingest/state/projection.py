@@ -139,6 +139,8 @@ _RESOLVED: dict[tuple[Folder, bool, frozenset[EventType]], tuple[Folder, bool]] 
 """`resolve`'s answers: at most 3 * 2 * 2**9 of them, and the fold asks for the same few a million
 times (the dict lookup is a tenth of resolving again)."""
 _STATING_SETS: dict[frozenset[EventType], bool] = {}
+_SORTED: dict[frozenset[EventType], tuple[EventType, ...]] = {}
+"""A change's EventTypes as the state record lists them (sorted), per change set."""
 _JOINED: dict[tuple[frozenset[EventType], EventType], frozenset[EventType]] = {}
 """Change sets grown by one EventType, shared: a message holds one of ≤ 2**9 set objects, not a
 copy of its own (and a frozenset caches its hash, which the lookups above reuse)."""
@@ -161,6 +163,17 @@ def _memoised_stating(types: frozenset[EventType]) -> bool:
     return answer
 
 
+def _memoised_sorted(types: frozenset[EventType]) -> tuple[EventType, ...]:
+    answer = _SORTED.get(types)
+    if answer is None:
+        answer = _SORTED[types] = _sorted_plain(types)
+    return answer
+
+
+def _sorted_plain(types: frozenset[EventType]) -> tuple[EventType, ...]:
+    return tuple(sorted(types))
+
+
 def _memoised_join(types: frozenset[EventType], event_type: EventType) -> frozenset[EventType]:
     key = (types, event_type)
     joined = _JOINED.get(key)
@@ -179,10 +192,22 @@ def _interned(types: frozenset[EventType]) -> frozenset[EventType]:
 _resolved: Callable[[Folder, bool, frozenset[EventType]], tuple[Folder, bool]]
 _stating: Callable[[frozenset[EventType]], bool]
 _joined: Callable[[frozenset[EventType], EventType], frozenset[EventType]]
+_sorted: Callable[[frozenset[EventType]], tuple[EventType, ...]]
 if speedups.ENABLED:
-    _resolved, _stating, _joined = _memoised_resolve, _memoised_stating, _memoised_join
+    _resolved, _stating = _memoised_resolve, _memoised_stating
+    _joined, _sorted = _memoised_join, _memoised_sorted
 else:
-    _resolved, _stating, _joined = _resolve_change, is_stating, _joined_plain
+    _resolved, _stating, _joined, _sorted = (
+        _resolve_change,
+        is_stating,
+        _joined_plain,
+        _sorted_plain,
+    )
+
+_new_change = speedups.fast_constructor(MessageChange)
+_new_kept = speedups.fast_constructor(KeptChanges)
+"""The state records' parts, built for every kept message of every commit: without the frozen
+dataclass's `__init__` (test_fast_constructor holds the two together)."""
 
 _SOLO = {t: (_interned(frozenset((t,))), t in STATING) for t in EventType}
 """EventType → (the change made of it alone, whether it is stating): one lookup per event."""
@@ -356,12 +381,14 @@ class MessageState:
         }
 
     def to_record(self, message_id: str) -> MessageStateRecord:
+        earlier, applied = self.earlier, self.applied
+        keeps = earlier or (applied and not _stating(applied))
         return MessageStateRecord(
             message_id=message_id,
             folder=self.folder,
             read=self.read,
             usn=self.usn,
-            applied=tuple(sorted(self.applied)),
+            applied=_sorted(applied),
             base_folder=self.base_folder,
             base_read=self.base_read,
             caller_ani=self.caller_ani,
@@ -370,16 +397,13 @@ class MessageState:
             priority=self.priority,
             receive_time=self.receive_time,
             receive_time_raw=self.receive_time_raw,
-            kept=self._kept(),
+            # None when the base and USN say it all (`from_record`): most messages
+            kept=self._kept() if keeps else None,
         )
 
-    def _kept(self) -> KeptChanges | None:
-        """None when the record's base and USN say it all (`from_record`): most messages."""
-        earlier, applied = self.earlier, self.applied
-        if not earlier and (not applied or _stating(applied)):
-            return None
-        return KeptChanges(
-            tuple(MessageChange(usn, tuple(sorted(types))) for usn, types in earlier),
+    def _kept(self) -> KeptChanges:
+        return _new_kept(
+            tuple(_new_change(usn, _sorted(types)) for usn, types in self.earlier),
             self.floor_folder,
             self.floor_read,
             self.floor_usn,

@@ -15,7 +15,10 @@ if TYPE_CHECKING:
 
 from ingest.events import (
     EventType,
+    Folder,
+    KeptChanges,
     MailboxEvent,
+    MessageChange,
     MessageInfo,
     SnapshotMessage,
 )
@@ -30,6 +33,8 @@ CASES: list[tuple[type, tuple[object, ...]]] = [
         MailboxEvent,
         ("abell", 7, EventType.NEW_MESSAGE, T0, "raw", "sub", (INFO,), T0, None, "cuc1"),
     ),
+    (MessageChange, (3, (EventType.DELETED_MESSAGE, EventType.DELETED_MESSAGE_CREATE))),
+    (KeptChanges, ((MessageChange(2, (EventType.SAVED_MESSAGE,)),), Folder.INBOX, True, 1)),
 ]
 
 
