@@ -21,8 +21,10 @@ report and exits; with --follow it keeps consuming and prints the report every -
 It keeps everything in memory and uses no consumer group: a real deployment would store its
 aggregates together with the offsets they include (or rebuild them like this at start).
 
-Events are *state assertions* and can repeat, so the unread counts come from folding them per
-message, in USN order, the way docs/topics.md describes — never from adding +1/-1 per event.
+Events are *state assertions* and can repeat or arrive out of USN order, so the unread counts
+come from folding them per message in USN order, the way docs/topics.md describes (the same
+rules as the pipeline's own projection, so the same answer in any arrival order) — never from
+adding +1/-1 per event.
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ import json
 import sys
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,15 +151,50 @@ def _full_name(schema: dict[str, Any]) -> str:
 # --- the analytics ------------------------------------------------------------------------------
 
 
+# EventType → the read flag it asserts about the folder it names (None: carries the flag along)
+TO_INBOX: dict[str, bool | None] = {"NEW_MESSAGE": False, "SAVED_MESSAGE": True}
+TO_INBOX |= {"UNREAD_MESSAGE": False, "DELETED_MESSAGE_UNDELETE": None}
+TO_DELETED: dict[str, bool | None] = {"DELETED_MESSAGE_CREATE": None}
+TO_DELETED |= {"DELETED_MESSAGE_READ": True, "DELETED_MESSAGE_UNREAD": False}
+STATING = {t for t, flag in (*TO_INBOX.items(), *TO_DELETED.items()) if flag is not None}
+"""A change with one of these names a folder and a flag: nothing before it matters."""
+KNOWN = {*TO_INBOX, *TO_DELETED, "DELETED_MESSAGE", "DELETED_MESSAGE_DELETE"}
+
+
+def resolve(folder: str, read: bool, types: set[str]) -> tuple[str, bool]:
+    """A message after one change (the events sharing a USN), from its state before it."""
+    inbox = [TO_INBOX[t] for t in types if t in TO_INBOX]
+    deleted = [TO_DELETED[t] for t in types if t in TO_DELETED]
+    hard_delete = "DELETED_MESSAGE_DELETE" in types and not inbox
+    in_inbox = bool(inbox) or (folder == INBOX and not deleted)
+    in_inbox = in_inbox and "DELETED_MESSAGE" not in types and not hard_delete
+    in_deleted = bool(deleted) or (folder == DELETED and not inbox)
+    in_deleted = in_deleted and not types & {"DELETED_MESSAGE_DELETE", "DELETED_MESSAGE_UNDELETE"}
+    folder, said = (DELETED, deleted) if in_deleted else (INBOX, inbox) if in_inbox else (GONE, [])
+    flags = [f for f in said if f is not None] or [f for f in inbox + deleted if f is not None]
+    return folder, all(flags) if flags else read
+
+
 @dataclass
 class Message:
-    folder: str
-    read: bool
-    usn: int
-    """USN of the last change applied to this message: older assertions about it are stale."""
-    read_usn: int = -1
-    """USN at which an event (or a listing) last said read or unread: a delete only carries the
-    flag along, so a snapshot newer than this knows the flag better than we do."""
+    changes: dict[int, set[str]] = field(default_factory=dict)
+    """USN → the EventTypes at it: the changes since the latest stating one, in any order."""
+    floor: tuple[str, bool] = (GONE, False)
+    """The state the changes apply to: a snapshot's listing, or never seen (not listed)."""
+
+    def add(self, usn: int, event_type: str) -> None:
+        stating = [u for u, types in self.changes.items() if types & STATING]
+        if stating and usn < max(stating):
+            return  # older than a change that says everything: it cannot matter
+        self.changes.setdefault(usn, set()).add(event_type)
+        if event_type in STATING:
+            self.changes = {u: types for u, types in self.changes.items() if u >= usn}
+
+    def state(self) -> tuple[str, bool]:
+        folder, read = self.floor
+        for usn in sorted(self.changes):
+            folder, read = resolve(folder, read, self.changes[usn])
+        return folder, read
 
 
 @dataclass
@@ -166,33 +202,7 @@ class Mailbox:
     messages: dict[str, Message] = field(default_factory=dict)
     snapshot_usn: int = -1
     """USN of the newest snapshot applied: events at or below it are already reflected in it."""
-
-
-def _leave(folder: str, event_folder: str) -> str:
-    # only leaves `event_folder`: with a same-USN pair the other event may already have moved it
-    return GONE if folder in (event_folder, GONE) else folder
-
-
-ASSERTS_READ = {
-    "NEW_MESSAGE",
-    "SAVED_MESSAGE",
-    "UNREAD_MESSAGE",
-    "DELETED_MESSAGE_READ",
-    "DELETED_MESSAGE_UNREAD",
-}
-
-# EventType → (folder, read) after it, from (folder, read) before it (None: unknown message)
-EFFECTS: dict[str, Callable[[str, bool], tuple[str, bool]]] = {
-    "NEW_MESSAGE": lambda folder, read: (INBOX, False),
-    "SAVED_MESSAGE": lambda folder, read: (INBOX, True),
-    "UNREAD_MESSAGE": lambda folder, read: (INBOX, False),
-    "DELETED_MESSAGE": lambda folder, read: (_leave(folder, INBOX), read),
-    "DELETED_MESSAGE_CREATE": lambda folder, read: (DELETED, read),
-    "DELETED_MESSAGE_READ": lambda folder, read: (DELETED, True),
-    "DELETED_MESSAGE_UNREAD": lambda folder, read: (DELETED, False),
-    "DELETED_MESSAGE_DELETE": lambda folder, read: (_leave(folder, DELETED), read),
-    "DELETED_MESSAGE_UNDELETE": lambda folder, read: (_leave(folder, DELETED), read),
-}
+    snapshot_taken: dt.datetime | None = None
 
 
 class Analytics:
@@ -214,42 +224,34 @@ class Analytics:
     def apply_event(self, event: dict[str, Any]) -> None:
         self.counts["events"] += 1
         mailbox = self.mailboxes.setdefault(event["mailbox_id"], Mailbox())
-        effect = EFFECTS.get(event["event_type"])
         for info in event["messages"]:
             self._received(event["mailbox_id"], info["message_id"], info["receive_time"])
-            if effect is None or event["usn"] <= mailbox.snapshot_usn:
-                continue
-            known = mailbox.messages.get(info["message_id"])
-            if known is not None and event["usn"] < known.usn:
-                continue  # stale: the message changed since (a repeat, or a late re-send)
-            folder, read = effect(known.folder if known else GONE, known.read if known else False)
-            read_usn = known.read_usn if known else -1
-            if event["event_type"] in ASSERTS_READ:
-                read_usn = event["usn"]
-            mailbox.messages[info["message_id"]] = Message(folder, read, event["usn"], read_usn)
+            if event["event_type"] in KNOWN and event["usn"] > mailbox.snapshot_usn:
+                message = mailbox.messages.setdefault(info["message_id"], Message())
+                message.add(event["usn"], event["event_type"])
 
     def apply_snapshot(self, snapshot: dict[str, Any]) -> None:
-        """The server's folders at USN `usn`: messages changed later (higher USN) keep their
-        state, every other known message takes the listing's (absent from it: gone). A message
-        changed later but whose read flag no event after `usn` stated takes the listed flag."""
+        """The server's folders at USN `usn`: changes up to it are in the listing, later ones
+        apply to the listed state (not listed: absent). The newest snapshot wins (the one taken
+        later, at the same USN)."""
         self.counts["snapshots"] += 1
         mailbox = self.mailboxes.setdefault(snapshot["mailbox_id"], Mailbox())
-        usn = snapshot["usn"]
-        if usn < mailbox.snapshot_usn:
+        usn, taken = snapshot["usn"], snapshot["taken_at"]
+        if usn < mailbox.snapshot_usn or (
+            usn == mailbox.snapshot_usn and taken <= mailbox.snapshot_taken
+        ):
             return
-        listed = {m["message_id"]: (INBOX, m) for m in snapshot["inbox"]}
-        listed |= {m["message_id"]: (DELETED, m) for m in snapshot["deleted"]}
+        listed = {m["message_id"].removeprefix("0:"): (INBOX, m) for m in snapshot["inbox"]}
+        listed |= {m["message_id"].removeprefix("0:"): (DELETED, m) for m in snapshot["deleted"]}
+        for message_id, message in list(mailbox.messages.items()):
+            message.changes = {u: types for u, types in message.changes.items() if u > usn}
+            message.floor = (GONE, False)  # unless listed (below)
+            if message_id not in listed and not message.changes:
+                del mailbox.messages[message_id]
         for message_id, (folder, entry) in listed.items():
             self._received(snapshot["mailbox_id"], message_id, entry["arrival_time"])
-            known = mailbox.messages.get(message_id)
-            if known is None or known.usn <= usn:
-                mailbox.messages[message_id] = Message(folder, entry["read"], usn, usn)
-            elif known.read_usn <= usn:
-                known.read, known.read_usn = entry["read"], usn
-        for message_id, known in mailbox.messages.items():
-            if message_id not in listed and known.usn <= usn:
-                known.folder, known.usn = GONE, usn
-        mailbox.snapshot_usn = usn
+            mailbox.messages.setdefault(message_id, Message()).floor = (folder, entry["read"])
+        mailbox.snapshot_usn, mailbox.snapshot_taken = usn, taken
 
     def _received(self, mailbox_id: str, message_id: str, when: dt.datetime | None) -> None:
         if self.received.get((mailbox_id, message_id)) is None:
@@ -262,11 +264,11 @@ class Analytics:
         )
         mailboxes = {}
         for mailbox_id, mailbox in sorted(self.mailboxes.items()):
-            inbox = [m for m in mailbox.messages.values() if m.folder == INBOX]
+            states = [m.state() for m in mailbox.messages.values()]
             mailboxes[mailbox_id] = {
-                "inbox": len(inbox),
-                "unread": sum(not m.read for m in inbox),
-                "deleted": sum(m.folder == DELETED for m in mailbox.messages.values()),
+                "inbox": sum(folder == INBOX for folder, _ in states),
+                "unread": sum(folder == INBOX and not read for folder, read in states),
+                "deleted": sum(folder == DELETED for folder, _ in states),
             }
         return {
             "counts": dict(sorted(self.counts.items())),

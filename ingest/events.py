@@ -257,6 +257,28 @@ class Folder(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class MessageChange:
+    """A change of a projected message kept for late events (schemas/mailbox_state.avsc)."""
+
+    usn: int
+    applied: tuple[EventType, ...]
+    """EventTypes applied at `usn` (sorted)."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeptChanges:
+    """What a projected message keeps so that a late event can be placed in USN order
+    (schemas/mailbox_state.avsc `KeptChanges`)."""
+
+    earlier: tuple[MessageChange, ...]
+    """Changes before the message's `usn`, oldest first."""
+    floor_folder: Folder
+    floor_read: bool
+    floor_usn: int
+    """The state the changes apply to, as of this USN (a listing's; -1: none)."""
+
+
+@dataclass(frozen=True, slots=True)
 class MessageStateRecord:
     """One message of a projected mailbox (schemas/mailbox_state.avsc `MessageState`)."""
 
@@ -272,13 +294,15 @@ class MessageStateRecord:
     base_read: bool
     """Read flag before the change at `usn`."""
     base_read_usn: int = -1
-    """USN at which `base_read` was last asserted first-hand (an event, or a listing); -1: never."""
+    """v2's snapshot bookkeeping, superseded by the kept changes: read, no longer written (-1)."""
     caller_ani: str | None = None
     sender: str | None = None
     msg_type: str | None = None
     priority: str | None = None
     receive_time: dt.datetime | None = None
     receive_time_raw: str | None = None
+    kept: KeptChanges | None = None
+    """None: nothing before `usn` is kept (the base sums it up; events below `usn` are stale)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +323,8 @@ class MailboxStateRecord:
     duplicates: int = 0
     stale: int = 0
     snapshots_applied: int = 0
+    snapshot_taken_at: dt.datetime | None = None
+    """`taken_at` of the snapshot at `snapshot_usn`: of two at one USN the later one wins."""
 
 
 @dataclass(frozen=True, slots=True)

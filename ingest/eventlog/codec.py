@@ -40,10 +40,12 @@ from ingest.events import (
     DeadLetter,
     EventType,
     Folder,
+    KeptChanges,
     MailboxEvent,
     MailboxRegistryEntry,
     MailboxSnapshot,
     MailboxStateRecord,
+    MessageChange,
     MessageInfo,
     MessageStateRecord,
     RecordKind,
@@ -464,12 +466,28 @@ def _dead_letter_from_avro(datum: dict[str, Any]) -> DeadLetter:
     return DeadLetter(**datum)
 
 
+_KEPT_CHANGES = "cumi.pipeline.KeptChanges"
+
+
 def _state_to_avro(state: MailboxStateRecord) -> dict[str, Any]:
     messages = []
     for message in state.messages:
         entry = _message_state_dict(message)
         entry["applied"] = list(message.applied)
         entry["receive_time"] = _utc(message.receive_time)
+        kept = message.kept
+        if kept is not None:  # most messages keep nothing: None is written as null
+            # the union branch named, not guessed: fastavro would validate the whole datum
+            # against the record to pick it, which costs more than writing it
+            entry["kept"] = (
+                _KEPT_CHANGES,
+                {
+                    "earlier": [{"usn": c.usn, "applied": c.applied} for c in kept.earlier],
+                    "floor_folder": kept.floor_folder,
+                    "floor_read": kept.floor_read,
+                    "floor_usn": kept.floor_usn,
+                },
+            )
         messages.append(entry)
     return {
         "mailbox_id": state.mailbox_id,
@@ -481,15 +499,38 @@ def _state_to_avro(state: MailboxStateRecord) -> dict[str, Any]:
         "duplicates": state.duplicates,
         "stale": state.stale,
         "snapshots_applied": state.snapshots_applied,
+        "snapshot_taken_at": _utc(state.snapshot_taken_at),
     }
+
+
+_FOLDERS = {folder.value: folder for folder in Folder}
+_EVENT_TYPES = {event_type.value: event_type for event_type in EventType}
+"""Symbol → member by a dict lookup: calling the enum costs several times more, per field of
+every message of every restored state."""
+
+
+_new_change = speedups.fast_constructor(MessageChange)
+_new_kept = speedups.fast_constructor(KeptChanges)
+
+
+def _event_types(symbols: list[str]) -> tuple[EventType, ...]:
+    return tuple(_EVENT_TYPES[symbol] for symbol in symbols)
 
 
 def _state_from_avro(datum: dict[str, Any]) -> MailboxStateRecord:
     messages = []
     for entry in datum["messages"]:
-        entry["folder"] = Folder(entry["folder"])
-        entry["base_folder"] = Folder(entry["base_folder"])
-        entry["applied"] = tuple(EventType(t) for t in entry["applied"])
+        entry["folder"] = _FOLDERS[entry["folder"]]
+        entry["base_folder"] = _FOLDERS[entry["base_folder"]]
+        entry["applied"] = _event_types(entry["applied"])
+        kept = entry["kept"]
+        if kept is not None:
+            entry["kept"] = _new_kept(
+                tuple(_new_change(c["usn"], _event_types(c["applied"])) for c in kept["earlier"]),
+                _FOLDERS[kept["floor_folder"]],
+                kept["floor_read"],
+                kept["floor_usn"],
+            )
         messages.append(MessageStateRecord(**entry))
     datum["messages"] = tuple(messages)
     return MailboxStateRecord(**datum)

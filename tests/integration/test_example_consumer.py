@@ -20,15 +20,22 @@ import fastavro
 import pytest
 from aiokafka import AIOKafkaProducer
 from fixtures.simulator import MakeSimulator
+from fixtures.vendor_histories import LogCase, vendor_logs
+from fixtures.vendor_histories import event as vendor_event
 from fixtures.worker import decode_as, running_worker, settle, worker_env
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ingest.cumi.normalizer import parse_event
 from ingest.eventlog import codec
 from ingest.eventlog.topics import TopicNames
-from ingest.events import MailboxEvent
+from ingest.events import EventType, LogRecord, MailboxEvent
 from ingest.simulator import Simulator
 from ingest.simulator.mailbox import Message
+from ingest.state.projection import Projection
 
+NEW, SAVED = EventType.NEW_MESSAGE, EventType.SAVED_MESSAGE
+DM, DMC = EventType.DELETED_MESSAGE, EventType.DELETED_MESSAGE_CREATE
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "analytics_consumer.py"
 
@@ -230,11 +237,7 @@ class TestStandalone:
     def test_a_gap_repair_gives_the_flag_a_delete_carried(self) -> None:
         # read during a gap (that event lost), listed read at S = 20, deleted at 21 before the
         # snapshot record: the delete carries the listed flag (the projection's rule, same case)
-        spec = importlib.util.spec_from_file_location("analytics_consumer", EXAMPLE)
-        assert spec is not None and spec.loader is not None
-        example = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = example  # dataclasses look their module up
-        spec.loader.exec_module(example)
+        example = load_example()
 
         def event(event_type: str, usn: int) -> dict[str, Any]:
             info = {"message_id": "m", "receive_time": None}
@@ -248,6 +251,64 @@ class TestStandalone:
             (21, "DELETED_MESSAGE_CREATE"),
         ):
             analytics.apply_event(event(event_type, usn))
-        analytics.apply_snapshot({"mailbox_id": "abell", "usn": 20, "inbox": listed, "deleted": []})
+        taken = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+        analytics.apply_snapshot(
+            {"mailbox_id": "abell", "usn": 20, "taken_at": taken, "inbox": listed, "deleted": []}
+        )
         message = analytics.mailboxes["abell"].messages["m"]
-        assert (message.folder, message.read) == (example.DELETED, True)
+        assert message.state() == (example.DELETED, True)
+
+    def test_a_late_event_takes_its_place(self) -> None:
+        # issue 19: read at 2, deleted at 3, the read arriving last: deleted *and read*
+        records: list[LogRecord] = [vendor_event(NEW, 1, "m"), vendor_event(DM, 3, "m")]
+        records += [vendor_event(DMC, 3, "m"), vendor_event(SAVED, 2, "m")]
+        assert example_counts(records) == {"abell": {"inbox": 0, "unread": 0, "deleted": 1}}
+        message = fold_example(records).mailboxes["abell"].messages["m"]
+        assert message.state() == ("DELETED", True)
+
+    @settings(max_examples=200)
+    @given(vendor_logs(), st.randoms(use_true_random=False))
+    def test_any_arrival_order_gives_the_projections_answer(self, case: LogCase, rnd: Any) -> None:
+        arrival = list(case.records)
+        rnd.shuffle(arrival)
+        projection = Projection()
+        for record in arrival:
+            projection.apply(record)
+        expected = {
+            mailbox_id: {
+                "inbox": len(state["inbox"]),
+                "unread": sum(not m["read"] for m in state["inbox"].values()),
+                "deleted": len(state["deleted"]),
+            }
+            for mailbox_id, state in projection.to_json().items()
+        }
+        assert example_counts(arrival) == expected
+
+
+_EXAMPLE: dict[str, Any] = {}
+
+
+def load_example() -> Any:
+    """The example as a module (once), as a user would run it: its own file, nothing else."""
+    if "module" not in _EXAMPLE:
+        spec = importlib.util.spec_from_file_location("analytics_consumer", EXAMPLE)
+        assert spec is not None and spec.loader is not None
+        example = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = example  # dataclasses look their module up
+        spec.loader.exec_module(example)
+        _EXAMPLE["module"] = example
+    return _EXAMPLE["module"]
+
+
+def fold_example(records: list[LogRecord]) -> Any:
+    """The example's fold of `records`, each read the way it reads them off the topic."""
+    example = load_example()
+    schemas, analytics = example.Schemas(ROOT / "schemas"), example.Analytics()
+    for record in records:
+        analytics.apply(*schemas.decode(codec.encode(record)))
+    return analytics
+
+
+def example_counts(records: list[LogRecord]) -> dict[str, Any]:
+    report: dict[str, Any] = fold_example(records).report()["mailboxes"]
+    return report

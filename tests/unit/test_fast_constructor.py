@@ -15,7 +15,10 @@ if TYPE_CHECKING:
 
 from ingest.events import (
     EventType,
+    Folder,
+    KeptChanges,
     MailboxEvent,
+    MessageChange,
     MessageInfo,
     SnapshotMessage,
     UnparsedField,
@@ -43,6 +46,8 @@ CASES: list[tuple[type, tuple[object, ...]]] = [
             (UnparsedField("MessageInfo[0].ReceiveTime", "N/A"),),
         ),
     ),
+    (MessageChange, (3, (EventType.DELETED_MESSAGE, EventType.DELETED_MESSAGE_CREATE))),
+    (KeptChanges, ((MessageChange(2, (EventType.SAVED_MESSAGE,)),), Folder.INBOX, True, 1)),
 ]
 
 

@@ -123,14 +123,23 @@ class TestSemantics:
         assert result == {"abell": state({"m": True}, {}, 2265)}
         assert (stats.applied, stats.duplicates, stats.stale) == (2, 2, 1)
 
-    def test_stale_event_does_not_roll_back(self) -> None:
+    def test_late_event_takes_its_place_in_usn_order(self) -> None:
+        # issue 19: read at 6, deleted at 7, the read arriving last; the delete pair carries the
+        # flag along, so the message is deleted *and read*, as in USN order
         result, stats, _ = fold_lines(
             line("NEW_MESSAGE", 5),
             line("DELETED_MESSAGE_CREATE", 7),
             line("DELETED_MESSAGE", 7),
             line("SAVED_MESSAGE", 6),
         )
-        assert result == {"abell": state({}, {"m": False}, 7)}
+        assert result == {"abell": state({}, {"m": True}, 7)}
+        assert (stats.applied, stats.stale) == (4, 0)
+
+    def test_event_older_than_a_stating_one_does_not_roll_back(self) -> None:
+        result, stats, _ = fold_lines(
+            line("NEW_MESSAGE", 5), line("SAVED_MESSAGE", 6), line("NEW_MESSAGE", 5)
+        )
+        assert result == {"abell": state({"m": True}, {}, 6)}
         assert stats.stale == 1
 
     def test_restore_from_deleted_keeps_other_mailboxes_apart(self) -> None:
