@@ -77,6 +77,7 @@ def event() -> dict[str, Any]:
         "messages": [message],
         "ingested_at": at,
         "source": "cuc-1",
+        "unparsed": [],
     }
 
 
