@@ -6,11 +6,17 @@ the message, which first said it was read (and with which EventTime), which fold
 it. The KPIs of docs/metrics.md ("Voicemail KPIs") are computed here from those facts, the way a
 perfect observer of the notifications would, so a test can compare the pipeline's KPIs with them:
 
-- a message's arrival is known when the first thing told about it was a NEW_MESSAGE (live, or
-  restated after Notifier downtime while still unread in the Inbox); its ReceiveTime is the arrival;
+- a message's arrival is known when a NEW_MESSAGE about it was told (live, or restated after
+  Notifier downtime while still unread in the Inbox); its ReceiveTime is the arrival;
 - its first listen is the EventTime of the first notification saying it read; a read the server
   only showed in a listing (nobody was listening), or of a message whose arrival is unknown, is
   counted as unknown;
+- it is deleted unheard when, after it was told or listed in the Inbox, the first notification or
+  listing placing it out of the Inbox came before any saying it read. That is what the
+  notifications and listings can tell, not what happened: a message read and then deleted while
+  the Notifier was down is reported as a delete of a message never heard, one that came and went
+  during a gap is never reported. `deleted_unheard_server_side` counts what really happened (it
+  left the Inbox never read), the difference the log cannot avoid, for tests and docs;
 - `listen_delay_by_downtime_seconds`: how much later than the real first read the notification
   that reported it was sent (a read during Notifier downtime is only told at recovery): the error
   the log cannot avoid, for tests and docs.
@@ -31,6 +37,15 @@ from ingest.simulator.mailbox import Folder, Mailbox, Message
 BUCKETS = (60, 300, 900, 3600, 14_400, 43_200, 86_400, 259_200, 604_800)
 THRESHOLDS = (3600, 14_400, 86_400)
 _READ_TOLD = frozenset({EventType.SAVED_MESSAGE, EventType.DELETED_MESSAGE_READ})
+_TO_INBOX = frozenset({EventType.NEW_MESSAGE, EventType.SAVED_MESSAGE, EventType.UNREAD_MESSAGE})
+_OUT_OF_INBOX = frozenset(
+    {
+        EventType.DELETED_MESSAGE,
+        EventType.DELETED_MESSAGE_CREATE,
+        EventType.DELETED_MESSAGE_READ,
+        EventType.DELETED_MESSAGE_UNREAD,
+    }
+)
 
 
 class Facts:
@@ -39,6 +54,10 @@ class Facts:
     __slots__ = (
         "arrival_s",
         "deleted_unheard",
+        "inbox_usn",
+        "observed_read",
+        "out_decided",
+        "reported_unheard",
         "first_read_s",
         "msg_type",
         "priority",
@@ -64,6 +83,21 @@ class Facts:
         """How subscribers first learned it was read: event, listing."""
         self.told_read_s: int | None = None
         """EventTime (epoch second) of the first notification saying it read."""
+        self.inbox_usn: int | None = None
+        """USN of the last notification placing it in the Inbox (-1: a listing did); None: it was
+        never told or listed in the Inbox."""
+        self.observed_read = False
+        """A notification or listing said it read."""
+        self.out_decided = False
+        """Told or listed out of the Inbox after it was told or listed in it."""
+        self.reported_unheard = False
+        """... and nothing had said it read by then: deleted unheard as the log can tell."""
+
+    def placed_out(self) -> None:
+        """A notification or listing placed it out of the Inbox (Deleted, or hard-deleted)."""
+        if self.inbox_usn is not None and not self.out_decided:
+            self.out_decided = True
+            self.reported_unheard = not self.observed_read
 
     @property
     def ever_read(self) -> bool:
@@ -100,18 +134,31 @@ class KpiTruth:
             if was is Folder.INBOX and mailbox.where(message.message_id) is not Folder.INBOX:
                 facts.deleted_unheard |= not facts.ever_read
 
-    def told(self, event_type: EventType, messages: Iterable[Message], second: int) -> None:
+    def told(
+        self, event_type: EventType, messages: Iterable[Message], second: int, usn: int
+    ) -> None:
         """A notification reached at least one subscriber."""
         for message in messages:
             facts = self.facts.get(message.message_id)
             if facts is None:
                 continue
-            if facts.seen is None:
-                facts.seen = "new" if event_type is EventType.NEW_MESSAGE else "restatement"
-            if event_type in _READ_TOLD and facts.read_known is None:
-                facts.read_known, facts.told_read_s = "event", second
+            if event_type is EventType.NEW_MESSAGE:
+                facts.seen = "new"  # its arrival is told, whatever was told before
+            elif facts.seen is None:
+                facts.seen = "restatement"
+            if event_type in _READ_TOLD:
+                facts.observed_read = True
+                if facts.read_known is None:
+                    facts.read_known, facts.told_read_s = "event", second
+            if event_type in _TO_INBOX:
+                facts.inbox_usn = usn
+            elif event_type in _OUT_OF_INBOX or (
+                # an undelete is an Inbox event and DELETED_MESSAGE_DELETE at one USN
+                event_type is EventType.DELETED_MESSAGE_DELETE and facts.inbox_usn != usn
+            ):
+                facts.placed_out()
 
-    def listed(self, messages: Iterable[Message]) -> None:
+    def listed(self, folder: Folder, messages: Iterable[Message]) -> None:
         """A folder listing showed these messages to a client (gap repair)."""
         for message in messages:
             facts = self.facts.get(message.message_id)
@@ -119,8 +166,14 @@ class KpiTruth:
                 continue
             if facts.seen is None:
                 facts.seen = "snapshot"
-            if message.read and facts.read_known is None:
-                facts.read_known = "listing"
+            if message.read:
+                facts.observed_read = True
+                if facts.read_known is None:
+                    facts.read_known = "listing"
+            if folder is Folder.INBOX:
+                facts.inbox_usn = -1 if facts.inbox_usn is None else facts.inbox_usn
+            else:
+                facts.placed_out()
 
     # -- the KPIs -------------------------------------------------------------------------------
 
@@ -131,7 +184,8 @@ class KpiTruth:
         thresholds: Sequence[float] = THRESHOLDS,
     ) -> dict[str, Any]:
         """Every KPI as of `now` (epoch seconds), in the shape of the pipeline's
-        `KpiLedger.summary`; plus `listen_delay_by_downtime_seconds`."""
+        `KpiLedger.summary`; plus `listen_delay_by_downtime_seconds` and
+        `deleted_unheard_server_side` (notes, not KPIs)."""
         result = self._counters()
         result.update(self._gauges(mailboxes, now, thresholds))
         return result
@@ -142,6 +196,7 @@ class KpiTruth:
         listen = {p: _histogram() for p in _PRIORITIES}
         unknown = dict.fromkeys(_PRIORITIES, 0)
         deleted = dict.fromkeys(_PRIORITIES, 0)
+        server_side = 0
         delays: list[float] = []
         for facts in self.facts.values():
             priority = _priority(facts.priority)
@@ -155,8 +210,9 @@ class KpiTruth:
                 _observe(listen[priority], max(0, facts.told_read_s - facts.arrival_s))
             elif facts.read_known is not None:
                 unknown[priority] += 1
-            if facts.deleted_unheard and facts.seen is not None:
+            if facts.reported_unheard:
                 deleted[priority] += 1
+            server_side += facts.deleted_unheard and facts.seen is not None
             if facts.told_read_s is not None and facts.first_read_s is not None:
                 delays.append(max(0.0, facts.told_read_s - facts.first_read_s))
         return {
@@ -166,6 +222,7 @@ class KpiTruth:
             "first_listen_unknown": unknown,
             "deleted_unheard": deleted,
             "listen_delay_by_downtime_seconds": max(delays, default=0.0),
+            "deleted_unheard_server_side": server_side,
         }
 
     def _gauges(

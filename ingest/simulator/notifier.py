@@ -161,7 +161,7 @@ class Notifier:
             if duplicate:
                 self._deliver(channel, payload)
         if reached and self._truth is not None:
-            self._truth.told(event_type, messages, self._clock.second)
+            self._truth.told(event_type, messages, self._clock.second, usn)
         if not reached:
             self._counters.lost += 1
         elif duplicate:
