@@ -52,6 +52,7 @@ DEFAULT_URGENT_THRESHOLDS: tuple[float, ...] = (3600, 14_400, 86_400)
 
 E = EventType
 _SAYS_READ = frozenset({E.SAVED_MESSAGE, E.DELETED_MESSAGE_READ})
+_SAYS_UNREAD = frozenset({E.NEW_MESSAGE, E.UNREAD_MESSAGE, E.DELETED_MESSAGE_UNREAD})
 _TO_INBOX = frozenset(
     {E.NEW_MESSAGE, E.SAVED_MESSAGE, E.UNREAD_MESSAGE, E.DELETED_MESSAGE_UNDELETE}
 )
@@ -138,9 +139,13 @@ class MessageFacts:
     """Epoch seconds of its arrival (ReceiveTime of its first NEW_MESSAGE); None: unknown."""
     first_event_usn: int | None = None
     first_listing_usn: int | None = None
-    read_at: Key | None = None
-    read_time: float | None = None
-    """EventTime of the first record saying read, when that record is an event."""
+    event_read_at: Key | None = None
+    event_read_time: float | None = None
+    """EventTime of the first event saying it read."""
+    listing_reads: list[Key] = field(default_factory=list)
+    """Listings that show it read."""
+    flags: list[tuple[int, bool]] = field(default_factory=list)
+    """(USN, read) of the events that say read or unread."""
     inbox_at: Point | None = None
     outs: list[Point] = field(default_factory=list)
     """Records placing it in Deleted (events, listings); hard deletes are in `deletes`."""
@@ -163,8 +168,12 @@ class MessageFacts:
         if event_type is E.NEW_MESSAGE and (self.new_at is None or at < self.new_at):
             self.new_at = at
             self.arrival = receive_time if receive_time is not None else _epoch(event)
-        if event_type in _SAYS_READ and (self.read_at is None or at < self.read_at):
-            self.read_at, self.read_time = at, _epoch(event)
+        if event_type in _SAYS_READ:
+            self.flags.append((usn, True))
+            if self.event_read_at is None or at < self.event_read_at:
+                self.event_read_at, self.event_read_time = at, _epoch(event)
+        elif event_type in _SAYS_UNREAD:
+            self.flags.append((usn, False))
         point = (usn, False)
         if event_type in _TO_INBOX:
             self.inbox_event_usns.append(usn)
@@ -178,8 +187,8 @@ class MessageFacts:
         usn = at[0]
         if self.first_listing_usn is None or usn < self.first_listing_usn:
             self.first_listing_usn = usn
-        if read and (self.read_at is None or at < self.read_at):
-            self.read_at, self.read_time = at, None
+        if read:
+            self.listing_reads.append(at)
         if folder is _INBOX:
             self._placed_in_inbox((usn, True))
         else:
@@ -200,6 +209,27 @@ class MessageFacts:
         later = [p for p in (*self.outs, *hard) if p > inbox]
         return min(later, default=None)
 
+    def first_read(self) -> tuple[Key, float | None] | None:
+        """The first record saying it read, and its EventTime if it is an event. A listing at S
+        is at least as new as S: a read it shows is the read of the next event after S that says
+        read or unread (not an undelete's), if that one says read (the listing was taken after
+        it); only a read the events never tell (the next says unread, or none) is the listing's
+        own."""
+        reads: list[tuple[Key, float | None]] = [
+            (at, None) for at in self.listing_reads if not self._told_later(at[0])
+        ]
+        if self.event_read_at is not None:
+            reads.append((self.event_read_at, self.event_read_time))
+        return min(reads, default=None)
+
+    def _told_later(self, usn: int) -> bool:
+        # an undelete's Inbox event restores the flag the message had: it tells no read
+        after = [flag for flag in self.flags if flag[0] > usn and flag[0] not in self.deletes]
+        if not after:
+            return False
+        nearest = min(after)[0]
+        return all(read for u, read in after if u == nearest)
+
     def contribution(self) -> Contribution:
         priority = priority_label(self.priority)
         seen: tuple[str, str] | str
@@ -212,13 +242,14 @@ class MessageFacts:
         else:
             seen = "restatement"
         listen: tuple[str, float | None] | None = None
-        if self.read_at is not None:
-            arrival, read = self.arrival, self.read_time
+        first_read = self.first_read()
+        if first_read is not None:
+            arrival, read = self.arrival, first_read[1]
             waited = None if arrival is None or read is None else max(0.0, read - arrival)
             listen = (priority, waited)
         deleted = self.deleted_at()
         unheard = deleted is not None and (
-            self.read_at is None or (self.read_at[0], self.read_at[1]) > deleted
+            first_read is None or (first_read[0][0], first_read[0][1]) > deleted
         )
         return seen, listen, priority if unheard else None
 

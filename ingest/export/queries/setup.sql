@@ -55,8 +55,30 @@ WITH inbox_changes AS (  -- a DELETED_MESSAGE_DELETE with an Inbox event at its 
     SELECT DISTINCT mailbox_id, message_id, usn FROM message_records
     WHERE event_type IN ('NEW_MESSAGE', 'SAVED_MESSAGE', 'UNREAD_MESSAGE',
                          'DELETED_MESSAGE_UNDELETE')
+), flags AS (  -- the events that say read or unread, per USN (unread wins a conflict); an
+               -- undelete's Inbox event (DELETED_MESSAGE_DELETE at its USN) restores the flag
+    SELECT r.mailbox_id, r.message_id, r.usn,
+           bool_and(r.event_type IN ('SAVED_MESSAGE', 'DELETED_MESSAGE_READ')) AS says_read
+    FROM message_records AS r
+    WHERE r.event_type IN ('NEW_MESSAGE', 'SAVED_MESSAGE', 'UNREAD_MESSAGE',
+                           'DELETED_MESSAGE_READ', 'DELETED_MESSAGE_UNREAD')
+      AND NOT EXISTS (SELECT 1 FROM message_records AS d
+                      WHERE d.mailbox_id = r.mailbox_id AND d.message_id = r.message_id
+                        AND d.usn = r.usn AND d.event_type = 'DELETED_MESSAGE_DELETE')
+    GROUP BY ALL
+), told_later AS (
+    -- a listing at S is at least as new as S: a read it shows is the read of the next event
+    -- after S that says read or unread, if that one says read (the listing came after it)
+    SELECT l.mailbox_id, l.message_id, l.usn, arg_min(f.says_read, f.usn) AS next_says_read
+    FROM (SELECT DISTINCT mailbox_id, message_id, usn FROM message_records
+          WHERE from_snapshot AND read) AS l
+    JOIN flags AS f
+      ON f.mailbox_id = l.mailbox_id AND f.message_id = l.message_id AND f.usn > l.usn
+    GROUP BY ALL
 ), flagged AS (
     SELECT r.*,
+           r.says_read AND NOT (r.from_snapshot AND coalesce(t.next_says_read, false))
+               AS counts_read,
            coalesce(r.event_type IN ('NEW_MESSAGE', 'SAVED_MESSAGE', 'UNREAD_MESSAGE',
                                      'DELETED_MESSAGE_UNDELETE'), false)
            OR (r.from_snapshot AND r.folder = 'INBOX') AS says_inbox,
@@ -64,7 +86,9 @@ WITH inbox_changes AS (  -- a DELETED_MESSAGE_DELETE with an Inbox event at its 
                                      'DELETED_MESSAGE_READ', 'DELETED_MESSAGE_UNREAD'), false)
            OR (r.event_type = 'DELETED_MESSAGE_DELETE' AND i.usn IS NULL)
            OR (r.from_snapshot AND r.folder = 'DELETED') AS says_deleted
-    FROM message_records r LEFT JOIN inbox_changes i USING (mailbox_id, message_id, usn)
+    FROM message_records r
+    LEFT JOIN inbox_changes i USING (mailbox_id, message_id, usn)
+    LEFT JOIN told_later t USING (mailbox_id, message_id, usn)
 ), facts AS (
     SELECT mailbox_id, message_id,
            bool_or(event_type = 'NEW_MESSAGE') AS has_new,
@@ -75,10 +99,10 @@ WITH inbox_changes AS (  -- a DELETED_MESSAGE_DELETE with an Inbox event at its 
                FILTER (WHERE event_type = 'NEW_MESSAGE') AS new_arrival,
            arg_min(msg_type, usn_order) FILTER (WHERE msg_type IS NOT NULL) AS msg_type,
            arg_min(priority, usn_order) FILTER (WHERE priority IS NOT NULL) AS priority,
-           min(usn) FILTER (WHERE says_read) AS first_read_usn,
-           min(point) FILTER (WHERE says_read) AS read_at,
-           arg_min(from_snapshot, usn_order) FILTER (WHERE says_read) AS first_read_in_snapshot,
-           arg_min("timestamp", usn_order) FILTER (WHERE says_read) AS first_read_time,
+           min(usn) FILTER (WHERE counts_read) AS first_read_usn,
+           min(point) FILTER (WHERE counts_read) AS read_at,
+           arg_min(from_snapshot, usn_order) FILTER (WHERE counts_read) AS first_read_in_snapshot,
+           arg_min("timestamp", usn_order) FILTER (WHERE counts_read) AS first_read_time,
            min(point) FILTER (WHERE says_inbox) AS inbox_at
     FROM flagged
     GROUP BY mailbox_id, message_id
