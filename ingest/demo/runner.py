@@ -11,9 +11,9 @@ random mailbox activity with duplicates and malformed payloads, and along the wa
 connection drop, a Notifier downtime and a Connection Jetty restart (all sessions and
 subscriptions lost). Then it waits for the pipeline to drain, compares the projection — from the
 projector's read API and from the compacted state topic — and the voicemail KPIs of `ingest kpis`
-with the simulator's ground truth, prints a per-mailbox summary and where to look next, and stops every process (SIGTERM, then SIGKILL after
-a bound), also after Ctrl-C or an error. Exit code: 0 full match, 1 mismatch, 2 the pipeline could
-not be brought up, 130 interrupted.
+with the simulator's ground truth, prints a per-mailbox summary and where to look next, and stops
+every process (SIGTERM, then SIGKILL after a bound), also after Ctrl-C or an error. Exit code: 0
+full match, 1 mismatch, 2 the pipeline could not be brought up, 130 interrupted.
 
 `--schema-registry` runs it all in registry mode: a local schema registry (Apicurio, the
 Confluent-compatible API) starts next to Kafka, the worker's and the projector's config files carry

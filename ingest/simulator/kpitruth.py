@@ -54,15 +54,15 @@ class Facts:
     __slots__ = (
         "arrival_s",
         "deleted_unheard",
+        "first_read_s",
         "inbox_usn",
+        "msg_type",
         "observed_read",
         "out_decided",
-        "reported_unheard",
-        "first_read_s",
-        "msg_type",
         "priority",
         "read_before_start",
         "read_known",
+        "reported_unheard",
         "seen",
         "told_read_s",
     )

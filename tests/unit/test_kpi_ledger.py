@@ -309,7 +309,7 @@ class TestDeletedUnheard:
         assert ledger.deleted_unheard["normal"] == 1
 
 
-HISTORY = [
+HISTORY: list[MailboxEvent | MailboxSnapshot] = [
     snapshot(10, {"a": False, "b": True}, {"c": False}),
     event(E.NEW_MESSAGE, 9, 0, "n1", received=-30),  # logged after the snapshot
     event(E.NEW_MESSAGE, 11, 5, "n2", priority="Urgent-Priority"),
