@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from ingest.simulator.comet import EventType
 from ingest.simulator.mailbox import Folder, Mailbox, Message
@@ -48,6 +48,18 @@ _OUT_OF_INBOX = frozenset(
 )
 
 
+class Heard(NamedTuple):
+    """One notification sent (`event_type`) or one listing's line (`folder`, `read`)."""
+
+    event_type: EventType | None = None
+    token: int | None = None
+    """None: delivered; else it counts once written (`KpiTruth.written`)."""
+    second: int = 0
+    usn: int = 0
+    folder: Folder | None = None
+    read: bool = False
+
+
 class Facts:
     """One message as the server knows it."""
 
@@ -55,6 +67,7 @@ class Facts:
         "arrival_s",
         "deleted_unheard",
         "first_read_s",
+        "heard",
         "inbox_usn",
         "msg_type",
         "observed_read",
@@ -77,6 +90,9 @@ class Facts:
         """When the server first marked it read (wall clock), if during the run."""
         self.deleted_unheard = False
         """It left the Inbox (to Deleted or gone) never read."""
+        self.heard: list[Heard] = []
+        """What subscribers were sent or shown about it, in the server's order; the fields below
+        are derived from it (`replay`), leaving out the events never written to a client."""
         self.seen: str | None = None
         """How subscribers first learned of it: new, restatement, snapshot (a listing)."""
         self.read_known: str | None = None
@@ -92,6 +108,46 @@ class Facts:
         """Told or listed out of the Inbox after it was told or listed in it."""
         self.reported_unheard = False
         """... and nothing had said it read by then: deleted unheard as the log can tell."""
+
+    def replay(self, written: set[int]) -> None:
+        """Derive what subscribers learned, from what reached them (`heard`)."""
+        self.seen = self.read_known = self.told_read_s = self.inbox_usn = None
+        self.observed_read = self.out_decided = self.reported_unheard = False
+        for entry in self.heard:
+            if entry.event_type is None:
+                assert entry.folder is not None
+                self._listed(entry.folder, entry.read)
+            elif entry.token is None or entry.token in written:
+                self._told(entry.event_type, entry.second, entry.usn)
+
+    def _told(self, event_type: EventType, second: int, usn: int) -> None:
+        if event_type is EventType.NEW_MESSAGE:
+            self.seen = "new"  # its arrival is told, whatever was told before
+        elif self.seen is None:
+            self.seen = "restatement"
+        if event_type in _READ_TOLD:
+            self.observed_read = True
+            if self.read_known is None:
+                self.read_known, self.told_read_s = "event", second
+        if event_type in _TO_INBOX:
+            self.inbox_usn = usn
+        elif event_type in _OUT_OF_INBOX or (
+            # an undelete is an Inbox event and DELETED_MESSAGE_DELETE at one USN
+            event_type is EventType.DELETED_MESSAGE_DELETE and self.inbox_usn != usn
+        ):
+            self.placed_out()
+
+    def _listed(self, folder: Folder, read: bool) -> None:
+        if self.seen is None:
+            self.seen = "snapshot"
+        if read:
+            self.observed_read = True
+            if self.read_known is None:
+                self.read_known = "listing"
+        if folder is Folder.INBOX:
+            self.inbox_usn = -1 if self.inbox_usn is None else self.inbox_usn
+        else:
+            self.placed_out()
 
     def placed_out(self) -> None:
         """A notification or listing placed it out of the Inbox (Deleted, or hard-deleted)."""
@@ -109,6 +165,8 @@ class KpiTruth:
 
     def __init__(self) -> None:
         self.facts: dict[str, Facts] = {}
+        self._written: set[int] = set()
+        """Tokens of the events written to a client (`told(..., token=…)`, `written`)."""
 
     # -- what happened --------------------------------------------------------------------------
 
@@ -135,45 +193,31 @@ class KpiTruth:
                 facts.deleted_unheard |= not facts.ever_read
 
     def told(
-        self, event_type: EventType, messages: Iterable[Message], second: int, usn: int
+        self,
+        event_type: EventType,
+        messages: Iterable[Message],
+        second: int,
+        usn: int,
+        token: int | None = None,
     ) -> None:
-        """A notification reached at least one subscriber."""
+        """A notification was sent to at least one subscriber: queued for its session (`token`:
+        it counts once `written(token)` says a reply carried it to the client) or, without a
+        token, delivered."""
         for message in messages:
             facts = self.facts.get(message.message_id)
-            if facts is None:
-                continue
-            if event_type is EventType.NEW_MESSAGE:
-                facts.seen = "new"  # its arrival is told, whatever was told before
-            elif facts.seen is None:
-                facts.seen = "restatement"
-            if event_type in _READ_TOLD:
-                facts.observed_read = True
-                if facts.read_known is None:
-                    facts.read_known, facts.told_read_s = "event", second
-            if event_type in _TO_INBOX:
-                facts.inbox_usn = usn
-            elif event_type in _OUT_OF_INBOX or (
-                # an undelete is an Inbox event and DELETED_MESSAGE_DELETE at one USN
-                event_type is EventType.DELETED_MESSAGE_DELETE and facts.inbox_usn != usn
-            ):
-                facts.placed_out()
+            if facts is not None:
+                facts.heard.append(Heard(event_type, token, second, usn))
+
+    def written(self, token: int) -> None:
+        """The queued notification `token` was written to a client's connection."""
+        self._written.add(token)
 
     def listed(self, folder: Folder, messages: Iterable[Message]) -> None:
         """A folder listing showed these messages to a client (gap repair)."""
         for message in messages:
             facts = self.facts.get(message.message_id)
-            if facts is None:
-                continue
-            if facts.seen is None:
-                facts.seen = "snapshot"
-            if message.read:
-                facts.observed_read = True
-                if facts.read_known is None:
-                    facts.read_known = "listing"
-            if folder is Folder.INBOX:
-                facts.inbox_usn = -1 if facts.inbox_usn is None else facts.inbox_usn
-            else:
-                facts.placed_out()
+            if facts is not None:
+                facts.heard.append(Heard(folder=folder, read=message.read))
 
     # -- the KPIs -------------------------------------------------------------------------------
 
@@ -186,6 +230,8 @@ class KpiTruth:
         """Every KPI as of `now` (epoch seconds), in the shape of the pipeline's
         `KpiLedger.summary`; plus `listen_delay_by_downtime_seconds` and
         `deleted_unheard_server_side` (notes, not KPIs)."""
+        for facts in self.facts.values():
+            facts.replay(self._written)
         result = self._counters()
         result.update(self._gauges(mailboxes, now, thresholds))
         return result

@@ -20,6 +20,7 @@ at the message's latest USN (messages sharing USN and status share one event):
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 import uuid
@@ -90,9 +91,17 @@ class Notifier:
         *,
         seed: int,
         truth: KpiTruth | None = None,
+        tell_when_written: bool = False,
     ) -> None:
         self._subscriptions = subscriptions
         self._truth = truth
+        self._tell_when_written = tell_when_written
+        """An event counts as told (in the order it was sent) only once a reply carrying it is
+        written (`written`): one queued for a session that is then lost (a restart, a connection
+        closed mid-reply) never reaches the client, as on the real server."""
+        self._unwritten: dict[bytes, int] = {}
+        """Payloads queued and not yet written to any client → their token in the truth."""
+        self._tokens = itertools.count()
         self._deliver = deliver
         self._counters = counters
         self._faults = faults
@@ -157,10 +166,14 @@ class Notifier:
                 event_type=event_type,
                 display_name=mailbox.user.display_name,
             )
-            reached += self._deliver(channel, payload)
+            delivered = self._deliver(channel, payload)
+            reached += delivered
             if duplicate:
                 self._deliver(channel, payload)
-        if reached and self._truth is not None:
+            if delivered and self._truth is not None and self._tell_when_written:
+                token = self._unwritten[payload] = next(self._tokens)
+                self._truth.told(event_type, messages, self._clock.second, usn, token)
+        if reached and self._truth is not None and not self._tell_when_written:
             self._truth.told(event_type, messages, self._clock.second, usn)
         if not reached:
             self._counters.lost += 1
@@ -169,6 +182,13 @@ class Notifier:
         if reached and faults.malformed_ratio and self._rng.random() < faults.malformed_ratio:
             self.inject_malformed(mailbox, event_type, usn, messages)
         return reached
+
+    def written(self, payloads: Sequence[bytes]) -> None:
+        """Replies carrying these messages reached a client's connection."""
+        for payload in payloads:
+            token = self._unwritten.pop(payload, None)
+            if token is not None and self._truth is not None:
+                self._truth.written(token)
 
     def inject_malformed(
         self,
