@@ -144,6 +144,8 @@ class MessageFacts:
     """EventTime of the first event saying it read."""
     listing_reads: list[Key] = field(default_factory=list)
     """Listings that show it read."""
+    listed_flags: list[tuple[int, bool]] = field(default_factory=list)
+    """(USN, read) of every listing of it."""
     flags: list[tuple[int, bool]] = field(default_factory=list)
     """(USN, read) of the events that say read or unread."""
     inbox_at: Point | None = None
@@ -187,6 +189,7 @@ class MessageFacts:
         usn = at[0]
         if self.first_listing_usn is None or usn < self.first_listing_usn:
             self.first_listing_usn = usn
+        self.listed_flags.append((usn, read))
         if read:
             self.listing_reads.append(at)
         if folder is _INBOX:
@@ -211,10 +214,10 @@ class MessageFacts:
 
     def first_read(self) -> tuple[Key, float | None] | None:
         """The first record saying it read, and its EventTime if it is an event. A listing at S
-        is at least as new as S: a read it shows is the read of the next event after S that says
-        read or unread (not an undelete's), if that one says read (the listing was taken after
-        it); only a read the events never tell (the next says unread, or none) is the listing's
-        own."""
+        is at least as new as S: when the log knew the message unread just before S and the next
+        event after S about its flag says read, the listing was showing that read, and the event
+        dates it; any other read a listing shows is the listing's own (the events never told
+        it)."""
         reads: list[tuple[Key, float | None]] = [
             (at, None) for at in self.listing_reads if not self._told_later(at[0])
         ]
@@ -223,12 +226,17 @@ class MessageFacts:
         return min(reads, default=None)
 
     def _told_later(self, usn: int) -> bool:
+        # positions: an event at u is 2u, a listing at S is 2S + 1 (after the events at S);
         # an undelete's Inbox event restores the flag the message had: it tells no read
-        after = [flag for flag in self.flags if flag[0] > usn and flag[0] not in self.deletes]
-        if not after:
+        listing = 2 * usn + 1
+        events = [(2 * u, read) for u, read in self.flags if u not in self.deletes]
+        points = events + [(2 * u + 1, read) for u, read in self.listed_flags]
+        before = max((p for p in points if p[0] < listing), default=None)
+        after = [p for p in events if p[0] > listing]
+        if before is None or before[1] or not after:
             return False
         nearest = min(after)[0]
-        return all(read for u, read in after if u == nearest)
+        return all(read for position, read in after if position == nearest)
 
     def contribution(self) -> Contribution:
         priority = priority_label(self.priority)

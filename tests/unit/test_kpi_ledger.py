@@ -198,6 +198,19 @@ class TestFirstListen:
         )
         assert listened(ledger) == (1, 10.0)
 
+    def test_a_read_listed_before_anything_said_unread_is_the_listings_own(self) -> None:
+        """Listed read at start-up, deleted, later read in Deleted (its unread lost in a gap):
+        the listing's read is the first listen, so the delete was not of an unheard message."""
+        ledger = fold(
+            snapshot(4283, {"m1": True}),
+            event(E.DELETED_MESSAGE, 4284, 1, "m1"),
+            event(E.DELETED_MESSAGE_CREATE, 4284, 1, "m1"),
+            snapshot(4287, {}, {"m1": True}),
+            event(E.DELETED_MESSAGE_READ, 4298, 30, "m1"),
+        )
+        assert ledger.deleted_unheard["urgent"] == 0
+        assert ledger.first_listen_unknown["urgent"] == 1
+
     def test_a_read_in_the_gap_stays_the_listings_own(self) -> None:
         ledger = fold(
             event(E.NEW_MESSAGE, 10, 0, "m1"),

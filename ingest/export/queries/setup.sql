@@ -66,14 +66,21 @@ WITH inbox_changes AS (  -- a DELETED_MESSAGE_DELETE with an Inbox event at its 
                       WHERE d.mailbox_id = r.mailbox_id AND d.message_id = r.message_id
                         AND d.usn = r.usn AND d.event_type = 'DELETED_MESSAGE_DELETE')
     GROUP BY ALL
+), flag_points AS (  -- positions: an event at u is 2u, a listing at S is 2S + 1
+    SELECT mailbox_id, message_id, 2 * usn AS pos, says_read FROM flags
+    UNION ALL
+    SELECT DISTINCT mailbox_id, message_id, 2 * usn + 1, read FROM message_records
+    WHERE from_snapshot
 ), told_later AS (
-    -- a listing at S is at least as new as S: a read it shows is the read of the next event
-    -- after S that says read or unread, if that one says read (the listing came after it)
-    SELECT l.mailbox_id, l.message_id, l.usn, arg_min(f.says_read, f.usn) AS next_says_read
+    -- a listing at S is at least as new as S: when the log knew the message unread just before
+    -- S and the next event after S about its flag says read, the listing was showing that read
+    SELECT l.mailbox_id, l.message_id, l.usn,
+           arg_max(p.says_read, p.pos) FILTER (WHERE p.pos < 2 * l.usn + 1) = false
+           AND arg_min(p.says_read, p.pos)
+                   FILTER (WHERE p.pos > 2 * l.usn + 1 AND p.pos % 2 = 0) AS next_says_read
     FROM (SELECT DISTINCT mailbox_id, message_id, usn FROM message_records
           WHERE from_snapshot AND read) AS l
-    JOIN flags AS f
-      ON f.mailbox_id = l.mailbox_id AND f.message_id = l.message_id AND f.usn > l.usn
+    JOIN flag_points AS p USING (mailbox_id, message_id)
     GROUP BY ALL
 ), flagged AS (
     SELECT r.*,
