@@ -7,6 +7,7 @@ print with rich, to a terminal or, in plain mode, as plain text.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -88,11 +89,20 @@ class Comparison:
 class Verdict:
     truth_mailboxes: int
     comparisons: tuple[Comparison, ...]
+    kpi_differences: tuple[str, ...] = ()
+    """The voicemail KPIs (`ingest kpis`) that differ from the simulator's (`KpiCheck`)."""
 
     @property
     def ok(self) -> bool:
-        """A full match needs at least one source and no difference in any."""
-        return bool(self.comparisons) and all(c.ok for c in self.comparisons)
+        """A full match needs at least one source, no difference in any, and the KPIs equal."""
+        return (
+            bool(self.comparisons)
+            and all(c.ok for c in self.comparisons)
+            and not self.kpi_differences
+        )
+
+    def with_kpis(self, check: KpiCheck) -> Verdict:
+        return dataclasses.replace(self, kpi_differences=tuple(check.differences()))
 
     @property
     def exit_code(self) -> int:
@@ -217,6 +227,10 @@ def render_verdict(console: Console, verdict: Verdict) -> None:
             console.print(f"  … and {len(comparison.problems) - SHOWN_PROBLEMS} more")
     if not verdict.comparisons:
         console.print("[bold red]MISMATCH[/]  no projection could be read")
+    if verdict.kpi_differences:
+        console.print(
+            f"[bold red]MISMATCH[/]  voicemail KPIs: {', '.join(verdict.kpi_differences)}"
+        )
     result = "[bold green]FULL MATCH[/]" if verdict.ok else "[bold red]MISMATCH[/]"
     console.print(f"Result: {result} (exit code {verdict.exit_code})")
 
@@ -231,9 +245,18 @@ class KpiCheck:
     """`/_sim/kpi-truth`, the same keys plus the simulator's own notes."""
 
     def differences(self) -> list[str]:
+        """The KPIs that differ, or why none could be compared."""
         if not self.kpis:
             return ["the KPI consumer did not answer"]
         return [key for key in sorted(self.kpis) if self.kpis[key] != self.truth.get(key)]
+
+    def details(self) -> list[str]:
+        """Each differing KPI with both values."""
+        return [
+            f"{key}: ingest kpis {self.kpis.get(key)!r}, truth {self.truth.get(key)!r}"
+            for key in self.differences()
+            if key in self.kpis
+        ]
 
     @property
     def ok(self) -> bool:
@@ -297,14 +320,18 @@ def render_kpis(console: Console, check: KpiCheck) -> None:
         table.add_row(what, value, truth.get(what, ""))
     console.print(table)
     delay = float(check.truth.get("listen_delay_by_downtime_seconds") or 0)
+    reported = sum((check.truth.get("deleted_unheard") or {}).values())
+    happened = check.truth.get("deleted_unheard_server_side", reported)
     if check.ok:
         console.print(
-            "[green]MATCH[/]     KPIs: every voicemail KPI as the simulator computes it "
-            f"(reads during the Notifier downtime are dated up to {delay:.0f} s late, as told)"
+            "[green]MATCH[/]     KPIs: every voicemail KPI as the simulator computes it from what "
+            f"it told (reads during the Notifier downtime are dated up to {delay:.0f} s late; "
+            f"deleted unheard as told {reported}, as happened {happened}: docs/voicemail-kpis.md)"
         )
-    else:
-        # informational: a few downtime edge cases cannot be told from the log (docs/metrics.md)
-        console.print(f"[yellow]DIFFER[/]    KPIs: {', '.join(check.differences())}")
+        return
+    console.print(f"[bold red]MISMATCH[/]  KPIs: {', '.join(check.differences())}")
+    for line in check.details():
+        console.print(f"  {line}", markup=False, highlight=False)
 
 
 @dataclass(frozen=True, slots=True)

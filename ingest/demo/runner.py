@@ -11,10 +11,10 @@ random mailbox activity with duplicates, malformed payloads and events sent brok
 valid (repaired after their dead letter, or published without the odd field), and along the way a
 CometD connection drop, a Notifier downtime and a Connection Jetty restart (all sessions and
 subscriptions lost). Then it waits for the pipeline to drain, compares the projection — from the
-projector's read API and from the compacted state topic — with the simulator's ground truth, prints
-a per-mailbox summary and where to look next, and stops every process (SIGTERM, then SIGKILL after
-a bound), also after Ctrl-C or an error. Exit code: 0 full match, 1 mismatch, 2 the pipeline could
-not be brought up, 130 interrupted.
+projector's read API and from the compacted state topic — and the voicemail KPIs of `ingest kpis`
+with the simulator's ground truth, prints a per-mailbox summary and where to look next, and stops
+every process (SIGTERM, then SIGKILL after a bound), also after Ctrl-C or an error. Exit code: 0
+full match, 1 mismatch, 2 the pipeline could not be brought up, 130 interrupted.
 
 `--schema-registry` runs it all in registry mode: a local schema registry (Apicurio, the
 Confluent-compatible API) starts next to Kafka, the worker's and the projector's config files carry
@@ -140,8 +140,9 @@ class Demo:
             await self._play_scenario()
             await self._drain()
             verdict, api_state, truth = await self._verify()
-            code = verdict.exit_code
             kpis = await self._kpis()
+            verdict = verdict.with_kpis(kpis)
+            code = verdict.exit_code
             self._report(verdict, api_state, truth, kpis)
             if self.config.keep_running:
                 await self._hold()
@@ -348,8 +349,8 @@ class Demo:
 
     async def _kpis(self) -> KpiCheck:
         """The KPI consumer's KPIs and the simulator's at one evaluation time, once they agree or
-        after KPI_TIMEOUT_S (the consumer may still be folding the last records). Informational:
-        some Notifier-downtime edge cases cannot be told from the log (docs/metrics.md)."""
+        after KPI_TIMEOUT_S (the consumer may still be folding the last records). Part of the
+        verdict: the simulator computes them from what it told (docs/voicemail-kpis.md)."""
         self.view.phase("comparing the voicemail KPIs with the simulator's")
         assert self.probe is not None
         deadline = time.monotonic() + KPI_TIMEOUT_S

@@ -180,7 +180,10 @@ class Simulator:
             self.faults,
             seed=config.seed,
             truth=self.kpi_truth,
+            tell_when_written=self.bridge is None,
         )
+        if self.bridge is None:
+            self.bayeux.on_written = self.notifier.written
         self._runners: list[web.AppRunner] = []
         self._cometd_runner: web.AppRunner | None = None
         self._ports: tuple[int, int] | None = None

@@ -39,7 +39,7 @@ import logging
 import secrets
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,6 +152,9 @@ class BayeuxServer:
         self.channels: dict[str, dict[Session, None]] = {}
         self._sockets: set[web.WebSocketResponse] = set()
         self._reaper: asyncio.Task[None] | None = None
+        self.on_written: Callable[[Sequence[bytes]], object] | None = None
+        """Told the messages of each reply once it is written to the client's connection (the
+        KPI truth counts an event as told then, not when it was queued)."""
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -242,6 +245,12 @@ class BayeuxServer:
         response = web.Response(body=_join(replies), content_type="application/json")
         if peer.new_browser is not None:
             response.set_cookie(BROWSER_COOKIE, peer.new_browser, path="/", httponly=True)
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+        except ConnectionError:
+            return response  # the connection went while writing: the events in it are lost
+        self._written(replies)
         return response
 
     async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
@@ -276,7 +285,13 @@ class BayeuxServer:
         per_frame = self.config.ws_frame_messages or len(replies)
         with contextlib.suppress(ConnectionError):
             for start in range(0, len(replies), per_frame):
-                await ws.send_frame(_join(replies[start : start + per_frame]), WSMsgType.TEXT)
+                frame = replies[start : start + per_frame]
+                await ws.send_frame(_join(frame), WSMsgType.TEXT)
+                self._written(frame)
+
+    def _written(self, messages: Sequence[bytes]) -> None:
+        if self.on_written is not None:
+            self.on_written(messages)
 
     # -- the message engine ---------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ at the message's latest USN (messages sharing USN and status share one event):
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 import uuid
@@ -90,9 +91,17 @@ class Notifier:
         *,
         seed: int,
         truth: KpiTruth | None = None,
+        tell_when_written: bool = False,
     ) -> None:
         self._subscriptions = subscriptions
         self._truth = truth
+        self._tell_when_written = tell_when_written
+        """An event counts as told (in the order it was sent) only once a reply carrying it is
+        written (`written`): one queued for a session that is then lost (a restart, a connection
+        closed mid-reply) never reaches the client, as on the real server."""
+        self._unwritten: dict[bytes, int] = {}
+        """Payloads queued and not yet written to any client → their token in the truth."""
+        self._tokens = itertools.count()
         self._deliver = deliver
         self._counters = counters
         self._faults = faults
@@ -145,7 +154,7 @@ class Notifier:
         faults = self._faults
         duplicate = bool(faults.duplicate_ratio) and self._rng.random() < faults.duplicate_ratio
         corrupt = bool(faults.corrupt_ratio) and self._rng.random() < faults.corrupt_ratio
-        reached = 0
+        reached = informed = 0
         for subscription_id in self._subscriptions.of_mailbox(mailbox.alias):
             channel = channel_of(subscription_id)
             malformed_payload = False
@@ -176,8 +185,15 @@ class Notifier:
                 self._counters.corrupted_malformed += delivered
             if duplicate:
                 self._deliver(channel, payload)
-        if reached and self._truth is not None:
-            self._truth.told(event_type, messages, self._clock.second)
+            # a malformed payload tells the log nothing (a dead letter; the repair it triggers
+            # shows the change as a listing)
+            told = delivered and not malformed_payload
+            informed += told
+            if told and self._truth is not None and self._tell_when_written:
+                token = self._unwritten[payload] = next(self._tokens)
+                self._truth.told(event_type, messages, self._clock.second, usn, token)
+        if informed and self._truth is not None and not self._tell_when_written:
+            self._truth.told(event_type, messages, self._clock.second, usn)
         if not reached:
             self._counters.lost += 1
         elif duplicate:
@@ -212,6 +228,13 @@ class Notifier:
         )
         kind, data = corrupted(valid, self._rng)
         return bayeux_message(channel, data), kind in set(MalformedKind)
+
+    def written(self, payloads: Sequence[bytes]) -> None:
+        """Replies carrying these messages reached a client's connection."""
+        for payload in payloads:
+            token = self._unwritten.pop(payload, None)
+            if token is not None and self._truth is not None:
+                self._truth.written(token)
 
     def inject_malformed(
         self,

@@ -81,7 +81,7 @@ class RestApi:
         queue_limit: int = 50,
         retry_after: int | None = None,
         delegate_notifications: bool = True,
-        on_listed: Callable[[Iterable[Message]], object] | None = None,
+        on_listed: Callable[[Folder, Iterable[Message]], object] | None = None,
     ) -> None:
         self._users = users
         self._on_listed = on_listed
@@ -212,7 +212,7 @@ class RestApi:
         messages.sort(key=lambda m: (-m.arrival_ms, m.message_id))
         chosen = messages[(page - 1) * rows : page * rows]
         if self._on_listed is not None:
-            self._on_listed(chosen)
+            self._on_listed(folder, chosen)
         return web.json_response(_collection("Message", len(messages), map(_message_json, chosen)))
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from fixtures.kpis import NOTES
 from fixtures.simulator import MakeSimulator
 from fixtures.waiting import eventually
 from fixtures.worker import running_worker, settle, worker_env
@@ -43,7 +44,8 @@ def differences(kpis: KpiConsumer, sim: Simulator) -> list[str]:
     now = time.time()
     ours: dict[str, Any] = kpis.ledger.summary(now)
     truth = sim.kpis(now)
-    truth.pop("listen_delay_by_downtime_seconds")
+    for note in NOTES:
+        truth.pop(note)
     return [
         f"{key}: pipeline {ours.get(key)!r}, truth {truth.get(key)!r}"
         for key in sorted(set(ours) | set(truth))

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from aiokafka.structs import ConsumerRecord
+from fixtures.kpis import differences, sql_summary
 from fixtures.voicemail_history import AS_OF, DAY1, DAY2, EVENT_ROWS, EXPECTED, HISTORY, event
 
 from ingest.errors import ConfigError
@@ -21,6 +22,7 @@ from ingest.export.exporter import ExportRun
 from ingest.export.layout import ExportDir
 from ingest.export.rows import EVENT_SCHEMA, day_end_ms, day_of, event_rows, state_rows
 from ingest.export.sql import connect, parameters_of, query_names, run_query
+from ingest.kpis.ledger import KpiLedger
 from ingest.state.projection import Projection
 
 TOPIC = "mailbox-events"
@@ -147,6 +149,15 @@ class TestQueries:
     @pytest.mark.parametrize("name", sorted(EXPECTED))
     def test_kpi(self, exported: Path, name: str) -> None:
         assert run_query(name, exported, as_of=AS_OF) == EXPECTED[name]
+
+    def test_the_queries_and_the_kpi_ledger_agree(self, exported: Path) -> None:
+        """One set of definitions: `ingest kpis` folds the same log to the same numbers."""
+        ledger = KpiLedger()
+        for record in HISTORY:
+            ledger.apply(record)
+        as_of = AS_OF.timestamp()
+        sql = sql_summary(exported, as_of)
+        assert differences(ledger=ledger.summary(as_of), queries=sql) == []
 
     def test_every_kpi_query_has_an_answer(self) -> None:
         kpis = {n for n in query_names() if not n.startswith("example_")}
