@@ -53,10 +53,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, ProducerClosed, ProducerFenced
 
-from ingest.errors import BrokerError, ConfigError, DecodeError, KafkaAccessRefused
+from ingest.errors import BrokerError, ConfigError, KafkaAccessRefused
 from ingest.eventlog.clients import access_refused, close_consumer, pace_metadata
 from ingest.eventlog.codec import SchemaIds
-from ingest.eventlog.reader import decode_log_record
+from ingest.eventlog.reader import decode_consumed
 from ingest.eventlog.schema_registry import schema_ids
 from ingest.eventlog.topics import TopicSpec, checkpoints_spec, describe_topic, ensure_topics
 from ingest.events import EventType, MailboxEvent, MailboxSnapshot, Outcome
@@ -785,19 +785,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
 
 
 def _decode(value: bytes | None, ids: SchemaIds | None) -> MailboxEvent | MailboxSnapshot | None:
-    if value is None:
-        PROJECTOR_SKIPPED.labels("undecodable").inc()
-        return None
-    try:
-        record = decode_log_record(value, ids)
-    except DecodeError as e:
-        # a poison record must not stop the projection of every other mailbox
-        log.error("undecodable record on the events topic skipped: %s", e)
-        PROJECTOR_SKIPPED.labels("undecodable").inc()
-        return None
-    if record is None:
-        PROJECTOR_SKIPPED.labels("unexpected_kind").inc()
-    return record
+    return decode_consumed(value, ids, PROJECTOR_SKIPPED)
 
 
 # -- the sub-command ------------------------------------------------------------------------

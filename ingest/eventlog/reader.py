@@ -24,7 +24,10 @@ read its body, five bytes in instead of ten.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable
+
+from prometheus_client import Counter
 
 from ingest import speedups
 from ingest.errors import DecodeError
@@ -42,6 +45,8 @@ from ingest.events import (
     UnparsedField,
 )
 from ingest.speedups import fast_constructor
+
+_log = logging.getLogger(__name__)
 
 _START = wire.HEADER_SIZE
 _HEADER = wire.header(wire.FAST_EVENT_SCHEMA)
@@ -73,6 +78,27 @@ def decode_log_record(
             pass  # let the codec say what is wrong with it
     record = codec.decode(value, ids)
     return record if isinstance(record, MailboxEvent | MailboxSnapshot) else None
+
+
+def decode_consumed(
+    value: bytes | None, ids: codec.SchemaIds | None, skipped: Counter
+) -> MailboxEvent | MailboxSnapshot | None:
+    """What a consumer of the events topic folds from `value`: the record, or None for a value
+    it skips, counted in `skipped` by reason (`undecodable`, `unexpected_kind`). An undecodable
+    value is logged and skipped, not raised: a poison record must not stop the projection of
+    every other mailbox."""
+    if value is None:
+        skipped.labels("undecodable").inc()
+        return None
+    try:
+        record = decode_log_record(value, ids)
+    except DecodeError as e:
+        _log.error("undecodable record on the events topic skipped: %s", e)
+        skipped.labels("undecodable").inc()
+        return None
+    if record is None:
+        skipped.labels("unexpected_kind").inc()
+    return record
 
 
 _TYPES: tuple[EventType, ...] = tuple(EventType)

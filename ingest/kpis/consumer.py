@@ -34,10 +34,10 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Metric
 from prometheus_client.registry import Collector
 
-from ingest.errors import BrokerError, ConfigError, DecodeError
+from ingest.errors import BrokerError, ConfigError
 from ingest.eventlog.clients import close_consumer, pace_metadata
 from ingest.eventlog.codec import SchemaIds
-from ingest.eventlog.reader import decode_log_record
+from ingest.eventlog.reader import decode_consumed
 from ingest.eventlog.schema_registry import schema_ids
 from ingest.eventlog.topics import describe_topic
 from ingest.events import MailboxEvent, MailboxSnapshot
@@ -323,18 +323,7 @@ class KpiConsumer:
 
 
 def _decode(value: bytes | None, ids: SchemaIds | None) -> MailboxEvent | MailboxSnapshot | None:
-    if value is None:
-        KPIS_SKIPPED.labels("undecodable").inc()
-        return None
-    try:
-        record = decode_log_record(value, ids)
-    except DecodeError as e:
-        log.error("undecodable record on the events topic skipped: %s", e)
-        KPIS_SKIPPED.labels("undecodable").inc()
-        return None
-    if record is None:
-        KPIS_SKIPPED.labels("unexpected_kind").inc()
-    return record
+    return decode_consumed(value, ids, KPIS_SKIPPED)
 
 
 async def serve(settings: KpiSettings, *, handle_signals: bool = True) -> int:

@@ -1,5 +1,6 @@
-"""The worker says once, at start, when its connection to Connection exposes the mailbox
-credentials: a certificate it does not check (CUMI_TLS_VERIFY=false) or credentials over http://."""
+"""What the worker says once, at start: when its connection to Connection exposes the mailbox
+credentials (a certificate it does not check, CUMI_TLS_VERIFY=false, or credentials over http://),
+and how it reads ReceiveTime without CUMI_SERVER_TIME_ZONE."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ingest.settings import Settings
-from ingest.worker import Worker, transport_warnings
+from ingest.worker import Worker, note_receive_time_zone, transport_warnings
 
 
 @pytest.fixture
@@ -67,3 +68,35 @@ async def test_said_once_at_start(
     lines = [r.getMessage() for r in caplog.records if r.name == "ingest.worker"]
     assert len(lines) == 2
     assert lines[0].startswith("CUMI_TLS_VERIFY=false") and "http://" in lines[1]
+
+
+class TestReceiveTimeZone:
+    """Without CUMI_SERVER_TIME_ZONE, one line says ReceiveTime is read as UTC and how to set it."""
+
+    def test_one_line_when_not_set(
+        self, env: dict[str, str], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        with caplog.at_level(logging.INFO, "ingest.worker"):
+            note_receive_time_zone(Settings.load(env).cumi)
+        (line,) = caplog.records
+        assert line.levelno == logging.WARNING
+        text = line.getMessage()
+        assert "ReceiveTime is read as UTC" in text
+        assert "CUMI_SERVER_TIME_ZONE=" in text
+        assert "\n" not in text
+
+    @pytest.mark.parametrize("zone", ["UTC", "America/New_York"])
+    def test_silent_when_set(
+        self, env: dict[str, str], zone: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Set, even to UTC (then UTC is a decision, not a default)."""
+        with caplog.at_level(logging.INFO, "ingest.worker"):
+            note_receive_time_zone(Settings.load(env | {"CUMI_SERVER_TIME_ZONE": zone}).cumi)
+        assert caplog.records == []
+
+    def test_blank_counts_as_not_set(
+        self, env: dict[str, str], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        with caplog.at_level(logging.INFO, "ingest.worker"):
+            note_receive_time_zone(Settings.load(env | {"CUMI_SERVER_TIME_ZONE": " "}).cumi)
+        assert len(caplog.records) == 1
