@@ -35,9 +35,11 @@ from ingest.eventlog import codec, wire
 from ingest.events import (
     EventType,
     Folder,
+    KeptChanges,
     MailboxEvent,
     MailboxSnapshot,
     MailboxStateRecord,
+    MessageChange,
     MessageInfo,
     MessageStateRecord,
     RepairReason,
@@ -426,21 +428,23 @@ def _optional_moment(data: bytes, pos: int) -> tuple[dt.datetime | None, int]:
 
 # --- states (the checkpoints' entries) ------------------------------------------------------
 
-_STATE_HEADER = wire.header(wire.FAST_STATE_SCHEMA)
 _FOLDERS: tuple[Folder, ...] = tuple(Folder)
 _MailboxStateRecord = fast_constructor(MailboxStateRecord)
 _MessageStateRecord = fast_constructor(MessageStateRecord)
+_KeptChanges = fast_constructor(KeptChanges)
+_MessageChange = fast_constructor(MessageChange)
 _applied_sets: dict[bytes, tuple[EventType, ...]] = {}
 """Encoded `applied` arrays → decoded: a handful of distinct ones (the EventTypes of one change)."""
 
 
 def decode_state_record(value: bytes) -> MailboxStateRecord:
     """The MailboxState in a single-object encoded value (any released version). Raises
-    `DecodeError`. Today's schema is read by a straight-line reader (a few times faster than
-    fastavro plus the dict-to-dataclass step); anything else goes to `codec.decode`."""
-    if _FAST_STATES and value.startswith(_STATE_HEADER):
+    `DecodeError`. Today's schema (v3) and v2 are read by a straight-line reader (a few times
+    faster than fastavro plus the dict-to-dataclass step); anything else goes to `codec.decode`."""
+    read = _FAST_STATE.get(value[2:_START]) if value[:2] == wire.MAGIC else None
+    if read is not None:
         try:
-            return _read_state(value, _START)
+            return read(value, _START)
         except _MISREAD:
             pass  # let the codec say what is wrong with it
     record = codec.decode(value)
@@ -449,8 +453,10 @@ def decode_state_record(value: bytes) -> MailboxStateRecord:
     return record
 
 
-def _read_state(data: bytes, pos: int) -> MailboxStateRecord:
-    """The body after the header, field by field as mailbox_state.avsc (v2) orders them."""
+def _read_state(data: bytes, pos: int, v2: bool = False) -> MailboxStateRecord:
+    """The body after the header, field by field as mailbox_state.avsc (v3) orders them; `v2`:
+    as v2 did (no `kept` per message, no `snapshot_taken_at`: both read as their null default,
+    as the codec's schema resolution does)."""
     mailbox_id, pos = _string(data, pos)
     usn, pos = _long(data, pos)
     snapshot_usn, pos = _long(data, pos)
@@ -462,13 +468,16 @@ def _read_state(data: bytes, pos: int) -> MailboxStateRecord:
             count = -count
             _, pos = _long(data, pos)
         for _ in range(count):
-            message, pos = _read_message_state(data, pos)
+            message, pos = _read_message_state(data, pos, v2)
             messages.append(message)
         count, pos = _long(data, pos)
     events_applied, pos = _long(data, pos)
     duplicates, pos = _long(data, pos)
     stale, pos = _long(data, pos)
     snapshots_applied, pos = _long(data, pos)
+    snapshot_taken_at = None
+    if not v2:
+        snapshot_taken_at, pos = _optional_moment(data, pos)
     if pos != len(data):
         raise ValueError("not exactly one MailboxState")
     return _MailboxStateRecord(
@@ -481,10 +490,15 @@ def _read_state(data: bytes, pos: int) -> MailboxStateRecord:
         duplicates,
         stale,
         snapshots_applied,
+        snapshot_taken_at,
     )
 
 
-def _read_message_state(data: bytes, pos: int) -> tuple[MessageStateRecord, int]:
+def _read_state_v2(data: bytes, pos: int) -> MailboxStateRecord:
+    return _read_state(data, pos, v2=True)
+
+
+def _read_message_state(data: bytes, pos: int, v2: bool) -> tuple[MessageStateRecord, int]:
     size = data[pos]
     if size & 0x81:
         message_id, pos = _string(data, pos)
@@ -513,6 +527,15 @@ def _read_message_state(data: bytes, pos: int) -> tuple[MessageStateRecord, int]
     else:
         receive_time, pos = _optional_moment(data, pos)
     receive_time_raw, pos = _optional_string(data, pos)
+    kept: KeptChanges | None = None
+    if v2:
+        pass  # v2 ends with receive_time_raw
+    elif data[pos] == 0:  # most messages keep nothing
+        pos += 1
+    elif data[pos] == 2:
+        kept, pos = _kept(data, pos + 1)
+    else:
+        raise ValueError("bad union branch")
     message = _MessageStateRecord(
         message_id,
         folder,
@@ -528,8 +551,30 @@ def _read_message_state(data: bytes, pos: int) -> tuple[MessageStateRecord, int]
         priority,
         receive_time,
         receive_time_raw,
+        kept,
     )
     return message, pos
+
+
+def _kept(data: bytes, pos: int) -> tuple[KeptChanges, int]:
+    """A KeptChanges record: the earlier changes in any block layout, then the floor."""
+    earlier: list[MessageChange] = []
+    count, pos = _long(data, pos)
+    while count:
+        if count < 0:
+            count = -count
+            _, pos = _long(data, pos)
+        for _ in range(count):
+            usn, pos = _long(data, pos)
+            applied, pos = _applied(data, pos)
+            earlier.append(_MessageChange(usn, applied))
+        count, pos = _long(data, pos)
+    floor_folder = _FOLDERS[_index(data[pos])]
+    floor_read = data[pos + 1]
+    if floor_read > 1:
+        raise ValueError("not a boolean")
+    floor_usn, pos = _long(data, pos + 2)
+    return _KeptChanges(tuple(earlier), floor_folder, floor_read == 1, floor_usn), pos
 
 
 def _applied(data: bytes, pos: int) -> tuple[tuple[EventType, ...], int]:
@@ -588,3 +633,8 @@ if _FAST_SNAPSHOTS:
     _FAST[wire.FAST_SNAPSHOT_SCHEMA] = _read_snapshot
 _FAST_EVENT_READER = _FAST.get(wire.FAST_EVENT_SCHEMA)
 _FAST_STATES = speedups.ENABLED and _states_readable()
+_FAST_STATE: dict[bytes, Callable[[bytes, int], MailboxStateRecord]] = {}
+"""Writer schema fingerprint → the straight-line decoder of its MailboxState records."""
+if _FAST_STATES:
+    _FAST_STATE[wire.FAST_STATE_SCHEMA] = _read_state
+    _FAST_STATE[wire.FAST_STATE_SCHEMA_V2] = _read_state_v2

@@ -43,9 +43,12 @@ FAST_EVENT_SCHEMA_V1 = bytes.fromhex("5be9f43649860e88")
 before v2): it differs in two fields' types and the absence of `unparsed`."""
 FAST_SNAPSHOT_SCHEMA = bytes.fromhex("fb1721ab5af3fe8c")
 """The MailboxSnapshot schema (schemas/mailbox_snapshot.avsc) the fast reader was written for."""
-FAST_STATE_SCHEMA = bytes.fromhex("71232fc08fa27564")
-"""The MailboxState schema (schemas/mailbox_state.avsc v2) the fast state reader was written for
+FAST_STATE_SCHEMA = bytes.fromhex("07f32c4787529ea4")
+"""The MailboxState schema (schemas/mailbox_state.avsc, v3) the fast state reader was written for
 (checkpoints hold thousands of states: `ingest replay` from a checkpoint decodes them all)."""
+FAST_STATE_SCHEMA_V2 = bytes.fromhex("71232fc08fa27564")
+"""The second release of the MailboxState schema, which the fast state reader reads too (states
+and checkpoints written before v3): no `kept` per message, no `snapshot_taken_at`."""
 
 
 def schema_fingerprint(schema: Mapping[str, Any]) -> bytes:

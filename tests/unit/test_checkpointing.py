@@ -5,24 +5,31 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import dataclasses
 import datetime as dt
 import hashlib
+import io
 import itertools
+import json
+import random
 from pathlib import Path
 
+import fastavro
 import pytest
 from fixtures.producing import fold, generate
 
 from ingest import speedups
 from ingest.errors import DecodeError
-from ingest.eventlog import codec, reader
+from ingest.eventlog import codec, reader, wire
 from ingest.events import (
     CheckpointEntry,
     CheckpointManifest,
     EventType,
     Folder,
+    KeptChanges,
     MailboxEvent,
     MailboxStateRecord,
+    MessageChange,
     MessageStateRecord,
 )
 from ingest.state import checkpoints
@@ -258,45 +265,135 @@ def test_fold_version_is_pinned_to_the_fold_code() -> None:
     )
 
 
+V2_STATE = Path(__file__).resolve().parents[2] / "schemas" / "history" / "mailbox_state.v2.avsc"
+
+
+def v2_value(record: MailboxStateRecord) -> bytes:
+    """`record` as a writer of state schema v2 wrote it (no `kept`, no `snapshot_taken_at`)."""
+    schema = json.loads(V2_STATE.read_text(encoding="utf-8"))
+    datum = codec._state_to_avro(record)
+    del datum["snapshot_taken_at"]
+    for entry in datum["messages"]:
+        del entry["kept"]
+    out = io.BytesIO(wire.header(wire.FAST_STATE_SCHEMA_V2))
+    out.seek(0, io.SEEK_END)
+    fastavro.schemaless_writer(out, fastavro.parse_schema(schema, named_schemas={}), datum)
+    return out.getvalue()
+
+
+def assert_read_alike(value: bytes, v2: bool = False) -> MailboxStateRecord:
+    """The straight-line reader itself (no fallback to the codec) and the public entry point both
+    give what `codec.decode` gives."""
+    expected = codec.decode(value)
+    assert isinstance(expected, MailboxStateRecord)
+    fast = reader._read_state_v2 if v2 else reader._read_state
+    assert fast(value, wire.HEADER_SIZE) == expected
+    assert reader.decode_state_record(value) == expected
+    return expected
+
+
+def every_branch(i: int) -> MessageStateRecord:
+    """Message `i` of a state that takes every symbol and optional branch over i = 0..11."""
+    kept = None
+    if i % 3:  # no kept, kept with no earlier change, kept with several
+        earlier = tuple(
+            MessageChange(usn=u - 2**35, applied=tuple(list(EventType)[u % 9 : u % 9 + 2]))
+            for u in range((i % 3 - 1) * (i + 1))
+        )
+        kept = KeptChanges(earlier, list(Folder)[i // 3 % 3], i % 4 < 2, -1 if i % 2 else 2**40)
+    return MessageStateRecord(
+        message_id=f"id-{i}" * (1 + 10 * (i == 5)),  # id-5: a length in two bytes
+        folder=list(Folder)[i % 3],
+        read=i % 2 == 0,
+        usn=i,
+        applied=tuple(list(EventType)[: i % 10]),
+        base_folder=list(Folder)[(i + 1) % 3],
+        base_read=i % 3 == 0,
+        base_read_usn=-1 if i % 2 else i,
+        caller_ani=None if i % 2 else "+1555",
+        sender="s" * (i * 10),
+        msg_type=None,
+        priority="Urgent" if i % 3 else None,
+        receive_time=None if i % 2 else dt.datetime(2030, 1, 1, tzinfo=UTC),
+        receive_time_raw=None if i % 2 else "1/1/2030",
+        kept=kept,
+    )
+
+
 class TestFastStateReader:
     """`reader.decode_state_record` (checkpoints decode thousands of states) equals
-    `codec.decode` on every folded state, and leaves what it cannot read to the codec."""
+    `codec.decode` on every folded state, v3 and v2, and leaves what it cannot read to the
+    codec."""
+
+    def test_in_use_for_v3_and_v2(self) -> None:
+        assert reader._FAST_STATES == speedups.ENABLED
+        expected = (
+            {wire.FAST_STATE_SCHEMA, wire.FAST_STATE_SCHEMA_V2} if speedups.ENABLED else set()
+        )
+        assert set(reader._FAST_STATE) == expected
 
     def test_same_as_the_codec(self, projection: Projection) -> None:
-        values = [encode_state(s) for s in projection.mailboxes.values()]
-        assert reader._FAST_STATES == speedups.ENABLED
-        for value in values:
-            assert reader.decode_state_record(value) == codec.decode(value)
-        assert any(m.receive_time for v in values for m in codec.decode(v).messages)  # type: ignore[union-attr]
+        decoded = [assert_read_alike(encode_state(s)) for s in projection.mailboxes.values()]
+        messages = [m for state in decoded for m in state.messages]
+        assert any(m.receive_time for m in messages)
+        assert any(m.kept is None for m in messages)
+        assert any(m.kept and m.kept.earlier for m in messages)
+        assert any(s.snapshot_taken_at for s in decoded)
+        assert any(s.snapshot_taken_at is None for s in decoded)
 
-    def test_every_symbol_and_optional_branch(self) -> None:
+    def test_late_events_in_any_order(self) -> None:
+        """The order-independent fold of a shuffled log: events arrive late and are kept in
+        their place (`kept` with earlier changes below the message's usn)."""
+        records = list(generate(events=1500, mailboxes=10, seed=8).records)
+        random.Random(8).shuffle(records)
+        decoded = [assert_read_alike(encode_state(s)) for s in fold(records).mailboxes.values()]
+        kept = [m.kept for state in decoded for m in state.messages if m.kept]
+        assert any(len(k.earlier) > 1 for k in kept)
+        assert {k.floor_folder for k in kept} >= {Folder.INBOX, Folder.GONE}
+
+    @pytest.mark.parametrize("taken_at", [None, dt.datetime(2029, 5, 4, 3, 2, 1, tzinfo=UTC)])
+    def test_every_symbol_and_optional_branch(self, taken_at: dt.datetime | None) -> None:
         record = MailboxStateRecord(
             mailbox_id="m" * 70,  # a length in two bytes
             usn=2**40,
-            snapshot_usn=-1,
-            updated_at=None,
-            messages=tuple(
-                MessageStateRecord(
-                    message_id=f"id-{i}",
-                    folder=folder,
-                    read=i % 2 == 0,
-                    usn=i,
-                    applied=tuple(list(EventType)[: i % 10]),
-                    base_folder=list(Folder)[(i + 1) % 3],
-                    base_read=i % 3 == 0,
-                    base_read_usn=-1 if i % 2 else i,
-                    caller_ani=None if i % 2 else "+1555",
-                    sender="s" * (i * 10),
-                    msg_type=None,
-                    priority="Urgent" if i % 3 else None,
-                    receive_time=None if i % 2 else dt.datetime(2030, 1, 1, tzinfo=UTC),
-                    receive_time_raw=None if i % 2 else "1/1/2030",
-                )
-                for i, folder in zip(range(12), itertools.cycle(Folder), strict=False)
-            ),
+            snapshot_usn=-1 if taken_at is None else 7,
+            updated_at=taken_at,
+            messages=tuple(every_branch(i) for i in range(12)),
+            snapshots_applied=3,
+            snapshot_taken_at=taken_at,
         )
         value = codec.encode(record)
-        assert reader.decode_state_record(value) == record
+        assert assert_read_alike(value) == record
+        kept = [m.kept for m in record.messages if m.kept]
+        assert {k.floor_folder for k in kept} == set(Folder)
+        assert {k.floor_read for k in kept} == {True, False}
+        assert min(len(k.earlier) for k in kept) == 0 < max(len(k.earlier) for k in kept)
+        assert {t for k in kept for c in k.earlier for t in c.applied} == set(EventType)
+
+    def test_v2_records(self, projection: Projection) -> None:
+        """States written before v3 are read fast too, as the codec resolves them: no kept
+        changes, no snapshot_taken_at; v2's base_read_usn as written."""
+        states = [s.to_record() for s in projection.mailboxes.values()]
+        states.append(
+            MailboxStateRecord("m" * 70, 11, tuple(every_branch(i) for i in range(12)), 3)
+        )
+        for state in states:
+            value = v2_value(state)
+            expected = dataclasses.replace(
+                state,
+                messages=tuple(dataclasses.replace(m, kept=None) for m in state.messages),
+                snapshot_taken_at=None,
+            )
+            assert assert_read_alike(value, v2=True) == expected
+
+    def test_the_layouts_differ(self, projection: Projection) -> None:
+        """Neither reader takes the other version's body (so each test above tests its own)."""
+        state = next(s for s in projection.mailboxes.values() if s.to_record().messages)
+        v3, v2 = encode_state(state), v2_value(state.to_record())
+        with pytest.raises((ValueError, IndexError)):
+            reader._read_state_v2(v3, wire.HEADER_SIZE)
+        with pytest.raises((ValueError, IndexError)):
+            reader._read_state(v2, wire.HEADER_SIZE)
 
     def test_older_versions_and_damage_go_to_the_codec(self, projection: Projection) -> None:
         value = encode_state(next(iter(projection.mailboxes.values())))
