@@ -50,6 +50,7 @@ EVENT_SCHEMA = pa.schema(
         ("outcome", pa.string()),
         ("partition", pa.int32()),
         ("offset", pa.int64()),
+        ("timestamp_read", pa.bool_()),
     ]
 )
 """Columns of the `events` table, in file order (the `date` column comes from the folder)."""
@@ -145,6 +146,7 @@ def _event_rows(
             outcome.value,
             partition,
             offset,
+            not any(u.field == "EventTime" for u in event.unparsed),
         )
 
 
@@ -176,6 +178,7 @@ def _snapshot_rows(
             outcome.value,
             partition,
             offset,
+            True,
         )
 
     listed = False

@@ -169,11 +169,11 @@ class MessageFacts:
             self.first_event_usn = usn
         if event_type is E.NEW_MESSAGE and (self.new_at is None or at < self.new_at):
             self.new_at = at
-            self.arrival = receive_time if receive_time is not None else _epoch(event)
+            self.arrival = receive_time if receive_time is not None else _source_time(event)
         if event_type in _SAYS_READ:
             self.flags.append((usn, True))
             if self.event_read_at is None or at < self.event_read_at:
-                self.event_read_at, self.event_read_time = at, _epoch(event)
+                self.event_read_at, self.event_read_time = at, _source_time(event)
         elif event_type in _SAYS_UNREAD:
             self.flags.append((usn, False))
         point = (usn, False)
@@ -416,5 +416,9 @@ def _unread(
     return count, oldest, oldest_urgent, blind
 
 
-def _epoch(event: MailboxEvent) -> float:
+def _source_time(event: MailboxEvent) -> float | None:
+    """The server's EventTime of `event`; None when the worker could not read it (the record's
+    `event_time` is then the time it was ingested, not when it happened: docs/voicemail-kpis.md)."""
+    if any(u.field == "EventTime" for u in event.unparsed):
+        return None
     return event.event_time.timestamp()

@@ -54,10 +54,15 @@ class Heard(NamedTuple):
     event_type: EventType | None = None
     token: int | None = None
     """None: delivered; else it counts once written (`KpiTruth.written`)."""
-    second: int = 0
+    second: int | None = 0
+    """EventTime (epoch second); None: the notification's EventTime could not be read, so the
+    log stamps it with the time it was ingested, which the server cannot know."""
     usn: int = 0
     folder: Folder | None = None
     read: bool = False
+    receive_known: bool = True
+    """False: the notification's ReceiveTime could not be read, so the log dates the arrival by
+    the notification's EventTime."""
 
 
 class Facts:
@@ -77,12 +82,16 @@ class Facts:
         "read_known",
         "reported_unheard",
         "seen",
+        "told_arrival_s",
         "told_read_s",
     )
 
     def __init__(self, message: Message, *, before_start: bool = False) -> None:
         self.arrival_s = message.arrival_ms // 1000
         """What ReceiveTime says (whole seconds)."""
+        self.told_arrival_s: int | None = None
+        """The arrival as the log has it: ReceiveTime of the first NEW_MESSAGE told, or its
+        EventTime when its ReceiveTime could not be read (None: neither)."""
         self.priority = message.priority
         self.msg_type = message.msg_type
         self.read_before_start = before_start and message.read
@@ -112,16 +121,21 @@ class Facts:
     def replay(self, written: set[int]) -> None:
         """Derive what subscribers learned, from what reached them (`heard`)."""
         self.seen = self.read_known = self.told_read_s = self.inbox_usn = None
+        self.told_arrival_s = None
         self.observed_read = self.out_decided = self.reported_unheard = False
         for entry in self.heard:
             if entry.event_type is None:
                 assert entry.folder is not None
                 self._listed(entry.folder, entry.read)
             elif entry.token is None or entry.token in written:
-                self._told(entry.event_type, entry.second, entry.usn)
+                self._told(entry.event_type, entry.second, entry.usn, entry.receive_known)
 
-    def _told(self, event_type: EventType, second: int, usn: int) -> None:
+    def _told(
+        self, event_type: EventType, second: int | None, usn: int, receive_known: bool = True
+    ) -> None:
         if event_type is EventType.NEW_MESSAGE:
+            if self.seen != "new":
+                self.told_arrival_s = self.arrival_s if receive_known else second
             self.seen = "new"  # its arrival is told, whatever was told before
         elif self.seen is None:
             self.seen = "restatement"
@@ -199,14 +213,19 @@ class KpiTruth:
         second: int,
         usn: int,
         token: int | None = None,
+        *,
+        time_known: bool = True,
+        receive_known: bool = True,
     ) -> None:
         """A notification was sent to at least one subscriber: queued for its session (`token`:
         it counts once `written(token)` says a reply carried it to the client) or, without a
         token, delivered."""
-        for message in messages:
+        for index, message in enumerate(messages):
             facts = self.facts.get(message.message_id)
             if facts is not None:
-                facts.heard.append(Heard(event_type, token, second, usn))
+                heard = Heard(event_type, token, second if time_known else None, usn)
+                # only the first message's ReceiveTime is ever garbled (the corrupt fault)
+                facts.heard.append(heard._replace(receive_known=receive_known or index > 0))
 
     def written(self, token: int) -> None:
         """The queued notification `token` was written to a client's connection."""
@@ -251,9 +270,14 @@ class KpiTruth:
                 received[key] = received.get(key, 0) + 1
             elif facts.seen is not None:
                 first_seen[facts.seen] += 1
-            if facts.seen == "new" and facts.read_known == "event":
-                assert facts.told_read_s is not None
-                _observe(listen[priority], max(0, facts.told_read_s - facts.arrival_s))
+            read_s, arrival_s = facts.told_read_s, facts.told_arrival_s  # None: unreadable
+            if (
+                facts.seen == "new"
+                and facts.read_known == "event"
+                and read_s is not None
+                and arrival_s is not None
+            ):
+                _observe(listen[priority], max(0, read_s - arrival_s))
             elif facts.read_known is not None:
                 unknown[priority] += 1
             if facts.reported_unheard:
@@ -282,12 +306,16 @@ class KpiTruth:
             if not arrivals:
                 continue
             unread += len(arrivals)
-            known = [f for f, _ in arrivals if f.seen == "new"]
+            known = [
+                (f, f.told_arrival_s)
+                for f, _ in arrivals
+                if f.seen == "new" and f.told_arrival_s is not None
+            ]
             if len(known) < len(arrivals):
                 blind += 1
             else:
-                _observe(ages, max(0.0, now - min(f.arrival_s for f in known)))
-            urgent_known = [f.arrival_s for f in known if _priority(f.priority) == "urgent"]
+                _observe(ages, max(0.0, now - min(arrival for _, arrival in known)))
+            urgent_known = [a for f, a in known if _priority(f.priority) == "urgent"]
             for threshold in thresholds:
                 if urgent_known and now - min(urgent_known) > threshold:
                     urgent[_duration(threshold)] += 1

@@ -36,7 +36,7 @@ from ingest.simulator.comet import (
     event_data,
     event_message,
 )
-from ingest.simulator.faults import Faults, MalformedKind, corrupted, malformed
+from ingest.simulator.faults import Faults, IrregularKind, MalformedKind, corrupted, malformed
 from ingest.simulator.kpitruth import KpiTruth
 from ingest.simulator.mailbox import Folder, Mailbox, Message
 from ingest.simulator.scenario import Change
@@ -44,6 +44,10 @@ from ingest.simulator.stats import Counters
 
 Deliver = Callable[[str, bytes], int]
 """Queue an encoded message on a channel; returns the number of sessions reached."""
+
+
+_RECEIVE_TIME_KINDS = frozenset({IrregularKind.RECEIVE_TIME_NA, IrregularKind.RECEIVE_TIME_LOCALE})
+"""Irregular payloads whose first message's ReceiveTime the worker cannot read."""
 
 
 class Subscriptions:
@@ -155,11 +159,13 @@ class Notifier:
         duplicate = bool(faults.duplicate_ratio) and self._rng.random() < faults.duplicate_ratio
         corrupt = bool(faults.corrupt_ratio) and self._rng.random() < faults.corrupt_ratio
         reached = informed = 0
+        times_known = receives_known = True
         for subscription_id in self._subscriptions.of_mailbox(mailbox.alias):
             channel = channel_of(subscription_id)
             malformed_payload = False
+            time_known = receive_known = True
             if corrupt:
-                payload, malformed_payload = self._corrupted(
+                payload, kind = self._corrupted(
                     channel,
                     mailbox=mailbox,
                     event_type=event_type,
@@ -168,6 +174,11 @@ class Notifier:
                     event_time=event_time,
                     subscription_id=subscription_id,
                 )
+                malformed_payload = kind in set(MalformedKind)
+                # the log cannot have the EventTime the server meant (the worker stamps it), nor
+                # an unreadable ReceiveTime (the worker dates the arrival by the EventTime)
+                time_known = kind != IrregularKind.EVENT_TIME_ZONE
+                receive_known = kind not in _RECEIVE_TIME_KINDS
             else:
                 payload = event_message(
                     channel=channel,
@@ -189,11 +200,21 @@ class Notifier:
             # shows the change as a listing)
             told = delivered and not malformed_payload
             informed += told
+            times_known = times_known and (time_known or not told)
+            receives_known = receives_known and (receive_known or not told)
             if told and self._truth is not None and self._tell_when_written:
                 token = self._unwritten[payload] = next(self._tokens)
-                self._truth.told(event_type, messages, self._clock.second, usn, token)
+                self._truth.told(
+                    event_type,
+                    messages,
+                    self._clock.second,
+                    usn,
+                    token,
+                    time_known=time_known,
+                    receive_known=receive_known,
+                )
         if informed and self._truth is not None and not self._tell_when_written:
-            self._truth.told(event_type, messages, self._clock.second, usn)
+            self._truth.told(event_type, messages, self._clock.second, usn, time_known=times_known)
         if not reached:
             self._counters.lost += 1
         elif duplicate:
@@ -214,9 +235,9 @@ class Notifier:
         messages: Sequence[Message],
         event_time: str,
         subscription_id: str,
-    ) -> tuple[bytes, bool]:
-        """The corrupt fault's payload in place of a valid event, and whether it is malformed
-        (a dead letter) rather than irregular."""
+    ) -> tuple[bytes, str]:
+        """The corrupt fault's payload in place of a valid event, and its kind (a MalformedKind:
+        a dead letter; an IrregularKind: published with what could be read)."""
         valid = event_data(
             infos=[m.info for m in messages],
             usn=usn,
@@ -227,7 +248,7 @@ class Notifier:
             display_name=mailbox.user.display_name,
         )
         kind, data = corrupted(valid, self._rng)
-        return bayeux_message(channel, data), kind in set(MalformedKind)
+        return bayeux_message(channel, data), kind
 
     def written(self, payloads: Sequence[bytes]) -> None:
         """Replies carrying these messages reached a client's connection."""

@@ -4,6 +4,7 @@ the counters independent of the order the records come in."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import random
 
@@ -18,6 +19,7 @@ from ingest.events import (
     Outcome,
     RepairReason,
     SnapshotMessage,
+    UnparsedField,
 )
 from ingest.kpis.exposition import FAMILIES, KpiCollector
 from ingest.kpis.ledger import (
@@ -147,6 +149,25 @@ class TestReceived:
 
 class TestFirstListen:
     """Time from arrival to the first event asserting the message read, once per message."""
+
+    def test_a_read_whose_event_time_was_unreadable_has_an_unknown_time(self) -> None:
+        """The worker stamps such an event with its ingest time, which is not when the message
+        was read: the listen counts as unknown, not as a made-up duration."""
+        read = dataclasses.replace(
+            event(E.SAVED_MESSAGE, 11, 60, "m1"),
+            unparsed=(UnparsedField("EventTime", "03/01/2025 08:01:00 PST"),),
+        )
+        ledger = fold(event(E.NEW_MESSAGE, 10, 0, "m1"), read)
+        assert listened(ledger, "normal") == (0, 0.0)
+        assert ledger.first_listen_unknown["normal"] == 1
+
+    def test_an_arrival_whose_event_time_was_unreadable_is_unknown(self) -> None:
+        new = dataclasses.replace(
+            event(E.NEW_MESSAGE, 10, 0, "m1"), unparsed=(UnparsedField("EventTime", "x"),)
+        )
+        ledger = fold(new, event(E.SAVED_MESSAGE, 11, 60, "m1"))
+        assert sum(ledger.received.values()) == 1
+        assert ledger.first_listen_unknown["normal"] == 1
 
     def test_receive_time_is_the_arrival(self) -> None:
         ledger = fold(

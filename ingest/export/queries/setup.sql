@@ -102,14 +102,18 @@ WITH inbox_changes AS (  -- a DELETED_MESSAGE_DELETE with an Inbox event at its 
            min(usn) FILTER (WHERE NOT from_snapshot) AS first_event_usn,
            min(usn) FILTER (WHERE from_snapshot) AS first_listing_usn,
            min(usn) AS first_usn,
-           arg_min(coalesce(receive_time, "timestamp"), usn_order)
+           -- first(): the first row's value even when it is NULL (arg_min skips NULLs); a
+           -- time the worker could not read (timestamp_read false) is unknown, not the ingest time
+           first(coalesce(receive_time, CASE WHEN timestamp_read THEN "timestamp" END)
+                 ORDER BY usn_order)
                FILTER (WHERE event_type = 'NEW_MESSAGE') AS new_arrival,
            arg_min(msg_type, usn_order) FILTER (WHERE msg_type IS NOT NULL) AS msg_type,
            arg_min(priority, usn_order) FILTER (WHERE priority IS NOT NULL) AS priority,
            min(usn) FILTER (WHERE counts_read) AS first_read_usn,
            min(point) FILTER (WHERE counts_read) AS read_at,
            arg_min(from_snapshot, usn_order) FILTER (WHERE counts_read) AS first_read_in_snapshot,
-           arg_min("timestamp", usn_order) FILTER (WHERE counts_read) AS first_read_time,
+           first(CASE WHEN timestamp_read THEN "timestamp" END ORDER BY usn_order)
+               FILTER (WHERE counts_read) AS first_read_time,
            min(point) FILTER (WHERE says_inbox) AS inbox_at
     FROM flagged
     GROUP BY mailbox_id, message_id
@@ -123,7 +127,10 @@ WITH inbox_changes AS (  -- a DELETED_MESSAGE_DELETE with an Inbox event at its 
            CASE WHEN has_new THEN 'new'
                 WHEN first_event_usn IS NULL OR first_listing_usn < first_event_usn
                     THEN 'snapshot'
-                ELSE 'restatement' END AS first_seen
+                ELSE 'restatement' END AS first_seen,
+           -- a listen is timed from a known arrival to an event's readable EventTime
+           has_new AND NOT coalesce(first_read_in_snapshot, true)
+               AND new_arrival IS NOT NULL AND first_read_time IS NOT NULL AS timed
     FROM facts LEFT JOIN deleted USING (mailbox_id, message_id)
 )
 SELECT mailbox_id, message_id,
@@ -133,12 +140,11 @@ SELECT mailbox_id, message_id,
        priority_label(priority) AS priority,
        CASE WHEN first_seen = 'new' THEN new_arrival END AS arrival,  -- NULL: unknown
        CASE WHEN first_read_usn IS NULL THEN NULL
-            WHEN first_seen = 'new' AND NOT first_read_in_snapshot THEN 'known'
+            WHEN timed THEN 'known'
             ELSE 'unknown' END AS first_listen,                       -- NULL: never read
-       CASE WHEN first_seen = 'new' AND NOT first_read_in_snapshot THEN first_read_time
-            END AS first_listen_time,
-       CASE WHEN first_seen = 'new' AND NOT first_read_in_snapshot
-            THEN greatest(0, epoch(first_read_time) - epoch(new_arrival))
+       CASE WHEN timed THEN first_read_time END AS first_listen_time,
+       -- (greatest() skips NULLs: only timed listens get here)
+       CASE WHEN timed THEN greatest(0, epoch(first_read_time) - epoch(new_arrival))
             END AS seconds_to_first_listen,
        first_read_usn,
        deleted_at.usn AS first_delete_usn,
