@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from fixtures.simulator import MakeSimulator, request_notification
+from fixtures.waiting import eventually
 
 from ingest.cumi.session import CometSession, EventBatch, LossReason, channel_for
 from ingest.errors import TransportError
@@ -151,9 +152,13 @@ class TestAdvice:
         sim = await make_simulator(connect_timeout=5.0)
         session = await open_session(sim.cometd_url, Received(), transport)
         sessions.append(session)
-        async with asyncio.timeout(5):  # the first connect is answered at once; wait for a hold
-            while not any(s.waiter for s in sim.bayeux.sessions.values()):  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+        # the first connect is answered at once; wait for a held one
+        await eventually(
+            lambda: any(s.waiter for s in sim.bayeux.sessions.values()),
+            within=5,
+            what="a held connect",
+            interval=0.01,
+        )
         assert sim.disconnect_sessions() == 1
         async with asyncio.timeout(5):
             reason = await session.wait_lost()
@@ -170,9 +175,12 @@ class TestAdvice:
         )
         sessions.append(session)
         await session.start()
-        async with asyncio.timeout(15):
-            while session.connect_replies < 4 and not session.is_lost:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
+        await eventually(
+            lambda: session.connect_replies >= 4 or session.is_lost,
+            within=15,
+            what="four connect replies",
+            interval=0.05,
+        )
         # three holds of 1.5 s with nothing to say, with a stall setting of 0.5 s
         assert not session.is_lost
         assert session.connect_replies >= 4

@@ -302,9 +302,12 @@ class TestSessions:
     ) -> None:
         client, _ = await ready_client(http, simulator, ["user0001"])
         held = asyncio.create_task(client.connect())
-        async with asyncio.timeout(2):
-            while not any(s.waiter for s in simulator.bayeux.sessions.values()):  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+        await eventually(
+            lambda: any(s.waiter for s in simulator.bayeux.sessions.values()),
+            within=2,
+            what="a held connect",
+            interval=0.01,
+        )
         assert simulator.disconnect_sessions() == 1
         disconnect, connect = await asyncio.wait_for(held, 2)
         assert disconnect["channel"] == "/meta/disconnect" and disconnect["successful"]

@@ -109,9 +109,12 @@ class TestServerFaults:
             sim.emit(200)
             await settle(worker, sim)
             sim.restart()
-            async with asyncio.timeout(30):
-                while manager.sessions_started < 2 or not worker.is_ready():  # noqa: ASYNC110
-                    await asyncio.sleep(0.05)
+            await eventually(
+                lambda: manager.sessions_started >= 2 and worker.is_ready(),
+                within=30,
+                what="a second session, ready",
+                interval=0.05,
+            )
             dead = [
                 m.alias
                 for m in manager.mailboxes.values()
