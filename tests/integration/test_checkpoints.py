@@ -300,6 +300,20 @@ async def test_a_new_group_starts_from_the_newest_checkpoint(
     starts from them (not offset 0), writes their states, and ends exact."""
     group = f"ckpt-new-{uuid.uuid4().hex[:8]}"
     state = f"{checkpointed.names.state}-rebuilt"
+    # every partition the killed projectors got to checkpoint (one with few records may have
+    # none), counted before the rebuild starts: it writes checkpoints of its own as it folds
+    reader = CheckpointReader(
+        checkpointed.names.checkpoints,
+        checkpointed.names.events,
+        bootstrap_servers=checkpointed.bootstrap,
+    )
+    assert await reader.start(PARTITIONS)
+    try:
+        listed = await reader.manifests(range(PARTITIONS))
+    finally:
+        await reader.stop()
+    with_checkpoints = sum(1 for found in listed.values() if found)
+    assert with_checkpoints >= PARTITIONS // 2, listed
     proc = ProjectorProcess(
         checkpointed.bootstrap,
         checkpointed.names.events,
@@ -322,19 +336,6 @@ async def test_a_new_group_starts_from_the_newest_checkpoint(
     finally:
         assert await proc.terminate() == 0
     text = log_path.read_text(errors="replace")
-    # every partition the killed projectors got to checkpoint (one with few records may have none)
-    reader = CheckpointReader(
-        checkpointed.names.checkpoints,
-        checkpointed.names.events,
-        bootstrap_servers=checkpointed.bootstrap,
-    )
-    assert await reader.start(PARTITIONS)
-    try:
-        listed = await reader.manifests(range(PARTITIONS))
-    finally:
-        await reader.stop()
-    with_checkpoints = sum(1 for found in listed.values() if found)
-    assert with_checkpoints >= PARTITIONS // 2, listed
     assert text.count("starting from its checkpoint") == with_checkpoints, text[-3000:]
     rebuilt = await read_state_topic(state, bootstrap_servers=checkpointed.bootstrap)
     assert state_differences(fold(checkpointed.records), rebuilt) == []
