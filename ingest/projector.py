@@ -53,7 +53,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, ProducerClosed, ProducerFenced
 
-from ingest.errors import BrokerError, ConfigError, KafkaAccessRefused
+from ingest.errors import BrokerError, ConfigError, IngestError, KafkaAccessRefused
 from ingest.eventlog.clients import access_refused, close_consumer, pace_metadata
 from ingest.eventlog.codec import SchemaIds
 from ingest.eventlog.reader import decode_consumed
@@ -92,6 +92,7 @@ from ingest.settings import (
     load_process,
     load_read_api,
 )
+from ingest.state.catchup import Failed, Job, Pool, Segment
 from ingest.state.checkpoints import (
     CheckpointPolicy,
     CheckpointReader,
@@ -99,8 +100,10 @@ from ingest.state.checkpoints import (
     Tracker,
     prepare,
 )
+from ingest.state.packing import pack_states, unpack_states
 from ingest.state.projection import MailboxState, Projection
 from ingest.state.read_api import ReadApi
+from ingest.state.replay import available_cpus
 from ingest.state.store import (
     Fenced,
     StateReader,
@@ -167,6 +170,12 @@ class ProjectorSettings:
     checkpoints: CheckpointPolicy = field(default_factory=CheckpointPolicy)
     """CUMI_PROJECTOR_CHECKPOINT_RECORDS (0: none) and CUMI_PROJECTOR_CHECKPOINT_INTERVAL_SECONDS
     (ingest.state.checkpoints)."""
+    catch_up_processes: int = 0
+    """CUMI_PROJECTOR_CATCH_UP_PROCESSES: worker processes folding partitions that are far behind
+    (ingest.state.catchup); default one per CPU, none on a single CPU. 0: fold everything here."""
+    catch_up_records: int = 50_000
+    """CUMI_PROJECTOR_CATCH_UP_RECORDS: how far behind a restored partition must be for its fold to
+    go to a worker process."""
 
     @classmethod
     def load(
@@ -204,7 +213,16 @@ class ProjectorSettings:
                     "CUMI_PROJECTOR_CHECKPOINT_INTERVAL_SECONDS", 86_400, minimum=1
                 ),
             ),
+            catch_up_processes=s.integer(
+                "CUMI_PROJECTOR_CATCH_UP_PROCESSES", _default_catch_up_processes(), minimum=0
+            ),
+            catch_up_records=s.integer("CUMI_PROJECTOR_CATCH_UP_RECORDS", 50_000, minimum=1),
         )
+
+
+def _default_catch_up_processes() -> int:
+    cpus = available_cpus()
+    return cpus if cpus > 1 else 0
 
 
 @dataclass(slots=True)
@@ -228,6 +246,14 @@ class OwnedPartition:
     encoded: dict[str, bytes] = field(default_factory=dict)
     """The last committed encoding of each mailbox's state: a checkpoint reuses those of the
     mailboxes not changed since (while catching up, nearly all) instead of encoding again."""
+    folding_elsewhere: int | None = None
+    """The generation of the catch-up job folding this partition in a worker process (its
+    `projection` is then as of the job's start and the consumer leaves the partition paused)."""
+
+
+class CatchUpFailed(IngestError):
+    """A catch-up worker process failed or died: the projector exits (1) and a restart resumes
+    from the committed offsets."""
 
 
 class Projector:
@@ -279,18 +305,30 @@ class Projector:
         self._started = False
         self._freezer = CatchUpFreezer()
         self._catching_up = False
+        processes = settings.catch_up_processes
+        self._pool = Pool(processes, settings.log_level) if processes > 0 else None
+        self._draining: asyncio.Task[None] | None = None
 
     # -- the read side (ingest.state.read_api) ---------------------------------------------------
 
     def find(self, mailbox_id: str) -> tuple[int, MailboxState] | None:
         for number, owned in self.partitions.items():
             state = owned.projection.get(mailbox_id)
-            if state is not None:
+            if state is not None and owned.folding_elsewhere is None:
                 return number, state
         return None
 
     def projections(self) -> dict[int, Projection]:
-        return {number: owned.projection for number, owned in self.partitions.items()}
+        return {
+            number: owned.projection
+            for number, owned in self.partitions.items()
+            if owned.folding_elsewhere is None
+        }
+
+    @property
+    def catching_up(self) -> frozenset[int]:
+        """Owned partitions being folded in a worker process: their state is not here yet."""
+        return frozenset(n for n, o in self.partitions.items() if o.folding_elsewhere is not None)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -433,7 +471,13 @@ class Projector:
         await self.stop()
 
     async def _close(self) -> None:
+        draining, self._draining = self._draining, None
+        if draining is not None:
+            draining.cancel()
+            await _settled(draining)
         await self._close_kafka()
+        if self._pool is not None:
+            await asyncio.to_thread(self._pool.stop)
         await self.read_api.stop()
         await self.ops.stop()
 
@@ -508,8 +552,8 @@ class Projector:
 
     def _apply(self, tp: TopicPartition, records: Sequence[Any]) -> None:
         owned = self.partitions.get(tp.partition)
-        if owned is None or tp.topic != self.events_topic:
-            return  # fetched before a rebalance took the partition away
+        if owned is None or tp.topic != self.events_topic or owned.folding_elsewhere is not None:
+            return  # fetched before a rebalance took the partition away, or before it was paused
         apply, dirty, ids = owned.projection.apply, owned.dirty, self._ids
         # counted here and added to the metrics once per slice: a labelled inc() per record was
         # a tenth of the projector's time while catching up
@@ -575,6 +619,27 @@ class Projector:
             states.append(state_value(owned.projection.mailboxes[mailbox_id]))
             await asyncio.sleep(0)  # a big mailbox takes milliseconds; let heartbeats through
         checkpoint = await self._checkpoint_due(owned, states)
+        written = await self._transact(owned, states, owned.next_offset, checkpoint)
+        PROJECTOR_TRANSACTION_SECONDS.observe(time.monotonic() - started)
+        owned.dirty.clear()
+        owned.pending = 0
+        if self.settings.checkpoints.enabled:
+            owned.encoded.update((s.mailbox_id, s.value) for s in states)
+        if checkpoint is not None and written is not None:
+            owned.encoded.update(
+                (e.mailbox_id, e.state) for c in checkpoint.chunks for e in c.entries
+            )
+            owned.checkpoint.written(written)
+
+    async def _transact(
+        self,
+        owned: OwnedPartition,
+        states: Sequence[StateValue],
+        next_offset: int,
+        checkpoint: PendingCheckpoint | None,
+    ) -> Any:
+        """One transaction: `states`, the checkpoint if any, and the group's offset `next_offset`
+        of the partition; the checkpoint's manifest as written (None without one)."""
         written: list[Any] = []
 
         async def also(producer: Any) -> None:
@@ -585,7 +650,7 @@ class Projector:
             # a transaction Kafka cannot finish (it went away) is given up well before the
             # coordinator would time it out and fence the producer: the partitions are rejoined
             async with asyncio.timeout(self.settings.transaction_timeout_ms / 2000):
-                await self._writer.commit(owned.number, states, owned.next_offset, also=also)
+                await self._writer.commit(owned.number, states, next_offset, also=also)
         except TimeoutError as e:
             PROJECTOR_TRANSACTIONS.labels("aborted").inc()
             raise TransactionFailed(
@@ -594,21 +659,14 @@ class Projector:
         except (TransactionFailed, Fenced):
             PROJECTOR_TRANSACTIONS.labels("aborted").inc()
             raise
-        PROJECTOR_TRANSACTION_SECONDS.observe(time.monotonic() - started)
         PROJECTOR_TRANSACTIONS.labels("committed").inc()
         PROJECTOR_STATES_WRITTEN.inc(len(states))
-        owned.dirty.clear()
-        owned.pending = 0
-        owned.committed_offset = owned.next_offset
-        if self.settings.checkpoints.enabled:
-            owned.encoded.update((s.mailbox_id, s.value) for s in states)
-        if checkpoint is not None and written:
-            owned.encoded.update(
-                (e.mailbox_id, e.state) for c in checkpoint.chunks for e in c.entries
-            )
-            owned.checkpoint.written(written[0])
-            PROJECTOR_CHECKPOINTS.inc()
-            PROJECTOR_CHECKPOINT_BYTES.inc(checkpoint.size)
+        owned.committed_offset = next_offset
+        if checkpoint is None or not written:
+            return None
+        PROJECTOR_CHECKPOINTS.inc()
+        PROJECTOR_CHECKPOINT_BYTES.inc(checkpoint.size)
+        return written[0]
 
     async def _checkpoint_due(
         self, owned: OwnedPartition, states: Sequence[StateValue]
@@ -685,6 +743,8 @@ class Projector:
             async with self._lock:
                 for number in set(self.partitions) - set(numbers):
                     self._drop(number)
+                for number in self.catching_up:
+                    self._drop(number)  # its state is in a worker: restored from Kafka instead
                 await self._writer.close(set(self._writer.partitions) - set(numbers))
                 await self._restore(numbers)
                 self.ready = True
@@ -710,7 +770,9 @@ class Projector:
         )
 
     def _drop(self, number: int) -> None:
-        del self.partitions[number]
+        owned = self.partitions.pop(number)
+        if owned.folding_elsewhere is not None and self._pool is not None:
+            self._pool.cancel(number)
         with contextlib.suppress(KeyError):
             PROJECTOR_LAG.remove(str(number))
 
@@ -749,10 +811,12 @@ class Projector:
             self.partitions[number] = owned
         for number in numbers:
             tp = TopicPartition(self.events_topic, number)
+            consumer.resume(tp)
             if self.partitions[number].next_offset > 0:
                 consumer.seek(tp, self.partitions[number].next_offset)
             else:
                 await consumer.seek_to_beginning(tp)
+        await self._fold_elsewhere(consumer, numbers)
         PROJECTOR_PARTITIONS.set(len(self.partitions))
         PROJECTOR_RESTORE_SECONDS.observe(time.monotonic() - started)
         log.info(
@@ -763,6 +827,126 @@ class Projector:
             sum(len(restored[n]) for n in stale),
             time.monotonic() - started,
         )
+
+    # -- catching up in worker processes (ingest.state.catchup) -----------------------------
+
+    async def _fold_elsewhere(self, consumer: AIOKafkaConsumer, numbers: Sequence[int]) -> None:
+        """Hand the partitions at least `catch_up_records` behind to the worker processes."""
+        pool = self._pool
+        if pool is None:
+            return
+        tps = [TopicPartition(self.events_topic, n) for n in numbers]
+        ends = await consumer.end_offsets(tps)  # last stable offsets: read_committed
+        behind = sorted(
+            ((ends[tp] - self.partitions[tp.partition].next_offset, tp) for tp in tps),
+            key=lambda item: -item[0],
+        )
+        for lag, tp in behind:
+            if lag < self.settings.catch_up_records:
+                break
+            owned = self.partitions[tp.partition]
+            consumer.pause(tp)
+            owned.folding_elsewhere = pool.begin(tp.partition, self.partition_count)
+            pool.submit(self._job(owned, ends[tp]))
+            owned.dirty.clear()  # the job writes them with its first segment
+            owned.pending = 0
+            log.info(
+                "partition %d is %d records behind: folding it in a worker process",
+                tp.partition,
+                lag,
+            )
+        if pool.started and self._draining is None:
+            self._draining = asyncio.create_task(self._drain(pool), name="catch-up results")
+
+    def _job(self, owned: OwnedPartition, stop: int) -> Job:
+        assert owned.folding_elsewhere is not None
+        s = self.settings
+        return Job(
+            partition=owned.number,
+            generation=owned.folding_elsewhere,
+            start=owned.next_offset,
+            stop=stop,
+            state=pack_states(owned.projection),
+            dirty=tuple(owned.dirty),
+            encoded=dict(owned.encoded),
+            tracker=owned.checkpoint,
+            kafka=s.kafka,
+            events_topic=self.events_topic,
+            checkpoints_topic=self.checkpoints_topic,
+            partition_count=self.partition_count,
+            policy=s.checkpoints,
+            segment_records=_CATCH_UP_FACTOR * s.commit_max_records,
+        )
+
+    async def _drain(self, pool: Pool) -> None:
+        """Commit the workers' segments as they come, for as long as the projector runs."""
+        while not self._stopping.is_set():
+            result = await asyncio.to_thread(pool.next_result, 0.5)
+            try:
+                if result is None:
+                    dead = pool.dead()
+                    if dead:
+                        raise CatchUpFailed(f"catch-up worker processes ended: {', '.join(dead)}")
+                    continue
+                async with self._lock:
+                    await self._take(result)
+            except Exception as e:
+                self._fail(e)
+                if self._failure is not None:
+                    return
+
+    async def _take(self, result: Segment | Failed) -> None:
+        owned = self.partitions.get(result.partition)
+        if owned is None or owned.folding_elsewhere != result.generation:
+            return  # cancelled: the partition moved, or was restored afresh
+        if self._failure is not None or self._trouble is not None:
+            return
+        if isinstance(result, Failed):
+            raise CatchUpFailed(
+                f"catch-up of partition {result.partition} failed in a worker process: "
+                f"{result.error}"
+            )
+        started = time.monotonic()
+        written = await self._transact(owned, result.states, result.next_offset, result.checkpoint)
+        PROJECTOR_TRANSACTION_SECONDS.observe(time.monotonic() - started)
+        owned.next_offset = result.next_offset
+        owned.checkpoint = result.tracker
+        if written is not None:
+            owned.checkpoint.written(written)
+        _count(result)
+        if result.final is not None:
+            self._take_back(owned, result)
+
+    def _take_back(self, owned: OwnedPartition, last: Segment) -> None:
+        """The worker's job is done: its state is the partition's, consumed here again."""
+        assert last.final is not None
+        projection = Projection()
+        unpack_states(last.final, projection)
+        owned.projection = projection
+        owned.encoded = dict(last.encoded) if self.settings.checkpoints.enabled else {}
+        owned.folding_elsewhere = None
+        consumer = self._consumer
+        if consumer is not None:
+            tp = TopicPartition(self.events_topic, owned.number)
+            consumer.seek(tp, owned.next_offset)
+            consumer.resume(tp)
+        log.info(
+            "partition %d folded by a worker process up to offset %d (%d mailboxes): "
+            "consuming it here again",
+            owned.number,
+            owned.next_offset,
+            len(projection.mailboxes),
+        )
+
+
+def _count(segment: Segment) -> None:
+    for (event_type, outcome), count in segment.events.items():
+        PROJECTOR_EVENTS.labels(event_type.value, outcome.value).inc(count)
+    for outcome, count in segment.snapshots.items():
+        PROJECTOR_SNAPSHOTS.labels(outcome.value).inc(count)
+    for reason, count in segment.skipped.items():
+        if count:
+            PROJECTOR_SKIPPED.labels(reason).inc(count)
 
 
 async def _settled(task: asyncio.Task[None]) -> None:

@@ -41,7 +41,6 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from operator import attrgetter
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -53,7 +52,8 @@ from ingest.eventlog.topics import describe_topic, partition_for
 from ingest.ops.metrics import PROJECTOR_REPLAY_PROGRESS, PROJECTOR_REPLAY_RECORDS
 from ingest.settings import SchemaRegistrySettings
 from ingest.state.checkpoints import CheckpointReader, newest_before, newest_within_usn
-from ingest.state.projection import MailboxState, MessageState, Projection
+from ingest.state.packing import PackedState, pack_states, unpack_states
+from ingest.state.projection import Projection
 
 log = logging.getLogger(__name__)
 
@@ -314,38 +314,14 @@ def _init_worker(queue: Any) -> None:
     _progress_queue = queue
 
 
-def _replay_group(index: int, job: _Job) -> list[_Packed]:
+def _replay_group(index: int, job: _Job) -> list[PackedState]:
     """In a worker process: fold the job's partitions, hand back the states (picklable)."""
 
     def report(done: int, total: int) -> None:
         _progress_queue.put((index, done, total))
 
     projection = asyncio.run(_replay_partitions(job, report))
-    return _pack(projection)
-
-
-# The states go back to the parent as plain tuples of the dataclasses' fields: pickle handles
-# those in C, where `MailboxStateRecord`s (or the objects themselves) cost several times more to
-# build, pickle and rebuild — seconds for a million records' worth of state, mostly in the parent,
-# where nothing runs in parallel.
-_STATE_FIELDS = tuple(f.name for f in dataclasses.fields(MailboxState) if f.name != "messages")
-_MESSAGE_FIELDS = tuple(f.name for f in dataclasses.fields(MessageState))
-_Packed = tuple[tuple[Any, ...], list[tuple[str, tuple[Any, ...]]]]
-
-
-def _pack(projection: Projection) -> list[_Packed]:
-    state_fields, message_fields = attrgetter(*_STATE_FIELDS), attrgetter(*_MESSAGE_FIELDS)
-    return [
-        (state_fields(state), [(mid, message_fields(m)) for mid, m in state.messages.items()])
-        for state in projection.mailboxes.values()
-    ]
-
-
-def _unpack(packed: list[_Packed], into: Projection) -> None:
-    for fields, messages in packed:
-        state = MailboxState(**dict(zip(_STATE_FIELDS, fields, strict=True)))
-        state.messages = {mid: MessageState(*values) for mid, values in messages}
-        into.mailboxes[state.mailbox_id] = state
+    return pack_states(projection)
 
 
 async def _replay_in_processes(job: _Job, progress: Progress | None, workers: int) -> Projection:
@@ -374,7 +350,7 @@ async def _replay_in_processes(job: _Job, progress: Progress | None, workers: in
         results = running.result()
     projection = Projection()
     for packed in results:
-        _unpack(packed, projection)
+        unpack_states(packed, projection)
     return projection
 
 

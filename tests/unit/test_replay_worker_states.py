@@ -10,8 +10,9 @@ import pytest
 from fixtures.producing import fold, generate
 
 from ingest.commands.replay import add_arguments
+from ingest.state.packing import pack_states, unpack_states
 from ingest.state.projection import Projection
-from ingest.state.replay import _pack, _unpack, available_cpus
+from ingest.state.replay import available_cpus
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -44,7 +45,7 @@ class TestStatesFromWorkers:
         halves = fold(stream.records[::2]), fold(stream.records[1::2])
         merged = Projection()
         for half in halves:
-            _unpack(pickle.loads(pickle.dumps(_pack(half))), merged)
+            unpack_states(pickle.loads(pickle.dumps(pack_states(half))), merged)
         expected = {m: s for half in halves for m, s in half.mailboxes.items()}
         assert set(merged.mailboxes) == set(expected)
         for mailbox_id, state in expected.items():
@@ -56,7 +57,7 @@ class TestStatesFromWorkers:
         stream = generate(events=3000, mailboxes=20, seed=4)
         cut = len(stream.records) // 2
         merged = Projection()
-        _unpack(pickle.loads(pickle.dumps(_pack(fold(stream.records[:cut])))), merged)
+        unpack_states(pickle.loads(pickle.dumps(pack_states(fold(stream.records[:cut])))), merged)
         for record in stream.records[cut:]:
             merged.apply(record)
         assert merged.to_json(detail=True) == fold(stream.records).to_json(detail=True)
