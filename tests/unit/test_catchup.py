@@ -96,9 +96,9 @@ def job(start: int = 0, state: Projection | None = None, **changes: Any) -> Job:
     return dataclasses.replace(base, **changes)
 
 
-async def run(the_job: Job, fetch: int = 120, generations: list[int] | None = None) -> list[Segment]:
+async def run(the_job: Job, fetch: int = 120) -> list[Segment]:
     results = Results()
-    folding = _Fold(the_job, results, generations or [the_job.generation])
+    folding = _Fold(the_job, results, [the_job.generation])
     await folding._fold(Consumer(MESSAGES, the_job.start, fetch), "tp")  # type: ignore[arg-type]
     return results.segments
 
