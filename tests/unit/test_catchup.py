@@ -99,7 +99,7 @@ def job(start: int = 0, state: Projection | None = None, **changes: Any) -> Job:
 async def run(the_job: Job, fetch: int = 120) -> list[Segment]:
     results = Results()
     folding = _Fold(the_job, results, [the_job.generation])
-    await folding._fold(Consumer(MESSAGES, the_job.start, fetch), "tp")  # type: ignore[arg-type]
+    await folding._fold(Consumer(MESSAGES, the_job.start, fetch), "tp")
     return results.segments
 
 
@@ -164,6 +164,6 @@ async def test_a_cancelled_job_hands_nothing_more_back() -> None:
         return await original(tp, **kwargs)
 
     consumer.getmany = cancelling  # type: ignore[method-assign]
-    await folding._fold(consumer, "tp")  # type: ignore[arg-type]
+    await folding._fold(consumer, "tp")
     assert results.segments and all(s.final is None for s in results.segments)
     assert results.segments[-1].next_offset < 800
