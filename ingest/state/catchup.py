@@ -147,7 +147,11 @@ class Pool:
             )
             worker.start()
             self._workers.append(worker)
-        log.info("catch-up: %d worker processes started", self.processes)
+        log.info(
+            "catch-up: %d worker processes started (pids %s)",
+            self.processes,
+            " ".join(str(w.pid) for w in self._workers),
+        )
 
     def begin(self, partition: int, partitions: int) -> int:
         """A new job's generation for `partition` (of `partitions`), cancelling any running one;
@@ -207,19 +211,24 @@ class Pool:
 def _work(tasks: Any, results: Any, generations: Any, log_level: str) -> None:
     """A worker process: fold jobs until told to stop (None) or the projector is gone."""
     configure_logging(log_level)
-    while _owner_alive():
-        try:
-            job = tasks.get(timeout=1)
-        except queue.Empty:
-            continue
-        if job is None:
-            return
-        if generations[job.partition] != job.generation:
-            continue  # cancelled before it began
-        try:
-            asyncio.run(_Fold(job, results, generations).run())
-        except Exception as e:
-            results.put(Failed(job.partition, job.generation, repr(e)))
+    try:
+        while _owner_alive():
+            try:
+                job = tasks.get(timeout=1)
+            except queue.Empty:
+                continue
+            if job is None:
+                return
+            if generations[job.partition] != job.generation:
+                continue  # cancelled before it began
+            try:
+                asyncio.run(_Fold(job, results, generations).run())
+            except Exception as e:  # reported to the projector, which fails (exit 1)
+                results.put(Failed(job.partition, job.generation, repr(e)))
+    finally:
+        if not _owner_alive():
+            # nobody reads the results any more: exit without waiting to flush them
+            results.cancel_join_thread()
 
 
 class _Fold:

@@ -7,7 +7,10 @@
 Answers come from the instance's in-memory state: the partitions it owns, including changes
 applied but not yet committed (a crash rolls them back and re-applies the same events, so what
 was served is reached again). With several projector instances a mailbox is served by the one
-that owns its partition; the others answer 404 with `"owned": false` and the partition.
+that owns its partition; the others answer 404 with `"owned": false` and the partition. A
+partition the projector has handed to a catch-up worker process (far behind the log's end,
+ingest.state.catchup) is not served until the worker is done: 503 (`catching-up`, Retry-After),
+and its mailboxes are left out of the listing meanwhile.
 
 - Paging is by cursor: `next` is the last id of the page, passed back as `after`. Pages come from
   a sorted index kept up to date as mailboxes appear (`ingest.state.mailbox_index`), not from a
@@ -67,7 +70,12 @@ class StateView(Protocol):
     def find(self, mailbox_id: str) -> tuple[int, MailboxState] | None: ...
 
     def projections(self) -> Mapping[int, Projection]:
-        """Owned partition → its projection."""
+        """Owned partition → its projection (not those catching up elsewhere)."""
+
+    @property
+    def catching_up(self) -> Collection[int]:
+        """Owned partitions whose state is being folded in a catch-up worker process (the
+        projector has it only once the worker is done: ingest.state.catchup)."""
 
 
 def counts(state: MailboxState) -> dict[str, int]:
@@ -185,7 +193,7 @@ class ReadApi:
         mailbox_id = request.match_info["mailbox_id"]
         found = self._view.find(mailbox_id)
         if found is None:
-            return self._unknown(mailbox_id)
+            return self._catching_up(mailbox_id) or self._unknown(mailbox_id)
         partition, state = found
         etag = entity_tag(state)
         modified = last_modified(state, dt.datetime.now(dt.UTC))
@@ -200,6 +208,22 @@ class ReadApi:
         # state with caller numbers: no shared cache keeps it, every use revalidates
         response.headers["Cache-Control"] = "private, no-cache"
         return response
+
+    def _catching_up(self, mailbox_id: str) -> web.Response | None:
+        count = self._view.partition_count
+        partition = partition_for(mailbox_id, count) if count else None
+        if partition is None or partition not in self._view.catching_up:
+            return None
+        return problem(
+            503,
+            f"partition {partition} is catching up on the log in a worker process: its state is "
+            "served once it is folded",
+            kind="catching-up",
+            title="Catching up",
+            headers={"Retry-After": "5"},
+            mailbox_id=mailbox_id,
+            partition=partition,
+        )
 
     def _unknown(self, mailbox_id: str) -> web.Response:
         count = self._view.partition_count

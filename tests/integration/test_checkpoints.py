@@ -340,3 +340,79 @@ async def test_a_new_group_starts_from_the_newest_checkpoint(
     rebuilt = await read_state_topic(state, bootstrap_servers=checkpointed.bootstrap)
     assert state_differences(fold(checkpointed.records), rebuilt) == []
     await delete_topics(checkpointed.bootstrap, [state])
+
+
+def process_gone(pid: int) -> bool:
+    """Ended (or ended and not yet reaped by whoever adopted it)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return "\nState:\tZ" in status
+
+
+async def test_a_rebuild_in_worker_processes_is_exact_across_a_kill(
+    checkpointed: Checkpointed, tmp_path: Path
+) -> None:
+    """Every partition far behind is folded by catch-up worker processes, whose segments the
+    projector commits. SIGKILLed mid-way, its workers stop on their own; started again, it ends
+    with the full fold's state, and each checkpoint it wrote is the fold below its offset."""
+    group = f"ckpt-workers-{uuid.uuid4().hex[:8]}"
+    state = f"{checkpointed.names.state}-{group}"
+    checkpoints = f"{checkpointed.names.checkpoints}-{group}"
+    settings = {
+        "CUMI_PROJECTOR_GROUP_ID": group,
+        "KAFKA_CHECKPOINTS_TOPIC": checkpoints,
+        "CUMI_PROJECTOR_CHECKPOINT_RECORDS": CHECKPOINT_RECORDS,
+        "CUMI_PROJECTOR_COMMIT_MAX_RECORDS": 300,
+        "CUMI_PROJECTOR_CATCH_UP_RECORDS": 100,
+        "CUMI_PROJECTOR_CATCH_UP_PROCESSES": 2,
+    }
+    bootstrap, events = checkpointed.bootstrap, checkpointed.names.events
+    first_log = tmp_path / "first.log"
+    first = ProjectorProcess(bootstrap, events, state, **settings)
+    await first.start(first_log)
+    async with GroupOffsets(bootstrap, group, events) as offsets:
+
+        async def some_committed() -> bool:
+            assert first.proc is not None and first.proc.returncode is None, "exited"
+            return await offsets.total() >= len(checkpointed.records) // 4
+
+        await eventually(some_committed, within=60, what="a quarter committed")
+    assert await first.kill() == -9
+    text = first_log.read_text(errors="replace")
+    assert text.count("folding it in a worker process") == PARTITIONS, text[-3000:]
+    pids = [
+        int(p) for p in re.findall(r"worker processes started \(pids ([\d ]+)\)", text)[0].split()
+    ]
+    await eventually(
+        lambda: all(process_gone(p) for p in pids), within=30, what="the workers stopped"
+    )
+    second = ProjectorProcess(bootstrap, events, state, **settings)
+    await second.start(tmp_path / "second.log")
+    try:
+        await wait_committed(
+            bootstrap,
+            group,
+            events,
+            within=60,
+            alive=lambda: second.proc is not None and second.proc.returncode is None,
+        )
+    finally:
+        assert await second.terminate() == 0
+    rebuilt = await read_state_topic(state, bootstrap_servers=bootstrap)
+    assert state_differences(fold(checkpointed.records), rebuilt) == []
+    reader = CheckpointReader(checkpoints, events, bootstrap_servers=bootstrap)
+    assert await reader.start(PARTITIONS)
+    try:
+        listed = await reader.manifests(range(PARTITIONS))
+        assert sum(map(len, listed.values())) >= PARTITIONS
+        for partition, found in listed.items():
+            for manifest in found:
+                states = await reader.states(manifest)
+                expected = checkpointed.folded_below(partition, manifest.next_offset)
+                records = {m: s.to_record() for m, s in states.items()}
+                assert state_differences(expected, records) == [], (partition, manifest)
+    finally:
+        await reader.stop()
+    await delete_topics(bootstrap, [state, checkpoints])

@@ -44,6 +44,7 @@ class View:
     def __init__(self, records: Iterable[LogRecord], owned: Iterable[int] = range(PARTITIONS)):
         self.partition_count = PARTITIONS
         self.by_partition = {n: Projection() for n in owned}
+        self.catching_up: set[int] = set()
         for record in records:
             self.apply(record)
 
@@ -59,12 +60,12 @@ class View:
     def find(self, mailbox_id: str) -> tuple[int, MailboxState] | None:
         for number, projection in self.by_partition.items():
             state = projection.get(mailbox_id)
-            if state is not None:
+            if state is not None and number not in self.catching_up:
                 return number, state
         return None
 
     def projections(self) -> dict[int, Projection]:
-        return dict(self.by_partition)
+        return {n: p for n, p in self.by_partition.items() if n not in self.catching_up}
 
     def ids(self) -> list[str]:
         return sorted(m for p in self.by_partition.values() for m in p.mailboxes)
@@ -189,6 +190,12 @@ class TestContract:
             await expect(200, "/openapi.json")  # the document needs no token
         async with serving(BrokenView(STREAM.records)) as served:
             await expect(500, f"/mailboxes/{known}")
+        view.catching_up.add(partition_for(known, PARTITIONS))
+        async with serving(view) as served:
+            waiting = await expect(503, f"/mailboxes/{known}")
+            listed = json.loads((await expect(200, "/mailboxes?limit=1000")).body)
+        assert waiting.headers["Retry-After"] == "5"
+        assert known not in {m["mailbox_id"] for m in listed["mailboxes"]}
 
         problems = [f"{a.method} {a.path}: {p}" for a, _ in answers for p in contract.check(a)]
         problems += [
