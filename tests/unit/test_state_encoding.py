@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import time
 
 import fastavro
 import pytest
@@ -163,6 +164,28 @@ class TestSameBytesAsFastavro:
     )
     def test_examples(self, state: MailboxState) -> None:
         assert writer()(state) == fastavro_bytes(state)
+
+    def test_naive_times_mean_utc_whatever_the_local_zone(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        naive = dt.datetime(2026, 11, 25, 8, 30, 15)
+        state = mailbox(updated_at=naive, messages={"m": message("m", receive_time=naive)})
+        monkeypatch.setenv("TZ", "America/New_York")
+        time.tzset()
+        try:
+            assert (
+                writer()(state)
+                == fastavro_bytes(state)
+                == writer()(
+                    mailbox(
+                        updated_at=naive.replace(tzinfo=dt.UTC),
+                        messages={"m": message("m", receive_time=naive.replace(tzinfo=dt.UTC))},
+                    )
+                )
+            )
+        finally:
+            monkeypatch.undo()
+            time.tzset()
 
     def test_across_the_repeated_strings_cache_filling_and_emptying(
         self, monkeypatch: pytest.MonkeyPatch
