@@ -278,7 +278,14 @@ def timestamp_ms(record: Record) -> int:
     elif isinstance(record, CheckpointChunk):
         return 0  # its manifest's written_at: the writer sets it (ingest.state.checkpoints)
     else:
-        moment = record.updated_at or _EPOCH
+        return epoch_ms(record.updated_at)
+    return epoch_ms(moment)
+
+
+def epoch_ms(moment: dt.datetime | None) -> int:
+    """A Kafka record timestamp: milliseconds since the epoch (None: 0), never negative."""
+    if moment is None:
+        return 0
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.UTC)
     return max(0, (moment - _EPOCH) // _MS)

@@ -37,6 +37,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 
+from ingest import speedups
 from ingest.errors import BrokerError, DecodeError, IngestError
 from ingest.eventlog import codec, wire
 from ingest.eventlog.clients import abandon, close_consumer, pace_metadata
@@ -45,6 +46,7 @@ from ingest.eventlog.schema_registry import register_writers
 from ingest.eventlog.topics import describe_topic
 from ingest.events import MailboxStateRecord
 from ingest.settings import SchemaRegistrySettings
+from ingest.state import encoding
 from ingest.state.projection import MailboxState
 
 log = logging.getLogger(__name__)
@@ -76,8 +78,18 @@ def transactional_id(prefix: str, events_topic: str, partition: int) -> str:
 
 def encode_state(state: MailboxState) -> bytes:
     """A mailbox's folded state as a state-topic value (Avro single-object encoding). Whatever
-    else stores states (checkpoints) stores these bytes, so the state schema has one mapping."""
+    else stores states (checkpoints) stores these bytes, so the state schema has one mapping:
+    `codec.encode(state.to_record())`, which the straight-line writer (ingest.state.encoding)
+    writes byte for byte ~4 times faster, without the record."""
+    if _FAST_WRITE is not None:
+        try:
+            return _FAST_WRITE(state)
+        except encoding.UNWRITABLE:
+            pass  # the reference path writes it, or says what is wrong with it
     return codec.encode(state.to_record())
+
+
+_FAST_WRITE = encoding.state_writer() if speedups.ENABLED else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +104,7 @@ class StateValue:
 
 
 def state_value(state: MailboxState) -> StateValue:
-    record = state.to_record()
-    return StateValue(state.mailbox_id, codec.encode(record), codec.timestamp_ms(record))
+    return StateValue(state.mailbox_id, encode_state(state), codec.epoch_ms(state.updated_at))
 
 
 def decode_state(value: bytes, ids: codec.SchemaIds | None = None) -> MailboxState:
