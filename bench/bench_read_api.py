@@ -41,6 +41,7 @@ class View:
         rng = random.Random(seed)
         self.by_partition = {n: Projection() for n in range(PARTITIONS)}
         self.partition_count = PARTITIONS
+        self.catching_up: frozenset[int] = frozenset()
         for i in range(count):
             self.add(f"mbx-{rng.getrandbits(64):016x}", i)
 

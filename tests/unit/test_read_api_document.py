@@ -15,6 +15,7 @@ from ingest.state.read_api import ReadApi, openapi_document
 
 class NoState:
     partitions: frozenset[int] = frozenset()
+    catching_up: frozenset[int] = frozenset()
     partition_count = 0
 
     def find(self, mailbox_id: str) -> tuple[int, MailboxState] | None:
