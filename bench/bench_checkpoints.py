@@ -4,10 +4,12 @@ On the `bench replay` topic (12 partitions, the generated stream copied until th
 `--records`, each copy a day later than the one before; reused if a previous run left it):
 
 1. **rebuild**: a real `ingest projector` under a fresh group, state topic and checkpoints topic
-   catching up from offset 0, writing checkpoints every `--checkpoint-records` offsets per
-   partition — until the group committed the end of every partition. Its checkpoint metrics are
-   scraped before it stops (encode time, bytes, count). With `--instances 2`, two projectors
-   share the partitions (the same group), as two replay processes share them.
+   catching up from offset 0 (in catch-up worker processes, its default; `--catch-up-processes`),
+   writing checkpoints every `--checkpoint-records` offsets per partition — until the group
+   committed the end of every partition. Its checkpoint metrics are scraped before it stops
+   (encode time, bytes, count). With `--instances 2`, two projectors share the partitions (the
+   same group), as two replay processes share them. Then the same rebuild folding in the
+   projector's own process (`CUMI_PROJECTOR_CATCH_UP_PROCESSES=0`), for the comparison.
 2. **replay x2**: `replay --all --workers 2` of the whole log, the full fold, for the ratio
    rebuild / replay in the same run.
 3. **rebuild from a checkpoint**: a projector of another new group and state topic, but the
@@ -70,6 +72,9 @@ class Options:
     workers: int = 2
     reuse: str | None = None
     """The state topic of an earlier run's rebuild: ask the questions only, of its checkpoints."""
+    catch_up_processes: int | None = None
+    """CUMI_PROJECTOR_CATCH_UP_PROCESSES of the rebuild (None: the projector's default, one per
+    CPU). A second rebuild folds in the projector's own process (0), for the comparison."""
 
 
 async def rebuild(
@@ -80,6 +85,7 @@ async def rebuild(
     *,
     checkpoints_topic: str | None = None,
     instances: int = 1,
+    catch_up_processes: int | None = None,
 ) -> dict[str, Any]:
     """Projector(s) of a new group from offset 0 (or from `checkpoints_topic`'s checkpoints)
     until the group has committed every partition's end."""
@@ -91,6 +97,8 @@ async def rebuild(
     }
     if checkpoints_topic is not None:
         settings["KAFKA_CHECKPOINTS_TOPIC"] = checkpoints_topic
+    if catch_up_processes is not None:
+        settings["CUMI_PROJECTOR_CATCH_UP_PROCESSES"] = catch_up_processes
     procs = [ProjectorProcess(bootstrap, topic, state, **settings) for _ in range(instances)]
     ends = await end_offsets(bootstrap, topic)
     total = sum(ends.values())
@@ -128,6 +136,7 @@ async def rebuild(
         "state_topic": state,
         "checkpoints_topic": checkpoints_topic or f"{state}-checkpoints",
         "instances": instances,
+        "catch_up_processes": catch_up_processes,
         "records": total,
         "seconds": round(seconds, 1),
         "per_second": round(total / seconds),
@@ -233,14 +242,24 @@ async def build(servers: str, topic: str, opts: Options, result: dict[str, Any])
     """The rebuild, the full fold it is compared with, the checkpoints it wrote, and a second
     rebuild from those checkpoints."""
     with tempfile.TemporaryDirectory(prefix="bench-ckpt-") as tmp:
-        built = await rebuild(servers, topic, Path(tmp), opts, instances=opts.instances)
+        built = await rebuild(
+            servers,
+            topic,
+            Path(tmp),
+            opts,
+            instances=opts.instances,
+            catch_up_processes=opts.catch_up_processes,
+        )
         result["rebuild"] = built
         print(f"  rebuild: {built}", flush=True)
         result["replay_x2"] = await timed_replay_x2(servers, topic, opts.workers)
         print(f"  replay x{opts.workers}: {result['replay_x2']}", flush=True)
-        result["rebuild_over_replay_x2"] = round(
-            built["per_second"] / result["replay_x2"]["per_second"], 2
-        )
+        in_process = await rebuild(servers, topic, Path(tmp), opts, catch_up_processes=0)
+        result["rebuild_in_process"] = in_process
+        print(f"  rebuild in the projector's process: {in_process}", flush=True)
+        replay_rate = result["replay_x2"]["per_second"]
+        result["rebuild_over_replay_x2"] = round(built["per_second"] / replay_rate, 2)
+        result["in_process_over_replay_x2"] = round(in_process["per_second"] / replay_rate, 2)
         result["checkpoints"] = await checkpoint_sizes(servers, topic, built["checkpoints_topic"])
         print(f"  checkpoints: {result['checkpoints']}", flush=True)
         again = await rebuild(
@@ -300,6 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instances", type=int, default=d.instances)
     parser.add_argument("--workers", type=int, default=d.workers)
     parser.add_argument(
+        "--catch-up-processes",
+        type=int,
+        default=None,
+        help="the rebuild's CUMI_PROJECTOR_CATCH_UP_PROCESSES (default: the projector's)",
+    )
+    parser.add_argument(
         "--lengths", default=",".join(map(str, d.lengths)), help="fractions of the log"
     )
     parser.add_argument(
@@ -318,10 +343,12 @@ def main(argv: list[str] | None = None) -> int:
         lengths=tuple(float(x) for x in args.lengths.split(",")),
         workers=args.workers,
         reuse=args.reuse,
+        catch_up_processes=args.catch_up_processes,
     )
     print(f"machine {machine()}; load {load_average()}", flush=True)
     result = asyncio.run(run_async(opts, args.bootstrap))
-    print(json.dumps({k: result.get(k) for k in ("rebuild_over_replay_x2", "cli_full_length")}))
+    summary = ("rebuild_over_replay_x2", "in_process_over_replay_x2", "cli_full_length")
+    print(json.dumps({k: result.get(k) for k in summary}))
     print(f"results in {record('checkpoints', result)}")
     return 0
 
