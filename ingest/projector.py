@@ -65,6 +65,7 @@ from ingest.ops.clock import SYSTEM_CLOCK, wait_event
 from ingest.ops.gc_tuning import CatchUpFreezer
 from ingest.ops.http import OpsServer
 from ingest.ops.metrics import (
+    PROJECTOR_CATCHING_UP,
     PROJECTOR_CHECKPOINT_BYTES,
     PROJECTOR_CHECKPOINT_SECONDS,
     PROJECTOR_CHECKPOINTS,
@@ -773,6 +774,7 @@ class Projector:
         owned = self.partitions.pop(number)
         if owned.folding_elsewhere is not None and self._pool is not None:
             self._pool.cancel(number)
+            PROJECTOR_CATCHING_UP.set(len(self.catching_up))
         with contextlib.suppress(KeyError):
             PROJECTOR_LAG.remove(str(number))
 
@@ -855,6 +857,7 @@ class Projector:
                 tp.partition,
                 lag,
             )
+        PROJECTOR_CATCHING_UP.set(len(self.catching_up))
         if pool.started and self._draining is None:
             self._draining = asyncio.create_task(self._drain(pool), name="catch-up results")
 
@@ -914,6 +917,8 @@ class Projector:
         if written is not None:
             owned.checkpoint.written(written)
         _count(result)
+        if result.checkpoint is not None:
+            PROJECTOR_CHECKPOINT_SECONDS.observe(result.checkpoint_seconds)
         if result.final is not None:
             self._take_back(owned, result)
 
@@ -925,6 +930,7 @@ class Projector:
         owned.projection = projection
         owned.encoded = dict(last.encoded) if self.settings.checkpoints.enabled else {}
         owned.folding_elsewhere = None
+        PROJECTOR_CATCHING_UP.set(len(self.catching_up))
         consumer = self._consumer
         if consumer is not None:
             tp = TopicPartition(self.events_topic, owned.number)

@@ -334,6 +334,11 @@ PROJECTOR_PARTITIONS = Gauge(
     "Events partitions this instance owns.",
     registry=PROJECTOR_REGISTRY,
 )
+PROJECTOR_CATCHING_UP = Gauge(
+    "cumi_projector_partitions_catching_up",
+    "Owned events partitions being folded in a catch-up worker process (far behind the log).",
+    registry=PROJECTOR_REGISTRY,
+)
 PROJECTOR_REBALANCES = Counter(
     "cumi_projector_rebalances_total",
     "Partition assignments received from the consumer group.",

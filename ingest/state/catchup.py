@@ -95,6 +95,8 @@ class Segment:
     states: tuple[StateValue, ...]
     """The mailboxes changed in the segment."""
     checkpoint: PendingCheckpoint | None
+    checkpoint_seconds: float
+    """Seconds encoding the checkpoint took (observed as cumi_projector_checkpoint_seconds)."""
     events: dict[tuple[EventType, Outcome], int]
     snapshots: dict[Outcome, int]
     skipped: dict[str, int]
@@ -350,7 +352,7 @@ class _Fold:
         job, mailboxes = self.job, self.projection.mailboxes
         states = tuple(state_value(mailboxes[m]) for m in sorted(self._dirty))
         self.encoded.update((s.mailbox_id, s.value) for s in states)
-        checkpoint = None
+        checkpoint, started = None, time.monotonic()
         if job.policy.due(self.tracker, self.next_offset, time.time()):
             checkpoint = await prepare(
                 topic=job.checkpoints_topic,
@@ -378,6 +380,7 @@ class _Fold:
             records=self._records,
             states=states,
             checkpoint=checkpoint,
+            checkpoint_seconds=time.monotonic() - started if checkpoint is not None else 0.0,
             events=self._events,
             snapshots=self._snapshots,
             skipped={r: skipped[r] - self._skipped[r] for r in _SKIP_REASONS},
