@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
 import logging
 import os
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
+import orjson
 from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
@@ -163,11 +163,23 @@ def run(args: argparse.Namespace) -> int:
         )
         return Exit.NOT_FOUND
     if args.format == "json":
-        json.dump(projection.to_json(), sys.stdout, indent=2, sort_keys=True)
-        sys.stdout.write("\n")
+        write_json(projection.to_json(), sys.stdout)
     else:
         print_table(projection, sys.stdout)
     return Exit.OK
+
+
+def write_json(document: Any, out: TextIO) -> None:
+    """Indented, keys sorted, UTF-8. orjson: the standard library's encoder took a fifth of an
+    `--all` answer's time (1.2 s for 2,000 mailboxes)."""
+    text = orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+    buffer = getattr(out, "buffer", None)
+    if buffer is None:  # a text-only stream (tests' StringIO)
+        out.write(text.decode())
+        return
+    out.flush()
+    buffer.write(text)
+    buffer.flush()
 
 
 def print_table(projection: Projection, out: TextIO) -> None:
