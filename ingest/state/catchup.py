@@ -116,7 +116,7 @@ class Failed:
 
 
 class Pool:
-    """Worker processes folding `Job`s; their `Segment`s come back through `results()`.
+    """Worker processes folding `Job`s; their `Segment`s come back through `next_result()`.
 
     Started lazily by the first job (a worker is a fresh Python importing aiokafka: about a second),
     stopped with the projector."""
@@ -140,7 +140,8 @@ class Pool:
         self._tasks, self._results = ctx.Queue(), ctx.Queue(maxsize=2 * self.processes)
         self._generations = ctx.Array("q", partitions, lock=False)
         self._size = partitions
-        for index in range(self.processes):
+        # more workers than partitions would have nothing to do
+        for index in range(min(self.processes, partitions)):
             worker = ctx.Process(
                 target=_work,
                 args=(self._tasks, self._results, self._generations, self._log_level),
@@ -151,7 +152,7 @@ class Pool:
             self._workers.append(worker)
         log.info(
             "catch-up: %d worker processes started (pids %s)",
-            self.processes,
+            len(self._workers),
             " ".join(str(w.pid) for w in self._workers),
         )
 
