@@ -847,8 +847,11 @@ class Projector:
             if lag < self.settings.catch_up_records:
                 break
             owned = self.partitions[tp.partition]
+            generation = pool.begin(tp.partition, self.partition_count)
+            if generation is None:
+                continue
             consumer.pause(tp)
-            owned.folding_elsewhere = pool.begin(tp.partition, self.partition_count)
+            owned.folding_elsewhere = generation
             pool.submit(self._job(owned, ends[tp]))
             owned.dirty.clear()  # the job writes them with its first segment
             owned.pending = 0

@@ -156,22 +156,22 @@ class Pool:
             " ".join(str(w.pid) for w in self._workers),
         )
 
-    def begin(self, partition: int, partitions: int) -> int:
+    def begin(self, partition: int, partitions: int) -> int | None:
         """A new job's generation for `partition` (of `partitions`), cancelling any running one;
-        starts the workers the first time."""
+        starts the workers the first time. None for a partition added to the events topic since
+        (the projector folds it itself)."""
         if not self._workers:
             self._start(partitions)
+        if partition >= self._size:
+            return None
         return self.cancel(partition)
 
     def submit(self, job: Job) -> None:
         self._tasks.put(job)
 
-    def generation(self, partition: int) -> int:
-        return int(self._generations[partition]) if self._generations is not None else 0
-
     def cancel(self, partition: int) -> int:
         """Move the partition's generation on (its running job stops); the new generation."""
-        if self._generations is None:
+        if self._generations is None or partition >= self._size:
             return 0
         self._generations[partition] += 1
         return int(self._generations[partition])
