@@ -10,7 +10,9 @@ decoded once up front, so only the fold is timed:
 - **state records**: `encode_state` of every mailbox (what a projector commit writes: the
   straight-line writer, ingest.state.encoding), the reference `to_record()` + `codec.encode`
   (fastavro) it replaces, and `codec.decode` + `Projection.load` of them (its restore), with
-  their total size;
+  their total size; `decode_state` of every encoded state (what a checkpoint read does: the
+  direct reader, ingest.state.decoding) and the reference
+  `MailboxState.from_record(decode_state_record(value))` it replaces;
 - **memory**: bytes the in-order fold's state holds (tracemalloc, after the fold).
 
 It also says whether the reordered fold gives the in-order state (counters aside): a sanity
@@ -36,9 +38,10 @@ from typing import Any
 from bench import machine, record
 from ingest import speedups
 from ingest.eventlog import codec
+from ingest.eventlog.reader import decode_state_record
 from ingest.events import LogRecord, MailboxStateRecord
-from ingest.state.projection import Projection
-from ingest.state.store import encode_state
+from ingest.state.projection import MailboxState, Projection
+from ingest.state.store import decode_state, encode_state
 
 # the test suite's stream generator (tests/ is not a package on the path)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -133,6 +136,14 @@ def measure(records: list[LogRecord], rounds: int, late: float) -> dict[str, Any
             assert isinstance(decoded, MailboxStateRecord)
             restored.load(decoded)
 
+    def read() -> None:
+        for data in encoded:
+            decode_state(data)
+
+    def read_record() -> None:
+        for data in encoded:
+            MailboxState.from_record(decode_state_record(data))
+
     gc.freeze()  # the prepared inputs are the benchmark's, not the fold's
     try:
         result: dict[str, Any] = {
@@ -145,6 +156,8 @@ def measure(records: list[LogRecord], rounds: int, late: float) -> dict[str, Any
             "state_write": rates(write, len(states), rounds),
             "state_write_record": rates(write_record, len(states), rounds),
             "state_restore": rates(restore, len(states), rounds),
+            "state_read": rates(read, len(states), rounds),
+            "state_read_record": rates(read_record, len(states), rounds),
             "state_bytes": sum(len(data) for data in encoded),
             "held_bytes": held_bytes(records),
             "reordered_equals_in_order": without_counters(fold(shuffled))
@@ -173,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     result = measure(stream.records, args.rounds, args.late)
     result["speedups"] = speedups.ENABLED
     result["load_average_after"] = os.getloadavg()
-    for name in ("in_order", "reordered", "state_write", "state_write_record", "state_restore"):
+    names = ("in_order", "reordered", "state_write", "state_write_record", "state_restore")
+    for name in (*names, "state_read", "state_read_record"):
         figures = result[name]
         print(
             f"fold {name:18s} per CPU s: {figures['cpu_best_per_s']:>9,} best "

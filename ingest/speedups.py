@@ -12,7 +12,8 @@ Each one lives next to the reference path it shortcuts, and a test holds the two
   and snapshot decoders ~ `codec.decode` (test_log_reader, test_log_reader_properties);
 - state: the projection's memoised change resolution ~ `_resolve_change` (test_projection); the
   straight-line state writer (ingest.state.encoding) ~ `to_record()` + fastavro's writer
-  (test_state_encoding);
+  (test_state_encoding); the direct state reader (ingest.state.decoding) ~
+  `MailboxState.from_record(decode_state_record(v))` (test_state_decoding);
 - ops: the streaming services' GC threshold ~ CPython's default (test_gc_tuning).
 
 `CUMI_NO_SPEEDUPS=1` (read once, at import) makes every one of them take its reference path: the
