@@ -580,14 +580,15 @@ def _long(n: int) -> bytes:
     return bytes(out)
 
 
-def _string(text: str) -> bytes:
+def avro_string(text: str) -> bytes:
+    """Avro string: its UTF-8 length as a long, then the bytes (also the state writer's)."""
     data = text.encode()
     size = len(data)
     return (_ONE_BYTE[size << 1] if size < 64 else _long(size)) + data
 
 
-def _optional_string(text: str | None) -> bytes:
-    return _NULL if text is None else _SOME + _string(text)
+def avro_optional_string(text: str | None) -> bytes:
+    return _NULL if text is None else _SOME + avro_string(text)
 
 
 _REPEATED: dict[str | None, bytes] = {}
@@ -599,8 +600,8 @@ _REPEATED_MAX = 4096
 
 
 def _repeated(text: str | None) -> bytes:
-    """`_optional_string(text)`, remembered; called when `_REPEATED` does not have it yet."""
-    encoded = _optional_string(text)
+    """`avro_optional_string(text)`, remembered; called when `_REPEATED` does not have it yet."""
+    encoded = avro_optional_string(text)
     if len(_REPEATED) >= _REPEATED_MAX:
         _REPEATED.clear()
         _REPEATED[None] = _NULL
@@ -639,8 +640,8 @@ def _fast_event_writer(header: bytes) -> Callable[[MailboxEvent], bytes]:
             event_types[event.event_type],
             _timestamp(event.event_time),
             repeated.get(event.event_time_raw) or _repeated(event.event_time_raw),
-            _NULL if subscription_id is None else _SOME + _string(subscription_id),
-            _NULL if display_name is None else _SOME + _string(display_name),
+            _NULL if subscription_id is None else _SOME + avro_string(subscription_id),
+            _NULL if display_name is None else _SOME + avro_string(display_name),
             _long(len(event.messages)),
         ]
         for m in event.messages:
@@ -649,12 +650,12 @@ def _fast_event_writer(header: bytes) -> Callable[[MailboxEvent], bytes]:
             parts += (
                 one_byte[len(message_id) << 1] if len(message_id) < 64 else _long(len(message_id)),
                 message_id,
-                _optional_string(m.caller_ani),
-                _optional_string(m.sender),
+                avro_optional_string(m.caller_ani),
+                avro_optional_string(m.sender),
                 repeated.get(m.msg_type) or _repeated(m.msg_type),
                 repeated.get(m.priority) or _repeated(m.priority),
                 _NULL if received is None else _SOME + _timestamp(received),
-                _optional_string(m.receive_time_raw),
+                avro_optional_string(m.receive_time_raw),
             )
         if event.messages:
             parts.append(_NULL)
@@ -664,7 +665,7 @@ def _fast_event_writer(header: bytes) -> Callable[[MailboxEvent], bytes]:
         )
         if event.unparsed:  # rare: a field the worker could not read
             parts.append(_long(len(event.unparsed)))
-            parts += (_string(f.field) + _optional_string(f.raw) for f in event.unparsed)
+            parts += (avro_string(f.field) + avro_optional_string(f.raw) for f in event.unparsed)
         parts.append(_NULL)
         return b"".join(parts)
 

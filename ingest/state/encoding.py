@@ -18,6 +18,7 @@ import datetime as dt
 from collections.abc import Callable
 
 from ingest.eventlog import codec, wire
+from ingest.eventlog.codec import avro_optional_string, avro_string
 from ingest.events import EventType, Folder, MailboxStateRecord
 from ingest.state.projection import MailboxState, MessageState, is_stating
 
@@ -71,16 +72,6 @@ def _long(n: int) -> bytes:
     return bytes(out)
 
 
-def _string(text: str) -> bytes:
-    data = text.encode()
-    size = len(data)
-    return (_ONE_BYTE[size << 1] if size < 64 else _long(size)) + data
-
-
-def _optional_string(text: str | None) -> bytes:
-    return _NULL if text is None else _SOME + _string(text)
-
-
 def _optional_moment(moment: dt.datetime | None) -> bytes:
     """Avro ["null", timestamp-millis]; naive datetimes mean UTC (as the codec's `_utc`)."""
     if moment is None:
@@ -97,8 +88,8 @@ _REPEATED_MAX = 1024
 
 
 def _repeated(text: str | None) -> bytes:
-    """`_optional_string(text)`, remembered; called when `_REPEATED` does not have it yet."""
-    encoded = _optional_string(text)
+    """`avro_optional_string(text)`, remembered; called when `_REPEATED` does not have it yet."""
+    encoded = avro_optional_string(text)
     if len(_REPEATED) >= _REPEATED_MAX:
         _REPEATED.clear()
         _REPEATED[None] = _NULL
@@ -158,7 +149,7 @@ def state_writer() -> StateWriter | None:
         messages = state.messages
         parts = [
             header,
-            _string(state.mailbox_id),
+            avro_string(state.mailbox_id),
             _long(state.usn),
             _long(state.snapshot_usn),
             _optional_moment(state.updated_at),
@@ -181,12 +172,12 @@ def state_writer() -> StateWriter | None:
                 folders[m.base_folder],
                 _TRUE if m.base_read else _FALSE,
                 _NO_BASE_READ_USN,
-                _NULL if caller_ani is None else _SOME + _string(caller_ani),
-                _NULL if sender is None else _SOME + _string(sender),
+                _NULL if caller_ani is None else _SOME + avro_string(caller_ani),
+                _NULL if sender is None else _SOME + avro_string(sender),
                 repeated.get(msg_type) or _repeated(msg_type),
                 repeated.get(priority) or _repeated(priority),
                 _optional_moment(m.receive_time),
-                _optional_string(m.receive_time_raw),
+                avro_optional_string(m.receive_time_raw),
             )
             if m.earlier or keeps:
                 parts += kept(m)
