@@ -55,11 +55,8 @@ from aiokafka.errors import KafkaError, ProducerClosed, ProducerFenced
 
 from ingest.errors import BrokerError, ConfigError, IngestError, KafkaAccessRefused
 from ingest.eventlog.clients import access_refused, close_consumer, pace_metadata
-from ingest.eventlog.codec import SchemaIds
-from ingest.eventlog.reader import decode_consumed
 from ingest.eventlog.schema_registry import schema_ids
 from ingest.eventlog.topics import TopicSpec, checkpoints_spec, describe_topic, ensure_topics
-from ingest.events import EventType, MailboxEvent, MailboxSnapshot, Outcome
 from ingest.ops.backoff import Backoff
 from ingest.ops.clock import SYSTEM_CLOCK, wait_event
 from ingest.ops.gc_tuning import CatchUpFreezer
@@ -69,7 +66,6 @@ from ingest.ops.metrics import (
     PROJECTOR_CHECKPOINT_BYTES,
     PROJECTOR_CHECKPOINT_SECONDS,
     PROJECTOR_CHECKPOINTS,
-    PROJECTOR_EVENTS,
     PROJECTOR_LAG,
     PROJECTOR_MAILBOXES,
     PROJECTOR_PARTITIONS,
@@ -79,7 +75,6 @@ from ingest.ops.metrics import (
     PROJECTOR_RESTORE_SECONDS,
     PROJECTOR_RESTORED,
     PROJECTOR_SKIPPED,
-    PROJECTOR_SNAPSHOTS,
     PROJECTOR_STATES_WRITTEN,
     PROJECTOR_TRANSACTION_SECONDS,
     PROJECTOR_TRANSACTIONS,
@@ -93,7 +88,7 @@ from ingest.settings import (
     load_process,
     load_read_api,
 )
-from ingest.state.catchup import Failed, Job, Pool, Segment
+from ingest.state.catchup import Failed, Job, Pool, Segment, Tally
 from ingest.state.checkpoints import (
     CheckpointPolicy,
     CheckpointReader,
@@ -555,32 +550,18 @@ class Projector:
         owned = self.partitions.get(tp.partition)
         if owned is None or tp.topic != self.events_topic or owned.folding_elsewhere is not None:
             return  # fetched before a rebalance took the partition away, or before it was paused
-        apply, dirty, ids = owned.projection.apply, owned.dirty, self._ids
-        # counted here and added to the metrics once per slice: a labelled inc() per record was
-        # a tenth of the projector's time while catching up
-        events: dict[tuple[EventType, Outcome], int] = {}
-        snapshots: dict[Outcome, int] = {}
+        tally, projection, dirty, ids = Tally(), owned.projection, owned.dirty, self._ids
         fresh = [m for m in records if m.offset >= owned.next_offset]
         for message in fresh:
-            record = _decode(message.value, ids)
-            if record is None:
-                continue
-            outcome = apply(record)
-            dirty.add(record.mailbox_id)
-            if type(record) is MailboxEvent:
-                key = (record.event_type, outcome)
-                events[key] = events.get(key, 0) + 1
-            else:
-                snapshots[outcome] = snapshots.get(outcome, 0) + 1
+            mailbox = tally.fold(projection, message.value, ids)
+            if mailbox is not None:
+                dirty.add(mailbox)
         if not fresh:
             return  # applied already (a batch fetched before the last restore)
         owned.next_offset = fresh[-1].offset + 1
         stamps = [m.timestamp for m in fresh]
         owned.checkpoint.saw(min(stamps), max(stamps))
-        for (event_type, outcome), count in events.items():
-            PROJECTOR_EVENTS.labels(event_type.value, outcome.value).inc(count)
-        for outcome, count in snapshots.items():
-            PROJECTOR_SNAPSHOTS.labels(outcome.value).inc(count)
+        tally.publish()
         if not owned.pending:
             owned.since = time.monotonic()
         owned.pending += len(fresh)
@@ -949,10 +930,7 @@ class Projector:
 
 
 def _count(segment: Segment) -> None:
-    for (event_type, outcome), count in segment.events.items():
-        PROJECTOR_EVENTS.labels(event_type.value, outcome.value).inc(count)
-    for outcome, count in segment.snapshots.items():
-        PROJECTOR_SNAPSHOTS.labels(outcome.value).inc(count)
+    segment.tally.publish()
     for reason, count in segment.skipped.items():
         if count:
             PROJECTOR_SKIPPED.labels(reason).inc(count)
@@ -975,10 +953,6 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         await self._projector.on_assigned(assigned)
-
-
-def _decode(value: bytes | None, ids: SchemaIds | None) -> MailboxEvent | MailboxSnapshot | None:
-    return decode_consumed(value, ids, PROJECTOR_SKIPPED)
 
 
 # -- the sub-command ------------------------------------------------------------------------
