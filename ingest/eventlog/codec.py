@@ -599,14 +599,19 @@ Emptied when full, so it never holds more than `_REPEATED_MAX` entries."""
 _REPEATED_MAX = 4096
 
 
-def _repeated(text: str | None) -> bytes:
-    """`avro_optional_string(text)`, remembered; called when `_REPEATED` does not have it yet."""
+def remember_string(cache: dict[str | None, bytes], most: int, text: str | None) -> bytes:
+    """`avro_optional_string(text)`, remembered in `cache` (emptied when it holds `most`): for
+    the writers' few-valued fields, looked up with `cache.get(text) or remember_string(…)`."""
     encoded = avro_optional_string(text)
-    if len(_REPEATED) >= _REPEATED_MAX:
-        _REPEATED.clear()
-        _REPEATED[None] = _NULL
-    _REPEATED[text] = encoded
+    if len(cache) >= most:
+        cache.clear()
+        cache[None] = _NULL
+    cache[text] = encoded
     return encoded
+
+
+def _repeated(text: str | None) -> bytes:
+    return remember_string(_REPEATED, _REPEATED_MAX, text)
 
 
 _REPEATED[None] = _NULL

@@ -18,7 +18,7 @@ import datetime as dt
 from collections.abc import Callable
 
 from ingest.eventlog import codec, wire
-from ingest.eventlog.codec import avro_optional_string, avro_string
+from ingest.eventlog.codec import avro_optional_string, avro_string, remember_string
 from ingest.events import EventType, Folder, MailboxStateRecord
 from ingest.state.projection import MailboxState, MessageState, is_stating
 
@@ -88,13 +88,7 @@ _REPEATED_MAX = 1024
 
 
 def _repeated(text: str | None) -> bytes:
-    """`avro_optional_string(text)`, remembered; called when `_REPEATED` does not have it yet."""
-    encoded = avro_optional_string(text)
-    if len(_REPEATED) >= _REPEATED_MAX:
-        _REPEATED.clear()
-        _REPEATED[None] = _NULL
-    _REPEATED[text] = encoded
-    return encoded
+    return remember_string(_REPEATED, _REPEATED_MAX, text)
 
 
 def writable() -> bool:
