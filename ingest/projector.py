@@ -713,6 +713,10 @@ class Projector:
                 self.ready = False
                 PROJECTOR_READY.set(0)
                 await self._commit_due(force=True)
+                # a segment committed after this point could race the partition's next owner
+                # (fenced: exit 3); the next assignment restores them from Kafka instead
+                for number in self.catching_up:
+                    self._drop(number)
         except Exception as e:
             self._fail(e)
 
@@ -886,7 +890,7 @@ class Projector:
         owned = self.partitions.get(result.partition)
         if owned is None or owned.folding_elsewhere != result.generation:
             return  # cancelled: the partition moved, or was restored afresh
-        if self._failure is not None or self._trouble is not None:
+        if self._failure is not None or self._trouble is not None or not self.ready:
             return
         if isinstance(result, Failed):
             raise CatchUpFailed(

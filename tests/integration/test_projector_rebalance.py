@@ -211,3 +211,54 @@ class TestZombie:
 async def _applied_some(proc: ProjectorProcess) -> bool:
     applied = await proc.metric("cumi_projector_events_total")
     return sum(applied.values()) > 0
+
+
+class TestCatchingUpInWorkers:
+    """A second instance joins while the first folds its backlog in catch-up worker processes:
+    the jobs of the partitions that move are cancelled (nothing of theirs is committed after),
+    both instances fold their share, and the state topic equals the fold of the whole log."""
+
+    async def test_join_while_partitions_fold_in_workers(
+        self, kafka_bootstrap: str, fresh_topics: TopicNames, tmp_path: Path
+    ) -> None:
+        stream = generate(events=EVENTS, mailboxes=MAILBOXES, seed=11)
+        records = stream.records[:PAIR_RECORDS]
+        await produce(kafka_bootstrap, fresh_topics.events, records, stream.values[:PAIR_RECORDS])
+        group = f"workers-{uuid.uuid4().hex[:8]}"
+        settings = {
+            "CUMI_PROJECTOR_GROUP_ID": group,
+            "CUMI_PROJECTOR_CATCH_UP_RECORDS": 100,
+            "CUMI_PROJECTOR_CATCH_UP_PROCESSES": 1,  # one at a time: the backlog lasts longer
+            "CUMI_PROJECTOR_CHECKPOINT_RECORDS": 200,  # many small segments
+        }
+        first, second = (
+            ProjectorProcess(kafka_bootstrap, fresh_topics.events, fresh_topics.state, **settings)
+            for _ in range(2)
+        )
+        try:
+            await first.start(tmp_path / "first.log")
+
+            async def catching_up() -> bool:
+                try:
+                    gauge = await first.metric("cumi_projector_partitions_catching_up")
+                except aiohttp.ClientError:
+                    return False
+                return sum(gauge.values()) > 0
+
+            await eventually(catching_up, within=60, what="folding in workers", interval=0.05)
+            await second.start(tmp_path / "second.log")
+
+            async def shared() -> bool:
+                a, b = await owned_partitions(first), await owned_partitions(second)
+                return bool(a) and bool(b) and sorted(a + b) == list(range(12))
+
+            await eventually(shared, within=60, what="sharing the partitions", interval=0.2)
+            await wait_committed(kafka_bootstrap, group, fresh_topics.events, within=120)
+            state = await read_state_topic(fresh_topics.state, bootstrap_servers=kafka_bootstrap)
+            assert state_differences(fold(records), state) == []
+            assert await first.terminate() == 0
+            assert await second.terminate() == 0
+        finally:
+            await first.cleanup()
+            await second.cleanup()
+        assert "folding it in a worker process" in (tmp_path / "first.log").read_text()
