@@ -17,6 +17,7 @@ import datetime as dt
 import enum
 import io
 import json
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -124,9 +125,10 @@ def registry(local_registry: LocalRegistry) -> Iterator[Registry]:
 
 
 def projector_settings(
-    bootstrap: str, topics: TopicNames, group: str, registry: str | None
+    bootstrap: str, topics: TopicNames, group: str, registry: str | None, **extra: str
 ) -> ProjectorSettings:
     env = {
+        **extra,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "KAFKA_EVENTS_TOPIC": topics.events,
         "KAFKA_STATE_TOPIC": topics.state,
@@ -309,11 +311,13 @@ class TestModeChange:
 
     async def test_mixed_log_folds_to_the_truth(
         self,
+        *,
         make_simulator: MakeSimulator,
         kafka_bootstrap: str,
         fresh_topics: TopicNames,
         registry: Registry,
         tmp_path: Path,
+        caplog: pytest.LogCaptureFixture,
     ) -> None:
         sim = await make_simulator(mailboxes=10, seed=172)
         group = f"g-{fresh_topics.events}"
@@ -343,6 +347,24 @@ class TestModeChange:
         for record in events:
             assert isinstance(record, MailboxEvent | MailboxSnapshot)
             truth.apply(record)
+        assert state_differences(truth, states) == []
+
+        # a rebuild of the mixed log by catch-up worker processes (they resolve schema ids too)
+        rebuilt = dataclasses.replace(fresh_topics, state=f"{fresh_topics.state}-workers")
+        again = projector_settings(
+            kafka_bootstrap,
+            rebuilt,
+            f"{group}-workers",
+            registry.url,
+            CUMI_PROJECTOR_CATCH_UP_RECORDS="1",
+            CUMI_PROJECTOR_CATCH_UP_PROCESSES="2",
+        )
+        with caplog.at_level(logging.INFO, logger="ingest.projector"):
+            async with Projector(again) as projector:
+                await wait_committed(kafka_bootstrap, f"{group}-workers", rebuilt.events, 120)
+                await projector.stop()
+        assert "folding it in a worker process" in caplog.text
+        states = await read_state_topic(rebuilt.state, ids=ids, bootstrap_servers=kafka_bootstrap)
         assert state_differences(truth, states) == []
 
 
