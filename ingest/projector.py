@@ -79,6 +79,7 @@ from ingest.ops.metrics import (
     PROJECTOR_TRANSACTION_SECONDS,
     PROJECTOR_TRANSACTIONS,
 )
+from ingest.ops.progress import LoggedProgress
 from ingest.settings import (
     HttpTimeouts,
     KafkaSettings,
@@ -304,6 +305,7 @@ class Projector:
         processes = settings.catch_up_processes
         self._pool = Pool(processes, settings.log_level) if processes > 0 else None
         self._draining: asyncio.Task[None] | None = None
+        self._catch_up_progress: _CatchUpProgress | None = None
 
     # -- the read side (ingest.state.read_api) ---------------------------------------------------
 
@@ -845,6 +847,9 @@ class Projector:
                 tp.partition,
                 lag,
             )
+            if self._catch_up_progress is None:
+                self._catch_up_progress = _CatchUpProgress()
+            self._catch_up_progress.behind(lag)
         PROJECTOR_CATCHING_UP.set(len(self.catching_up))
         if pool.started and self._draining is None:
             self._draining = asyncio.create_task(self._drain(pool), name="catch-up results")
@@ -905,6 +910,8 @@ class Projector:
         if written is not None:
             owned.checkpoint.written(written)
         _count(result)
+        if self._catch_up_progress is not None:
+            self._catch_up_progress.folded(result.records)
         if result.checkpoint is not None:
             PROJECTOR_CHECKPOINT_SECONDS.observe(result.checkpoint_seconds)
         if result.final is not None:
@@ -919,6 +926,9 @@ class Projector:
         owned.encoded = dict(last.encoded) if self.settings.checkpoints.enabled else {}
         owned.folding_elsewhere = None
         PROJECTOR_CATCHING_UP.set(len(self.catching_up))
+        if not self.catching_up and self._catch_up_progress is not None:
+            self._catch_up_progress.close()
+            self._catch_up_progress = None
         consumer = self._consumer
         if consumer is not None:
             tp = TopicPartition(self.events_topic, owned.number)
@@ -931,6 +941,26 @@ class Projector:
             owned.next_offset,
             len(projection.mailboxes),
         )
+
+
+class _CatchUpProgress:
+    """Log lines while partitions fold in worker processes (`kubectl logs` during a rebuild):
+    records folded of those the jobs had to fold, every 10 % and at least every 10 s."""
+
+    def __init__(self) -> None:
+        self._total = self._done = 0
+        self._progress = LoggedProgress("catch-up: records folded in worker processes", 0)
+
+    def behind(self, records: int) -> None:
+        self._total += records
+        self._progress.update(self._done, self._total)
+
+    def folded(self, records: int) -> None:
+        self._done += records
+        self._progress.update(self._done, self._total)
+
+    def close(self) -> None:
+        self._progress.close()
 
 
 def _count(segment: Segment) -> None:

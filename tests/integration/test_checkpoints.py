@@ -382,6 +382,7 @@ async def test_a_rebuild_in_worker_processes_is_exact_across_a_kill(
     assert await first.kill() == -9
     text = first_log.read_text(errors="replace")
     assert text.count("folding it in a worker process") == PARTITIONS, text[-3000:]
+    assert "catch-up: records folded in worker processes" in text  # progress, off a terminal
     pids = [
         int(p) for p in re.findall(r"worker processes started \(pids ([\d ]+)\)", text)[0].split()
     ]
