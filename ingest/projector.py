@@ -15,8 +15,9 @@ such a transaction also carries a checkpoint of the partition's whole state
 offsets nor state (a new group, a lost state topic) starts from its newest checkpoint.
 
 Rebalancing (aiokafka's eager protocol: revoke everything, then assign):
-- revoked: the open changes of every owned partition are committed (finished, not lost), and
-  nothing is applied or committed until the next assignment;
+- revoked: the open changes of every owned partition are committed (finished, not lost), the
+  partitions folding in catch-up workers are dropped (their jobs cancelled), and nothing is
+  applied or committed until the next assignment;
 - assigned: the partitions' transactional producers are (re)initialised — fencing the previous
   owner and settling its open transaction — then the committed offsets are read and each newly
   owned partition is restored from the state topic; the consumer is positioned at the committed
@@ -731,8 +732,6 @@ class Projector:
             async with self._lock:
                 for number in set(self.partitions) - set(numbers):
                     self._drop(number)
-                for number in self.catching_up:
-                    self._drop(number)  # its state is in a worker: restored from Kafka instead
                 await self._writer.close(set(self._writer.partitions) - set(numbers))
                 await self._restore(numbers)
                 self.ready = True
