@@ -4,7 +4,7 @@ The reference mapping (`ingest.state.store.decode_state` with the speedups off) 
 `MailboxState.from_record(decode_state_record(value))`: the log reader builds a
 `MailboxStateRecord` with a `MessageStateRecord` per message, then `from_record` builds the
 fold's objects from them — two object graphs per state, ≈ 40 % of `ingest replay --all --at T`
-from checkpoints. `state_reader()` reads the same single-object encoded values (state schema v3,
+from checkpoints. `state_decoder()` reads the same single-object encoded values (state schema v3,
 today's, and v2) field by field as the log reader's `_read_state` does, and builds the
 `MessageState`s and the `MailboxState` as `from_record` does: the change sets as the fold's
 interned frozensets, the kept changes and the floor (a v2 record's floor from its base).
@@ -38,7 +38,7 @@ from ingest.eventlog.reader import (
 from ingest.events import EventType, Folder
 from ingest.state.projection import MailboxState, MessageState, _interned, is_stating
 
-StateReader = Callable[[bytes], MailboxState]
+StateDecoder = Callable[[bytes], MailboxState]
 
 UNREADABLE = _MISREAD
 """What the reader raises for a value it does not read (the reference path decides)."""
@@ -308,7 +308,7 @@ def _read(data: bytes, pos: int, v2: bool) -> MailboxState:
     )
 
 
-def state_reader() -> StateReader | None:
+def state_decoder() -> StateDecoder | None:
     """The direct reader of single-object encoded states (v3 and v2), or None if the schemas or
     classes are not those it was written for (whatever `speedups.ENABLED` says: the store
     decides whether to use it, the tests compare it either way). It raises one of `UNREADABLE`

@@ -90,7 +90,7 @@ def encode_state(state: MailboxState) -> bytes:
 
 
 _FAST_WRITE = encoding.state_writer() if speedups.ENABLED else None
-_FAST_READ = decoding.state_reader() if speedups.ENABLED else None
+_FAST_READ = decoding.state_decoder() if speedups.ENABLED else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,7 @@
 
 The reference is `MailboxState.from_record(decode_state_record(value))` (what `decode_state`
 does with the speedups off). The direct reader is compared with it with the speedups on and off
-alike (`state_reader()` does not look at the switch; `decode_state` does): the states equal as
+alike (`state_decoder()` does not look at the switch; `decode_state` does): the states equal as
 objects (kept changes and floors included), as records and as the read API's detailed JSON.
 """
 
@@ -28,15 +28,15 @@ from ingest.eventlog import codec, wire
 from ingest.eventlog.reader import decode_state_record
 from ingest.events import EventType, Folder
 from ingest.state import decoding, store
-from ingest.state.decoding import StateReader
+from ingest.state.decoding import StateDecoder
 from ingest.state.projection import MailboxState, Projection
 from ingest.state.store import decode_state, encode_state
 
 V2_STATE = Path(__file__).resolve().parents[2] / "schemas" / "history" / "mailbox_state.v2.avsc"
 
 
-def reader() -> StateReader:
-    read = decoding.state_reader()
+def reader() -> StateDecoder:
+    read = decoding.state_decoder()
     assert read is not None, "the state schema or the projection changed: see ingest.state.decoding"
     return read
 
