@@ -247,6 +247,9 @@ class OwnedPartition:
     folding_elsewhere: int | None = None
     """The generation of the catch-up job folding this partition in a worker process (its
     `projection` is then as of the job's start and the consumer leaves the partition paused)."""
+    lag_unseen: bool = True
+    """Restored, and no fetch has told its end offset yet: whether it goes to a worker is decided
+    then, from what the fetch said, without a request of its own."""
 
 
 class CatchUpFailed(IngestError):
@@ -535,6 +538,8 @@ class Projector:
                         # revoked and not yet assigned again: nothing is ours to apply; the
                         # next assignment seeks back to the committed offsets
                         continue
+                    # before applying: the fetch told the end offsets, the backlog is all there
+                    self._fold_elsewhere(consumer)
                     for tp, records in batch.items():
                         for start in range(0, len(records), _APPLY_SLICE):
                             self._apply(tp, records[start : start + _APPLY_SLICE])
@@ -804,7 +809,6 @@ class Projector:
                 consumer.seek(tp, self.partitions[number].next_offset)
             else:
                 await consumer.seek_to_beginning(tp)
-        await self._fold_elsewhere(consumer, numbers)
         PROJECTOR_PARTITIONS.set(len(self.partitions))
         PROJECTOR_RESTORE_SECONDS.observe(time.monotonic() - started)
         log.info(
@@ -818,32 +822,35 @@ class Projector:
 
     # -- catching up in worker processes (ingest.state.catchup) -----------------------------
 
-    async def _fold_elsewhere(self, consumer: AIOKafkaConsumer, numbers: Sequence[int]) -> None:
-        """Hand the partitions at least `catch_up_records` behind to the worker processes."""
+    def _fold_elsewhere(self, consumer: AIOKafkaConsumer) -> None:
+        """Hand the restored partitions whose first fetch shows them at least `catch_up_records`
+        behind to the worker processes (a fetch tells the end offset: no request of its own,
+        which during a leader election would retry and log until the partition had a leader)."""
         pool = self._pool
         if pool is None:
             return
-        tps = [TopicPartition(self.events_topic, n) for n in numbers]
-        ends = await consumer.end_offsets(tps)  # last stable offsets: read_committed
-        behind = sorted(
-            ((ends[tp] - self.partitions[tp.partition].next_offset, tp) for tp in tps),
-            key=lambda item: -item[0],
-        )
-        for lag, tp in behind:
-            if lag < self.settings.catch_up_records:
-                break
-            owned = self.partitions[tp.partition]
-            generation = pool.begin(tp.partition, self.partition_count)
+        for owned in self.partitions.values():
+            if not owned.lag_unseen:
+                continue
+            tp = TopicPartition(self.events_topic, owned.number)
+            end = consumer.last_stable_offset(tp)  # read_committed: what may be read
+            if end is None:
+                continue
+            owned.lag_unseen = False
+            lag = end - owned.next_offset
+            if owned.folding_elsewhere is not None or lag < self.settings.catch_up_records:
+                continue
+            generation = pool.begin(owned.number, self.partition_count)
             if generation is None:
                 continue
             consumer.pause(tp)
             owned.folding_elsewhere = generation
-            pool.submit(self._job(owned, ends[tp]))
-            owned.dirty.clear()  # the job writes them with its first segment
+            pool.submit(self._job(owned, end))
+            owned.dirty.clear()  # applied, not committed: the first segment writes them
             owned.pending = 0
             log.info(
                 "partition %d is %d records behind: folding it in a worker process",
-                tp.partition,
+                owned.number,
                 lag,
             )
             if self._catch_up_progress is None:
